@@ -1,0 +1,1 @@
+"""quorumkv.embed."""

@@ -1,0 +1,1 @@
+"""quorumkv.raft: the Raft consensus core, a deterministic I/O-free state machine."""
