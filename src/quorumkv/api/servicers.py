@@ -1,0 +1,221 @@
+"""gRPC servicers for etcd's KV, Watch, Lease, Maintenance and Cluster services.
+
+Each handler is thin: validate → call the server → map errors → fill the response header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+
+from quorumkv.api import validate
+from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from quorumkv.server import errors
+from quorumkv.server.errors import EtcdError
+from quorumkv.server.server import QuorumServer
+
+log = logging.getLogger("quorumkv.api")
+
+_Ctx = grpc.aio.ServicerContext
+
+
+async def abort(context: Any, err: EtcdError) -> NoReturn:
+    await context.abort(grpc.StatusCode[err.code], err.message)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def abort_unexpected(context: Any, exc: BaseException) -> NoReturn:
+    log.exception("unexpected error serving a request")
+    await context.abort(grpc.StatusCode.INTERNAL, f"quorumkv: internal error: {exc!r}")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class KVServicer(pb_grpc.KVServicer):
+    def __init__(self, server: QuorumServer) -> None:
+        self.s = server
+
+    async def Range(self, request: pb.RangeRequest, context: _Ctx) -> pb.RangeResponse:  # type: ignore[override]
+        try:
+            validate.check_range(request)
+            resp = self.s.range(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def Put(self, request: pb.PutRequest, context: _Ctx) -> pb.PutResponse:  # type: ignore[override]
+        try:
+            validate.check_put(request)
+            resp = await self.s.put(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def DeleteRange(self, request: pb.DeleteRangeRequest, context: _Ctx  # type: ignore[override]
+                          ) -> pb.DeleteRangeResponse:
+        try:
+            validate.check_delete(request)
+            resp = await self.s.delete_range(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def Txn(self, request: pb.TxnRequest, context: _Ctx) -> pb.TxnResponse:  # type: ignore[override]
+        try:
+            validate.check_txn(request, self.s.settings.max_txn_ops)
+            validate.check_txn_intervals(request)
+            resp = await self.s.txn(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def Compact(self, request: pb.CompactionRequest, context: _Ctx  # type: ignore[override]
+                      ) -> pb.CompactionResponse:
+        try:
+            resp = await self.s.compact(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
+
+
+class WatchServicer(pb_grpc.WatchServicer):
+    def __init__(self, server: QuorumServer) -> None:
+        self.s = server
+
+    async def Watch(self, request_iterator: AsyncIterator[pb.WatchRequest], context: _Ctx  # type: ignore[override]
+                    ) -> AsyncIterator[pb.WatchResponse]:
+        hub = self.s.hub
+        assert hub is not None
+        stream = hub.new_stream()
+
+        async def receive() -> None:
+            try:
+                async for req in request_iterator:
+                    which = req.WhichOneof("request_union")
+                    if which == "create_request":
+                        stream.create(req.create_request)
+                    elif which == "cancel_request":
+                        stream.cancel(req.cancel_request.watch_id)
+                    elif which == "progress_request":
+                        stream.request_progress()
+            except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                pass
+            except Exception:  # a malformed stream must not take the server down
+                log.exception("watch stream receive failed")
+            finally:
+                stream.close()
+
+        receiver = asyncio.get_running_loop().create_task(receive())
+        try:
+            while True:
+                resp = await stream.queue.get()
+                if resp is None:
+                    break
+                yield resp
+        finally:
+            receiver.cancel()
+            stream.close()
+
+
+class LeaseServicer(pb_grpc.LeaseServicer):
+    def __init__(self, server: QuorumServer) -> None:
+        self.s = server
+
+    async def LeaseGrant(self, request: pb.LeaseGrantRequest, context: _Ctx  # type: ignore[override]
+                         ) -> pb.LeaseGrantResponse:
+        try:
+            resp = await self.s.lease_grant(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def LeaseRevoke(self, request: pb.LeaseRevokeRequest, context: _Ctx  # type: ignore[override]
+                          ) -> pb.LeaseRevokeResponse:
+        try:
+            resp = await self.s.lease_revoke(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def LeaseKeepAlive(self, request_iterator: AsyncIterator[pb.LeaseKeepAliveRequest],  # type: ignore[override]
+                             context: _Ctx) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
+        async for req in request_iterator:
+            ttl = self.s.lease_renew(req.ID)
+            resp = pb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
+            resp.header.revision = self.s.current_revision
+            self.s.fill_header(resp.header)
+            yield resp
+
+    async def LeaseTimeToLive(self, request: pb.LeaseTimeToLiveRequest, context: _Ctx  # type: ignore[override]
+                              ) -> pb.LeaseTimeToLiveResponse:
+        resp = self.s.lease_time_to_live(request)
+        if resp.TTL != -1:
+            self.s.fill_header(resp.header)
+        return resp
+
+    async def LeaseLeases(self, request: pb.LeaseLeasesRequest, context: _Ctx  # type: ignore[override]
+                          ) -> pb.LeaseLeasesResponse:
+        resp = self.s.lease_leases()
+        self.s.fill_header(resp.header)
+        return resp
+
+
+class MaintenanceServicer(pb_grpc.MaintenanceServicer):
+    def __init__(self, server: QuorumServer) -> None:
+        self.s = server
+
+    async def Status(self, request: pb.StatusRequest, context: _Ctx) -> pb.StatusResponse:  # type: ignore[override]
+        resp = self.s.status()
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def Alarm(self, request: pb.AlarmRequest, context: _Ctx) -> pb.AlarmResponse:  # type: ignore[override]
+        resp = pb.AlarmResponse()
+        resp.header.revision = self.s.current_revision
+        self.s.fill_header(resp.header)
+        return resp
+
+
+class ClusterServicer(pb_grpc.ClusterServicer):
+    def __init__(self, server: QuorumServer) -> None:
+        self.s = server
+
+    async def MemberList(self, request: pb.MemberListRequest, context: _Ctx  # type: ignore[override]
+                         ) -> pb.MemberListResponse:
+        resp = self.s.member_list()
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def MemberAdd(self, request: pb.MemberAddRequest, context: _Ctx) -> pb.MemberAddResponse:  # type: ignore[override]
+        await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
+
+    async def MemberRemove(self, request: pb.MemberRemoveRequest, context: _Ctx  # type: ignore[override]
+                           ) -> pb.MemberRemoveResponse:
+        await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
+
+    async def MemberUpdate(self, request: pb.MemberUpdateRequest, context: _Ctx  # type: ignore[override]
+                           ) -> pb.MemberUpdateResponse:
+        await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
+
+    async def MemberPromote(self, request: pb.MemberPromoteRequest, context: _Ctx  # type: ignore[override]
+                            ) -> pb.MemberPromoteResponse:
+        await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
+
+
+def add_servicers(grpc_server: grpc.aio.Server, server: QuorumServer) -> None:
+    pb_grpc.add_KVServicer_to_server(KVServicer(server), grpc_server)
+    pb_grpc.add_WatchServicer_to_server(WatchServicer(server), grpc_server)
+    pb_grpc.add_LeaseServicer_to_server(LeaseServicer(server), grpc_server)
+    pb_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(server), grpc_server)
+    pb_grpc.add_ClusterServicer_to_server(ClusterServicer(server), grpc_server)

@@ -1,0 +1,385 @@
+"""The deterministic apply function: committed log entries in, state changes and responses out.
+
+Rules:
+- apply never reads a clock, a random source or anything outside the entry and the stored state;
+- each entry's effects and ``meta.applied_index`` are written in the caller's transaction, so replaying an
+  entry at or below the applied index is skipped (idempotent across restarts);
+- request errors (etcd's) are detected before any write of that entry, so a failed entry changes nothing;
+- the returned ``ApplyResult`` carries what the node must do after commit: answer waiters, feed watchers,
+  tell the lessor about granted/revoked leases.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.api.mvccpb import kv_pb2
+from quorumkv.mvcc import store
+from quorumkv.mvcc.store import Event, KeyValue, WriteTxn
+from quorumkv.server import errors
+from quorumkv.server.entries import EntryKind, decode_entry
+from quorumkv.server.errors import EtcdError
+from quorumkv.storage.backend import meta_get, meta_set
+
+#: etcd's lessor.MaxLeaseTTL (seconds).
+MAX_LEASE_TTL_SECONDS = 9_000_000_000
+
+_CMP = pb.Compare
+_RANGE = pb.RangeRequest
+
+
+def to_pb_kv(kv: KeyValue, *, keys_only: bool = False) -> kv_pb2.KeyValue:
+    return kv_pb2.KeyValue(
+        key=kv.key,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        version=kv.version,
+        value=b"" if keys_only else kv.value,
+        lease=kv.lease,
+    )
+
+
+@dataclass
+class ApplyResult:
+    """What one batch of applied entries produced."""
+
+    responses: dict[int, object] = field(default_factory=dict)  # request_id -> response message or EtcdError
+    events: list[tuple[int, list[Event]]] = field(default_factory=list)  # (revision, events) in order
+    leases_granted: list[tuple[int, int]] = field(default_factory=list)  # (lease id, ttl seconds)
+    leases_revoked: list[int] = field(default_factory=list)
+    compacted_to: int = 0
+    alarms_changed: bool = False
+
+
+class Applier:
+    """Applies entries to the store. Owned by the node's writer thread; holds a cache of store metadata."""
+
+    def __init__(self, conn: sqlite3.Connection, *, min_lease_ttl_seconds: int = 2) -> None:
+        store.ensure_schema(conn)
+        self.min_lease_ttl_seconds = min_lease_ttl_seconds
+        self.reload(conn)
+
+    def reload(self, conn: sqlite3.Connection) -> None:
+        """Re-read cached metadata (after a failed commit, the cache may be ahead of the disk)."""
+        self.revision = store.current_revision(conn)
+        self.compact_revision = store.compact_revision(conn)
+        self.applied_index = int(meta_get(conn, "applied_index", 0))
+        self.leases: dict[int, int] = {int(r[0]): int(r[1]) for r in conn.execute("SELECT id, ttl FROM lease")}
+
+    # -- entry dispatch -------------------------------------------------------------------------------------
+
+    def apply(self, conn: sqlite3.Connection, index: int, data: bytes, result: ApplyResult) -> None:
+        """Apply one committed entry at ``index`` (skipped if already applied)."""
+        if index <= self.applied_index:
+            return
+        kind, request_id, payload = decode_entry(data)
+        conn.execute("SAVEPOINT entry")
+        saved = (self.revision, self.compact_revision, dict(self.leases) if kind >= EntryKind.LEASE_GRANT else None)
+        n_events = len(result.events)
+        try:
+            response = self._dispatch(conn, kind, payload, result)
+        except EtcdError as exc:
+            response = exc
+        except Exception as exc:  # a bug or a storage error: undo this entry only, answer with an error
+            conn.execute("ROLLBACK TO entry")
+            self.revision, self.compact_revision = saved[0], saved[1]
+            if saved[2] is not None:
+                self.leases = saved[2]
+            del result.events[n_events:]
+            response = EtcdError("INTERNAL", f"quorumkv: applying entry {index} failed: {exc!r}")
+        conn.execute("RELEASE entry")
+        self.applied_index = index
+        if request_id:
+            result.responses[request_id] = response
+
+    def finish(self, conn: sqlite3.Connection) -> None:
+        """Record the applied index in the same transaction as the applied effects."""
+        meta_set(conn, "applied_index", self.applied_index)
+
+    def _dispatch(self, conn: sqlite3.Connection, kind: int, payload: bytes, result: ApplyResult) -> object:
+        if kind == EntryKind.PUT:
+            txn = self._begin(conn)
+            resp = self.put(txn, pb.PutRequest.FromString(payload))
+            self._end(txn, result)
+            return resp
+        if kind == EntryKind.DELETE_RANGE:
+            txn = self._begin(conn)
+            resp = self.delete_range(txn, pb.DeleteRangeRequest.FromString(payload))
+            self._end(txn, result)
+            return resp
+        if kind == EntryKind.TXN:
+            return self.txn(conn, pb.TxnRequest.FromString(payload), result)
+        if kind == EntryKind.COMPACTION:
+            return self.compaction(conn, pb.CompactionRequest.FromString(payload), result)
+        if kind == EntryKind.LEASE_GRANT:
+            return self.lease_grant(conn, pb.LeaseGrantRequest.FromString(payload), result)
+        if kind == EntryKind.LEASE_REVOKE:
+            return self.lease_revoke(conn, pb.LeaseRevokeRequest.FromString(payload), result)
+        if kind == EntryKind.NOOP:
+            return None
+        raise ValueError(f"unknown entry kind {kind}")
+
+    def _begin(self, conn: sqlite3.Connection) -> WriteTxn:
+        return WriteTxn(conn, self.revision)
+
+    def _end(self, txn: WriteTxn, result: ApplyResult) -> None:
+        if txn.changes:
+            self.revision = txn.end()
+            result.events.append((self.revision, txn.changes))
+
+    def _header(self, revision: int) -> pb.ResponseHeader:
+        return pb.ResponseHeader(revision=revision)
+
+    # -- KV -------------------------------------------------------------------------------------------------
+
+    def _check_put(self, txn: WriteTxn, req: pb.PutRequest) -> None:
+        if req.lease and req.lease not in self.leases:
+            raise errors.LEASE_NOT_FOUND
+        if (req.ignore_value or req.ignore_lease) and txn.live_row(req.key) is None:
+            raise errors.KEY_NOT_FOUND
+
+    def put(self, txn: WriteTxn, req: pb.PutRequest, *, checked: bool = False) -> pb.PutResponse:
+        if not checked:
+            self._check_put(txn, req)
+        kv, prev = txn.put(
+            req.key,
+            None if req.ignore_value else req.value,
+            None if req.ignore_lease else req.lease,
+        )
+        resp = pb.PutResponse(header=self._header(kv.mod_revision))
+        if req.prev_kv and prev is not None:
+            resp.prev_kv.CopyFrom(
+                kv_pb2.KeyValue(
+                    key=req.key, create_revision=prev[0], mod_revision=prev[1], version=prev[2],
+                    value=txn.value_of(prev[4]), lease=prev[3],
+                )
+            )
+        return resp
+
+    def delete_range(self, txn: WriteTxn, req: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+        prevs = txn.delete_range(req.key, req.range_end)
+        rev = txn.rev if txn.changes else txn.begin_rev
+        resp = pb.DeleteRangeResponse(header=self._header(rev), deleted=len(prevs))
+        if req.prev_kv:
+            resp.prev_kvs.extend(to_pb_kv(p) for p in prevs)
+        return resp
+
+    def range(self, txn: WriteTxn, req: pb.RangeRequest) -> pb.RangeResponse:
+        return execute_range(
+            lambda rev, limit, count_only: txn.range(req.key, req.range_end, rev, limit=limit,
+                                                     count_only=count_only),
+            req,
+        )
+
+    # -- Txn ------------------------------------------------------------------------------------------------
+
+    def txn(self, conn: sqlite3.Connection, req: pb.TxnRequest, result: ApplyResult) -> pb.TxnResponse:
+        txn = self._begin(conn)
+        path = compare_path(txn, req)
+        self._check_path(txn, req, path, 0)
+        resp = pb.TxnResponse()
+        self._apply_txn(txn, req, path, 0, resp)
+        self._end(txn, result)
+        resp.header.CopyFrom(self._header(self.revision))
+        return resp
+
+    def _check_path(self, txn: WriteTxn, req: pb.TxnRequest, path: list[bool], at: int) -> int:
+        """Check the ops on the chosen path before anything is written (etcd's checkRequests)."""
+        ops = req.success if path[at] else req.failure
+        at += 1
+        for op in ops:
+            which = op.WhichOneof("request")
+            if which == "request_range":
+                r = op.request_range
+                if r.revision > txn.read_revision():
+                    raise errors.FUTURE_REV
+                if 0 < r.revision < self.compact_revision:
+                    raise errors.COMPACTED
+            elif which == "request_put":
+                self._check_put(txn, op.request_put)
+            elif which == "request_txn":
+                at = self._check_path(txn, op.request_txn, path, at)
+        return at
+
+    def _apply_txn(self, txn: WriteTxn, req: pb.TxnRequest, path: list[bool], at: int,
+                   resp: pb.TxnResponse) -> int:
+        succeeded = path[at]
+        resp.succeeded = succeeded
+        ops = req.success if succeeded else req.failure
+        at += 1
+        for op in ops:
+            which = op.WhichOneof("request")
+            out = resp.responses.add()
+            if which == "request_range":
+                try:
+                    out.response_range.CopyFrom(self.range(txn, op.request_range))
+                except store.CompactedError as exc:
+                    raise errors.COMPACTED from exc
+                except store.FutureRevisionError as exc:
+                    raise errors.FUTURE_REV from exc
+            elif which == "request_put":
+                out.response_put.CopyFrom(self.put(txn, op.request_put, checked=True))
+            elif which == "request_delete_range":
+                out.response_delete_range.CopyFrom(self.delete_range(txn, op.request_delete_range))
+            elif which == "request_txn":
+                nested = out.response_txn
+                at = self._apply_txn(txn, op.request_txn, path, at, nested)
+                nested.header.CopyFrom(self._header(txn.read_revision()))
+        return at
+
+    # -- compaction -----------------------------------------------------------------------------------------
+
+    def compaction(self, conn: sqlite3.Connection, req: pb.CompactionRequest, result: ApplyResult
+                   ) -> pb.CompactionResponse:
+        rev = req.revision
+        if rev <= self.compact_revision:
+            raise errors.COMPACTED
+        if rev > self.revision:
+            raise errors.FUTURE_REV
+        store.compact(conn, rev)
+        self.compact_revision = rev
+        result.compacted_to = rev
+        return pb.CompactionResponse(header=self._header(self.revision))
+
+    # -- leases ---------------------------------------------------------------------------------------------
+
+    def lease_grant(self, conn: sqlite3.Connection, req: pb.LeaseGrantRequest, result: ApplyResult
+                    ) -> pb.LeaseGrantResponse:
+        if req.ID == 0:
+            raise errors.LEASE_NOT_FOUND
+        if req.ID in self.leases:
+            raise errors.LEASE_EXIST
+        if req.TTL > MAX_LEASE_TTL_SECONDS:
+            raise errors.LEASE_TTL_TOO_LARGE
+        ttl = max(req.TTL, self.min_lease_ttl_seconds)
+        conn.execute("INSERT INTO lease(id, ttl, remaining_ttl) VALUES (?, ?, 0)", (req.ID, ttl))
+        self.leases[req.ID] = ttl
+        result.leases_granted.append((req.ID, ttl))
+        return pb.LeaseGrantResponse(header=self._header(self.revision), ID=req.ID, TTL=ttl)
+
+    def lease_revoke(self, conn: sqlite3.Connection, req: pb.LeaseRevokeRequest, result: ApplyResult
+                     ) -> pb.LeaseRevokeResponse:
+        if req.ID not in self.leases:
+            raise errors.LEASE_NOT_FOUND
+        txn = self._begin(conn)
+        for key in store.keys_with_lease(conn, req.ID):  # sorted: deterministic sub revisions
+            txn.delete_range(key, b"")
+        self._end(txn, result)
+        conn.execute("DELETE FROM lease WHERE id = ?", (req.ID,))
+        del self.leases[req.ID]
+        result.leases_revoked.append(req.ID)
+        return pb.LeaseRevokeResponse(header=self._header(self.revision))
+
+
+# -- helpers shared by the apply path and the read path ------------------------------------------------------
+
+
+def compare_kv(c: pb.Compare, kv: KeyValue | None) -> bool:
+    target = c.target
+    if target == _CMP.VALUE:
+        left: object = kv.value if kv else b""
+        right: object = c.value
+    elif target == _CMP.VERSION:
+        left, right = (kv.version if kv else 0), c.version
+    elif target == _CMP.CREATE:
+        left, right = (kv.create_revision if kv else 0), c.create_revision
+    elif target == _CMP.MOD:
+        left, right = (kv.mod_revision if kv else 0), c.mod_revision
+    elif target == _CMP.LEASE:
+        left, right = (kv.lease if kv else 0), c.lease
+    else:
+        return False
+    res = c.result
+    if res == _CMP.EQUAL:
+        return left == right
+    if res == _CMP.NOT_EQUAL:
+        return left != right
+    if res == _CMP.GREATER:
+        return left > right  # type: ignore[operator]
+    if res == _CMP.LESS:
+        return left < right  # type: ignore[operator]
+    return False
+
+
+def apply_compare(txn: WriteTxn, c: pb.Compare) -> bool:
+    """etcd's rule: a missing key compares as a zero KeyValue, except a VALUE compare always fails."""
+    kvs = txn.range(c.key, c.range_end, 0).kvs
+    if not kvs:
+        if c.target == _CMP.VALUE:
+            return False
+        return compare_kv(c, None)
+    return all(compare_kv(c, kv) for kv in kvs)
+
+
+def compare_path(txn: WriteTxn, req: pb.TxnRequest) -> list[bool]:
+    """Evaluate every compare on the chosen path (nested txns included) against the state before the txn."""
+    ok = all(apply_compare(txn, c) for c in req.compare)
+    path = [ok]
+    for op in req.success if ok else req.failure:
+        if op.WhichOneof("request") == "request_txn":
+            path.extend(compare_path(txn, op.request_txn))
+    return path
+
+
+_SORT_KEYS = {
+    _RANGE.KEY: lambda kv: kv.key,
+    _RANGE.VERSION: lambda kv: kv.version,
+    _RANGE.CREATE: lambda kv: kv.create_revision,
+    _RANGE.MOD: lambda kv: kv.mod_revision,
+    _RANGE.VALUE: lambda kv: kv.value,
+}
+
+
+def execute_range(fetch: object, req: pb.RangeRequest) -> pb.RangeResponse:
+    """etcd's Range semantics on top of a ``fetch(revision, limit, count_only) -> RangeResult``."""
+    limit = req.limit
+    post_filter = bool(
+        req.min_mod_revision or req.max_mod_revision or req.min_create_revision or req.max_create_revision
+    )
+    if req.sort_order != _RANGE.NONE or post_filter:
+        limit = 0
+    if limit > 0:
+        limit += 1
+    rr: store.RangeResult = fetch(req.revision, limit, req.count_only)  # type: ignore[operator]
+    kvs = rr.kvs
+    if post_filter:
+        if req.max_mod_revision:
+            kvs = [kv for kv in kvs if kv.mod_revision <= req.max_mod_revision]
+        if req.min_mod_revision:
+            kvs = [kv for kv in kvs if kv.mod_revision >= req.min_mod_revision]
+        if req.max_create_revision:
+            kvs = [kv for kv in kvs if kv.create_revision <= req.max_create_revision]
+        if req.min_create_revision:
+            kvs = [kv for kv in kvs if kv.create_revision >= req.min_create_revision]
+    sort_order = req.sort_order
+    if req.sort_target != _RANGE.KEY and sort_order == _RANGE.NONE:
+        sort_order = _RANGE.ASCEND
+    if sort_order != _RANGE.NONE and not (req.sort_target == _RANGE.KEY and sort_order == _RANGE.ASCEND):
+        kvs = sorted(kvs, key=_SORT_KEYS[req.sort_target], reverse=sort_order == _RANGE.DESCEND)
+    resp = pb.RangeResponse(header=pb.ResponseHeader(revision=rr.revision), count=rr.count)
+    if req.limit > 0 and len(kvs) > req.limit:
+        kvs = kvs[: req.limit]
+        resp.more = True
+    if not req.count_only:
+        keys_only = req.keys_only
+        resp.kvs.extend(to_pb_kv(kv, keys_only=keys_only) for kv in kvs)
+    return resp
+
+
+def execute_read_only_txn(conn: sqlite3.Connection, req: pb.TxnRequest) -> pb.TxnResponse:
+    """A txn whose every branch only reads, run on a reader connection without going through the log."""
+    ex = Applier.__new__(Applier)
+    ex.revision = store.current_revision(conn)
+    ex.compact_revision = store.compact_revision(conn)
+    ex.leases = {}
+    ex.applied_index = 0
+    ex.min_lease_ttl_seconds = 0
+    txn = WriteTxn(conn, ex.revision)
+    path = compare_path(txn, req)
+    ex._check_path(txn, req, path, 0)
+    resp = pb.TxnResponse()
+    ex._apply_txn(txn, req, path, 0, resp)
+    resp.header.revision = ex.revision
+    return resp

@@ -1,0 +1,43 @@
+"""The payload of a log entry: which request it carries, who is waiting for it, and the request bytes.
+
+Encoding: ``kind`` (1 byte) + ``request_id`` (8 bytes, big-endian) + payload (an etcd request protobuf, or
+for internal kinds a small struct). The encoding is part of the data-dir format.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import NamedTuple
+
+_HEADER = struct.Struct(">BQ")
+HEADER_SIZE = _HEADER.size
+
+
+class EntryKind(IntEnum):
+    NOOP = 0  # appended by a new leader (term marker); changes nothing
+    PUT = 1  # etcdserverpb.PutRequest
+    DELETE_RANGE = 2  # etcdserverpb.DeleteRangeRequest
+    TXN = 3  # etcdserverpb.TxnRequest
+    COMPACTION = 4  # etcdserverpb.CompactionRequest
+    LEASE_GRANT = 5  # etcdserverpb.LeaseGrantRequest (ID already chosen by the proposer)
+    LEASE_REVOKE = 6  # etcdserverpb.LeaseRevokeRequest
+    ALARM = 7  # etcdserverpb.AlarmRequest
+    LEASE_CHECKPOINT = 8  # etcdserverpb.LeaseCheckpointRequest
+
+
+class DecodedEntry(NamedTuple):
+    kind: int
+    request_id: int
+    payload: bytes
+
+
+def encode_entry(kind: int, request_id: int, payload: bytes) -> bytes:
+    return _HEADER.pack(kind, request_id) + payload
+
+
+def decode_entry(data: bytes) -> DecodedEntry:
+    if len(data) < HEADER_SIZE:
+        raise ValueError(f"log entry too short ({len(data)} bytes)")
+    kind, request_id = _HEADER.unpack_from(data)
+    return DecodedEntry(kind, request_id, data[HEADER_SIZE:])

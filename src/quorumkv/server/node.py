@@ -1,0 +1,231 @@
+"""The single-member node: a one-member replicated log with group commit.
+
+Flow of a proposal (see docs/architecture.md): the asyncio side registers a future under a fresh request id
+and queues ``(kind, request_id, payload)``; the writer thread drains everything queued, appends the entries to
+``raft_log`` and applies them in ONE SQLite transaction, commits (fsync), and only then hands the results back
+to the event loop in one callback. Nothing is acknowledged before it is on stable storage.
+
+A multi-member cluster replaces this class with a Raft-driven node offering the same ``propose`` surface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from quorumkv.server.apply import Applier, ApplyResult
+from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
+from quorumkv.server.errors import EtcdError
+from quorumkv.storage.backend import Backend, StorageError, meta_get, meta_set
+
+log = logging.getLogger("quorumkv.node")
+
+#: Upper bound of entries per group commit.
+MAX_BATCH_ENTRIES = 2000
+#: Log entries kept after apply (for future catch-up of followers); older ones are trimmed.
+LOG_RETAIN_ENTRIES = 10_000
+
+
+@dataclass
+class NodeStatus:
+    term: int
+    commit_index: int
+    applied_index: int
+
+
+class BatchObserver:
+    """Hooks the server installs; called on the event loop after each durable batch."""
+
+    def on_applied(self, result: ApplyResult) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class LocalNode:
+    """A cluster of one. ``propose`` is called on the event loop; apply runs on the writer thread."""
+
+    def __init__(self, backend: Backend, applier: Applier, *, on_applied: Callable[[ApplyResult], None],
+                 fsync_observer: Callable[[float], None] | None = None) -> None:
+        self.backend = backend
+        self.applier = applier
+        self._on_applied = on_applied
+        self._fsync_observer = fsync_observer
+        self._queue: queue.SimpleQueue[tuple[int, int, bytes] | None] = queue.SimpleQueue()
+        self._waiters: dict[int, asyncio.Future[object]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._next_request_id = 1
+        self._stopped = False
+        self._fatal: BaseException | None = None
+        conn = backend.writer
+        self.term = int(meta_get(conn, "term", 1))
+        row = conn.execute("SELECT max(idx) FROM raft_log").fetchone()
+        self.last_index = int(row[0]) if row[0] is not None else int(meta_get(conn, "log_trimmed_index", 0))
+        self._replay()
+
+    # -- startup --------------------------------------------------------------------------------------------
+
+    def _replay(self) -> None:
+        """Apply log entries that are durable but not yet applied (cannot happen on one member, where append
+        and apply share a transaction, but the code path is the cluster's and is exercised by tests)."""
+        conn = self.backend.writer
+        pending = conn.execute(
+            "SELECT idx, term, kind, data, crc FROM raft_log WHERE idx > ? ORDER BY idx",
+            (self.applier.applied_index,),
+        ).fetchall()
+        if not pending:
+            return
+        result = ApplyResult()
+        with self.backend.write_txn() as c:
+            for idx, term, kind, data, crc in pending:
+                if zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF != crc:
+                    raise StorageError(
+                        f"log entry {idx} fails its checksum: the data dir is corrupt; restore from a snapshot"
+                    )
+                self.applier.apply(c, idx, data, result)
+            self.applier.finish(c)
+        log.info("replayed %d log entries", len(pending))
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Become leader of a one-member cluster: a new term and its no-op entry, then serve proposals."""
+        self._loop = loop
+        self.term += 1
+        result = ApplyResult()
+        with self.backend.write_txn() as conn:
+            meta_set(conn, "term", self.term)
+            self._append_and_apply(conn, [(EntryKind.NOOP, 0, b"")], result)
+        self._thread = threading.Thread(target=self._run, name="quorumkv-writer", daemon=True)
+        self._thread.start()
+
+    # -- the event loop side --------------------------------------------------------------------------------
+
+    def propose(self, kind: int, payload: bytes) -> asyncio.Future[object]:
+        """Queue an entry; the future resolves with its response (or EtcdError) once durable and applied."""
+        assert self._loop is not None, "node not started"
+        if self._stopped:
+            fut: asyncio.Future[object] = self._loop.create_future()
+            fut.set_exception(EtcdError("UNAVAILABLE", "etcdserver: server stopped"))
+            return fut
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        fut = self._loop.create_future()
+        self._waiters[request_id] = fut
+        self._queue.put((kind, request_id, payload))
+        return fut
+
+    def _deliver(self, result: ApplyResult | None, failure: BaseException | None,
+                 request_ids: list[int]) -> None:
+        if result is not None:
+            self._on_applied(result)
+            waiters = self._waiters
+            for request_id, response in result.responses.items():
+                fut = waiters.pop(request_id, None)
+                if fut is None or fut.done():
+                    continue
+                if isinstance(response, EtcdError):
+                    fut.set_exception(response)
+                else:
+                    fut.set_result(response)
+        else:
+            err = EtcdError("UNAVAILABLE", f"quorumkv: storage write failed: {failure!r}")
+            for request_id in request_ids:
+                fut = self._waiters.pop(request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(err)
+
+    # -- the writer thread ----------------------------------------------------------------------------------
+
+    def _append_and_apply(self, conn: object, batch: list[tuple[int, int, bytes]], result: ApplyResult) -> None:
+        import sqlite3
+
+        assert isinstance(conn, sqlite3.Connection)
+        rows = []
+        index = self.last_index
+        term = self.term
+        applier = self.applier
+        for kind, request_id, payload in batch:
+            index += 1
+            data = encode_entry(kind, request_id, payload)
+            rows.append((index, term, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF))
+        conn.executemany("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)", rows)
+        for row in rows:
+            applier.apply(conn, row[0], row[3], result)
+        applier.finish(conn)
+        self.last_index = index
+        if index % 1000 < len(rows) and index > LOG_RETAIN_ENTRIES:
+            trim_to = index - LOG_RETAIN_ENTRIES
+            conn.execute("DELETE FROM raft_log WHERE idx <= ?", (trim_to,))
+            meta_set(conn, "log_trimmed_index", trim_to)
+
+    def _run(self) -> None:
+        q = self._queue
+        backend = self.backend
+        loop = self._loop
+        assert loop is not None
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < MAX_BATCH_ENTRIES:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            result = ApplyResult()
+            last_index = self.last_index
+            try:
+                with backend.write_txn() as conn:
+                    self._append_and_apply(conn, batch, result)
+                    started = time.perf_counter()
+                # COMMIT (with its fsync) happened when the block exited.
+                if self._fsync_observer is not None:
+                    self._fsync_observer(time.perf_counter() - started)
+            except Exception as exc:  # storage failure: nothing of this batch is durable
+                log.error("group commit of %d entries failed: %r", len(batch), exc)
+                self.last_index = last_index
+                try:
+                    self.applier.reload(backend.writer)
+                except Exception:  # pragma: no cover - storage gone entirely
+                    log.exception("reloading applier state failed")
+                loop.call_soon_threadsafe(self._deliver, None, exc, [b[1] for b in batch])
+            else:
+                loop.call_soon_threadsafe(self._deliver, result, None, [])
+            if stop:
+                return
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(term=self.term, commit_index=self.last_index, applied_index=self.applier.applied_index)
+
+    def stop(self) -> None:
+        """Finish what is queued, then stop the writer thread."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+def read_log_entry(backend: Backend, index: int) -> tuple[int, int, int, bytes] | None:
+    """(term, kind, request_id, payload) of a stored entry, checksum verified."""
+    row = backend.writer.execute("SELECT term, kind, data, crc FROM raft_log WHERE idx = ?", (index,)).fetchone()
+    if row is None:
+        return None
+    term, kind, data, crc = row
+    if zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF != crc:
+        raise StorageError(f"log entry {index} fails its checksum")
+    dec = decode_entry(data)
+    return term, dec.kind, dec.request_id, dec.payload

@@ -1,0 +1,179 @@
+"""SQLite backend: one database file holds the replicated log, the MVCC key space, leases and membership.
+
+Why one SQLite file (see docs/storage.md for the measurements): on a single member the log append and its
+apply happen in one transaction, so one fsync covers both and the applied index is stored atomically with the
+data it describes. SQLite in WAL mode with ``synchronous=FULL`` syncs the WAL on every commit; a torn tail
+frame fails SQLite's frame checksum and is rolled back, and nothing is acknowledged before its commit returns.
+
+Invariants:
+- every write goes through one writer connection inside an explicit transaction (``write_txn``);
+- ``meta.applied_index`` is written in the same transaction as the effects of the entry it names;
+- readers use their own connections and see only committed transactions (snapshot isolation).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value
+);
+-- Every revision of every key. A row with value IS NULL is a tombstone (a delete).
+CREATE TABLE IF NOT EXISTS kv (
+    id         INTEGER PRIMARY KEY,
+    rev        INTEGER NOT NULL,
+    sub        INTEGER NOT NULL,
+    key        BLOB    NOT NULL,
+    value      BLOB,
+    create_rev INTEGER NOT NULL,
+    version    INTEGER NOT NULL,
+    lease      INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS kv_by_rev ON kv(rev, sub);
+CREATE INDEX IF NOT EXISTS kv_by_key ON kv(key, rev);
+CREATE TABLE IF NOT EXISTS lease (
+    id            INTEGER PRIMARY KEY,
+    ttl           INTEGER NOT NULL,
+    remaining_ttl INTEGER NOT NULL DEFAULT 0
+);
+-- The replicated log. crc is CRC32 of (term, kind, data), checked whenever an entry is read back.
+CREATE TABLE IF NOT EXISTS raft_log (
+    idx  INTEGER PRIMARY KEY,
+    term INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    data BLOB    NOT NULL,
+    crc  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS member (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    peer_urls   TEXT    NOT NULL,
+    client_urls TEXT    NOT NULL,
+    is_learner  INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS alarm (
+    member_id INTEGER NOT NULL,
+    alarm     INTEGER NOT NULL,
+    PRIMARY KEY (member_id, alarm)
+);
+"""
+
+
+class StorageError(Exception):
+    """The stored data cannot be used as it is; the message says what and how to recover."""
+
+
+def _connect(path: Path, *, sync_full: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if sync_full else 'NORMAL'}")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    return conn
+
+
+class Backend:
+    """Owns the database file and hands out the writer and reader connections.
+
+    The writer connection may be used from one thread at a time (the node's writer thread); each reader
+    connection from one thread at a time.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self._writer = _connect(db_path, sync_full=True)
+        self._readers: list[sqlite3.Connection] = []
+        version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            with self.write_txn() as conn:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            raise StorageError(
+                f"{db_path} has schema version {version}, this quorumkv reads {SCHEMA_VERSION}; "
+                "use the quorumkv version that wrote it, or restore a snapshot into a new --data-dir"
+            )
+
+    @property
+    def writer(self) -> sqlite3.Connection:
+        return self._writer
+
+    def new_reader(self) -> sqlite3.Connection:
+        """A read-only connection; use ``read_txn`` on it for a consistent view."""
+        conn = _connect(self.db_path, sync_full=False)
+        conn.execute("PRAGMA query_only=1")
+        self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def write_txn(self) -> Iterator[sqlite3.Connection]:
+        """One durable transaction: committed (and fsynced) on normal exit, rolled back on error."""
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def size_bytes(self) -> int:
+        """Physical size on disk: the database file plus its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(str(self.db_path) + suffix)
+            except OSError:
+                pass
+        return total
+
+    def size_in_use_bytes(self, conn: sqlite3.Connection | None = None) -> int:
+        """Logical size: pages holding data (free pages excluded)."""
+        c = conn or self._writer
+        page_size = c.execute("PRAGMA page_size").fetchone()[0]
+        page_count = c.execute("PRAGMA page_count").fetchone()[0]
+        free = c.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((page_count - free) * page_size)
+
+    def close(self) -> None:
+        for conn in self._readers:
+            conn.close()
+        self._readers.clear()
+        try:
+            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self._writer.close()
+
+
+@contextmanager
+def read_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A consistent read snapshot on a reader connection."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")
+
+
+def meta_get(conn: sqlite3.Connection, name: str, default: Any = None) -> Any:
+    row = conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+    return default if row is None else row[0]
+
+
+def meta_set(conn: sqlite3.Connection, name: str, value: Any) -> None:
+    conn.execute(
+        "INSERT INTO meta(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+        (name, value),
+    )
