@@ -160,8 +160,7 @@ class LeaseServicer(pb_grpc.LeaseServicer):
     async def LeaseTimeToLive(self, request: pb.LeaseTimeToLiveRequest, context: _Ctx  # type: ignore[override]
                               ) -> pb.LeaseTimeToLiveResponse:
         resp = self.s.lease_time_to_live(request)
-        if resp.TTL != -1:
-            self.s.fill_header(resp.header)
+        self.s.fill_header(resp.header)
         return resp
 
     async def LeaseLeases(self, request: pb.LeaseLeasesRequest, context: _Ctx  # type: ignore[override]

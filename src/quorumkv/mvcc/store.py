@@ -89,13 +89,13 @@ def compact_revision(conn: sqlite3.Connection) -> int:
     return int(meta_get(conn, "compact_revision", 0))
 
 
-def _bounds(key: bytes, range_end: bytes) -> tuple[str, tuple[bytes, ...]]:
-    """SQL predicate on ``key`` for etcd's [key, range_end) rules."""
+def _bounds(key: bytes, range_end: bytes, column: str = "key") -> tuple[str, tuple[bytes, ...]]:
+    """SQL predicate on ``column`` for etcd's [key, range_end) rules."""
     if not range_end:
-        return "key = ?", (key,)
+        return f"{column} = ?", (key,)
     if range_end == b"\x00":
-        return "key >= ?", (key,)
-    return "key >= ? AND key < ?", (key, range_end)
+        return f"{column} >= ?", (key,)
+    return f"{column} >= ? AND {column} < ?", (key, range_end)
 
 
 def _kv(row: Sequence[object]) -> KeyValue:
@@ -133,11 +133,12 @@ def range_at(
     pred, args = _bounds(key, range_end)
     if rev == cur:
         (count,) = conn.execute(f"SELECT count(*) FROM live WHERE {pred}", args).fetchone()
+        lpred, _ = _bounds(key, range_end, "live.key")
         if count_only:
             return RangeResult([], count, cur)
         sql = (
             "SELECT live.key, live.create_rev, live.mod_rev, live.version, kv.value, live.lease "
-            f"FROM live JOIN kv ON kv.id = live.kv_id WHERE live.{pred} ORDER BY live.key"
+            f"FROM live JOIN kv ON kv.id = live.kv_id WHERE {lpred} ORDER BY live.key"
         )
         if limit > 0:
             sql += f" LIMIT {int(limit)}"
@@ -275,9 +276,10 @@ class WriteTxn:
         """Delete every live key in [key, range_end); returns their last values (for prev_kv)."""
         conn = self.conn
         pred, args = _bounds(key, range_end)
+        lpred, _ = _bounds(key, range_end, "live.key")
         rows = conn.execute(
             "SELECT live.key, live.create_rev, live.mod_rev, live.version, kv.value, live.lease "
-            f"FROM live JOIN kv ON kv.id = live.kv_id WHERE live.{pred} ORDER BY live.key",
+            f"FROM live JOIN kv ON kv.id = live.kv_id WHERE {lpred} ORDER BY live.key",
             args,
         ).fetchall()
         if not rows:

@@ -46,6 +46,15 @@ def compute_cluster_id(member_ids: list[int]) -> int:
     return int.from_bytes(hashlib.sha1(b).digest()[:8], "big")
 
 
+def to_i64(u: int) -> int:
+    """A uint64 (etcd IDs) as the signed 64-bit integer SQLite can store."""
+    return u - (1 << 64) if u >= (1 << 63) else u
+
+
+def to_u64(i: int) -> int:
+    return i + (1 << 64) if i < 0 else i
+
+
 def parse_initial_cluster(spec: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for part in spec.split(","):
@@ -153,19 +162,19 @@ class QuorumServer:
             member_id = members[s.name]
             cluster_id = compute_cluster_id(list(members.values()))
             with self.backend.write_txn() as c:
-                meta_set(c, "member_id", member_id)
-                meta_set(c, "cluster_id", cluster_id)
+                meta_set(c, "member_id", f"{member_id:x}")
+                meta_set(c, "cluster_id", f"{cluster_id:x}")
                 c.execute(
                     "INSERT INTO member(id, name, peer_urls, client_urls, is_learner) VALUES (?,?,?,?,0)",
-                    (member_id, s.name, ",".join(my_peers), ",".join(s.advertise_client_urls)),
+                    (to_i64(member_id), s.name, ",".join(my_peers), ",".join(s.advertise_client_urls)),
                 )
         else:
-            member_id = int(stored)
+            member_id = int(stored, 16)
             with self.backend.write_txn() as c:  # publish this start's name and client URLs, as etcd does
                 c.execute("UPDATE member SET name=?, client_urls=? WHERE id=?",
-                          (s.name, ",".join(s.advertise_client_urls), member_id))
+                          (s.name, ",".join(s.advertise_client_urls), to_i64(member_id)))
         self.member_id = member_id
-        self.cluster_id = int(meta_get(conn, "cluster_id"))
+        self.cluster_id = int(meta_get(conn, "cluster_id"), 16)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -291,7 +300,8 @@ class QuorumServer:
         ttl = self.applier.leases.get(req.ID)
         remaining = self.lessor.remaining_s(req.ID)
         if ttl is None or remaining is None:
-            return pb.LeaseTimeToLiveResponse(header=pb.ResponseHeader(), ID=req.ID, TTL=-1)
+            return pb.LeaseTimeToLiveResponse(header=pb.ResponseHeader(revision=self.current_revision),
+                                              ID=req.ID, TTL=-1)
         resp = pb.LeaseTimeToLiveResponse(ID=req.ID, TTL=remaining, grantedTTL=ttl)
         if req.keys:
             with read_txn(self.reader):
@@ -352,11 +362,11 @@ class QuorumServer:
         resp = pb.MemberListResponse()
         with read_txn(self.reader):
             rows = self.reader.execute(
-                "SELECT id, name, peer_urls, client_urls, is_learner FROM member ORDER BY id").fetchall()
+                "SELECT id, name, peer_urls, client_urls, is_learner FROM member").fetchall()
+        rows.sort(key=lambda r: to_u64(r[0]))
         for mid, name, peers, clients, learner in rows:
-            resp.members.add(ID=mid, name=name, peerURLs=[u for u in peers.split(",") if u],
+            resp.members.add(ID=to_u64(mid), name=name, peerURLs=[u for u in peers.split(",") if u],
                              clientURLs=[u for u in clients.split(",") if u], isLearner=bool(learner))
-        resp.header.revision = self.current_revision
         return resp
 
 
