@@ -21,7 +21,6 @@ from quorumkv.server.server import QuorumServer
 
 log = logging.getLogger("quorumkv.api")
 
-_Ctx = grpc.aio.ServicerContext
 
 
 async def abort(context: Any, err: EtcdError) -> NoReturn:
@@ -39,7 +38,7 @@ class KVServicer(pb_grpc.KVServicer):
     def __init__(self, server: QuorumServer) -> None:
         self.s = server
 
-    async def Range(self, request: pb.RangeRequest, context: _Ctx) -> pb.RangeResponse:  # type: ignore[override]
+    async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:
         try:
             validate.check_range(request)
             resp = self.s.range(request)
@@ -48,7 +47,7 @@ class KVServicer(pb_grpc.KVServicer):
         self.s.fill_header(resp.header)
         return resp
 
-    async def Put(self, request: pb.PutRequest, context: _Ctx) -> pb.PutResponse:  # type: ignore[override]
+    async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
         try:
             validate.check_put(request)
             resp = await self.s.put(request)
@@ -57,7 +56,7 @@ class KVServicer(pb_grpc.KVServicer):
         self.s.fill_header(resp.header)
         return resp
 
-    async def DeleteRange(self, request: pb.DeleteRangeRequest, context: _Ctx  # type: ignore[override]
+    async def DeleteRange(self, request: pb.DeleteRangeRequest, context: Any
                           ) -> pb.DeleteRangeResponse:
         try:
             validate.check_delete(request)
@@ -67,7 +66,7 @@ class KVServicer(pb_grpc.KVServicer):
         self.s.fill_header(resp.header)
         return resp
 
-    async def Txn(self, request: pb.TxnRequest, context: _Ctx) -> pb.TxnResponse:  # type: ignore[override]
+    async def Txn(self, request: pb.TxnRequest, context: Any) -> pb.TxnResponse:
         try:
             validate.check_txn(request, self.s.settings.max_txn_ops)
             validate.check_txn_intervals(request)
@@ -77,7 +76,7 @@ class KVServicer(pb_grpc.KVServicer):
         self.s.fill_header(resp.header)
         return resp
 
-    async def Compact(self, request: pb.CompactionRequest, context: _Ctx  # type: ignore[override]
+    async def Compact(self, request: pb.CompactionRequest, context: Any
                       ) -> pb.CompactionResponse:
         try:
             resp = await self.s.compact(request)
@@ -91,7 +90,7 @@ class WatchServicer(pb_grpc.WatchServicer):
     def __init__(self, server: QuorumServer) -> None:
         self.s = server
 
-    async def Watch(self, request_iterator: AsyncIterator[pb.WatchRequest], context: _Ctx  # type: ignore[override]
+    async def Watch(self, request_iterator: AsyncIterator[pb.WatchRequest], context: Any
                     ) -> AsyncIterator[pb.WatchResponse]:
         hub = self.s.hub
         assert hub is not None
@@ -130,7 +129,7 @@ class LeaseServicer(pb_grpc.LeaseServicer):
     def __init__(self, server: QuorumServer) -> None:
         self.s = server
 
-    async def LeaseGrant(self, request: pb.LeaseGrantRequest, context: _Ctx  # type: ignore[override]
+    async def LeaseGrant(self, request: pb.LeaseGrantRequest, context: Any
                          ) -> pb.LeaseGrantResponse:
         try:
             resp = await self.s.lease_grant(request)
@@ -139,7 +138,7 @@ class LeaseServicer(pb_grpc.LeaseServicer):
         self.s.fill_header(resp.header)
         return resp
 
-    async def LeaseRevoke(self, request: pb.LeaseRevokeRequest, context: _Ctx  # type: ignore[override]
+    async def LeaseRevoke(self, request: pb.LeaseRevokeRequest, context: Any
                           ) -> pb.LeaseRevokeResponse:
         try:
             resp = await self.s.lease_revoke(request)
@@ -148,8 +147,8 @@ class LeaseServicer(pb_grpc.LeaseServicer):
         self.s.fill_header(resp.header)
         return resp
 
-    async def LeaseKeepAlive(self, request_iterator: AsyncIterator[pb.LeaseKeepAliveRequest],  # type: ignore[override]
-                             context: _Ctx) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
+    async def LeaseKeepAlive(self, request_iterator: AsyncIterator[pb.LeaseKeepAliveRequest],
+                             context: Any) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
         async for req in request_iterator:
             ttl = self.s.lease_renew(req.ID)
             resp = pb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
@@ -157,13 +156,13 @@ class LeaseServicer(pb_grpc.LeaseServicer):
             self.s.fill_header(resp.header)
             yield resp
 
-    async def LeaseTimeToLive(self, request: pb.LeaseTimeToLiveRequest, context: _Ctx  # type: ignore[override]
+    async def LeaseTimeToLive(self, request: pb.LeaseTimeToLiveRequest, context: Any
                               ) -> pb.LeaseTimeToLiveResponse:
         resp = self.s.lease_time_to_live(request)
         self.s.fill_header(resp.header)
         return resp
 
-    async def LeaseLeases(self, request: pb.LeaseLeasesRequest, context: _Ctx  # type: ignore[override]
+    async def LeaseLeases(self, request: pb.LeaseLeasesRequest, context: Any
                           ) -> pb.LeaseLeasesResponse:
         resp = self.s.lease_leases()
         self.s.fill_header(resp.header)
@@ -174,12 +173,12 @@ class MaintenanceServicer(pb_grpc.MaintenanceServicer):
     def __init__(self, server: QuorumServer) -> None:
         self.s = server
 
-    async def Status(self, request: pb.StatusRequest, context: _Ctx) -> pb.StatusResponse:  # type: ignore[override]
+    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         resp = self.s.status()
         self.s.fill_header(resp.header)
         return resp
 
-    async def Alarm(self, request: pb.AlarmRequest, context: _Ctx) -> pb.AlarmResponse:  # type: ignore[override]
+    async def Alarm(self, request: pb.AlarmRequest, context: Any) -> pb.AlarmResponse:
         resp = pb.AlarmResponse()
         resp.header.revision = self.s.current_revision
         self.s.fill_header(resp.header)
@@ -190,31 +189,31 @@ class ClusterServicer(pb_grpc.ClusterServicer):
     def __init__(self, server: QuorumServer) -> None:
         self.s = server
 
-    async def MemberList(self, request: pb.MemberListRequest, context: _Ctx  # type: ignore[override]
+    async def MemberList(self, request: pb.MemberListRequest, context: Any
                          ) -> pb.MemberListResponse:
         resp = self.s.member_list()
         self.s.fill_header(resp.header)
         return resp
 
-    async def MemberAdd(self, request: pb.MemberAddRequest, context: _Ctx) -> pb.MemberAddResponse:  # type: ignore[override]
+    async def MemberAdd(self, request: pb.MemberAddRequest, context: Any) -> pb.MemberAddResponse:
         await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
 
-    async def MemberRemove(self, request: pb.MemberRemoveRequest, context: _Ctx  # type: ignore[override]
+    async def MemberRemove(self, request: pb.MemberRemoveRequest, context: Any
                            ) -> pb.MemberRemoveResponse:
         await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
 
-    async def MemberUpdate(self, request: pb.MemberUpdateRequest, context: _Ctx  # type: ignore[override]
+    async def MemberUpdate(self, request: pb.MemberUpdateRequest, context: Any
                            ) -> pb.MemberUpdateResponse:
         await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
 
-    async def MemberPromote(self, request: pb.MemberPromoteRequest, context: _Ctx  # type: ignore[override]
+    async def MemberPromote(self, request: pb.MemberPromoteRequest, context: Any
                             ) -> pb.MemberPromoteResponse:
         await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
 
 
 def add_servicers(grpc_server: grpc.aio.Server, server: QuorumServer) -> None:
-    pb_grpc.add_KVServicer_to_server(KVServicer(server), grpc_server)
-    pb_grpc.add_WatchServicer_to_server(WatchServicer(server), grpc_server)
-    pb_grpc.add_LeaseServicer_to_server(LeaseServicer(server), grpc_server)
-    pb_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(server), grpc_server)
-    pb_grpc.add_ClusterServicer_to_server(ClusterServicer(server), grpc_server)
+    pb_grpc.add_KVServicer_to_server(KVServicer(server), grpc_server)  # type: ignore[no-untyped-call]
+    pb_grpc.add_WatchServicer_to_server(WatchServicer(server), grpc_server)  # type: ignore[no-untyped-call]
+    pb_grpc.add_LeaseServicer_to_server(LeaseServicer(server), grpc_server)  # type: ignore[no-untyped-call]
+    pb_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(server), grpc_server)  # type: ignore[no-untyped-call]
+    pb_grpc.add_ClusterServicer_to_server(ClusterServicer(server), grpc_server)  # type: ignore[no-untyped-call]

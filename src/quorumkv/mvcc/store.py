@@ -55,10 +55,15 @@ class Event(NamedTuple):
     prev_mod_revision: int
 
 
-class RangeResult(NamedTuple):
-    kvs: list[KeyValue]
-    count: int
-    revision: int
+class RangeResult:
+    """Keys found (possibly limited), how many keys the range holds, and the store revision read at."""
+
+    __slots__ = ("count", "kvs", "revision")
+
+    def __init__(self, kvs: list[KeyValue], count: int, revision: int) -> None:
+        self.kvs = kvs
+        self.count = count
+        self.revision = revision
 
 
 class MVCCError(Exception):
@@ -325,6 +330,6 @@ def compact(conn: sqlite3.Connection, revision: int) -> int:
 
 def all_revisions(conn: sqlite3.Connection) -> Iterable[tuple[int, int, bytes, bytes | None, int, int, int]]:
     """Every stored row in revision order (for hashing and snapshots)."""
-    return conn.execute(  # type: ignore[no-any-return]
+    return conn.execute(
         "SELECT rev, sub, key, value, create_rev, version, lease FROM kv ORDER BY rev, sub"
     )

@@ -106,9 +106,9 @@ class Applier:
             return resp
         if kind == EntryKind.DELETE_RANGE:
             txn = self._begin(conn)
-            resp = self.delete_range(txn, pb.DeleteRangeRequest.FromString(payload))
+            dresp = self.delete_range(txn, pb.DeleteRangeRequest.FromString(payload))
             self._end(txn, result)
-            return resp
+            return dresp
         if kind == EntryKind.TXN:
             return self.txn(conn, pb.TxnRequest.FromString(payload), result)
         if kind == EntryKind.COMPACTION:
@@ -297,9 +297,9 @@ def compare_kv(c: pb.Compare, kv: KeyValue | None) -> bool:
     if res == _CMP.NOT_EQUAL:
         return left != right
     if res == _CMP.GREATER:
-        return left > right  # type: ignore[operator]
+        return bool(left > right)  # type: ignore[operator]
     if res == _CMP.LESS:
-        return left < right  # type: ignore[operator]
+        return bool(left < right)  # type: ignore[operator]
     return False
 
 

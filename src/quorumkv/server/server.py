@@ -112,7 +112,7 @@ class ServerSettings:
 
     @property
     def min_lease_ttl_seconds(self) -> int:
-        """etcd: ceil(1.5 × election timeout), in whole seconds."""
+        """etcd: ceil(1.5 x election timeout), in whole seconds."""
         election_ticks = max(1, self.election_timeout_ms // max(1, self.heartbeat_interval_ms))
         return max(1, math.ceil((3 * election_ticks // 2) * self.heartbeat_interval_ms / 1000))
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.mvccpb import kv_pb2
 from quorumkv.mvcc import store
-from quorumkv.mvcc.store import EVENT_DELETE, EVENT_PUT, Event
+from quorumkv.mvcc.store import EVENT_PUT, Event
 from quorumkv.storage.backend import read_txn
 
 #: A stream with more queued responses than this is slow: its watchers catch up from history instead.
@@ -257,7 +257,7 @@ class WatchHub:
                 continue
             kv = ev.kv
             pev = kv_pb2.Event(
-                type=ev.type,
+                type=ev.type,  # type: ignore[arg-type]
                 kv=kv_pb2.KeyValue(key=kv.key, create_revision=kv.create_revision, mod_revision=kv.mod_revision,
                                    version=kv.version, value=kv.value, lease=kv.lease),
             )

@@ -64,7 +64,7 @@ def open_data_dir(path: str | os.PathLike[str]) -> DataDir:
         raise DataDirError(
             f"cannot create data dir {root}: {exc.strerror}; choose a writable --data-dir"
         ) from exc
-    lock_file = open(root / LOCK_FILE, "ab")  # noqa: SIM115 - held open for the process lifetime
+    lock_file = open(root / LOCK_FILE, "ab")
     try:
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
