@@ -37,7 +37,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_run_script_starts_a_node_etcdctl_can_use(tmp_path: Path) -> None:
     client, peer = free_port(), free_port()
     url = f"http://127.0.0.1:{client}"
-    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
+    log = open(tmp_path / "run.log", "wb")
     proc = subprocess.Popen(
         ["bash", str(ROOT / "scripts" / "run.sh"), "--data-dir", str(tmp_path / "data"),
          "--listen-client-urls", url, "--advertise-client-urls", url,
