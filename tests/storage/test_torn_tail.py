@@ -10,6 +10,8 @@ What is covered
   new write continues from that revision.
 - A corrupt log entry on the replay path: entries above ``meta.applied_index`` are re-applied at startup and
   their CRC32 checked first; a mismatch refuses the start with a message naming the checksum.
+- A missing log entry on the replay path (a hole between the applied index and the last entry) refuses the
+  start instead of applying past it.
 - The replay path itself: a durable but unapplied entry is applied at startup.
 
 What is not covered (and why)
@@ -239,6 +241,27 @@ def test_corrupt_log_entry_on_replay_refuses_to_start(tmp_path: Path) -> None:
     assert len(lines) == 1 and "checksum" in lines[0] and f"log entry {victim}" in lines[0], res.stderr
     print(lines[0])
     with sqlite3.connect(db) as conn:  # nothing of the replay was committed
+        assert conn.execute("SELECT value FROM meta WHERE name = 'applied_index'").fetchone()[0] == applied
+        assert conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0] == revision
+
+
+@pytest.mark.timeout(60)
+def test_missing_log_entry_on_replay_refuses_to_start(tmp_path: Path) -> None:
+    data_dir, revision = _stopped_data_dir(tmp_path, puts=6)
+    db = data_dir / DB_FILE
+    with sqlite3.connect(db) as conn:
+        (last,) = conn.execute("SELECT max(idx) FROM raft_log").fetchone()
+        missing = last - 2
+        conn.execute("DELETE FROM raft_log WHERE idx = ?", (missing,))
+        applied = missing - 2
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'applied_index'", (applied,))
+    res = run_quorumkv_once(data_dir)
+    output = res.stdout + res.stderr
+    assert res.returncode != 0, f"replayed across a hole in the log:\n{output}"
+    assert "Traceback" not in output, output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("quorumkv: ")]
+    assert len(lines) == 1 and f"log entry {missing} is missing" in lines[0], res.stderr
+    with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT value FROM meta WHERE name = 'applied_index'").fetchone()[0] == applied
         assert conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0] == revision
 
