@@ -69,12 +69,14 @@ WAL_HEADER = 32
 FRAME_HEADER = 24
 
 
-def wal_index(shm: Path) -> tuple[int, int]:
+def wal_index(shm: Path) -> tuple[int, int] | None:
     """(mxFrame, nBackfill) from a WAL-index (``-shm``): the last committed frame, and how many frames were
-    already copied into the main database file. Native byte order; the header is stored twice."""
+    already copied into the main database file. Native byte order; the header is stored twice (None if the
+    two copies differ: the kill landed while SQLite was updating it)."""
     data = shm.read_bytes()[:136]
     assert len(data) >= 100, f"{shm} too short"
-    assert data[:48] == data[48:96], "WAL-index header copies differ (written at the moment of the kill)"
+    if data[:48] != data[48:96]:
+        return None
     (mx_frame,) = struct.unpack_from("=I", data, 16)
     (n_backfill,) = struct.unpack_from("=I", data, 96)
     return mx_frame, n_backfill
@@ -143,9 +145,10 @@ def test_torn_wal_tail_serves_a_consistent_prefix(tmp_path: Path) -> None:
             load = asyncio.run(load_until_kill(server.client_url, ledger, cycle=attempt, writers=8, rng=rng,
                                                kill_after_s=rng.uniform(0.4, 1.0), kill=server.kill9))
             assert server.returncode == -signal.SIGKILL and not load.early_failures and load.acked > 0
-            mx_frame, n_backfill = wal_index(data_dir / f"{DB_FILE}-shm")
+            index = wal_index(data_dir / f"{DB_FILE}-shm")
+            mx_frame, n_backfill = index or (0, 0)
             frame_size, commits = wal_commit_frames(data_dir / f"{DB_FILE}-wal")
-            assert mx_frame in commits, (mx_frame, commits[-5:])
+            assert index is None or mx_frame in commits, (mx_frame, commits[-5:])
             commits = [c for c in commits if c <= mx_frame]
             # Transactions whose frames all lie above the checkpointed ones: (first frame, commit frame).
             txns = [(prev + 1, c) for prev, c in zip([0, *commits[:-1]], commits, strict=True) if prev >= n_backfill]
@@ -155,7 +158,7 @@ def test_torn_wal_tail_serves_a_consistent_prefix(tmp_path: Path) -> None:
             servers.append(server)
             since = asyncio.run(_range(server.client_url))[0]
         else:
-            pytest.fail("every kill landed right after a full checkpoint; nothing to tear")
+            pytest.fail("every kill landed right after a full checkpoint (or mid WAL-index update); nothing to tear")
         first, commit = rng.choice(txns[-3:])
         cut = rng.randrange(WAL_HEADER + (first - 1) * frame_size, WAL_HEADER + commit * frame_size)
         print(f"WAL: {mx_frame} committed frames, {n_backfill} checkpointed, {len(txns)} tearable transactions; "
