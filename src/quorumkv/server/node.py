@@ -81,8 +81,15 @@ class LocalNode:
         if not pending:
             return
         result = ApplyResult()
+        expected = self.applier.applied_index + 1
         with self.backend.write_txn() as c:
             for idx, term, kind, data, crc in pending:
+                if idx != expected:  # a hole in the log: applying past it would silently drop an entry
+                    raise StorageError(
+                        f"log entry {expected} is missing (next stored entry is {idx}, applied index "
+                        f"{self.applier.applied_index}): the data dir is corrupt; restore from a snapshot"
+                    )
+                expected += 1
                 if zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF != crc:
                     raise StorageError(
                         f"log entry {idx} fails its checksum: the data dir is corrupt; restore from a snapshot"

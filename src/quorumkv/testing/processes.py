@@ -41,6 +41,7 @@ __all__ = [
     "etcdctl_env",
     "free_port",
     "normalize",
+    "quorumkv_env",
     "run_etcdctl",
     "start_etcd",
     "start_etcdctl",
@@ -436,6 +437,7 @@ def _start(
     extra_args: Sequence[str],
     env: dict[str, str],
     ready_timeout_s: float | None,
+    data_dir: Path | None = None,
 ) -> ServerProcess:
     tmp_dir = Path(tmp_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -446,13 +448,14 @@ def _start(
             peer_port = free_port()
         client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
         base = Path(tempfile.mkdtemp(prefix=f"{kind}-{name}-", dir=tmp_dir))
-        data_dir, log_path = base / f"{name}.data", base / f"{kind}.log"
+        member_data_dir = Path(data_dir) if data_dir is not None else base / f"{name}.data"
+        log_path = base / f"{kind}.log"
         server = spawn_server(
             kind,
-            [*command, *_member_flags(name, data_dir, client_url, peer_url), *extra_args],
+            [*command, *_member_flags(name, member_data_dir, client_url, peer_url), *extra_args],
             client_url=client_url,
             peer_url=peer_url,
-            data_dir=data_dir,
+            data_dir=member_data_dir,
             log_path=log_path,
             name=name,
             env=env,
@@ -499,17 +502,26 @@ def start_quorumkv(
     env: Mapping[str, str] | None = None,
     *,
     ready_timeout_s: float | None = 30.0,
+    data_dir: Path | None = None,
 ) -> ServerProcess:
     """Start ``python -m quorumkv`` with etcd's flags on free loopback ports, data and log under ``tmp_dir``.
 
     The child gets ``PYTHONPATH=<repo>/src`` so it runs this checkout's code without an install.
+    ``data_dir`` (default: a fresh directory under ``tmp_dir``) reuses an existing data dir, e.g. to restart
+    a member on the data a killed process left behind; every start gets fresh ports and its own log file.
     """
-    child_env = _clean_env(env)
+    command = [sys.executable, "-m", "quorumkv"]
+    return _start("quorumkv", Path(tmp_dir), name, command, extra_args, quorumkv_env(env), ready_timeout_s,
+                  data_dir=data_dir)
+
+
+def quorumkv_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for a quorumkv child: :func:`_clean_env` plus ``PYTHONPATH=<repo>/src`` (no install needed)."""
+    child_env = _clean_env(extra)
     src = str(quorumkv_src_dir())
     previous = child_env.get("PYTHONPATH")
     child_env["PYTHONPATH"] = src if not previous else f"{src}{os.pathsep}{previous}"
-    command = [sys.executable, "-m", "quorumkv"]
-    return _start("quorumkv", Path(tmp_dir), name, command, extra_args, child_env, ready_timeout_s)
+    return child_env
 
 
 # --------------------------------------------------------------------------------------------------------
