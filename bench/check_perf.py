@@ -78,17 +78,20 @@ class CheckPerfOutput:
         return None not in (self.writes_per_s, self.slowest_s, self.stddev_s, self.summary)
 
 
+#: One frame of etcdctl's progress bar (`` 59 / 60   98.33% 00m01s``), redrawn with ``\\r``. The result lines
+#: can follow the last frame with no separator at all (``59 / 60   98.33%PASS: Throughput is ...``) when the
+#: bar's goroutine has not printed its final frame yet.
+_PROGRESS_RE = re.compile(r"^\s*\d+ / \d+\s+\d+(?:\.\d+)?%(?:\s*\d+m\d+s)?\s*")
+
+
 def _lines(text: str) -> list[str]:
-    """Output lines with the ``\\r``-redrawn progress bar removed."""
+    """Output lines with the progress bar frames removed."""
     out = []
     for raw in text.splitlines():
-        line = raw.rsplit("\r", 1)[-1].strip()
+        line = _PROGRESS_RE.sub("", raw.rsplit("\r", 1)[-1]).strip()
         if line:
             out.append(line)
     return out
-
-
-_PROGRESS_RE = re.compile(r"^\d+ / \d+\b")
 
 
 def parse_check_perf(stdout: str, stderr: str = "") -> CheckPerfOutput:
@@ -110,7 +113,7 @@ def parse_check_perf(stdout: str, stderr: str = "") -> CheckPerfOutput:
             result.errors += count
         elif line in ("PASS", "FAIL"):
             result.summary = line
-        elif line == "FAIL: too many errors" or _PROGRESS_RE.match(line):
+        elif line == "FAIL: too many errors":
             continue
         else:
             result.other.append(line)
@@ -129,6 +132,8 @@ class RunResult:
     #: CPU seconds used by the etcdctl load generator itself.
     client_cpu_s: float
     loadavg_before: list[float]
+    #: etcdctl's output with the progress bar removed (for re-parsing the JSON later).
+    output_lines: list[str] = field(default_factory=list)
     #: Machine CPU busy (% of one core) just before the run, and CPU used during the run by processes other
     #: than the server and etcdctl (other engineers' jobs on a shared machine): interference indicators.
     busy_before_percent: float = 0.0
@@ -146,6 +151,7 @@ class RunResult:
             "server_stats": self.server_stats.as_dict() if self.server_stats else None,
             "client_cpu_s": round(self.client_cpu_s, 2),
             "loadavg_before": self.loadavg_before,
+            "output_lines": self.output_lines,
             "busy_before_percent": self.busy_before_percent,
             "other_cpu_percent": self.other_cpu_percent,
             "error": self.error,
@@ -190,7 +196,10 @@ def run_one(
     parsed = parse_check_perf(stdout, stderr)
     if error is None and not parsed.complete:
         error = f"incomplete check perf output (rc {rc}): {(stdout[-300:] + stderr[-500:]).strip()!r}"
-    return RunResult(kind, load, command, rc, duration, parsed, stats, client_cpu, loadavg, busy_before, other, error)
+    output_lines = _lines(stdout) + _lines(stderr)
+    return RunResult(
+        kind, load, command, rc, duration, parsed, stats, client_cpu, loadavg, output_lines, busy_before, other, error
+    )
 
 
 def _start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:

@@ -21,6 +21,15 @@ ETCD_LOAD_S_PASS = (
     "PASS\n"
 )
 
+#: Real output (etcd 3.4.23, load s, machine saturated by other jobs): the results follow the last progress
+#: frame with no separator, and the slowest-request failure line has no "FAIL:" prefix.
+ETCD_LOAD_S_GLUED = (
+    "\r 58 / 60   96.67% 00m01s\r 59 / 60   98.33% 00m01s\r 59 / 60   98.33%PASS: Throughput is 143 writes/s\n"
+    "Slowest request took too long: 0.917324s\n"
+    "PASS: Stddev is 0.042133s\n"
+    "FAIL\n"
+)
+
 #: etcd 3.4's failure wording (ctlv3/command/check.go): "Slowest ..." and "Stddev ..." lose the FAIL: prefix.
 FAIL_WITH_ERRORS = (
     "\r 60 / 60  100.00% 1m0s\n"
@@ -43,6 +52,15 @@ def test_parse_check_perf_pass() -> None:
     assert (out.throughput_pass, out.slowest_pass, out.stddev_pass, out.summary) == (True, True, True, "PASS")
     assert out.other == []
     assert out.complete
+
+
+def test_parse_check_perf_result_glued_to_progress_bar() -> None:
+    out = check_perf.parse_check_perf(ETCD_LOAD_S_GLUED)
+    assert out.writes_per_s == 143
+    assert out.slowest_s == 0.917324 and out.slowest_pass is False
+    assert out.stddev_s == 0.042133 and out.stddev_pass is True
+    assert out.summary == "FAIL" and out.complete
+    assert out.other == []
 
 
 def test_parse_check_perf_fail_and_errors() -> None:
