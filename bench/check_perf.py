@@ -204,7 +204,7 @@ def run_one(
 
 def _start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """Profile ``pid`` with py-spy (a dev tool, not a dependency) for 20 s, as a flame graph + raw text."""
-    argv = ["py-spy", "record", "--pid", str(pid), "--duration", "20", "--rate", "100", "--format"]
+    argv = ["py-spy", "record", "--pid", str(pid), "--duration", "20", "--rate", "100", "--function", "--format"]
     if out.suffix == ".svg":
         argv += ["flamegraph", "-o", str(out)]
     else:

@@ -120,3 +120,18 @@ def test_percentile_and_summarize() -> None:
     assert stats.errors == {"UNAVAILABLE": 3, "NOT_FOUND": 1}
     assert round(stats.p50_ms, 6) == 50.0 and round(stats.p99_ms, 6) == 99.0
     assert range_read.key_of(7) == b"/bench/range/00000007"
+
+
+def test_profile_top_self_and_total() -> None:
+    from bench import profile_top
+
+    text = (
+        'process 1:"python3.11 -m quorumkv";<module> (quorumkv/__main__.py:1);run (asyncio/runners.py:118) 6\n'
+        'process 1:"python3.11 -m quorumkv";<module> (quorumkv/__main__.py:1);_run (node.py:178) 4\n'
+        "garbage line\n"
+    )
+    hot = profile_top.top_hotspots(text, n=2)
+    assert [h.frame for h in hot] == ["run (asyncio/runners.py:118)", "_run (node.py:178)"]
+    assert hot[0].self_percent == 60.0 and hot[1].self_percent == 40.0
+    by_total = profile_top.top_hotspots(text, n=1, by="total")
+    assert by_total[0].total_percent == 100.0
