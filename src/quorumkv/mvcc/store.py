@@ -308,10 +308,15 @@ class WriteTxn:
             current=self.read_revision(),
         )
 
-    def end(self) -> int:
-        """Finish the revision; returns the store revision after it."""
+    def end(self, *, persist_revision: bool = True) -> int:
+        """Finish the revision; returns the store revision after it.
+
+        ``persist_revision=False`` leaves writing ``meta.revision`` to the caller (the applier writes it once per
+        batch, in the same transaction).
+        """
         if self.changes:
-            meta_set(self.conn, "revision", self.rev)
+            if persist_revision:
+                meta_set(self.conn, "revision", self.rev)
             return self.rev
         return self.begin_rev
 

@@ -75,6 +75,17 @@ class Applier:
         if index <= self.applied_index:
             return
         kind, request_id, payload = decode_entry(data)
+        if kind == EntryKind.PUT:
+            # A put checks everything before its two writes, so it needs no savepoint of its own; an unexpected
+            # error fails the whole batch (the node rolls back the transaction and answers every waiter).
+            try:
+                response: object = self._dispatch(conn, kind, payload, result)
+            except EtcdError as exc:
+                response = exc
+            self.applied_index = index
+            if request_id:
+                result.responses[request_id] = response
+            return
         conn.execute("SAVEPOINT entry")
         saved = (self.revision, self.compact_revision, dict(self.leases) if kind >= EntryKind.LEASE_GRANT else None)
         n_events = len(result.events)
@@ -95,8 +106,9 @@ class Applier:
             result.responses[request_id] = response
 
     def finish(self, conn: sqlite3.Connection) -> None:
-        """Record the applied index in the same transaction as the applied effects."""
+        """Record the applied index and store revision in the same transaction as the applied effects."""
         meta_set(conn, "applied_index", self.applied_index)
+        meta_set(conn, "revision", self.revision)
 
     def _dispatch(self, conn: sqlite3.Connection, kind: int, payload: bytes, result: ApplyResult) -> object:
         if kind == EntryKind.PUT:
@@ -126,7 +138,7 @@ class Applier:
 
     def _end(self, txn: WriteTxn, result: ApplyResult) -> None:
         if txn.changes:
-            self.revision = txn.end()
+            self.revision = txn.end(persist_revision=False)
             result.events.append((self.revision, txn.changes))
 
     def _header(self, revision: int) -> pb.ResponseHeader:
