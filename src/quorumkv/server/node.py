@@ -160,8 +160,7 @@ class LocalNode:
             data = encode_entry(kind, request_id, payload)
             rows.append((index, term, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF))
         conn.executemany("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)", rows)
-        for row in rows:
-            applier.apply(conn, row[0], row[3], result)
+        applier.apply_many(conn, [(row[0], row[3]) for row in rows], result)
         applier.finish(conn)
         self.last_index = index
         if index % 1000 < len(rows) and index > LOG_RETAIN_ENTRIES:
