@@ -157,7 +157,8 @@ class Applier:
             live_rows[key] = (key, create_rev, rev, version, lease, next_id)
             existing[key] = (create_rev, rev, version)
             next_id += 1
-            events.append((rev, [Event(store.EVENT_PUT, KeyValue(key, create_rev, rev, version, value, lease), prev_mod)]))
+            kv = KeyValue(key, create_rev, rev, version, value, lease)
+            events.append((rev, [Event(store.EVENT_PUT, kv, prev_mod)]))
             if request_id:
                 resp = pb.PutResponse()
                 resp.header.revision = rev
