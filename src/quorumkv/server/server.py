@@ -462,11 +462,14 @@ class QuorumServer:
                 for _ in range(defrag.MAX_ROUNDS):
                     if await loop.run_in_executor(None, rebuild.catch_up) < defrag.SMALL_ROUND_ENTRIES:
                         break
+                # checkpoint now, so closing the old file in the pause below has little WAL left to copy
+                await loop.run_in_executor(None, self.backend.checkpoint)
+                await loop.run_in_executor(None, rebuild.catch_up)
                 await loop.run_in_executor(None, self.node.write_lock.acquire)
                 paused = time.perf_counter()
                 try:
                     await loop.run_in_executor(None, rebuild.finish, self.applier.applied_index)
-                    self.backend.swap_file(rebuild.path)
+                    old_file = self.backend.swap_file(rebuild.path)
                     self.reader = self.backend.new_reader()
                     if self.hub is not None:
                         self.hub.reader = self.reader
@@ -476,6 +479,7 @@ class QuorumServer:
             except BaseException:
                 rebuild.abort()
                 raise
+            await loop.run_in_executor(None, old_file.unlink)
         log.info("defragmented", extra={"size-before-bytes": before, "size-after-bytes": self.backend.size_bytes(),
                                         "took-s": round(time.perf_counter() - started, 3),
                                         "writer-pause-s": round(self.last_defrag_pause_s, 4)})
@@ -534,6 +538,7 @@ def _remove_stale_temp_files(data_dir: Path) -> None:
     """Snapshot copies and defrag copies a crash left behind (never the database itself)."""
     for p in data_dir.glob("snapshot-*.tmp"):
         p.unlink(missing_ok=True)
+    (data_dir / "quorumkv.db.old").unlink(missing_ok=True)
     from quorumkv.storage.datadir import DB_FILE
     defrag.discard(data_dir / (DB_FILE + defrag.DEFRAG_FILE_SUFFIX))
 

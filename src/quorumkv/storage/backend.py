@@ -166,12 +166,21 @@ class Backend:
         free = c.execute("PRAGMA freelist_count").fetchone()[0]
         return int((page_count - free) * page_size)
 
-    def swap_file(self, replacement: Path) -> None:
+    def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file (PASSIVE: never waits for, nor blocks, anyone)."""
+        conn = _connect(self.db_path, sync_full=True)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    def swap_file(self, replacement: Path) -> Path:
         """Put ``replacement`` (a complete, fsynced database with the same content) in place of the file.
 
         Caller guarantees: the writer is paused and no transaction is open on any connection. Every reader
         from ``new_reader`` is closed (get new ones); the writer connection is reopened on the new file.
         Raises StorageError (and keeps the old file) if a connection outside this Backend still uses the WAL.
+        Returns a hard link to the old file: delete it later (freeing its blocks can take a while).
         """
         from quorumkv.storage.datadir import fsync_dir
 
@@ -186,9 +195,13 @@ class Backend:
             raise StorageError(f"{wal} is still in use by another connection; the database was not swapped")
         for suffix in ("-wal", "-shm"):
             Path(str(self.db_path) + suffix).unlink(missing_ok=True)
+        old = self.db_path.with_name(self.db_path.name + ".old")
+        old.unlink(missing_ok=True)
+        os.link(self.db_path, old)
         os.replace(replacement, self.db_path)
         fsync_dir(self.db_path.parent)
         self._writer = _connect(self.db_path, sync_full=True)
+        return old
 
     def close(self) -> None:
         for conn in self._readers:
