@@ -179,10 +179,48 @@ class MaintenanceServicer(pb_grpc.MaintenanceServicer):
         return resp
 
     async def Alarm(self, request: pb.AlarmRequest, context: Any) -> pb.AlarmResponse:
-        resp = pb.AlarmResponse()
-        resp.header.revision = self.s.current_revision
+        try:
+            resp = await self.s.alarm(request)
+        except EtcdError as err:
+            await abort(context, err)
         self.s.fill_header(resp.header)
         return resp
+
+    async def Hash(self, request: pb.HashRequest, context: Any) -> pb.HashResponse:
+        resp = await self.s.hash()
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def HashKV(self, request: pb.HashKVRequest, context: Any) -> pb.HashKVResponse:
+        try:
+            resp = await self.s.hash_kv(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def MoveLeader(self, request: pb.MoveLeaderRequest, context: Any) -> pb.MoveLeaderResponse:
+        try:
+            resp = self.s.move_leader(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def Defragment(self, request: pb.DefragmentRequest, context: Any) -> pb.DefragmentResponse:
+        try:
+            resp = await self.s.defragment()
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def Snapshot(self, request: pb.SnapshotRequest, context: Any) -> AsyncIterator[pb.SnapshotResponse]:
+        try:
+            async for chunk in self.s.snapshot():
+                yield chunk
+        except EtcdError as err:
+            await abort(context, err)
 
 
 class ClusterServicer(pb_grpc.ClusterServicer):

@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
@@ -28,6 +29,34 @@ MAX_LEASE_TTL_SECONDS = 9_000_000_000
 
 _CMP = pb.Compare
 _RANGE = pb.RangeRequest
+
+#: etcd's quota cost estimates (etcdserver/quota.go): per put and per lease grant, in bytes.
+KV_OVERHEAD_BYTES = 256
+LEASE_OVERHEAD_BYTES = 64
+
+#: Entry kinds that the NOSPACE alarm caps (etcd's applierV3Capped) or the CORRUPT alarm refuses.
+_KV_KINDS = frozenset({EntryKind.PUT, EntryKind.DELETE_RANGE, EntryKind.TXN, EntryKind.COMPACTION,
+                       EntryKind.LEASE_GRANT, EntryKind.LEASE_REVOKE})
+
+
+def put_cost_bytes(req: pb.PutRequest) -> int:
+    """etcd's costPut: what a put may add to the backend."""
+    return KV_OVERHEAD_BYTES + len(req.key) + len(req.value)
+
+
+def txn_cost_bytes(req: pb.TxnRequest) -> int:
+    """etcd's costTxn: the larger of the two branches' top-level put costs (0 for a txn without puts)."""
+    def branch(ops: Iterable[pb.RequestOp]) -> int:
+        return sum(put_cost_bytes(op.request_put) for op in ops if op.WhichOneof("request") == "request_put")
+    return max(branch(req.success), branch(req.failure))
+
+
+def _i64(u: int) -> int:
+    return u - (1 << 64) if u >= (1 << 63) else u
+
+
+def _u64(i: int) -> int:
+    return i + (1 << 64) if i < 0 else i
 
 
 def to_pb_kv(kv: KeyValue, *, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -67,6 +96,17 @@ class Applier:
         self.compact_revision = store.compact_revision(conn)
         self.applied_index = int(meta_get(conn, "applied_index", 0))
         self.leases: dict[int, int] = {int(r[0]): int(r[1]) for r in conn.execute("SELECT id, ttl FROM lease")}
+        #: Raised alarms as (member ID (uint64), AlarmType); persisted in the ``alarm`` table.
+        self.alarms: set[tuple[int, int]] = {
+            (_u64(int(r[0])), int(r[1])) for r in conn.execute("SELECT member_id, alarm FROM alarm")}
+
+    def has_alarm(self, alarm_type: int) -> bool:
+        return any(a == alarm_type for _, a in self.alarms)
+
+    def alarm_members(self, alarm_type: int = pb.AlarmType.NONE) -> list[pb.AlarmMember]:
+        """Raised alarms of ``alarm_type`` (NONE: all), sorted by member then type (deterministic)."""
+        return [pb.AlarmMember(memberID=m, alarm=a) for m, a in sorted(self.alarms)  # type: ignore[arg-type]
+                if alarm_type == pb.AlarmType.NONE or a == alarm_type]
 
     # -- entry dispatch -------------------------------------------------------------------------------------
 
@@ -87,7 +127,8 @@ class Applier:
                 result.responses[request_id] = response
             return
         conn.execute("SAVEPOINT entry")
-        saved = (self.revision, self.compact_revision, dict(self.leases) if kind >= EntryKind.LEASE_GRANT else None)
+        saved = (self.revision, self.compact_revision, dict(self.leases) if kind >= EntryKind.LEASE_GRANT else None,
+                 set(self.alarms))
         n_events = len(result.events)
         try:
             response = self._dispatch(conn, kind, payload, result)
@@ -98,6 +139,7 @@ class Applier:
             self.revision, self.compact_revision = saved[0], saved[1]
             if saved[2] is not None:
                 self.leases = saved[2]
+            self.alarms = saved[3]
             del result.events[n_events:]
             response = EtcdError("INTERNAL", f"quorumkv: applying entry {index} failed: {exc!r}")
         conn.execute("RELEASE entry")
@@ -179,6 +221,8 @@ class Applier:
         meta_set(conn, "revision", self.revision)
 
     def _dispatch(self, conn: sqlite3.Connection, kind: int, payload: bytes, result: ApplyResult) -> object:
+        if self.alarms and kind in _KV_KINDS:
+            self._check_alarms(kind, payload)
         if kind == EntryKind.PUT:
             txn = self._begin(conn)
             resp = self.put(txn, pb.PutRequest.FromString(payload))
@@ -197,6 +241,8 @@ class Applier:
             return self.lease_grant(conn, pb.LeaseGrantRequest.FromString(payload), result)
         if kind == EntryKind.LEASE_REVOKE:
             return self.lease_revoke(conn, pb.LeaseRevokeRequest.FromString(payload), result)
+        if kind == EntryKind.ALARM:
+            return self.alarm(conn, pb.AlarmRequest.FromString(payload), result)
         if kind == EntryKind.NOOP:
             return None
         raise ValueError(f"unknown entry kind {kind}")
@@ -308,6 +354,39 @@ class Applier:
                 at = self._apply_txn(txn, op.request_txn, path, at, nested)
                 nested.header.CopyFrom(self._header(txn.read_revision()))
         return at
+
+    # -- alarms -------------------------------------------------------------------------------------------
+
+    def _check_alarms(self, kind: int, payload: bytes) -> None:
+        """etcd's corrupt applier (every KV entry fails) and capped applier (NOSPACE: no puts, no grants)."""
+        if self.has_alarm(pb.AlarmType.CORRUPT):
+            raise errors.CORRUPT
+        if not self.has_alarm(pb.AlarmType.NOSPACE):
+            return
+        if kind in (EntryKind.PUT, EntryKind.LEASE_GRANT):
+            raise errors.NO_SPACE
+        if kind == EntryKind.TXN and txn_cost_bytes(pb.TxnRequest.FromString(payload)) > 0:
+            raise errors.NO_SPACE
+
+    def alarm(self, conn: sqlite3.Connection, req: pb.AlarmRequest, result: ApplyResult) -> pb.AlarmResponse:
+        """Get/activate/deactivate; the response lists the alarms found, raised or cleared (etcd's rules)."""
+        resp = pb.AlarmResponse(header=self._header(self.revision))
+        key = (req.memberID, int(req.alarm))
+        if req.action == pb.AlarmRequest.GET:
+            resp.alarms.extend(self.alarm_members(req.alarm))
+        elif req.action == pb.AlarmRequest.ACTIVATE:
+            if req.alarm != pb.AlarmType.NONE and key not in self.alarms:
+                conn.execute("INSERT INTO alarm(member_id, alarm) VALUES (?, ?)", (_i64(key[0]), key[1]))
+                self.alarms.add(key)
+                result.alarms_changed = True
+                resp.alarms.add(memberID=req.memberID, alarm=req.alarm)
+        elif req.action == pb.AlarmRequest.DEACTIVATE:
+            if key in self.alarms:
+                conn.execute("DELETE FROM alarm WHERE member_id = ? AND alarm = ?", (_i64(key[0]), key[1]))
+                self.alarms.discard(key)
+                result.alarms_changed = True
+                resp.alarms.add(memberID=req.memberID, alarm=req.alarm)
+        return resp
 
     # -- compaction -----------------------------------------------------------------------------------------
 
@@ -454,6 +533,7 @@ def execute_read_only_txn(conn: sqlite3.Connection, req: pb.TxnRequest) -> pb.Tx
     ex.revision = store.current_revision(conn)
     ex.compact_revision = store.compact_revision(conn)
     ex.leases = {}
+    ex.alarms = set()
     ex.applied_index = 0
     ex.min_lease_ttl_seconds = 0
     txn = WriteTxn(conn, ex.revision)

@@ -62,6 +62,8 @@ class LocalNode:
         self._next_request_id = 1
         self._stopped = False
         self._fatal: BaseException | None = None
+        #: Held by the writer thread around each batch; holding it from elsewhere pauses the writer (defrag).
+        self.write_lock = threading.Lock()
         conn = backend.writer
         self.term = int(meta_get(conn, "term", 1))
         row = conn.execute("SELECT max(idx) FROM raft_log").fetchone()
@@ -170,7 +172,6 @@ class LocalNode:
 
     def _run(self) -> None:
         q = self._queue
-        backend = self.backend
         loop = self._loop
         assert loop is not None
         while True:
@@ -188,27 +189,33 @@ class LocalNode:
                     stop = True
                     break
                 batch.append(nxt)
-            result = ApplyResult()
-            last_index = self.last_index
-            try:
-                with backend.write_txn() as conn:
-                    self._append_and_apply(conn, batch, result)
-                    started = time.perf_counter()
-                # COMMIT (with its fsync) happened when the block exited.
-                if self._fsync_observer is not None:
-                    self._fsync_observer(time.perf_counter() - started)
-            except Exception as exc:  # storage failure: nothing of this batch is durable
-                log.error("group commit of %d entries failed: %r", len(batch), exc)
-                self.last_index = last_index
-                try:
-                    self.applier.reload(backend.writer)
-                except Exception:  # pragma: no cover - storage gone entirely
-                    log.exception("reloading applier state failed")
-                loop.call_soon_threadsafe(self._deliver, None, exc, [b[1] for b in batch])
-            else:
-                loop.call_soon_threadsafe(self._deliver, result, None, [])
+            with self.write_lock:
+                self._commit_batch(batch, loop)
             if stop:
                 return
+
+    def _commit_batch(self, batch: list[tuple[int, int, bytes]], loop: asyncio.AbstractEventLoop) -> None:
+        """Append, apply and commit one batch; hand the results (or the failure) to the event loop."""
+        backend = self.backend
+        result = ApplyResult()
+        last_index = self.last_index
+        try:
+            with backend.write_txn() as conn:
+                self._append_and_apply(conn, batch, result)
+                started = time.perf_counter()
+            # COMMIT (with its fsync) happened when the block exited.
+            if self._fsync_observer is not None:
+                self._fsync_observer(time.perf_counter() - started)
+        except Exception as exc:  # storage failure: nothing of this batch is durable
+            log.error("group commit of %d entries failed: %r", len(batch), exc)
+            self.last_index = last_index
+            try:
+                self.applier.reload(backend.writer)
+            except Exception:  # pragma: no cover - storage gone entirely
+                log.exception("reloading applier state failed")
+            loop.call_soon_threadsafe(self._deliver, None, exc, [b[1] for b in batch])
+        else:
+            loop.call_soon_threadsafe(self._deliver, result, None, [])
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 

@@ -12,16 +12,26 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from quorumkv import ETCD_COMPAT_VERSION
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.lease.lessor import Clock, Lessor, SystemClock
 from quorumkv.mvcc import store
-from quorumkv.server import errors
-from quorumkv.server.apply import Applier, ApplyResult, execute_range, execute_read_only_txn
+from quorumkv.server import compactor, defrag, errors, maintenance, snapshot
+from quorumkv.server.apply import (
+    LEASE_OVERHEAD_BYTES,
+    Applier,
+    ApplyResult,
+    execute_range,
+    execute_read_only_txn,
+    put_cost_bytes,
+    txn_cost_bytes,
+)
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.errors import EtcdError
 from quorumkv.server.node import LocalNode
@@ -93,6 +103,11 @@ class ServerSettings:
     election_timeout_ms: int = 1000
     heartbeat_interval_ms: int = 100
     watch_progress_notify_interval_ms: int = 600_000
+    #: etcd's --quota-backend-bytes after defaulting (0 on the command line means 2 GiB).
+    quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
+    auto_compaction_mode: str = "periodic"
+    #: Seconds (periodic) or revisions (revision); 0 disables auto-compaction.
+    auto_compaction_retention: int = 0
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
@@ -108,6 +123,9 @@ class ServerSettings:
             election_timeout_ms=cfg.election_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
             watch_progress_notify_interval_ms=getattr(cfg, "watch_progress_notify_interval_ms", 600_000),
+            quota_backend_bytes=cfg.effective_quota_backend_bytes,
+            auto_compaction_mode=cfg.auto_compaction_mode,
+            auto_compaction_retention=cfg.auto_compaction_retention_parsed(),
         )
 
     @property
@@ -127,6 +145,7 @@ class QuorumServer:
         self._hooks = on_applied_hooks or []
         self.datadir: DataDir = open_data_dir(settings.data_dir)
         try:
+            _remove_stale_temp_files(self.datadir.path)
             self.backend = Backend(self.datadir.db_path)
             self.applier = Applier(self.backend.writer, min_lease_ttl_seconds=settings.min_lease_ttl_seconds)
             self._init_membership()
@@ -140,6 +159,14 @@ class QuorumServer:
         self.ids = IdGenerator(self.member_id, int(time.time() * 1000))
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
+        #: The raised alarms as the event loop sees them (updated after each batch that changed them).
+        self.alarms: frozenset[tuple[int, int]] = frozenset(self.applier.alarms)
+        #: Held while something needs the database file to stay the same file (hash, snapshot copy, defrag).
+        self._file_lock = asyncio.Lock()
+        #: Longest writer pause of the last defragmentation (seconds), for tests and benchmarks.
+        self.last_defrag_pause_s = 0.0
+        self.compactor: compactor.Compactor | None = compactor.make_compactor(
+            settings.auto_compaction_mode, settings.auto_compaction_retention, self.clock.monotonic())
 
     # -- membership (a cluster of one for now) ---------------------------------------------------------------
 
@@ -191,6 +218,8 @@ class QuorumServer:
         self.hub.advance(self.applier.revision)
         self._tasks.append(loop.create_task(self._lease_expiry_loop(), name="lease-expiry"))
         self._tasks.append(loop.create_task(self._progress_notify_loop(), name="watch-progress"))
+        if self.compactor is not None:
+            self._tasks.append(loop.create_task(self._auto_compaction_loop(self.compactor), name="auto-compaction"))
         self.started = True
 
     async def stop(self) -> None:
@@ -221,6 +250,8 @@ class QuorumServer:
                 hub.notify(result.events)
             if result.compacted_to:
                 hub.on_compacted(result.compacted_to)
+        if result.alarms_changed:
+            self.alarms = frozenset(self.applier.alarms)
         for hook in self._hooks:
             hook(result)
 
@@ -247,6 +278,8 @@ class QuorumServer:
         return await self.node.propose(kind, payload)
 
     def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
+        if self.alarms and any(a == pb.AlarmType.CORRUPT for _, a in self.alarms):
+            raise errors.CORRUPT
         reader = self.reader
         try:
             with read_txn(reader):
@@ -260,7 +293,22 @@ class QuorumServer:
         except store.FutureRevisionError as exc:
             raise errors.FUTURE_REV from exc
 
+    async def _check_quota(self, cost_bytes: int) -> None:
+        """etcd's quotaAlarmer: a write that would grow the store past the quota raises NOSPACE and fails."""
+        if self.backend.allocated_bytes(self.reader) + cost_bytes < self.settings.quota_backend_bytes:
+            return
+        req = pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.AlarmType.NOSPACE)
+        if (self.member_id, pb.AlarmType.NOSPACE) not in self.alarms:
+            log.warning("database space exceeded: raising the NOSPACE alarm",
+                        extra={"quota-size-bytes": self.settings.quota_backend_bytes})
+            try:
+                await self._propose(EntryKind.ALARM, req.SerializeToString())
+            except EtcdError as exc:  # the write is refused either way
+                log.warning("raising NOSPACE failed: %s", exc.message)
+        raise errors.NO_SPACE
+
     async def put(self, req: pb.PutRequest) -> pb.PutResponse:
+        await self._check_quota(put_cost_bytes(req))
         resp: pb.PutResponse = await self._propose(EntryKind.PUT, req.SerializeToString())
         return resp
 
@@ -272,6 +320,7 @@ class QuorumServer:
         if is_txn_read_only(req):
             with read_txn(self.reader):
                 return execute_read_only_txn(self.reader, req)
+        await self._check_quota(txn_cost_bytes(req))
         resp: pb.TxnResponse = await self._propose(EntryKind.TXN, req.SerializeToString())
         return resp
 
@@ -282,6 +331,7 @@ class QuorumServer:
     # -- leases ----------------------------------------------------------------------------------------------
 
     async def lease_grant(self, req: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
+        await self._check_quota(LEASE_OVERHEAD_BYTES)
         lease_id = req.ID or (self.ids.next() & ((1 << 63) - 1))
         r = pb.LeaseGrantRequest(TTL=req.TTL, ID=lease_id)
         resp: pb.LeaseGrantResponse = await self._propose(EntryKind.LEASE_GRANT, r.SerializeToString())
@@ -337,6 +387,24 @@ class QuorumServer:
             if self.hub is not None:
                 self.hub.progress_notify_all()
 
+    async def _auto_compaction_loop(self, comp: compactor.Compactor) -> None:
+        """Propose Compaction entries when the compactor says so (the decision uses the clock, apply does not)."""
+        while True:
+            comp.sample(self.current_revision)
+            await asyncio.sleep(comp.poll_interval_s)
+            rev = comp.due(self.clock.monotonic(), self.current_revision)
+            if rev is None:
+                continue
+            log.info("starting auto-compaction", extra={"revision": rev})
+            try:
+                await self.compact(pb.CompactionRequest(revision=rev))
+            except EtcdError as exc:
+                if exc.message != errors.COMPACTED.message:
+                    log.warning("auto-compaction at revision %d failed: %s", rev, exc.message)
+                    continue
+            comp.succeeded(self.clock.monotonic(), rev)
+            log.info("finished auto-compaction", extra={"revision": rev})
+
     # -- maintenance / cluster -------------------------------------------------------------------------------
 
     @property
@@ -355,6 +423,102 @@ class QuorumServer:
             dbSizeInUse=self.backend.size_in_use_bytes(self.reader),
             isLearner=False,
         )
+        resp.errors.extend(alarm_text(a) for a in self.applier.alarm_members())
+        resp.header.revision = self.current_revision
+        return resp
+
+    async def alarm(self, req: pb.AlarmRequest) -> pb.AlarmResponse:
+        """GET is answered from the applied state; ACTIVATE/DEACTIVATE go through the log (they persist)."""
+        if req.action == pb.AlarmRequest.GET:
+            resp = pb.AlarmResponse()
+            resp.alarms.extend(self.applier.alarm_members(req.alarm))
+        else:
+            resp = await self._propose(EntryKind.ALARM, req.SerializeToString())
+        resp.header.revision = self.current_revision
+        return resp
+
+    async def snapshot(self) -> AsyncIterator[pb.SnapshotResponse]:
+        """Stream a point-in-time copy of the whole store in chunks, then its SHA-256 (etcd's framing)."""
+        loop = asyncio.get_running_loop()
+        tmp = self.datadir.path / f"snapshot-{uuid.uuid4().hex}.tmp"
+        try:
+            async with self._file_lock:
+                size = await loop.run_in_executor(None, snapshot.copy_database, self.datadir.db_path, tmp)
+            log.info("sending database snapshot", extra={"size-bytes": size})
+            for remaining, blob in snapshot.iter_chunks(tmp):
+                yield pb.SnapshotResponse(remaining_bytes=remaining, blob=blob)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def defragment(self) -> pb.DefragmentResponse:
+        """Rebuild the database file compactly while serving (see quorumkv.server.defrag)."""
+        loop = asyncio.get_running_loop()
+        async with self._file_lock:
+            started = time.perf_counter()
+            before = self.backend.size_bytes()
+            rebuild = await loop.run_in_executor(
+                None, defrag.Rebuild, self.datadir.db_path, self.applier.min_lease_ttl_seconds)
+            try:
+                for _ in range(defrag.MAX_ROUNDS):
+                    if await loop.run_in_executor(None, rebuild.catch_up) < defrag.SMALL_ROUND_ENTRIES:
+                        break
+                # checkpoint now, so closing the old file in the pause below has little WAL left to copy
+                await loop.run_in_executor(None, self.backend.checkpoint)
+                await loop.run_in_executor(None, rebuild.catch_up)
+                await loop.run_in_executor(None, self.node.write_lock.acquire)
+                paused = time.perf_counter()
+                try:
+                    await loop.run_in_executor(None, rebuild.finish, self.applier.applied_index)
+                    old_file = self.backend.swap_file(rebuild.path)
+                    self.reader = self.backend.new_reader()
+                    if self.hub is not None:
+                        self.hub.reader = self.reader
+                finally:
+                    self.node.write_lock.release()
+                    self.last_defrag_pause_s = time.perf_counter() - paused
+            except BaseException:
+                rebuild.abort()
+                raise
+            await loop.run_in_executor(None, old_file.unlink)
+        log.info("defragmented", extra={"size-before-bytes": before, "size-after-bytes": self.backend.size_bytes(),
+                                        "took-s": round(time.perf_counter() - started, 3),
+                                        "writer-pause-s": round(self.last_defrag_pause_s, 4)})
+        resp = pb.DefragmentResponse()
+        resp.header.revision = self.current_revision
+        return resp
+
+    async def hash(self) -> pb.HashResponse:
+        """etcd's Hash: a hash of the whole replicated content (see quorumkv.server.maintenance)."""
+        async with self._file_lock:
+            return await asyncio.get_running_loop().run_in_executor(None, self._hash_work)
+
+    def _hash_work(self) -> pb.HashResponse:
+        with self.backend.temp_reader() as conn, read_txn(conn):
+            return pb.HashResponse(header=pb.ResponseHeader(revision=store.current_revision(conn)),
+                                   hash=maintenance.hash_backend(conn))
+
+    async def hash_kv(self, req: pb.HashKVRequest) -> pb.HashKVResponse:
+        """etcd's HashKV: the key revisions up to ``req.revision`` (0: current); compact_revision -1 if none."""
+        def work() -> pb.HashKVResponse:
+            with self.backend.temp_reader() as conn, read_txn(conn):
+                current = store.current_revision(conn)
+                compacted = store.compact_revision(conn)
+                if req.revision > 0 and req.revision <= compacted:
+                    raise errors.COMPACTED
+                if req.revision > current:
+                    raise errors.FUTURE_REV
+                rev = req.revision or current
+                return pb.HashKVResponse(header=pb.ResponseHeader(revision=current),
+                                         hash=maintenance.hash_kv(conn, rev),
+                                         compact_revision=compacted if compacted > 0 else -1)
+        async with self._file_lock:
+            return await asyncio.get_running_loop().run_in_executor(None, work)
+
+    def move_leader(self, req: pb.MoveLeaderRequest) -> pb.MoveLeaderResponse:
+        """A single member is already leader: moving to itself succeeds, any other target is no member."""
+        if req.targetID != self.member_id:
+            raise errors.BAD_LEADER_TRANSFEREE
+        resp = pb.MoveLeaderResponse()
         resp.header.revision = self.current_revision
         return resp
 
@@ -368,6 +532,20 @@ class QuorumServer:
             resp.members.add(ID=to_u64(mid), name=name, peerURLs=[u for u in peers.split(",") if u],
                              clientURLs=[u for u in clients.split(",") if u], isLearner=bool(learner))
         return resp
+
+
+def _remove_stale_temp_files(data_dir: Path) -> None:
+    """Snapshot copies and defrag copies a crash left behind (never the database itself)."""
+    for p in data_dir.glob("snapshot-*.tmp"):
+        p.unlink(missing_ok=True)
+    (data_dir / "quorumkv.db.old").unlink(missing_ok=True)
+    from quorumkv.storage.datadir import DB_FILE
+    defrag.discard(data_dir / (DB_FILE + defrag.DEFRAG_FILE_SUFFIX))
+
+
+def alarm_text(a: pb.AlarmMember) -> str:
+    """An alarm as etcd's Status ``errors`` shows it (Go's proto text form): ``memberID:N alarm:NOSPACE ``."""
+    return f"memberID:{a.memberID} alarm:{pb.AlarmType.Name(a.alarm)} "
 
 
 def is_txn_read_only(req: pb.TxnRequest) -> bool:

@@ -138,6 +138,26 @@ class Backend:
                 pass
         return total
 
+    def allocated_bytes(self, conn: sqlite3.Connection | None = None) -> int:
+        """Pages the database holds, free pages included (what bbolt's file size is to etcd's quota).
+
+        Committed WAL frames count (the size is the database as readers see it); the WAL file itself does not.
+        """
+        c = conn or self._writer
+        page_size = c.execute("PRAGMA page_size").fetchone()[0]
+        page_count = c.execute("PRAGMA page_count").fetchone()[0]
+        return int(page_size * page_count)
+
+    @contextmanager
+    def temp_reader(self) -> Iterator[sqlite3.Connection]:
+        """A private read-only connection (for work off the event loop, e.g. hashing); closed on exit."""
+        conn = _connect(self.db_path, sync_full=False)
+        try:
+            conn.execute("PRAGMA query_only=1")
+            yield conn
+        finally:
+            conn.close()
+
     def size_in_use_bytes(self, conn: sqlite3.Connection | None = None) -> int:
         """Logical size: pages holding data (free pages excluded)."""
         c = conn or self._writer
@@ -145,6 +165,43 @@ class Backend:
         page_count = c.execute("PRAGMA page_count").fetchone()[0]
         free = c.execute("PRAGMA freelist_count").fetchone()[0]
         return int((page_count - free) * page_size)
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file (PASSIVE: never waits for, nor blocks, anyone)."""
+        conn = _connect(self.db_path, sync_full=True)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    def swap_file(self, replacement: Path) -> Path:
+        """Put ``replacement`` (a complete, fsynced database with the same content) in place of the file.
+
+        Caller guarantees: the writer is paused and no transaction is open on any connection. Every reader
+        from ``new_reader`` is closed (get new ones); the writer connection is reopened on the new file.
+        Raises StorageError (and keeps the old file) if a connection outside this Backend still uses the WAL.
+        Returns a hard link to the old file: delete it later (freeing its blocks can take a while).
+        """
+        from quorumkv.storage.datadir import fsync_dir
+
+        for conn in self._readers:
+            conn.close()
+        self._readers.clear()
+        self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._writer.close()
+        wal = Path(str(self.db_path) + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            self._writer = _connect(self.db_path, sync_full=True)
+            raise StorageError(f"{wal} is still in use by another connection; the database was not swapped")
+        for suffix in ("-wal", "-shm"):
+            Path(str(self.db_path) + suffix).unlink(missing_ok=True)
+        old = self.db_path.with_name(self.db_path.name + ".old")
+        old.unlink(missing_ok=True)
+        os.link(self.db_path, old)
+        os.replace(replacement, self.db_path)
+        fsync_dir(self.db_path.parent)
+        self._writer = _connect(self.db_path, sync_full=True)
+        return old
 
     def close(self) -> None:
         for conn in self._readers:

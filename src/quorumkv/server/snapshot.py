@@ -1,0 +1,257 @@
+"""Snapshot files: a point-in-time copy of the whole store, its status, and restoring a data dir from one.
+
+File format (``quorumkv-snapshot``): the bytes of a SQLite database holding the store (the data dir's schema,
+``PRAGMA user_version`` = schema version, rollback-journal mode), a whole number of pages, followed by the
+32-byte SHA-256 of those bytes. This is etcd's framing (``etcdctl snapshot save`` checks that the size is
+``n * 512 + 32`` and the Maintenance/Snapshot stream sends the digest as its last chunk), so real etcdctl can
+save a quorumkv snapshot; the content is SQLite, not bbolt, so only quorumkv can read it back.
+
+Invariants:
+- ``copy_database`` reads one consistent snapshot of the source (SQLite's backup API in a single step from a
+  private connection: a WAL read transaction, writers are not blocked);
+- ``verify`` is called before anything reads a snapshot's content; a truncated or altered file fails it with
+  a message naming the file and the problem;
+- ``restore`` never touches an existing data dir: it builds the new one beside it and renames it into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from quorumkv.server import maintenance
+from quorumkv.storage.backend import SCHEMA_VERSION, meta_get, meta_set
+from quorumkv.storage.datadir import DATA_FORMAT, DB_FILE, FORMAT_FILE, fsync_dir
+
+DIGEST_BYTES = hashlib.sha256().digest_size
+#: Chunk size of the Snapshot stream (etcd sends 32 KiB chunks).
+CHUNK_BYTES = 32 * 1024
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_BBOLT_MAGIC = 0xED0CDAED
+
+
+class SnapshotError(Exception):
+    """A snapshot file cannot be used; the message names the file, the problem and what to do."""
+
+
+@dataclass(frozen=True)
+class SnapshotStatus:
+    """What ``snapshot status`` prints: content hash, store revision, stored key revisions, content size."""
+
+    hash: int
+    revision: int
+    total_key: int
+    total_size: int
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    data_dir: Path
+    member_id: int
+    cluster_id: int
+    revision: int
+
+
+def copy_database(db_path: Path, dest: Path) -> int:
+    """Write a consistent copy of the database at ``db_path`` to ``dest``; returns its size in bytes."""
+    src = sqlite3.connect(db_path, isolation_level=None, timeout=30.0)
+    try:
+        src.execute("PRAGMA query_only=1")
+        dst = sqlite3.connect(dest, isolation_level=None)
+        try:
+            src.backup(dst)  # pages=-1: one step, one read transaction on the source
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    return dest.stat().st_size
+
+
+def file_digest(path: Path, chunk_bytes: int = 1 << 20) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            h.update(chunk)
+    return h.digest()
+
+
+def iter_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(remaining bytes after this chunk, chunk) over a database copy, then (0, its SHA-256): the stream."""
+    total = path.stat().st_size
+    sent = 0
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while sent < total:
+            blob = fh.read(min(chunk_bytes, total - sent))
+            if not blob:
+                raise SnapshotError(f"{path} shrank while being streamed")
+            sent += len(blob)
+            h.update(blob)
+            yield total - sent, blob
+    yield 0, h.digest()
+
+
+def save(db_path: Path, dest: Path) -> int:
+    """Write a snapshot file (content + digest) of the database at ``db_path``; returns its size in bytes."""
+    part = dest.with_name(dest.name + ".part")
+    copy_database(db_path, part)
+    with open(part, "ab") as fh:
+        fh.write(file_digest(part))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(part, dest)
+    return dest.stat().st_size
+
+
+def verify(path: Path) -> int:
+    """Check the framing and digest of a snapshot file; returns the content size. Raises SnapshotError."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SnapshotError(f"cannot read snapshot {path}: {exc.strerror}") from None
+    if size < DIGEST_BYTES + 512 or (size - DIGEST_BYTES) % 512 != 0:
+        raise SnapshotError(
+            f"snapshot {path} is truncated or not a snapshot ({size} bytes; a snapshot is a whole number of "
+            "512-byte blocks plus a 32-byte SHA-256): save it again"
+        )
+    content = size - DIGEST_BYTES
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        head = fh.read(min(content, 1 << 20))
+        h.update(head)
+        left = content - len(head)
+        while left > 0:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                raise SnapshotError(f"snapshot {path} shrank while being read")
+            h.update(chunk)
+            left -= len(chunk)
+        digest = fh.read(DIGEST_BYTES)
+    if h.digest() != digest:
+        raise SnapshotError(
+            f"snapshot {path} fails its SHA-256 integrity check (the file is corrupt or truncated): "
+            "save a new snapshot"
+        )
+    if not head.startswith(_SQLITE_MAGIC):
+        kind = "an etcd (bbolt) snapshot" if len(head) > 20 and int.from_bytes(head[16:20], "little") == \
+            _BBOLT_MAGIC else "not a quorumkv snapshot"
+        raise SnapshotError(f"snapshot {path} is {kind}: quorumkv restores only snapshots taken from quorumkv")
+    return content
+
+
+def _extract(path: Path, content_bytes: int, dest: Path) -> None:
+    with open(path, "rb") as src, open(dest, "wb") as dst:
+        left = content_bytes
+        while left > 0:
+            chunk = src.read(min(left, 1 << 20))
+            dst.write(chunk)
+            left -= len(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def _open_content(path: Path, db: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise SnapshotError(f"snapshot {path} has schema version {version}, this quorumkv reads "
+                                f"{SCHEMA_VERSION}; use the quorumkv version that wrote it")
+        conn.execute("SELECT count(*) FROM kv").fetchone()
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise SnapshotError(f"snapshot {path} does not hold a quorumkv store ({exc})") from None
+    return conn
+
+
+def snapshot_status(path: str | os.PathLike[str]) -> SnapshotStatus:
+    """Hash (as the Hash RPC computes it), revision, stored key revisions and content size of a snapshot."""
+    p = Path(path)
+    content = verify(p)
+    with tempfile.TemporaryDirectory(prefix="quorumkv-snapshot-status-") as tmp:
+        db = Path(tmp) / DB_FILE
+        _extract(p, content, db)
+        conn = _open_content(p, db)
+        try:
+            conn.execute("BEGIN")
+            return SnapshotStatus(
+                hash=maintenance.hash_backend(conn),
+                revision=int(meta_get(conn, "revision", 1)),
+                total_key=int(conn.execute("SELECT count(*) FROM kv").fetchone()[0]),
+                total_size=content,
+            )
+        finally:
+            conn.close()
+
+
+def restore(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, name: str = "default",
+            initial_cluster: str = "", initial_cluster_token: str = "etcd-cluster",
+            initial_advertise_peer_urls: list[str] | None = None) -> RestoreResult:
+    """Build a new data dir from a snapshot: every key revision, lease and the store revision as saved.
+
+    Membership is replaced by ``initial_cluster`` (default ``name=<initial_advertise_peer_urls>``) with
+    member and cluster IDs computed as etcd does; the log starts empty and alarms are cleared (a new
+    cluster). ``data_dir`` must not exist or be empty. Raises SnapshotError (file) or ValueError (arguments).
+    """
+    from quorumkv.server.server import compute_cluster_id, compute_member_id, parse_initial_cluster, to_i64
+
+    src = Path(path)
+    target = Path(data_dir)
+    peer_urls = list(initial_advertise_peer_urls or ["http://localhost:2380"])
+    cluster_spec = initial_cluster or ",".join(f"{name}={u}" for u in peer_urls)
+    members = parse_initial_cluster(cluster_spec)
+    if name not in members:
+        raise ValueError(f"couldn't find local name {name!r} in the initial cluster configuration "
+                         f"({cluster_spec!r}): pass --initial-cluster including {name}=<peer url>")
+    if sorted(members[name]) != sorted(peer_urls):
+        raise ValueError(f"--initial-cluster has {name}={','.join(members[name])} but "
+                         f"--initial-advertise-peer-urls is {','.join(peer_urls)}: make them agree")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ValueError(f"data-dir {str(target)!r} exists: restore into a new (or empty) directory")
+    content = verify(src)
+    ids = {n: compute_member_id(urls, initial_cluster_token) for n, urls in members.items()}
+    cluster_id = compute_cluster_id(list(ids.values()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.restore-", dir=target.parent))
+    try:
+        db = work / DB_FILE
+        _extract(src, content, db)
+        conn = _open_content(src, db)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM member")
+            conn.execute("DELETE FROM alarm")
+            conn.execute("DELETE FROM raft_log")
+            for n, urls in members.items():
+                conn.execute("INSERT INTO member(id, name, peer_urls, client_urls, is_learner) VALUES (?,?,?,'',0)",
+                             (to_i64(ids[n]), n, ",".join(urls)))
+            meta_set(conn, "member_id", f"{ids[name]:x}")
+            meta_set(conn, "cluster_id", f"{cluster_id:x}")
+            for key in ("applied_index", "log_trimmed_index"):
+                meta_set(conn, key, 0)
+            meta_set(conn, "term", 1)
+            revision = int(meta_get(conn, "revision", 1))
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+        with open(work / FORMAT_FILE, "w", encoding="utf-8") as fh:
+            fh.write(DATA_FORMAT + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(work)
+        if target.exists():
+            target.rmdir()
+        os.replace(work, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return RestoreResult(data_dir=target, member_id=ids[name], cluster_id=cluster_id, revision=revision)

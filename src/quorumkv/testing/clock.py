@@ -1,0 +1,18 @@
+"""A manual clock for tests: time moves only when the test calls ``advance``."""
+
+from __future__ import annotations
+
+
+class FakeClock:
+    """Satisfies ``quorumkv.lease.lessor.Clock``; ``monotonic()`` starts at ``start_s``."""
+
+    def __init__(self, start_s: float = 1000.0) -> None:
+        self.now_s = start_s
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("a monotonic clock cannot go back")
+        self.now_s += seconds
