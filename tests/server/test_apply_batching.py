@@ -33,14 +33,21 @@ txn_op = st.builds(
         failure=[pb.RequestOp(request_put=pb.PutRequest(key=k + b"x", value=v))])),
     st.sampled_from(KEYS), st.binary(max_size=8),
 )
-ops = st.lists(st.one_of(plain_put, plain_put, put_op, delete_op, txn_op), min_size=1, max_size=40)
-KIND = {"put": EntryKind.PUT, "del": EntryKind.DELETE_RANGE, "txn": EntryKind.TXN}
+# Raising and clearing the NOSPACE alarm mid-batch: puts after it must be refused on both paths.
+alarm_op = st.builds(
+    lambda on: ("alarm", pb.AlarmRequest(
+        action=pb.AlarmRequest.ACTIVATE if on else pb.AlarmRequest.DEACTIVATE, memberID=1,
+        alarm=pb.AlarmType.NOSPACE)),
+    st.booleans(),
+)
+ops = st.lists(st.one_of(plain_put, plain_put, put_op, delete_op, txn_op, alarm_op), min_size=1, max_size=40)
+KIND = {"put": EntryKind.PUT, "del": EntryKind.DELETE_RANGE, "txn": EntryKind.TXN, "alarm": EntryKind.ALARM}
 
 
 def _entries(batch: list[tuple[str, object]], start_index: int) -> list[tuple[int, bytes]]:
     out = []
     for i, (name, req) in enumerate(batch):
-        assert isinstance(req, (pb.PutRequest, pb.DeleteRangeRequest, pb.TxnRequest))
+        assert isinstance(req, (pb.PutRequest, pb.DeleteRangeRequest, pb.TxnRequest, pb.AlarmRequest))
         out.append((start_index + i, encode_entry(KIND[name], start_index + i, req.SerializeToString())))
     return out
 

@@ -159,7 +159,7 @@ class Applier:
             kind, request_id, payload = decode_entry(data)
             if kind == EntryKind.PUT:
                 req = pb.PutRequest.FromString(payload)
-                if (not req.ignore_value and not req.ignore_lease and not req.prev_kv
+                if (not self.alarms and not req.ignore_value and not req.ignore_lease and not req.prev_kv
                         and (req.lease == 0 or req.lease in self.leases)):
                     run.append((index, request_id, req))
                     continue

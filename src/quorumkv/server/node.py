@@ -11,6 +11,7 @@ A multi-member cluster replaces this class with a Raft-driven node offering the 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -28,8 +29,10 @@ log = logging.getLogger("quorumkv.node")
 
 #: Upper bound of entries per group commit.
 MAX_BATCH_ENTRIES = 2000
-#: Log entries kept after apply (for future catch-up of followers); older ones are trimmed.
+#: Applied log entries kept (for catch-up of followers and of an online defrag); older ones are trimmed once
+#: either bound is exceeded, so the log never holds more than a few MiB of request payloads twice.
 LOG_RETAIN_ENTRIES = 10_000
+LOG_RETAIN_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -66,11 +69,22 @@ class LocalNode:
         self.write_lock = threading.Lock()
         conn = backend.writer
         self.term = int(meta_get(conn, "term", 1))
+        #: Entries at or above this index are never trimmed (set by an online defrag while it catches up).
+        self.log_pin: int | None = None
+        self._log_sizes: collections.deque[tuple[int, int]] = collections.deque()
+        self._log_bytes = 0
+        self._load_log_sizes()
         row = conn.execute("SELECT max(idx) FROM raft_log").fetchone()
         self.last_index = int(row[0]) if row[0] is not None else int(meta_get(conn, "log_trimmed_index", 0))
         self._replay()
 
     # -- startup --------------------------------------------------------------------------------------------
+
+    def _load_log_sizes(self) -> None:
+        self._log_sizes = collections.deque(
+            (int(i), int(n)) for i, n in self.backend.writer.execute(
+                "SELECT idx, length(data) FROM raft_log ORDER BY idx"))
+        self._log_bytes = sum(n for _, n in self._log_sizes)
 
     def _replay(self) -> None:
         """Apply log entries that are durable but not yet applied (cannot happen on one member, where append
@@ -165,8 +179,20 @@ class LocalNode:
         applier.apply_many(conn, [(row[0], row[3]) for row in rows], result)
         applier.finish(conn)
         self.last_index = index
-        if index % 1000 < len(rows) and index > LOG_RETAIN_ENTRIES:
-            trim_to = index - LOG_RETAIN_ENTRIES
+        sizes = self._log_sizes
+        for row in rows:
+            sizes.append((row[0], len(row[3])))
+            self._log_bytes += len(row[3])
+        pin = self.log_pin
+        trim_to = 0
+        while sizes and (len(sizes) > LOG_RETAIN_ENTRIES or self._log_bytes > LOG_RETAIN_BYTES):
+            idx, size = sizes[0]
+            if pin is not None and idx >= pin:
+                break
+            sizes.popleft()
+            self._log_bytes -= size
+            trim_to = idx
+        if trim_to:
             conn.execute("DELETE FROM raft_log WHERE idx <= ?", (trim_to,))
             meta_set(conn, "log_trimmed_index", trim_to)
 
@@ -211,6 +237,7 @@ class LocalNode:
             self.last_index = last_index
             try:
                 self.applier.reload(backend.writer)
+                self._load_log_sizes()
             except Exception:  # pragma: no cover - storage gone entirely
                 log.exception("reloading applier state failed")
             loop.call_soon_threadsafe(self._deliver, None, exc, [b[1] for b in batch])
