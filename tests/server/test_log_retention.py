@@ -67,3 +67,25 @@ def test_pinned_entries_are_not_trimmed(tmp_path: Path, monkeypatch: pytest.Monk
             await srv.stop()
 
     asyncio.run(main())
+
+
+def test_oversized_wal_is_reset_between_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    async def main(truncate: bool) -> int:
+        srv = QuorumServer(ServerSettings(data_dir=str(tmp_path / f"d{truncate}")))
+        await srv.start()
+        try:
+            for _ in range(10):  # sequential batches, so the check runs between them
+                await _fill(srv, 20, b"v" * 4096)
+            return os.path.getsize(str(srv.backend.db_path) + "-wal")
+        finally:
+            await srv.stop()
+
+    monkeypatch.setattr(node_module, "WAL_CHECK_EVERY_BATCHES", 1)
+    monkeypatch.setattr(node_module, "WAL_TRUNCATE_BYTES", 1 << 40)
+    untouched = asyncio.run(main(False))
+    monkeypatch.setattr(node_module, "WAL_TRUNCATE_BYTES", 256 * 1024)
+    truncated = asyncio.run(main(True))
+    assert untouched > 512 * 1024, untouched  # without the reset the WAL holds everything written
+    assert truncated < untouched / 2, (truncated, untouched)
