@@ -30,6 +30,8 @@ log = logging.getLogger("quorumkv.node")
 MAX_BATCH_ENTRIES = 2000
 #: Log entries kept after apply (for future catch-up of followers); older ones are trimmed.
 LOG_RETAIN_ENTRIES = 10_000
+#: etcd's expected duration of applying one request: slower ones are reported ("apply request took too long").
+SLOW_APPLY_S = 0.1
 
 
 @dataclass
@@ -55,6 +57,11 @@ class LocalNode:
         self.applier = applier
         self._on_applied = on_applied
         self._fsync_observer = fsync_observer
+        #: Called on the writer thread, after the batch's commit, with (index, entry bytes, seconds) of each
+        #: entry whose apply took longer than ``slow_apply_s``; None: entries are not timed.
+        self.slow_apply_observer: Callable[[int, bytes, float], None] | None = None
+        self.slow_apply_s = SLOW_APPLY_S
+        self._slow_applies: list[tuple[int, bytes, float]] = []
         self._queue: queue.SimpleQueue[tuple[int, int, bytes] | None] = queue.SimpleQueue()
         self._waiters: dict[int, asyncio.Future[object]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -160,14 +167,48 @@ class LocalNode:
             data = encode_entry(kind, request_id, payload)
             rows.append((index, term, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF))
         conn.executemany("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)", rows)
-        for row in rows:
-            applier.apply(conn, row[0], row[3], result)
+        slow_observer = self.slow_apply_observer
+        if slow_observer is None:
+            for row in rows:
+                applier.apply(conn, row[0], row[3], result)
+        else:
+            self._apply_timed(conn, rows, result)
         applier.finish(conn)
         self.last_index = index
         if index % 1000 < len(rows) and index > LOG_RETAIN_ENTRIES:
             trim_to = index - LOG_RETAIN_ENTRIES
             conn.execute("DELETE FROM raft_log WHERE idx <= ?", (trim_to,))
             meta_set(conn, "log_trimmed_index", trim_to)
+
+    def _apply_timed(self, conn: object, rows: list[tuple[int, int, int, bytes, int]], result: ApplyResult) -> None:
+        import sqlite3
+
+        assert isinstance(conn, sqlite3.Connection)
+        applier = self.applier
+        threshold = self.slow_apply_s
+        clock = time.perf_counter
+        slow = self._slow_applies
+        for row in rows:
+            t0 = clock()
+            applier.apply(conn, row[0], row[3], result)
+            took = clock() - t0
+            if took > threshold:
+                slow.append((row[0], row[3], took))
+
+    def _report_slow_applies(self) -> None:
+        observer = self.slow_apply_observer
+        slow, self._slow_applies = self._slow_applies, []
+        if observer is not None:
+            for index, data, took in slow:
+                try:
+                    observer(index, data, took)
+                except Exception:  # a reporting bug must not stop the writer
+                    log.exception("slow apply observer failed")
+
+    @property
+    def pending_proposals(self) -> int:
+        """Proposals queued or being committed (etcd_server_proposals_pending)."""
+        return len(self._waiters)
 
     def _run(self) -> None:
         q = self._queue
@@ -198,7 +239,10 @@ class LocalNode:
                 # COMMIT (with its fsync) happened when the block exited.
                 if self._fsync_observer is not None:
                     self._fsync_observer(time.perf_counter() - started)
+                if self._slow_applies:
+                    self._report_slow_applies()
             except Exception as exc:  # storage failure: nothing of this batch is durable
+                self._slow_applies.clear()
                 log.error("group commit of %d entries failed: %r", len(batch), exc)
                 self.last_index = last_index
                 try:
