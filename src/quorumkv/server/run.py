@@ -139,15 +139,17 @@ class RunningMember:
 
     def __init__(self, server: QuorumServer, grpc_server: grpc.aio.Server, bound: list[str], *,
                  stats: ServerStats | None = None, registry: CollectorRegistry | None = None,
-                 http_servers: list[HttpServer] | None = None, http_bound: dict[str, str] | None = None) -> None:
+                 http_servers: list[HttpServer] | None = None, metrics_urls: list[str] | None = None,
+                 client_http_urls: list[str] | None = None) -> None:
         self.server = server
         self.grpc_server = grpc_server
         self.bound = bound
         self.stats = stats
         self.registry = registry
         self.http_servers = http_servers or []
-        #: listen URL (metrics or client HTTP) -> the URL actually bound (port 0 resolved)
-        self.http_bound = http_bound or {}
+        #: the metrics and client HTTP URLs actually bound (port 0 resolved), in listen URL order
+        self.metrics_urls = metrics_urls or []
+        self.client_http_urls = client_http_urls or []
 
     async def close(self, grace_s: float = 1.0) -> None:
         for srv in self.http_servers:
@@ -212,7 +214,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     server.node.slow_apply_s = http.slow_apply_s
     server.node.slow_apply_observer = slow_apply_logger(stats, http.slow_apply_s)
     http_servers: list[HttpServer] = []
-    http_bound: dict[str, str] = {}
+    metrics_urls: list[str] = []
+    client_http_urls: list[str] = []
     grpc_server: grpc.aio.Server | None = None
     try:
         await server.start()
@@ -245,11 +248,11 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
         for url in http.listen_metrics_urls:
             srv = HttpServer(gateway.metrics_handler, max_body_bytes=body_limit)
             http_servers.append(srv)
-            http_bound[url] = await _start_http(url, srv, tls)
+            metrics_urls.append(await _start_http(url, srv, tls))
         for url in http.listen_client_http_urls:
             srv = HttpServer(gateway.client_handler, max_body_bytes=body_limit, extra_headers=CORS_HEADERS)
             http_servers.append(srv)
-            http_bound[url] = await _start_http(url, srv, tls)
+            client_http_urls.append(await _start_http(url, srv, tls))
     except BaseException:
         for srv in http_servers:
             await srv.close()
@@ -259,12 +262,11 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
         raise
     log.info("serving client requests", extra={"listen-client-urls": bound, "member-id": f"{server.member_id:x}",
                                                 "cluster-id": f"{server.cluster_id:x}"})
-    if http_bound:
-        log.info("serving HTTP", extra={"listen-metrics-urls": [http_bound[u] for u in http.listen_metrics_urls],
-                                        "listen-client-http-urls": [http_bound[u]
-                                                                    for u in http.listen_client_http_urls]})
+    if http_servers:
+        log.info("serving HTTP", extra={"listen-metrics-urls": metrics_urls,
+                                        "listen-client-http-urls": client_http_urls})
     return RunningMember(server, grpc_server, bound, stats=stats, registry=registry, http_servers=http_servers,
-                         http_bound=http_bound)
+                         metrics_urls=metrics_urls, client_http_urls=client_http_urls)
 
 
 async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TLSFiles | None = None,
