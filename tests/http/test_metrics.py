@@ -155,3 +155,4 @@ def test_format_duration_like_go() -> None:
     assert format_duration(0.1) == "100ms"
     assert format_duration(1.5) == "1.5s"
     assert format_duration(0.000012) == "12µs"
+    assert format_duration(0) == "0s"

@@ -181,7 +181,9 @@ def _count_ops(ops: Iterable[pb.RequestOp], responses: list[pb.ResponseOp], coun
 
 
 def format_duration(seconds: float) -> str:
-    """Go's time.Duration.String() closely enough for logs: 1.234567s, 123.456ms, 12.3µs."""
+    """Go's time.Duration.String() closely enough for logs: 1.234567s, 123.456ms, 12.3µs, 0s."""
+    if seconds <= 0:
+        return "0s"
     if seconds >= 1:
         return f"{seconds:.6f}".rstrip("0").rstrip(".") + "s"
     if seconds >= 1e-3:
