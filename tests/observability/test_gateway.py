@@ -9,7 +9,7 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from conftest import Member, post_json, request
+from .obskit import Member, post_json, request
 
 
 def b64(s: str) -> str:

@@ -1,19 +1,17 @@
-"""An in-process member with its metrics and client HTTP listeners, and small HTTP/gRPC client helpers."""
+"""Helpers for the HTTP-side tests: an in-process member with its metrics and client HTTP listeners, and
+small HTTP/gRPC client helpers (not named conftest: tests/embed imports its own conftest by name)."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
-import pytest
-import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
@@ -53,16 +51,6 @@ async def start_test_member(data_dir: Path, **http_kw: Any) -> Member:
     return Member(running, f"127.0.0.1:{port}", running.metrics_urls[0], running.client_http_urls[0], channel)
 
 
-@pytest_asyncio.fixture
-async def member(tmp_path: Path) -> AsyncIterator[Member]:
-    m = await start_test_member(tmp_path / "data")
-    try:
-        yield m
-    finally:
-        await m.channel.close()
-        await m.running.close()
-
-
 def _request_sync(method: str, url: str, body: bytes | None, headers: dict[str, str] | None
                   ) -> tuple[int, dict[str, str], bytes]:
     parts = urlsplit(url)
@@ -98,8 +86,3 @@ async def scrape(url: str) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return out
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"

@@ -6,10 +6,11 @@ import asyncio
 
 import grpc
 import pytest
-from conftest import Member, scrape
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.server.metrics import Histogram, ServerStats, format_duration
+
+from .obskit import Member, scrape
 
 KV = 'grpc_method="{m}",grpc_service="etcdserverpb.KV",grpc_type="unary"'
 

@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import scrape, start_test_member
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.server.metrics import ServerStats, request_summary
 from quorumkv.server.run import ConsoleLogFormatter, JsonLogFormatter
+
+from .obskit import scrape, start_test_member
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from conftest import Member, request, scrape
-
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+
+from .obskit import Member, request, scrape
 
 
 def raise_alarm(member: Member, alarm: int) -> None:
