@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -249,9 +249,22 @@ class ClusterServicer(pb_grpc.ClusterServicer):
         await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
 
 
-def add_servicers(grpc_server: grpc.aio.Server, server: QuorumServer) -> None:
-    pb_grpc.add_KVServicer_to_server(KVServicer(server), grpc_server)  # type: ignore[no-untyped-call]
-    pb_grpc.add_WatchServicer_to_server(WatchServicer(server), grpc_server)  # type: ignore[no-untyped-call]
-    pb_grpc.add_LeaseServicer_to_server(LeaseServicer(server), grpc_server)  # type: ignore[no-untyped-call]
-    pb_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(server), grpc_server)  # type: ignore[no-untyped-call]
-    pb_grpc.add_ClusterServicer_to_server(ClusterServicer(server), grpc_server)  # type: ignore[no-untyped-call]
+def add_servicers(grpc_server: grpc.aio.Server, server: QuorumServer,
+                  instrument: Callable[[Any, str], None] | None = None) -> dict[str, Any]:
+    """Register etcd's services on ``grpc_server``; returns the servicers by service name ("KV", ...).
+
+    ``instrument(servicer, service_name)`` (metrics) may wrap a servicer's methods before registration; the
+    JSON gateway calls the same servicer objects, so both paths behave (and count) alike.
+    """
+    servicers: dict[str, Any] = {
+        "KV": KVServicer(server),
+        "Watch": WatchServicer(server),
+        "Lease": LeaseServicer(server),
+        "Maintenance": MaintenanceServicer(server),
+        "Cluster": ClusterServicer(server),
+    }
+    for name, servicer in servicers.items():
+        if instrument is not None:
+            instrument(servicer, name)
+        getattr(pb_grpc, f"add_{name}Servicer_to_server")(servicer, grpc_server)
+    return servicers

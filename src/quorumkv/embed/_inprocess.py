@@ -11,7 +11,7 @@ import threading
 
 from quorumkv.embed._handle import EmbedError, Handle, Isolation
 from quorumkv.server.config import ServerConfig
-from quorumkv.server.run import RunningMember, TLSFiles, start_member
+from quorumkv.server.run import HttpOptions, RunningMember, TLSFiles, start_member
 from quorumkv.server.server import ServerSettings
 
 __all__ = ["InProcessHandle"]
@@ -75,7 +75,8 @@ class InProcessHandle(Handle):
             trusted_ca_file=cfg.trusted_ca_file,
             client_cert_auth=cfg.client_cert_auth,
         )
-        member = await start_member(ServerSettings.from_config(cfg), list(cfg.listen_client_urls), tls)
+        member = await start_member(ServerSettings.from_config(cfg), list(cfg.listen_client_urls), tls,
+                                    HttpOptions.from_config(cfg))
         self._member = member
         self._settled.set()
         try:

@@ -38,6 +38,8 @@ LOG_RETAIN_BYTES = 8 * 1024 * 1024
 #: The WAL is reset (TRUNCATE checkpoint) when it grows past this; checked every few batches.
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
 WAL_CHECK_EVERY_BATCHES = 32
+#: etcd's expected duration of applying one request: slower ones are reported ("apply request took too long").
+SLOW_APPLY_S = 0.1
 
 
 @dataclass
@@ -63,6 +65,11 @@ class LocalNode:
         self.applier = applier
         self._on_applied = on_applied
         self._fsync_observer = fsync_observer
+        #: Called on the writer thread, after the batch's commit, with (index, entry bytes, seconds) of each
+        #: entry whose apply took longer than ``slow_apply_s``; None: entries are not timed.
+        self.slow_apply_observer: Callable[[int, bytes, float], None] | None = None
+        self.slow_apply_s = SLOW_APPLY_S
+        self._slow_applies: list[tuple[int, bytes, float]] = []
         self._queue: queue.SimpleQueue[tuple[int, int, bytes] | None] = queue.SimpleQueue()
         self._waiters: dict[int, asyncio.Future[object]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -182,7 +189,10 @@ class LocalNode:
             data = encode_entry(kind, request_id, payload)
             rows.append((index, term, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF))
         conn.executemany("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)", rows)
-        applier.apply_many(conn, [(row[0], row[3]) for row in rows], result)
+        if self.slow_apply_observer is None:
+            applier.apply_many(conn, [(row[0], row[3]) for row in rows], result)
+        else:
+            self._apply_timed(conn, rows, result)
         applier.finish(conn)
         self.last_index = index
         sizes = self._log_sizes
@@ -201,6 +211,37 @@ class LocalNode:
         if trim_to:
             conn.execute("DELETE FROM raft_log WHERE idx <= ?", (trim_to,))
             meta_set(conn, "log_trimmed_index", trim_to)
+
+    def _apply_timed(self, conn: object, rows: list[tuple[int, int, int, bytes, int]], result: ApplyResult) -> None:
+        import sqlite3
+
+        assert isinstance(conn, sqlite3.Connection)
+        # Runs of plain puts are applied together (Applier.apply_many), so timing is per run of entries: a slow
+        # run is reported under its first entry, with the run's duration. Other entries are timed one by one.
+        applier = self.applier
+        threshold = self.slow_apply_s
+        clock = time.perf_counter
+        slow = self._slow_applies
+        t0 = clock()
+        applier.apply_many(conn, [(row[0], row[3]) for row in rows], result)
+        took = clock() - t0
+        if took > threshold and rows:
+            slow.append((rows[0][0], rows[0][3], took))
+
+    def _report_slow_applies(self) -> None:
+        observer = self.slow_apply_observer
+        slow, self._slow_applies = self._slow_applies, []
+        if observer is not None:
+            for index, data, took in slow:
+                try:
+                    observer(index, data, took)
+                except Exception:  # a reporting bug must not stop the writer
+                    log.exception("slow apply observer failed")
+
+    @property
+    def pending_proposals(self) -> int:
+        """Proposals queued or being committed (etcd_server_proposals_pending)."""
+        return len(self._waiters)
 
     def _run(self) -> None:
         q = self._queue
@@ -251,7 +292,10 @@ class LocalNode:
             # COMMIT (with its fsync) happened when the block exited.
             if self._fsync_observer is not None:
                 self._fsync_observer(time.perf_counter() - started)
+            if self._slow_applies:
+                self._report_slow_applies()
         except Exception as exc:  # storage failure: nothing of this batch is durable
+            self._slow_applies.clear()
             log.error("group commit of %d entries failed: %r", len(batch), exc)
             self.last_index = last_index
             try:

@@ -11,16 +11,23 @@ import datetime
 import json
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
+from prometheus_client import CollectorRegistry
 
+from quorumkv.api.gateway import CORS_HEADERS, Gateway
+from quorumkv.api.http import HttpServer
 from quorumkv.api.servicers import add_servicers
 from quorumkv.server.errors import EtcdError
+from quorumkv.server.health import Health
+from quorumkv.server.metrics import ServerStats, build_registry, instrument_servicer, render, slow_apply_logger
+from quorumkv.server.node import SLOW_APPLY_S
 from quorumkv.server.server import QuorumServer, ServerSettings
 from quorumkv.storage.backend import StorageError
 from quorumkv.storage.datadir import DataDirError
@@ -31,6 +38,22 @@ log = logging.getLogger("quorumkv")
 GRPC_OVERHEAD_BYTES = 512 * 1024
 
 
+def _zap_ts(created: float) -> str:
+    """zap's ISO8601 time in UTC with milliseconds: 2026-11-22T04:21:51.685Z."""
+    dt = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _zap_level(record: logging.LogRecord) -> str:
+    return {"WARNING": "warn", "CRITICAL": "fatal"}.get(record.levelname, record.levelname.lower())
+
+
+def _caller(record: logging.LogRecord) -> str:
+    """``package/file.py:line`` like zap's short caller (``etcdserver/server.go:2037``)."""
+    parts = record.pathname.replace("\\", "/").rsplit("/", 2)
+    return f"{'/'.join(parts[-2:])}:{record.lineno}"
+
+
 class JsonLogFormatter(logging.Formatter):
     """JSON lines like etcd's zap logger: level, ts, caller, msg, plus any ``extra`` fields."""
 
@@ -38,9 +61,9 @@ class JsonLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "level": record.levelname.lower().replace("warning", "warn"),
-            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
-            "caller": f"{record.module}:{record.lineno}",
+            "level": _zap_level(record),
+            "ts": _zap_ts(record.created),
+            "caller": _caller(record),
             "msg": record.getMessage(),
         }
         for k, v in record.__dict__.items():
@@ -48,15 +71,26 @@ class JsonLogFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return json.dumps(out, default=str, separators=(",", ":"), ensure_ascii=False)
+
+
+class ConsoleLogFormatter(JsonLogFormatter):
+    """zap's console encoder: ``ts<TAB>LEVEL<TAB>caller<TAB>msg<TAB>{extra fields as JSON}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {k: v for k, v in record.__dict__.items() if k not in self._RESERVED}
+        if record.exc_info:
+            fields["error"] = self.formatException(record.exc_info)
+        line = "\t".join((_zap_ts(record.created), _zap_level(record).upper(), _caller(record),
+                          record.getMessage()))
+        if fields:
+            line += "\t" + json.dumps(fields, default=str, separators=(", ", ": "))
+        return line
 
 
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonLogFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonLogFormatter() if fmt == "json" else ConsoleLogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     lvl = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR,
@@ -103,20 +137,86 @@ def _credentials(tls: TLSFiles) -> grpc.ServerCredentials:
 class RunningMember:
     """A started member: its QuorumServer and gRPC server. ``await close()`` stops both."""
 
-    def __init__(self, server: QuorumServer, grpc_server: grpc.aio.Server, bound: list[str]) -> None:
+    def __init__(self, server: QuorumServer, grpc_server: grpc.aio.Server, bound: list[str], *,
+                 stats: ServerStats | None = None, registry: CollectorRegistry | None = None,
+                 http_servers: list[HttpServer] | None = None, metrics_urls: list[str] | None = None,
+                 client_http_urls: list[str] | None = None) -> None:
         self.server = server
         self.grpc_server = grpc_server
         self.bound = bound
+        self.stats = stats
+        self.registry = registry
+        self.http_servers = http_servers or []
+        #: the metrics and client HTTP URLs actually bound (port 0 resolved), in listen URL order
+        self.metrics_urls = metrics_urls or []
+        self.client_http_urls = client_http_urls or []
 
     async def close(self, grace_s: float = 1.0) -> None:
+        for srv in self.http_servers:
+            await srv.close()
         await self.grpc_server.stop(grace_s)
         await self.server.stop()
 
 
+@dataclass
+class HttpOptions:
+    """The member's HTTP side: metrics listeners, the JSON gateway listeners, and what they report."""
+
+    listen_client_http_urls: list[str] = field(default_factory=list)
+    listen_metrics_urls: list[str] = field(default_factory=list)
+    quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
+    #: etcd's expected duration of one apply; slower applies log "apply request took too long".
+    slow_apply_s: float = SLOW_APPLY_S
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> HttpOptions:
+        quota: Any = getattr(cfg, "effective_quota_backend_bytes", None) or getattr(cfg, "quota_backend_bytes", 0)
+        return cls(
+            listen_client_http_urls=list(getattr(cfg, "listen_client_http_urls", []) or []),
+            listen_metrics_urls=list(getattr(cfg, "listen_metrics_urls", []) or []),
+            quota_backend_bytes=int(quota) or 2 * 1024 * 1024 * 1024,
+        )
+
+
+def _http_ssl(tls: TLSFiles | None) -> ssl.SSLContext:
+    tls = tls or TLSFiles()
+    if not tls.cert_file or not tls.key_file:
+        raise ValueError("an https:// metrics or client HTTP URL needs --cert-file and --key-file")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.trusted_ca_file:
+        ctx.load_verify_locations(tls.trusted_ca_file)
+    if tls.client_cert_auth:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+async def _start_http(url: str, srv: HttpServer, tls: TLSFiles | None) -> str:
+    listen_address(url)  # validates the URL
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    ctx = _http_ssl(tls) if parts.scheme == "https" else None
+    try:
+        port = await srv.listen(parts.hostname, parts.port, ssl_ctx=ctx)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {url}: {exc.strerror or exc}; choose another URL") from exc
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}"
+
+
 async def start_member(settings: ServerSettings, listen_client_urls: list[str],
-                       tls: TLSFiles | None = None) -> RunningMember:
-    """Open the data dir, start the member and its gRPC listeners; raise on any startup problem."""
-    server = QuorumServer(settings)
+                       tls: TLSFiles | None = None, http: HttpOptions | None = None) -> RunningMember:
+    """Open the data dir, start the member, its gRPC listeners and its HTTP listeners (``http``: metrics,
+    health, JSON gateway); raise on any startup problem."""
+    http = http or HttpOptions()
+    stats = ServerStats()
+    server = QuorumServer(settings, on_applied_hooks=[stats.on_applied], fsync_observer=stats.observe_commit)
+    server.node.slow_apply_s = http.slow_apply_s
+    server.node.slow_apply_observer = slow_apply_logger(stats, http.slow_apply_s)
+    http_servers: list[HttpServer] = []
+    metrics_urls: list[str] = []
+    client_http_urls: list[str] = []
+    grpc_server: grpc.aio.Server | None = None
     try:
         await server.start()
         options = [
@@ -128,7 +228,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
             ("grpc.so_reuseport", 0),
         ]
         grpc_server = grpc.aio.server(options=options)
-        add_servicers(grpc_server, server)
+        servicers = add_servicers(grpc_server, server,
+                                  instrument=lambda servicer, name: instrument_servicer(servicer, name, stats))
         bound = []
         for url in listen_client_urls:
             addr, secure = listen_address(url)
@@ -141,19 +242,38 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
                               "choose another --listen-client-urls")
             bound.append(url)
         await grpc_server.start()
+        registry = build_registry(server, stats, quota_backend_bytes=http.quota_backend_bytes)
+        gateway = Gateway(servicers, Health(server, stats), lambda: render(registry))
+        body_limit = 2 * settings.max_request_bytes + GRPC_OVERHEAD_BYTES  # base64 JSON of a maximal request
+        for url in http.listen_metrics_urls:
+            srv = HttpServer(gateway.metrics_handler, max_body_bytes=body_limit)
+            http_servers.append(srv)
+            metrics_urls.append(await _start_http(url, srv, tls))
+        for url in http.listen_client_http_urls:
+            srv = HttpServer(gateway.client_handler, max_body_bytes=body_limit, extra_headers=CORS_HEADERS)
+            http_servers.append(srv)
+            client_http_urls.append(await _start_http(url, srv, tls))
     except BaseException:
+        for srv in http_servers:
+            await srv.close()
+        if grpc_server is not None:
+            await grpc_server.stop(0)
         await server.stop()
         raise
     log.info("serving client requests", extra={"listen-client-urls": bound, "member-id": f"{server.member_id:x}",
                                                 "cluster-id": f"{server.cluster_id:x}"})
-    return RunningMember(server, grpc_server, bound)
+    if http_servers:
+        log.info("serving HTTP", extra={"listen-metrics-urls": metrics_urls,
+                                        "listen-client-http-urls": client_http_urls})
+    return RunningMember(server, grpc_server, bound, stats=stats, registry=registry, http_servers=http_servers,
+                         metrics_urls=metrics_urls, client_http_urls=client_http_urls)
 
 
 async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TLSFiles | None = None,
                 *, on_ready: Callable[[RunningMember], None] | None = None,
-                stop_event: asyncio.Event | None = None) -> None:
+                stop_event: asyncio.Event | None = None, http: HttpOptions | None = None) -> None:
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT when it is None)."""
-    member = await start_member(settings, listen_client_urls, tls)
+    member = await start_member(settings, listen_client_urls, tls, http)
     stop = stop_event or asyncio.Event()
     if stop_event is None:
         loop = asyncio.get_running_loop()
@@ -176,7 +296,7 @@ def run_server(config: Any) -> int:
                    trusted_ca_file=getattr(config, "trusted_ca_file", ""),
                    client_cert_auth=bool(getattr(config, "client_cert_auth", False)))
     try:
-        asyncio.run(serve(settings, list(config.listen_client_urls), tls))
+        asyncio.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config)))
     except (DataDirError, StorageError, ValueError, OSError) as exc:
         print(f"quorumkv: {exc}", file=sys.stderr)
         return 1

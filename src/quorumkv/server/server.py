@@ -139,7 +139,8 @@ class QuorumServer:
     """One member. ``await start()`` after construction on the event loop; ``await stop()`` to close."""
 
     def __init__(self, settings: ServerSettings, *, clock: Clock | None = None,
-                 on_applied_hooks: list[Callable[[ApplyResult], None]] | None = None) -> None:
+                 on_applied_hooks: list[Callable[[ApplyResult], None]] | None = None,
+                 fsync_observer: Callable[[float], None] | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self._hooks = on_applied_hooks or []
@@ -149,7 +150,8 @@ class QuorumServer:
             self.backend = Backend(self.datadir.db_path)
             self.applier = Applier(self.backend.writer, min_lease_ttl_seconds=settings.min_lease_ttl_seconds)
             self._init_membership()
-            self.node = LocalNode(self.backend, self.applier, on_applied=self._on_applied)
+            self.node = LocalNode(self.backend, self.applier, on_applied=self._on_applied,
+                                  fsync_observer=fsync_observer)
         except BaseException:
             self.datadir.close()
             raise
@@ -521,6 +523,12 @@ class QuorumServer:
         resp = pb.MoveLeaderResponse()
         resp.header.revision = self.current_revision
         return resp
+
+    def active_alarms(self) -> list[tuple[int, int]]:
+        """The raised alarms as (member ID, ``pb.AlarmType`` value), for health checks and metrics."""
+        with read_txn(self.reader):
+            rows = self.reader.execute("SELECT member_id, alarm FROM alarm").fetchall()
+        return sorted((to_u64(int(mid)), int(alarm)) for mid, alarm in rows)
 
     def member_list(self) -> pb.MemberListResponse:
         resp = pb.MemberListResponse()

@@ -1,0 +1,326 @@
+"""The JSON gateway (etcd's grpc-gateway v1 on ``/v3/...``) and the HTTP routing of the member's listeners.
+
+Every gateway call goes through the same (instrumented) servicer objects the gRPC server uses, with a small
+stand-in for the gRPC context, so validation, errors, headers and metrics are identical on both paths — as in
+etcd, whose gateway is a gRPC client of the member itself.
+
+Wire conventions (checked against etcd 3.4.23): POST with a JSON body (empty body = empty message), original
+proto field names in responses (``prev_kv``, ``cluster_id``; requests accept both spellings), int64/uint64 as
+strings, bytes as standard base64, default values omitted, unknown request fields ignored. Errors are
+``{"error":msg,"message":msg,"code":grpc_code}`` with grpc-gateway's HTTP status. Streaming calls (watch,
+keepalive, snapshot) answer chunked, one ``{"result":{...}}`` object per line; the request body of watch and
+keepalive may carry several JSON objects, and once it ends the stream stays open until the client leaves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from quorumkv import ETCD_CLUSTER_VERSION, ETCD_COMPAT_VERSION
+from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.api.http import HttpError, Request, Response, StreamResponse
+from quorumkv.server.health import Health
+from quorumkv.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+#: grpc-gateway v1 runtime.HTTPStatusFromCode.
+HTTP_STATUS: dict[int, int] = {
+    0: 200, 1: 408, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409, 11: 400,
+    12: 501, 13: 500, 14: 503, 15: 500, 16: 401,
+}
+
+#: etcd's gateway answers with these on the client URL.
+CORS_HEADERS = [
+    ("Access-Control-Allow-Headers", "accept, content-type, authorization"),
+    ("Access-Control-Allow-Methods", "POST, GET, OPTIONS, PUT, DELETE"),
+    ("Access-Control-Allow-Origin", "*"),
+]
+
+JSON = "application/json"
+
+# path -> (service, method, request type, streaming kind: "" | "bidi" | "server")
+ROUTES: dict[str, tuple[str, str, type[Message], str]] = {
+    "/v3/kv/range": ("KV", "Range", pb.RangeRequest, ""),
+    "/v3/kv/put": ("KV", "Put", pb.PutRequest, ""),
+    "/v3/kv/deleterange": ("KV", "DeleteRange", pb.DeleteRangeRequest, ""),
+    "/v3/kv/txn": ("KV", "Txn", pb.TxnRequest, ""),
+    "/v3/kv/compaction": ("KV", "Compact", pb.CompactionRequest, ""),
+    "/v3/watch": ("Watch", "Watch", pb.WatchRequest, "bidi"),
+    "/v3/lease/grant": ("Lease", "LeaseGrant", pb.LeaseGrantRequest, ""),
+    "/v3/lease/revoke": ("Lease", "LeaseRevoke", pb.LeaseRevokeRequest, ""),
+    "/v3/kv/lease/revoke": ("Lease", "LeaseRevoke", pb.LeaseRevokeRequest, ""),
+    "/v3/lease/keepalive": ("Lease", "LeaseKeepAlive", pb.LeaseKeepAliveRequest, "bidi"),
+    "/v3/lease/timetolive": ("Lease", "LeaseTimeToLive", pb.LeaseTimeToLiveRequest, ""),
+    "/v3/kv/lease/timetolive": ("Lease", "LeaseTimeToLive", pb.LeaseTimeToLiveRequest, ""),
+    "/v3/lease/leases": ("Lease", "LeaseLeases", pb.LeaseLeasesRequest, ""),
+    "/v3/kv/lease/leases": ("Lease", "LeaseLeases", pb.LeaseLeasesRequest, ""),
+    "/v3/cluster/member/add": ("Cluster", "MemberAdd", pb.MemberAddRequest, ""),
+    "/v3/cluster/member/remove": ("Cluster", "MemberRemove", pb.MemberRemoveRequest, ""),
+    "/v3/cluster/member/update": ("Cluster", "MemberUpdate", pb.MemberUpdateRequest, ""),
+    "/v3/cluster/member/list": ("Cluster", "MemberList", pb.MemberListRequest, ""),
+    "/v3/cluster/member/promote": ("Cluster", "MemberPromote", pb.MemberPromoteRequest, ""),
+    "/v3/maintenance/alarm": ("Maintenance", "Alarm", pb.AlarmRequest, ""),
+    "/v3/maintenance/status": ("Maintenance", "Status", pb.StatusRequest, ""),
+    "/v3/maintenance/defragment": ("Maintenance", "Defragment", pb.DefragmentRequest, ""),
+    "/v3/maintenance/hash": ("Maintenance", "Hash", pb.HashRequest, ""),
+    "/v3/maintenance/snapshot": ("Maintenance", "Snapshot", pb.SnapshotRequest, "server"),
+    "/v3/maintenance/transfer-leadership": ("Maintenance", "MoveLeader", pb.MoveLeaderRequest, ""),
+}
+
+
+class GatewayAbort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class GatewayContext:
+    """What the servicers use of ``grpc.aio.ServicerContext``."""
+
+    def __init__(self, peer: str = "") -> None:
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._peer = peer
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self._code, self._details = code, details
+        raise GatewayAbort(code, details)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def peer(self) -> str:
+        return self._peer
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        return None
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        return None
+
+
+def to_json(msg: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def error_body(code: int, message: str) -> bytes:
+    return dumps({"error": message, "message": message, "code": code})
+
+
+def error_response(code: int, message: str) -> Response:
+    return Response(HTTP_STATUS.get(code, 500), error_body(code, message), JSON)
+
+
+def _code_value(code: grpc.StatusCode | None) -> int:
+    return int(code.value[0]) if code is not None else 2
+
+
+def parse_message(data: Any, cls: type[Message]) -> Message:
+    msg = cls()
+    json_format.ParseDict(data, msg, ignore_unknown_fields=True)
+    return msg
+
+
+class _ObjectReader:
+    """Splits a streamed request body into JSON values as they arrive."""
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self.buf = ""
+        self.decoder = json.JSONDecoder()
+        self._pending = b""
+
+    async def next(self) -> Any | None:
+        """The next JSON value, or None at the end of the body. Raises ValueError on malformed JSON."""
+        while True:
+            text = self.buf.lstrip()
+            if text:
+                try:
+                    obj, end = self.decoder.raw_decode(text)
+                except json.JSONDecodeError:
+                    if self.req.body_done:
+                        raise
+                else:
+                    self.buf = text[end:]
+                    return obj
+            elif self.req.body_done:
+                return None
+            chunk = await self.req.read_chunk()
+            if chunk:
+                data = self._pending + chunk
+                try:
+                    self.buf = text + data.decode()
+                    self._pending = b""
+                except UnicodeDecodeError:  # a multi-byte character split across chunks
+                    self._pending = data
+                    self.buf = text
+
+
+class Gateway:
+    """Routes for the member's HTTP listeners."""
+
+    def __init__(self, servicers: dict[str, Any], health: Health, render_metrics: Callable[[], bytes]) -> None:
+        self.servicers = servicers
+        self.health = health
+        self.render_metrics = render_metrics
+
+    # -- listeners ----------------------------------------------------------------------------------------
+
+    async def metrics_handler(self, req: Request) -> Response | StreamResponse:
+        """``--listen-metrics-urls``: /metrics and the health endpoints."""
+        resp = await self._common(req)
+        return resp if resp is not None else Response(404, b"404 page not found\n")
+
+    async def client_handler(self, req: Request) -> Response | StreamResponse:
+        """``--listen-client-http-urls``: the gateway, /version, /metrics and the health endpoints."""
+        resp = await self._common(req)
+        if resp is not None:
+            return resp
+        path = req.path
+        if path == "/version":
+            if req.method not in ("GET", "HEAD"):
+                return Response(405, b"Method Not Allowed")
+            return Response(200, dumps({"etcdserver": ETCD_COMPAT_VERSION, "etcdcluster": ETCD_CLUSTER_VERSION}),
+                            JSON)
+        if path.startswith("/v3/"):
+            return await self.gateway(req)
+        return Response(404, b"404 page not found\n")
+
+    async def _common(self, req: Request) -> Response | None:
+        path = req.path
+        if path == "/metrics":
+            return Response(200, self.render_metrics(), METRICS_CONTENT_TYPE)
+        if path == "/health":
+            return await self.health.handle_health(req)
+        if path in ("/livez", "/readyz") or path.startswith(("/livez/", "/readyz/")):
+            return await self.health.handle_probe(req)
+        return None
+
+    # -- /v3 ----------------------------------------------------------------------------------------------
+
+    async def gateway(self, req: Request) -> Response | StreamResponse:
+        route = ROUTES.get(req.path.rstrip("/") or "/")
+        if route is None:
+            if req.path.startswith("/v3/auth/"):
+                return error_response(12, "quorumkv: authentication is not available on this member")
+            return Response(404, b"Not Found\n")
+        if req.method == "OPTIONS":
+            return Response(200, b"")
+        if req.method != "POST":
+            return Response(405, b"Method Not Allowed\n")
+        service, method_name, req_cls, streaming = route
+        servicer = self.servicers.get(service)
+        method = getattr(servicer, method_name, None) if servicer is not None else None
+        if method is None:
+            return error_response(12, f"unknown service etcdserverpb.{service}")
+        if streaming == "bidi":
+            return await self._bidi(req, method, req_cls)
+        try:
+            body = await req.read_body()
+            data = json.loads(body) if body.strip() else {}
+            if not isinstance(data, dict):
+                raise ValueError("request body must be a JSON object")
+            message = parse_message(data, req_cls)
+        except HttpError:
+            raise
+        except (ValueError, json_format.ParseError) as exc:
+            return error_response(3, str(exc))
+        ctx = GatewayContext()
+        if streaming == "server":
+            return StreamResponse(self._stream_out(method(message, ctx), ctx), headers=_STREAM_HEADERS)
+        try:
+            resp = await method(message, ctx)
+        except GatewayAbort as exc:
+            return error_response(_code_value(exc.code), exc.message)
+        except NotImplementedError:
+            return error_response(_code_value(ctx.code() or grpc.StatusCode.UNIMPLEMENTED),
+                                  ctx.details() or "Method not implemented!")
+        return Response(200, dumps(to_json(resp)), JSON)
+
+    async def _bidi(self, req: Request, method: Callable[[Any, Any], AsyncIterator[Message]],
+                    req_cls: type[Message]) -> Response | StreamResponse:
+        objects = _ObjectReader(req)
+        try:  # the first request is read before answering, so a bad body gets a plain error (as etcd)
+            first = await objects.next()
+            first_msg = parse_message(first if first is not None else {}, req_cls)
+        except HttpError:
+            raise
+        except (ValueError, json_format.ParseError) as exc:
+            return error_response(2, str(exc))
+
+        async def requests() -> AsyncIterator[Message]:
+            yield first_msg
+            while True:
+                try:
+                    obj = await objects.next()
+                except (ValueError, HttpError):
+                    break
+                if obj is None:
+                    break
+                try:
+                    yield parse_message(obj, req_cls)
+                except json_format.ParseError:
+                    break
+            # etcd keeps the stream open after the request body ends, until the client goes away.
+            await req.wait_disconnect()
+
+        ctx = GatewayContext()
+        return StreamResponse(self._stream_out(method(requests(), ctx), ctx), headers=_STREAM_HEADERS)
+
+    async def _stream_out(self, responses: AsyncIterator[Message], ctx: GatewayContext) -> AsyncIterator[bytes]:
+        try:
+            try:
+                async for msg in responses:
+                    yield dumps({"result": to_json(msg)}) + b"\n"
+            except GatewayAbort as exc:
+                yield _stream_error(_code_value(exc.code), exc.message)
+            except NotImplementedError:
+                yield _stream_error(_code_value(ctx.code() or grpc.StatusCode.UNIMPLEMENTED),
+                                    ctx.details() or "Method not implemented!")
+        finally:
+            aclose: Callable[[], Awaitable[None]] | None = getattr(responses, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+_STREAM_HEADERS = [("Grpc-Metadata-Content-Type", "application/grpc")]
+
+
+def _stream_error(code: int, message: str) -> bytes:
+    """grpc-gateway v1's in-stream error object."""
+    status = HTTP_STATUS.get(code, 500)
+    from quorumkv.api.http import REASONS
+
+    return dumps({"error": {"grpc_code": code, "http_code": status, "message": message,
+                            "http_status": REASONS.get(status, "Unknown")}}) + b"\n"

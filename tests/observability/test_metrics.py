@@ -1,0 +1,159 @@
+"""/metrics: etcd's names, parseable exposition, and series that move when they should."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.server.metrics import Histogram, ServerStats, format_duration
+
+from .obskit import Member, scrape
+
+KV = 'grpc_method="{m}",grpc_service="etcdserverpb.KV",grpc_type="unary"'
+
+REQUIRED = [
+    "etcd_server_has_leader", "etcd_server_is_leader", "etcd_server_leader_changes_seen_total",
+    "etcd_server_proposals_committed_total", "etcd_server_proposals_applied_total", "etcd_server_proposals_pending",
+    "etcd_server_proposals_failed_total", "etcd_disk_wal_fsync_duration_seconds_count",
+    "etcd_disk_wal_fsync_duration_seconds_sum", 'etcd_disk_wal_fsync_duration_seconds_bucket{le="+Inf"}',
+    "etcd_disk_backend_commit_duration_seconds_count", "etcd_mvcc_db_total_size_in_bytes",
+    "etcd_mvcc_db_total_size_in_use_in_bytes", "etcd_debugging_mvcc_keys_total", "etcd_debugging_mvcc_watcher_total",
+    "etcd_debugging_mvcc_slow_watcher_total", "etcd_mvcc_put_total", "etcd_mvcc_range_total",
+    "etcd_mvcc_delete_total", "etcd_mvcc_txn_total", "etcd_debugging_mvcc_put_total",
+    "etcd_debugging_lease_granted_total", "etcd_debugging_lease_revoked_total", "etcd_debugging_lease_renewed_total",
+    "etcd_server_quota_backend_bytes", 'etcd_server_version{server_version="3.4.23"}',
+    "process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+]
+
+
+def handled(m: str, code: str = "OK") -> str:
+    return f"grpc_server_handled_total{{grpc_code=\"{code}\",{KV.format(m=m)}}}"
+
+
+async def test_exposition_has_etcd_names_on_both_listeners(member: Member) -> None:
+    for url in (member.metrics_url, member.http_url):
+        metrics = await scrape(url)
+        missing = [n for n in REQUIRED if n not in metrics]
+        assert not missing, missing
+        assert metrics["etcd_server_has_leader"] == 1 and metrics["etcd_server_is_leader"] == 1
+        assert metrics["etcd_server_quota_backend_bytes"] == 2 * 1024**3
+        assert metrics[f'etcd_server_id{{server_id="{member.running.server.member_id:x}"}}'] == 1
+        # go-grpc-prometheus initialises every method x code at 0.
+        assert metrics[handled("Put", "Aborted")] == 0
+        assert metrics[f"grpc_server_started_total{{{KV.format(m='Put')}}}"] == 0
+
+
+async def test_put_range_delete_move_the_counters(member: Member) -> None:
+    before = await scrape(member.metrics_url)
+    await member.kv.Put(pb.PutRequest(key=b"a", value=b"1"))
+    await member.kv.Put(pb.PutRequest(key=b"b", value=b"2"))
+    await member.kv.Range(pb.RangeRequest(key=b"a"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await member.kv.Range(pb.RangeRequest(key=b""))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError):
+        await member.kv.Put(pb.PutRequest(key=b"c", value=b"x", lease=12345))  # lease not found
+    after = await scrape(member.metrics_url)
+
+    def delta(name: str) -> float:
+        return after[name] - before.get(name, 0)
+
+    assert delta("etcd_mvcc_put_total") == 2
+    assert delta("etcd_debugging_mvcc_put_total") == 2
+    assert delta("etcd_mvcc_range_total") == 1
+    assert delta("etcd_server_proposals_applied_total") == 3  # the failed put is applied too (as an error)
+    assert delta("etcd_server_proposals_committed_total") == 3
+    assert after["etcd_debugging_mvcc_keys_total"] == 2
+    assert delta("etcd_disk_wal_fsync_duration_seconds_count") >= 1
+    assert delta(handled("Put")) == 2
+    assert delta(handled("Put", "NotFound")) == 1
+    assert delta(handled("Range")) == 1
+    assert delta(handled("Range", "InvalidArgument")) == 1
+    assert delta(f"grpc_server_started_total{{{KV.format(m='Put')}}}") == 3
+
+    await member.kv.DeleteRange(pb.DeleteRangeRequest(key=b"a"))
+    final = await scrape(member.metrics_url)
+    assert final["etcd_debugging_mvcc_keys_total"] == 1
+    assert final["etcd_mvcc_delete_total"] - after["etcd_mvcc_delete_total"] == 1
+
+
+async def test_txn_counts_ops_like_etcd(member: Member) -> None:
+    before = await scrape(member.metrics_url)
+    txn = pb.TxnRequest(
+        compare=[pb.Compare(key=b"t", target=pb.Compare.VERSION, result=pb.Compare.EQUAL, version=0)],
+        success=[pb.RequestOp(request_put=pb.PutRequest(key=b"t", value=b"v")),
+                 pb.RequestOp(request_range=pb.RangeRequest(key=b"t"))],
+    )
+    resp = await member.kv.Txn(txn)
+    assert resp.succeeded
+    after = await scrape(member.metrics_url)
+    assert after["etcd_mvcc_txn_total"] - before["etcd_mvcc_txn_total"] == 1
+    assert after["etcd_mvcc_put_total"] - before["etcd_mvcc_put_total"] == 1
+    assert after["etcd_mvcc_range_total"] - before["etcd_mvcc_range_total"] == 2  # compare + range op
+
+
+async def test_lease_counters(member: Member) -> None:
+    before = await scrape(member.metrics_url)
+    grant = await member.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60))
+
+    call = member.lease.LeaseKeepAlive()
+    await call.write(pb.LeaseKeepAliveRequest(ID=grant.ID))
+    ka = await call.read()
+    assert ka.TTL == 60
+    await call.done_writing()
+    await member.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=grant.ID))
+    after = await scrape(member.metrics_url)
+    assert after["etcd_debugging_lease_granted_total"] - before["etcd_debugging_lease_granted_total"] == 1
+    assert after["etcd_debugging_lease_renewed_total"] - before["etcd_debugging_lease_renewed_total"] == 1
+    assert after["etcd_debugging_lease_revoked_total"] - before["etcd_debugging_lease_revoked_total"] == 1
+
+
+async def test_watcher_gauge_follows_watch_streams(member: Member) -> None:
+    call = member.watch.Watch()
+    await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"w")))
+    created = await call.read()
+    assert created.created
+    metrics = await scrape(member.metrics_url)
+    assert metrics["etcd_debugging_mvcc_watcher_total"] == 1
+    call.cancel()
+    watch = 'grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"'
+    for _ in range(100):  # the watcher goes first, the handler's end is counted when its task finishes
+        await asyncio.sleep(0.02)
+        metrics = await scrape(member.metrics_url)
+        if (metrics["etcd_debugging_mvcc_watcher_total"] == 0
+                and metrics[f'grpc_server_handled_total{{grpc_code="Canceled",{watch}}}'] == 1):
+            break
+    else:
+        pytest.fail(f"watch end not reflected in the metrics: {metrics}")
+    assert metrics[f"grpc_server_started_total{{{watch}}}"] == 1
+
+
+def test_histogram_buckets_are_cumulative() -> None:
+    h = Histogram([0.001, 0.002, 0.004])
+    for v in (0.0005, 0.001, 0.003, 5.0):
+        h.observe(v)
+    fam = h.family("x_seconds", "doc")
+    samples = {(s.name, s.labels.get("le")): s.value for s in fam.samples}
+    assert samples[("x_seconds_bucket", "0.001")] == 2  # le is inclusive
+    assert samples[("x_seconds_bucket", "0.002")] == 2
+    assert samples[("x_seconds_bucket", "0.004")] == 3
+    assert samples[("x_seconds_bucket", "+Inf")] == 4
+    assert samples[("x_seconds_count", None)] == 4
+    assert samples[("x_seconds_sum", None)] == pytest.approx(5.0045)
+
+
+def test_fsync_observer_feeds_both_disk_histograms() -> None:
+    stats = ServerStats()
+    stats.observe_commit(0.003)
+    assert stats.wal_fsync.count == 1 and stats.backend_commit.count == 1
+    assert stats.slow_fsyncs == 0
+
+
+def test_format_duration_like_go() -> None:
+    assert format_duration(0.1) == "100ms"
+    assert format_duration(1.5) == "1.5s"
+    assert format_duration(0.000012) == "12µs"
+    assert format_duration(0) == "0s"
