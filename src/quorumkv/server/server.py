@@ -156,6 +156,7 @@ class QuorumServer:
             self.datadir.close()
             raise
         self.reader = self.backend.new_reader()
+        self._allocated_bytes: int | None = None
         self.lessor = Lessor(self.clock)
         self.hub: WatchHub | None = None
         self.ids = IdGenerator(self.member_id, int(time.time() * 1000))
@@ -242,6 +243,7 @@ class QuorumServer:
     # -- after each durable batch ----------------------------------------------------------------------------
 
     def _on_applied(self, result: ApplyResult) -> None:
+        self._allocated_bytes = None  # the store changed: re-read its size on the next quota check
         for lid, ttl in result.leases_granted:
             self.lessor.granted(lid, ttl)
         for lid in result.leases_revoked:
@@ -297,7 +299,10 @@ class QuorumServer:
 
     async def _check_quota(self, cost_bytes: int) -> None:
         """etcd's quotaAlarmer: a write that would grow the store past the quota raises NOSPACE and fails."""
-        if self.backend.allocated_bytes(self.reader) + cost_bytes < self.settings.quota_backend_bytes:
+        allocated = self._allocated_bytes
+        if allocated is None:  # at most once per applied batch, not once per request
+            allocated = self._allocated_bytes = self.backend.allocated_bytes(self.reader)
+        if allocated + cost_bytes < self.settings.quota_backend_bytes:
             return
         req = pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.AlarmType.NOSPACE)
         if (self.member_id, pb.AlarmType.NOSPACE) not in self.alarms:
