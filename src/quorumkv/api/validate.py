@@ -39,13 +39,15 @@ def check_delete(r: pb.DeleteRangeRequest) -> None:
 
 
 def check_txn(r: pb.TxnRequest, max_txn_ops: int) -> None:
-    if max(len(r.compare), len(r.success), len(r.failure)) > max_txn_ops:
+    """etcd's checkTxnRequest: a nested txn gets the budget its parent leaves (max_txn_ops minus its ops)."""
+    opc = max(len(r.compare), len(r.success), len(r.failure))
+    if opc > max_txn_ops:
         raise errors.TOO_MANY_OPS
     for c in r.compare:
         if not c.key:
             raise errors.EMPTY_KEY
     for op in (*r.success, *r.failure):
-        _check_op(op, max_txn_ops)
+        _check_op(op, max_txn_ops - opc)
 
 
 def _check_op(op: pb.RequestOp, max_txn_ops: int) -> None:
