@@ -73,8 +73,8 @@ def check_txn_intervals(r: pb.TxnRequest) -> None:
 def _interval(d: pb.DeleteRangeRequest) -> Interval:
     if not d.range_end:
         return (d.key, d.key + b"\x00")
-    if d.range_end == b"\x00":
-        return (d.key, None)
+    # etcd 3.4 builds the interval [key, range_end) literally, so a "from key" delete (range_end b"\0") is an
+    # interval no key falls in: etcd accepts a put next to it (checked against etcd 3.4.23), and so do we.
     return (d.key, d.range_end)
 
 
