@@ -236,6 +236,10 @@ DUP_CASES: list[tuple[str, pb.TxnRequest, bool]] = [
      pb.TxnRequest(success=[op_txn([op_put(b"a")]), op_txn([op_put(b"a")], [op_put(b"a")])]), False),
     ("grand-child delete and parent put",
      pb.TxnRequest(success=[op_txn([op_txn([op_del(b"a")])]), op_put(b"a")]), False),
+    # etcd checks [key, "\0") literally: a "from key" delete overlaps no put (etcd 3.4.23 accepts these)
+    ("from-key delete and put after it", pb.TxnRequest(success=[op_del(b"a", b"\x00"), op_put(b"b")]), True),
+    ("nested from-key delete and parent put",
+     pb.TxnRequest(success=[op_txn([op_del(b"a", b"\x00")]), op_put(b"a")]), True),
     ("nested puts of different keys", pb.TxnRequest(success=[op_txn([op_put(b"a")], [op_put(b"b")]),
                                                              op_put(b"c")]), True),
 ]

@@ -5,7 +5,8 @@ through the server's read path) and compares the complete answers: response mess
 the apply produced. After every step the invariants compare the whole key space at every readable
 revision, the change history a watcher catches up from, the revision counters and the leases.
 
-Reproducible by default (``derandomize=True``); set QUORUMKV_HYPOTHESIS_RANDOM=1 to explore new examples.
+Reproducible by default (``derandomize=True``); set QUORUMKV_HYPOTHESIS_RANDOM=1 to explore new examples and
+QUORUMKV_HYPOTHESIS_EXAMPLES=N for a longer run.
 The planted-bug tests at the end show the machine catches a store that gets versions, compaction or lease
 revocation wrong.
 """
@@ -41,7 +42,7 @@ MIN_LEASE_TTL = 2
 SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 RANDOM = os.environ.get("QUORUMKV_HYPOTHESIS_RANDOM") == "1"
 SETTINGS = settings(
-    max_examples=120,
+    max_examples=int(os.environ.get("QUORUMKV_HYPOTHESIS_EXAMPLES", "150")),
     stateful_step_count=30,
     deadline=None,
     derandomize=not RANDOM,
@@ -54,7 +55,7 @@ SETTINGS = settings(
 KEYS = [b"a", b"ab", b"b", b"ba", b"c"]
 keys = st.sampled_from(KEYS)
 values = st.sampled_from([b"", b"x", b"y", b"zz"])
-lease_ids = st.sampled_from([0, 0, 0, 1, 2, 3])
+lease_ids = st.sampled_from([0, 0, 1, 1, 2, 3])
 #: Revisions are drawn relative to the store's revision at the time of the request (RELATIVE + d means
 #: current + d, see ``resolve``), plus some absolute ones, so past, current and future reads all happen.
 RELATIVE = 1 << 40
@@ -287,7 +288,7 @@ class StoreMachine(RuleBasedStateMachine):
         req = resolve(pb.CompactionRequest(revision=rev), self.model.revision)
         self.both(lambda: self.real.submit(EntryKind.COMPACTION, req), lambda: self.model.compact(req))
 
-    @rule(lease_id=st.integers(1, 3), ttl=st.sampled_from([-1, 0, 1, 5, 9_000_000_001]))
+    @rule(lease_id=st.sampled_from([1, 1, 2, 3]), ttl=st.sampled_from([-1, 1, 5, 5, 9_000_000_001]))
     def lease_grant(self, lease_id: int, ttl: int) -> None:
         req = pb.LeaseGrantRequest(ID=lease_id, TTL=ttl)
         self.both(lambda: self.real.submit(EntryKind.LEASE_GRANT, req), lambda: self.model.lease_grant(req))
@@ -403,6 +404,6 @@ def test_planted_bug_is_caught(bug: PlantedBug, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(AssertionError):
         run_state_machine_as_test(
             StoreMachine,
-            settings=settings(SETTINGS, max_examples=200, phases=[Phase.generate], print_blob=False,
-                              database=None),
+            settings=settings(SETTINGS, max_examples=200, stateful_step_count=50, phases=[Phase.generate],
+                              print_blob=False, database=None),
         )
