@@ -283,6 +283,15 @@ class StoreMachine(RuleBasedStateMachine):
                                     failure=[pb.RequestOp(request_txn=nested), first]), self.model.revision)
         self.both(lambda: self.real.txn(req), lambda: self.model.txn(req))
 
+    @rule(start=keys, key=keys, value=values)
+    def txn_delete_from_key_and_put(self, start: bytes, key: bytes, value: bytes) -> None:
+        """etcd allows a put next to a from-key delete: the key may change twice in one revision."""
+        req = pb.TxnRequest(success=[pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=start,
+                                                                                             range_end=b"\x00")),
+                                     pb.RequestOp(request_put=pb.PutRequest(key=key, value=value))])
+        validate.check_txn_intervals(req)
+        self.both(lambda: self.real.txn(req), lambda: self.model.txn(req))
+
     @rule(rev=compact_revisions)
     def compact(self, rev: int) -> None:
         req = resolve(pb.CompactionRequest(revision=rev), self.model.revision)
