@@ -39,13 +39,15 @@ def check_delete(r: pb.DeleteRangeRequest) -> None:
 
 
 def check_txn(r: pb.TxnRequest, max_txn_ops: int) -> None:
-    if max(len(r.compare), len(r.success), len(r.failure)) > max_txn_ops:
+    """etcd's checkTxnRequest: a nested txn gets the budget its parent leaves (max_txn_ops minus its ops)."""
+    opc = max(len(r.compare), len(r.success), len(r.failure))
+    if opc > max_txn_ops:
         raise errors.TOO_MANY_OPS
     for c in r.compare:
         if not c.key:
             raise errors.EMPTY_KEY
     for op in (*r.success, *r.failure):
-        _check_op(op, max_txn_ops)
+        _check_op(op, max_txn_ops - opc)
 
 
 def _check_op(op: pb.RequestOp, max_txn_ops: int) -> None:
@@ -71,8 +73,8 @@ def check_txn_intervals(r: pb.TxnRequest) -> None:
 def _interval(d: pb.DeleteRangeRequest) -> Interval:
     if not d.range_end:
         return (d.key, d.key + b"\x00")
-    if d.range_end == b"\x00":
-        return (d.key, None)
+    # etcd 3.4 builds the interval [key, range_end) literally, so a "from key" delete (range_end b"\0") is an
+    # interval no key falls in: etcd accepts a put next to it (checked against etcd 3.4.23), and so do we.
     return (d.key, d.range_end)
 
 

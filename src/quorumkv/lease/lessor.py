@@ -11,7 +11,6 @@ Invariants:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,7 +61,8 @@ class Lessor:
         st = self.leases.get(lease_id)
         if st is None:
             return None
-        return max(0, math.ceil(st.expiry_s - self.clock.monotonic()))
+        # etcd reports int64(Remaining().Seconds()): truncated, so 9 just after a grant of 10.
+        return max(0, int(st.expiry_s - self.clock.monotonic()))
 
     def expired(self, limit: int = 1000) -> list[int]:
         """Leases past expiry not already being revoked; marks them as being revoked."""

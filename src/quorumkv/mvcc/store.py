@@ -94,6 +94,10 @@ def compact_revision(conn: sqlite3.Connection) -> int:
     return int(meta_get(conn, "compact_revision", 0))
 
 
+#: Orders kv rows by (rev, sub) in one integer (SQLite returns the other columns of the max() row).
+_REV_SUB = "rev * 4294967296 + sub"
+
+
 def _bounds(key: bytes, range_end: bytes, column: str = "key") -> tuple[str, tuple[bytes, ...]]:
     """SQL predicate on ``column`` for etcd's [key, range_end) rules."""
     if not range_end:
@@ -148,9 +152,10 @@ def range_at(
         if limit > 0:
             sql += f" LIMIT {int(limit)}"
         return RangeResult([_kv(r) for r in conn.execute(sql, args)], count, cur)
-    # Historical read: the latest row per key at or before rev, tombstones dropped.
+    # Historical read: the latest row per key at or before rev, tombstones dropped. "Latest" is by (rev, sub):
+    # one txn may delete a key and put it again (a from-key delete next to a put), both at the same rev.
     inner = (
-        "SELECT key, create_rev, max(rev) AS mod_rev, version, value, lease FROM kv "
+        f"SELECT key, create_rev, rev, version, value, lease, max({_REV_SUB}) FROM kv "
         f"WHERE {pred} AND rev <= ? GROUP BY key"
     )
     hargs = (*args, rev)
@@ -170,7 +175,7 @@ def get_kv_at(conn: sqlite3.Connection, key: bytes, before_rev: int) -> KeyValue
     """The key's value as it was just before ``before_rev`` (None if absent or deleted)."""
     row = conn.execute(
         "SELECT key, create_rev, rev, version, value, lease FROM kv WHERE key = ? AND rev < ? "
-        "ORDER BY rev DESC LIMIT 1",
+        "ORDER BY rev DESC, sub DESC LIMIT 1",
         (key, before_rev),
     ).fetchone()
     if row is None or row[4] is None:
@@ -325,7 +330,7 @@ def compact(conn: sqlite3.Connection, revision: int) -> int:
     """Physically drop what compaction at ``revision`` frees; returns rows removed. Caller checks bounds."""
     cur = conn.execute(
         "DELETE FROM kv WHERE rev <= ?1 AND id NOT IN ("
-        " SELECT id FROM (SELECT id, max(rev) AS r, value FROM kv WHERE rev <= ?1 GROUP BY key)"
+        f" SELECT id FROM (SELECT id, max({_REV_SUB}) AS r, value FROM kv WHERE rev <= ?1 GROUP BY key)"
         " WHERE value IS NOT NULL)",
         (revision,),
     )

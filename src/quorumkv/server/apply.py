@@ -351,8 +351,8 @@ class Applier:
                 out.response_delete_range.CopyFrom(self.delete_range(txn, op.request_delete_range))
             elif which == "request_txn":
                 nested = out.response_txn
+                nested.header.SetInParent()  # etcd 3.4 leaves a nested txn's header empty (revision 0)
                 at = self._apply_txn(txn, op.request_txn, path, at, nested)
-                nested.header.CopyFrom(self._header(txn.read_revision()))
         return at
 
     # -- alarms -------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ class WatchStream:
         if watch_id != 0 and watch_id in self.watchers:
             error = "mvcc: duplicate watch ID provided on the WatchStream"
         elif range_end and range_end != b"\x00" and range_end <= key:
-            error = "mvcc: watcher range invalid"
+            error = "mvcc: watcher range is empty"  # etcd: ErrEmptyWatcherRange
         if error:
             self.send(pb.WatchResponse(header=self.header(cur), watch_id=-1, created=True, canceled=True,
                                        cancel_reason=error))

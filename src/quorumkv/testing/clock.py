@@ -1,10 +1,10 @@
-"""A manual clock for tests: time moves only when the test calls ``advance``."""
+"""A clock tests move by hand, for anything that takes a ``Clock`` (an object with ``monotonic()``)."""
 
 from __future__ import annotations
 
 
 class FakeClock:
-    """Satisfies ``quorumkv.lease.lessor.Clock``; ``monotonic()`` starts at ``start_s``."""
+    """Monotonic time that only changes when a test calls :meth:`advance`; starts at ``start_s``."""
 
     def __init__(self, start_s: float = 1000.0) -> None:
         self.now_s = start_s
