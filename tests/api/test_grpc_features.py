@@ -464,3 +464,29 @@ async def test_txns_same_as_etcd(etcd_client: Client, qkv: Client) -> None:
         range_call(R(key=b"\x00", range_end=b"\x00")),
     ]
     await same_answers(etcd_client, qkv, calls)
+
+
+def test_compact_zero_on_a_never_compacted_store_succeeds_once(tmp_path: Path) -> None:
+    """etcd's compact revision starts at -1: Compact(0) is accepted once, then it is 'already compacted'."""
+    import asyncio
+
+    from quorumkv.server import errors
+    from quorumkv.server.errors import EtcdError
+    from quorumkv.server.server import QuorumServer, ServerSettings
+
+    async def main() -> None:
+        srv = QuorumServer(ServerSettings(data_dir=str(tmp_path / "d")))
+        await srv.start()
+        try:
+            first = await srv.compact(pb.CompactionRequest(revision=0))
+            assert first.header.revision == 1
+            try:
+                await srv.compact(pb.CompactionRequest(revision=0))
+            except EtcdError as exc:
+                assert exc.message == errors.COMPACTED.message
+            else:
+                raise AssertionError("a second Compact(0) must fail as compacted")
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())

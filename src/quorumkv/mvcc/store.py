@@ -91,7 +91,9 @@ def current_revision(conn: sqlite3.Connection) -> int:
 
 
 def compact_revision(conn: sqlite3.Connection) -> int:
-    return int(meta_get(conn, "compact_revision", 0))
+    """The last compaction's revision; -1 on a store never compacted (etcd's compactMainRev starts at -1, so
+    a first Compact(0) succeeds)."""
+    return int(meta_get(conn, "compact_revision", -1))
 
 
 #: Orders kv rows by (rev, sub) in one integer (SQLite returns the other columns of the max() row).

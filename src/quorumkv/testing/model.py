@@ -90,7 +90,7 @@ def in_range(k: bytes, key: bytes, range_end: bytes) -> bool:
 class Model:
     def __init__(self, min_lease_ttl: int = 1) -> None:
         self.revision = 1
-        self.compact_revision = 0
+        self.compact_revision = -1  # etcd's compactMainRev before any compaction
         self.history: dict[bytes, list[tuple[int, KV | None]]] = {}
         self.leases: dict[int, int] = {}  # lease ID -> granted TTL
         self.events: list[Event] = []
