@@ -30,7 +30,7 @@ SCENARIO_DIR = Path(__file__).resolve().parents[1] / "interop" / "scenarios"
 SCENARIOS = sorted(SCENARIO_DIR.glob("*.txt"))
 #: Remaining-TTL tolerance (seconds) for this comparison; see the module docstring.
 CLIENT_TTL_SLACK_S = 30
-WORKERS = 4
+WORKERS = 3
 
 
 def _run(path: Path, client: str, tmp: Path) -> list[StepResult]:
@@ -66,9 +66,7 @@ def transcripts() -> Iterator[dict[tuple[str, str], Future[list[StepResult]]]]:
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[path.stem for path in SCENARIOS])
-def test_quorumkvctl_matches_etcdctl(
-    path: Path, transcripts: dict[tuple[str, str], Future[list[StepResult]]]
-) -> None:
+def test_quorumkvctl_matches_etcdctl(path: Path, transcripts: dict[tuple[str, str], Future[list[StepResult]]]) -> None:
     reference_results = transcripts[(path.stem, "etcdctl")].result()
     candidate_results = transcripts[(path.stem, "quorumkvctl")].result()
     broken = [result for result in reference_results if result.note]

@@ -33,9 +33,9 @@ from urllib.parse import urlsplit
 import quorumkv
 
 __all__ = [
+    "CLIENTS",
     "ETCDCTL_BIN",
     "ETCD_BIN",
-    "CLIENTS",
     "BackgroundEtcdctl",
     "ServerNotReady",
     "ServerProcess",

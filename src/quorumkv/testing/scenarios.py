@@ -48,7 +48,7 @@ __all__ = [
 StepKind = Literal["run", "start", "wait", "stop", "sleep"]
 
 _BG_NAME_RE = re.compile(r"^&([A-Za-z_][\w-]*)$")
-_QUIRK_RE = re.compile(r"^\s*#!\s*client-quirk:(.*)$")
+_QUIRK_RE = re.compile(r"^\s*#!\s*client-((?:quirk|timing):.*)$")
 _SUBST_RE = re.compile(r"\{LEASE-(\d+)\}|\{x:([0-9A-Fa-f]*)\}")
 DEFAULT_WAIT_TIMEOUT_S = 10.0
 DEFAULT_QUIET_S = 0.3
@@ -75,8 +75,9 @@ class Step:
     timeout_s: float = DEFAULT_WAIT_TIMEOUT_S
     quiet_s: float = DEFAULT_QUIET_S
     seconds: float = 0.0
-    #: Reason from a preceding ``#! client-quirk: ...`` line: etcdctl 3.4 behaviour quorumkvctl does not copy
-    #: on purpose; the client differential runs the step but does not compare its output.
+    #: Reason from a preceding ``#! client-quirk: ...`` line (etcdctl 3.4 behaviour quorumkvctl does not copy on
+    #: purpose) or ``#! client-timing: ...`` line (the step only works if the client is as fast as etcdctl, e.g.
+    #: within a 3 s lease); the client differential runs the step but does not compare its output.
     client_quirk: str | None = None
 
     @property

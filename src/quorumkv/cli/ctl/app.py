@@ -149,7 +149,7 @@ class GoFlag:
         raise AssertionError(self.kind)
 
 
-class GoValue(click.ParamType):
+class GoValue(click.ParamType):  # type: ignore[type-arg]
     name = "value"
 
     def __init__(self, flag: GoFlag) -> None:
@@ -194,9 +194,7 @@ GLOBAL_FLAGS: tuple[GoFlag, ...] = (
         "password for authentication (if this option is used, --user option shouldn't include password)",
     ),
     GoFlag("user", "string", "", "username[:password] for authentication (prompt if password is not supplied)"),
-    GoFlag(
-        "write-out", "string", "simple", "set the output format (fields, json, protobuf, simple, table)", short="w"
-    ),
+    GoFlag("write-out", "string", "simple", "set the output format (fields, json, protobuf, simple, table)", short="w"),
 )
 CLUSTER_FLAG = GoFlag("cluster", "bool", False, "use all endpoints from the cluster member list")
 _GLOBAL_BY_DEST = {flag.dest: flag for flag in (*GLOBAL_FLAGS, CLUSTER_FLAG)}
@@ -292,7 +290,9 @@ class PrefixGroup(click.Group):
         matches = [name for name in self.list_commands(ctx) if name.startswith(cmd_name)]
         return super().get_command(ctx, matches[0]) if len(matches) == 1 else None
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         name, cmd, rest = super().resolve_command(ctx, args)
         return (cmd.name if cmd is not None else name), cmd, rest
 
@@ -318,7 +318,9 @@ class CtlGroup(PrefixGroup):
             f"GLOBAL OPTIONS:\n{_flag_block(GLOBAL_FLAGS)}\n"
         )
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         name = args[0] if args else ""
         if name and self.get_command(ctx, name) is None and not name.startswith("-"):
             write_out(self.usage_text())
@@ -333,7 +335,9 @@ class CtlGroup(PrefixGroup):
 
 
 class RootGroup(PrefixGroup):
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         name = args[0] if args else ""
         if name and self.get_command(ctx, name) is None:
             message = f'unknown command "{name}" for "{PROG}"'

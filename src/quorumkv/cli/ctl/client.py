@@ -61,8 +61,8 @@ def go_code_name(code: grpc.StatusCode) -> str:
 
 def grpc_error_text(err: grpc.RpcError) -> str:
     """What clientv3 3.4 turns a gRPC error into: etcd's own message, or gRPC's ``rpc error: ...``."""
-    code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
-    details: str = err.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = err.code()
+    details: str = err.details() or ""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "context deadline exceeded"
     if code == grpc.StatusCode.CANCELLED and details in ("", "Cancelled", "Locally cancelled by application!"):
@@ -73,8 +73,8 @@ def grpc_error_text(err: grpc.RpcError) -> str:
 
 
 def _raw_grpc_text(err: grpc.RpcError) -> str:
-    code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
-    details: str = err.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = err.code()
+    details: str = err.details() or ""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and "Deadline" in details:
         details = "context deadline exceeded"
     return f"rpc error: code = {go_code_name(code)} desc = {details}"
@@ -105,6 +105,11 @@ def strip_scheme(endpoint: str) -> str:
         if endpoint.startswith(scheme):
             return endpoint[len(scheme) :]
     return endpoint
+
+
+def _stub(name: str, channel: grpc.Channel) -> Any:
+    """A generated service stub (the generated module is untyped)."""
+    return getattr(rpc_pb2_grpc, name)(channel)
 
 
 @dataclass
@@ -151,11 +156,11 @@ class Client:
             self.channel = grpc.secure_channel(self.target, self._credentials(), options=options)
         else:
             self.channel = grpc.insecure_channel(self.target, options=options)
-        self.kv = rpc_pb2_grpc.KVStub(self.channel)
-        self.watch = rpc_pb2_grpc.WatchStub(self.channel)
-        self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
-        self.cluster = rpc_pb2_grpc.ClusterStub(self.channel)
-        self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)
+        self.kv = _stub("KVStub", self.channel)
+        self.watch = _stub("WatchStub", self.channel)
+        self.lease = _stub("LeaseStub", self.channel)
+        self.cluster = _stub("ClusterStub", self.channel)
+        self.maintenance = _stub("MaintenanceStub", self.channel)
         self._metadata: list[tuple[str, str]] = []
         self._dialled = False
 

@@ -110,7 +110,7 @@ class GoJSON:
         self.text = text
 
 
-def _scalar(field: FieldDescriptor, value: Any) -> str:
+def _scalar(field: Any, value: Any) -> str:
     if field.type == FieldDescriptor.TYPE_BYTES:
         return '"' + base64.b64encode(value).decode("ascii") + '"'
     if field.type == FieldDescriptor.TYPE_STRING:
@@ -124,7 +124,7 @@ def _scalar(field: FieldDescriptor, value: Any) -> str:
     return str(int(value))
 
 
-def _is_empty(field: FieldDescriptor, msg: Message) -> bool:
+def _is_empty(field: Any, msg: Message) -> bool:
     if field.is_repeated:
         return len(getattr(msg, field.name)) == 0
     if field.type == FieldDescriptor.TYPE_MESSAGE:

@@ -442,8 +442,10 @@ def read_txn(stream: IO[bytes], interactive: bool = False) -> rpc_pb2.TxnRequest
             req.compare.append(parse_compare(line))
         except ValueError as exc:
             raise CtlError(EXIT_INVALID_INPUT, str(exc)) from None
-    for branch, text in ((req.success, "success requests (get, put, del):"),
-                         (req.failure, "failure requests (get, put, del):")):
+    for branch, text in (
+        (req.success, "success requests (get, put, del):"),
+        (req.failure, "failure requests (get, put, del):"),
+    ):
         prompt(text)
         while line := _read_line(stream):
             try:

@@ -115,11 +115,7 @@ class _Requests:
     "keep-alive",
     short="Keeps leases alive (renew)",
     usage="lease keep-alive [options] <leaseID>",
-    flags=(
-        GoFlag(
-            "once", "bool", False, "Resets the keep-alive time to its original value and exits immediately"
-        ),
-    ),
+    flags=(GoFlag("once", "bool", False, "Resets the keep-alive time to its original value and exits immediately"),),
 )
 def keepalive_cmd(settings: Settings, args: list[str], once: bool) -> None:
     if len(args) != 1:

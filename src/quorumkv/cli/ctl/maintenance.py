@@ -155,8 +155,12 @@ def save_snapshot(settings: Settings, path: str, timeout: float | None, progress
     return size
 
 
-@command(snapshot_group, "save", short="Stores an etcd node backend snapshot to a given file",
-         usage="snapshot save <filename>")
+@command(
+    snapshot_group,
+    "save",
+    short="Stores an etcd node backend snapshot to a given file",
+    usage="snapshot save <filename>",
+)
 def snapshot_save_cmd(settings: Settings, args: list[str]) -> None:
     if len(args) != 1:
         raise CtlError(EXIT_BAD_ARGS, "snapshot save expects one argument")

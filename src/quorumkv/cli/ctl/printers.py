@@ -81,8 +81,9 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
             widths[index] = max(widths[index], len(cell))
     border = "+" + "+".join("-" * (width + 2) for width in widths) + "+\n"
     lines = [border]
-    lines.append("|" + "|".join(f" {_pad_center(title.upper(), w)} " for title, w in zip(header, widths, strict=True))
-                 + "|\n")
+    lines.append(
+        "|" + "|".join(f" {_pad_center(title.upper(), w)} " for title, w in zip(header, widths, strict=True)) + "|\n"
+    )
     lines.append(border)
     for row in rows:
         lines.append("|" + "|".join(f" {cell.rjust(w)} " for cell, w in zip(row, widths, strict=True)) + "|\n")

@@ -77,7 +77,7 @@ def _run_exec(exec_args: list[str], resp: rpc_pb2.WatchResponse) -> None:
             write_err(f"command {exec_args!r} error ({exc})\n")
             raise SystemExit(1) from None
         if code != 0:
-            write_err(f'command {exec_args!r} error (exit status {code})\n')
+            write_err(f"command {exec_args!r} error (exit status {code})\n")
             raise SystemExit(1)
 
 
@@ -174,7 +174,7 @@ def watch_cmd(
     if not env_key and env_range:
         bad_args(f'ETCDCTL_WATCH_KEY is empty but got ETCDCTL_WATCH_RANGE_END="{env_range}"')
     show = Printer(settings.write_out, settings.hex)
-    flags = {"prefix": prefix, "prev_kv": prev_kv, "rev": rev, "progress_notify": progress_notify}
+    flags: dict[str, object] = {"prefix": prefix, "prev_kv": prev_kv, "rev": rev, "progress_notify": progress_notify}
     if interactive:
         with Client(settings) as client:
             _interactive(client, show, flags)
