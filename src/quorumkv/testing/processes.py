@@ -33,11 +33,14 @@ from urllib.parse import urlsplit
 import quorumkv
 
 __all__ = [
+    "CLIENTS",
     "ETCDCTL_BIN",
     "ETCD_BIN",
     "BackgroundEtcdctl",
     "ServerNotReady",
     "ServerProcess",
+    "client_command",
+    "client_env",
     "etcdctl_env",
     "free_port",
     "normalize",
@@ -96,9 +99,34 @@ def _check_loopback(endpoint: str) -> None:
             raise ValueError(f"refusing to run etcdctl against non-loopback endpoint {one!r}")
 
 
-def _etcdctl_argv(endpoint: str, args: Sequence[str], write_out: str | None) -> list[str]:
+#: The command-line clients the scenario runner can drive: etcdctl 3.4 itself, or quorumkvctl (this checkout).
+CLIENTS = ("etcdctl", "quorumkvctl")
+
+
+def client_command(client: str = "etcdctl") -> list[str]:
+    """argv prefix that runs ``client``: the etcdctl binary, or ``python -m quorumkv.cli.ctl``."""
+    if client == "etcdctl":
+        return [ETCDCTL_BIN]
+    if client == "quorumkvctl":
+        return [sys.executable, "-m", "quorumkv.cli.ctl"]
+    raise ValueError(f"unknown client {client!r} (expected one of {CLIENTS})")
+
+
+def client_env(client: str = "etcdctl", extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """:func:`etcdctl_env`, plus ``PYTHONPATH=<repo>/src`` for quorumkvctl (no install needed)."""
+    env = etcdctl_env(extra)
+    if client == "quorumkvctl":
+        src = str(quorumkv_src_dir())
+        previous = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = src if not previous else f"{src}{os.pathsep}{previous}"
+    return env
+
+
+def _etcdctl_argv(
+    endpoint: str, args: Sequence[str], write_out: str | None, client: str = "etcdctl"
+) -> list[str]:
     _check_loopback(endpoint)
-    argv = [ETCDCTL_BIN, f"--endpoints={endpoint}"]
+    argv = [*client_command(client), f"--endpoints={endpoint}"]
     if write_out is not None:
         argv.append(f"--write-out={write_out}")
     argv.extend(args)
@@ -117,6 +145,7 @@ def run_etcdctl(
     timeout_s: float = 20.0,
     env: Mapping[str, str] | None = None,
     write_out: str | None = None,
+    client: str = "etcdctl",
 ) -> subprocess.CompletedProcess[str]:
     """Run ``etcdctl --endpoints=ENDPOINT [--write-out=W] ARGS...`` with ``ETCDCTL_API=3``.
 
@@ -124,14 +153,14 @@ def run_etcdctl(
     stdout/stderr are decoded as UTF-8 with invalid bytes shown as ``\\xNN``.  Never raises on a non-zero
     exit; raises :class:`subprocess.TimeoutExpired` when ``timeout_s`` passes (the child is killed).
     """
-    argv = _etcdctl_argv(endpoint, args, write_out)
+    argv = _etcdctl_argv(endpoint, args, write_out, client)
     data = stdin.encode() if isinstance(stdin, str) else stdin
     proc = subprocess.run(
         argv,
         input=data if data is not None else b"",
         capture_output=True,
         timeout=timeout_s,
-        env=etcdctl_env(env),
+        env=client_env(client, env),
         check=False,
     )
     return subprocess.CompletedProcess(argv, proc.returncode, _decode(proc.stdout), _decode(proc.stderr))
@@ -238,10 +267,17 @@ class BackgroundEtcdctl:
 
 
 def start_etcdctl(
-    endpoint: str, *args: str, env: Mapping[str, str] | None = None, write_out: str | None = None
+    endpoint: str,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    write_out: str | None = None,
+    client: str = "etcdctl",
 ) -> BackgroundEtcdctl:
-    """Start ``etcdctl ARGS...`` in the background (e.g. ``watch``); see :meth:`BackgroundEtcdctl.stop`."""
-    return BackgroundEtcdctl(_etcdctl_argv(endpoint, args, write_out), etcdctl_env(env))
+    """Start ``etcdctl ARGS...`` in the background (e.g. ``watch``); see :meth:`BackgroundEtcdctl.stop`.
+
+    ``client="quorumkvctl"`` runs quorumkvctl from this checkout instead.
+    """
+    return BackgroundEtcdctl(_etcdctl_argv(endpoint, args, write_out, client), client_env(client, env))
 
 
 @dataclass

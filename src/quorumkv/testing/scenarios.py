@@ -48,6 +48,7 @@ __all__ = [
 StepKind = Literal["run", "start", "wait", "stop", "sleep"]
 
 _BG_NAME_RE = re.compile(r"^&([A-Za-z_][\w-]*)$")
+_QUIRK_RE = re.compile(r"^\s*#!\s*client-((?:quirk|timing):.*)$")
 _SUBST_RE = re.compile(r"\{LEASE-(\d+)\}|\{x:([0-9A-Fa-f]*)\}")
 DEFAULT_WAIT_TIMEOUT_S = 10.0
 DEFAULT_QUIET_S = 0.3
@@ -74,6 +75,10 @@ class Step:
     timeout_s: float = DEFAULT_WAIT_TIMEOUT_S
     quiet_s: float = DEFAULT_QUIET_S
     seconds: float = 0.0
+    #: Reason from a preceding ``#! client-quirk: ...`` line (etcdctl 3.4 behaviour quorumkvctl does not copy on
+    #: purpose) or ``#! client-timing: ...`` line (the step only works if the client is as fast as etcdctl, e.g.
+    #: within a 3 s lease); the client differential runs the step but does not compare its output.
+    client_quirk: str | None = None
 
     @property
     def stdin_text(self) -> str | None:
@@ -140,8 +145,16 @@ def parse_scenario(text: str, name: str = "<scenario>") -> Scenario:
             steps[last_run] = dataclasses.replace(step, stdin_lines=tuple(pending_stdin))
         pending_stdin = None
 
+    quirk: str | None = None
+
     for line_no, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\r")
+        quirk_match = _QUIRK_RE.match(line)
+        if quirk_match:
+            flush()
+            last_run = None
+            quirk = quirk_match.group(1).strip()
+            continue
         if line.startswith("<"):
             if last_run is None:
                 raise _err(name, line_no, "stdin line without a preceding '$' step")
@@ -160,7 +173,10 @@ def parse_scenario(text: str, name: str = "<scenario>") -> Scenario:
             last_run = None
             continue
         if stripped.startswith("$"):
-            steps.append(Step("run", line_no, stripped, args=_split(name, line_no, stripped[1:])))
+            steps.append(
+                Step("run", line_no, stripped, args=_split(name, line_no, stripped[1:]), client_quirk=quirk)
+            )
+            quirk = None
             last_run = len(steps) - 1
             continue
         last_run = None
@@ -174,7 +190,10 @@ def parse_scenario(text: str, name: str = "<scenario>") -> Scenario:
             if handle in started:
                 raise _err(name, line_no, f"background process &{handle} already started")
             started.add(handle)
-            steps.append(Step("start", line_no, stripped, args=_split(name, line_no, rest[1:]), name=handle))
+            steps.append(
+                Step("start", line_no, stripped, args=_split(name, line_no, rest[1:]), name=handle, client_quirk=quirk)
+            )
+            quirk = None
             continue
         verb = words[0]
         if verb in ("wait", "stop"):
@@ -284,9 +303,11 @@ def _substitute(text: str, server: ServerProcess, step: Step) -> str:
 
 
 def run_scenario(
-    scenario: Scenario, server: ServerProcess, command_timeout_s: float = 20.0
+    scenario: Scenario, server: ServerProcess, command_timeout_s: float = 20.0, client: str = "etcdctl"
 ) -> list[StepResult]:
     """Run every step of ``scenario`` against ``server``; one normalised :class:`StepResult` per step.
+
+    ``client`` picks the command-line client that runs the steps: ``etcdctl`` (default) or ``quorumkvctl``.
 
     Background processes still running at the end (only after an exception) are killed.
     """
@@ -295,7 +316,7 @@ def run_scenario(
     try:
         for step in scenario.steps:
             try:
-                results.append(_run_step(step, server, background, command_timeout_s))
+                results.append(_run_step(step, server, background, command_timeout_s, client))
             except SubstitutionError as exc:
                 # e.g. {LEASE-2} when this server never printed a second lease: a difference, not a crash
                 results.append(StepResult(step, note=str(exc)))
@@ -306,7 +327,11 @@ def run_scenario(
 
 
 def _run_step(
-    step: Step, server: ServerProcess, background: dict[str, BackgroundEtcdctl], command_timeout_s: float
+    step: Step,
+    server: ServerProcess,
+    background: dict[str, BackgroundEtcdctl],
+    command_timeout_s: float,
+    client: str = "etcdctl",
 ) -> StepResult:
     if step.kind == "run":
         args = [_substitute(arg, server, step) for arg in step.args]
@@ -314,7 +339,7 @@ def _run_step(
         if step.stdin_text is not None:
             stdin = os.fsencode(_substitute(step.stdin_text, server, step))
         try:
-            proc = run_etcdctl(server.client_url, *args, stdin=stdin, timeout_s=command_timeout_s)
+            proc = run_etcdctl(server.client_url, *args, stdin=stdin, timeout_s=command_timeout_s, client=client)
         except subprocess.TimeoutExpired:
             return StepResult(step, note=f"etcdctl did not finish within {command_timeout_s}s (killed)")
         return StepResult(
@@ -328,7 +353,7 @@ def _run_step(
     if step.kind == "start":
         assert step.name is not None
         args = [_substitute(arg, server, step) for arg in step.args]
-        background[step.name] = start_etcdctl(server.client_url, *args)
+        background[step.name] = start_etcdctl(server.client_url, *args, client=client)
         return StepResult(step)
     if step.kind == "wait":
         assert step.name is not None
@@ -372,9 +397,15 @@ def diff_transcripts(
     candidate: list[StepResult],
     reference_label: str = "reference",
     candidate_label: str = "candidate",
+    skip_client_quirks: bool = False,
 ) -> str | None:
-    """None when both transcripts are equal, else a readable report of the first differing step."""
+    """None when both transcripts are equal, else a readable report of the first differing step.
+
+    ``skip_client_quirks`` leaves steps marked ``#! client-quirk:`` out of the comparison.
+    """
     for index, (ref, cand) in enumerate(zip(reference, candidate, strict=False)):
+        if skip_client_quirks and ref.step.client_quirk is not None:
+            continue
         if ref.comparable() != cand.comparable():
             ref_text, cand_text = ref.render(), cand.render()
             diff = "".join(
@@ -413,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--server", choices=("etcd", "quorumkv"), default="etcd")
     parser.add_argument("--raw", action="store_true", help="print raw (unnormalised) output too")
+    parser.add_argument("--client", choices=("etcdctl", "quorumkvctl"), default="etcdctl")
     parser.add_argument("files", nargs="+", type=Path)
     options = parser.parse_args(argv)
     start = start_etcd if options.server == "etcd" else start_quorumkv
@@ -421,10 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="quorumkv-scenario-") as tmp:
             server = start(Path(tmp))
             try:
-                results = run_scenario(scenario, server)
+                results = run_scenario(scenario, server, client=options.client)
             finally:
                 server.stop()
-        print(f"##### {path} ({options.server})")
+        print(f"##### {path} ({options.server}, {options.client})")
         for result in results:
             print(result.render())
             if options.raw and result.step.kind in ("run", "stop"):

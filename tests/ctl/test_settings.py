@@ -1,0 +1,83 @@
+"""Global flags: command line (before or after the command) beats ETCDCTL_* beats etcdctl's defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from quorumkv.cli.ctl import kv
+from quorumkv.cli.ctl.app import main, parse_go_duration, parse_go_int
+from quorumkv.cli.ctl.client import CtlError, Settings
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    seen: list[Settings] = []
+
+    class FakeClient:
+        def __init__(self, settings: Settings, endpoint: str | None = None) -> None:
+            seen.append(settings)
+            raise CtlError(99, "")
+
+    monkeypatch.setattr(kv, "Client", FakeClient)
+    for key in list(__import__("os").environ):
+        if key.startswith("ETCDCTL_"):
+            monkeypatch.delenv(key)
+    return seen
+
+
+def run(*argv: str) -> int:
+    return main(list(argv))
+
+
+def test_defaults(captured: list[Settings]) -> None:
+    assert run("get", "foo") == 99
+    settings = captured[-1]
+    assert settings.endpoints == ["127.0.0.1:2379"]
+    assert (settings.dial_timeout, settings.command_timeout) == (2.0, 5.0)
+    assert (settings.keepalive_time, settings.keepalive_timeout) == (2.0, 6.0)
+    assert settings.write_out == "simple" and not settings.hex and settings.insecure_transport
+
+
+def test_env_then_flag(captured: list[Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ETCDCTL_ENDPOINTS", "127.0.0.1:1,127.0.0.1:2")
+    monkeypatch.setenv("ETCDCTL_WRITE_OUT", "json")
+    monkeypatch.setenv("ETCDCTL_DIAL_TIMEOUT", "750ms")
+    monkeypatch.setenv("ETCDCTL_HEX", "true")
+    run("get", "foo")
+    settings = captured[-1]
+    assert settings.endpoints == ["127.0.0.1:1", "127.0.0.1:2"]
+    assert settings.write_out == "json" and settings.dial_timeout == 0.75 and settings.hex
+    # a flag beats the environment, before or after the command name
+    run("--endpoints=127.0.0.1:9", "get", "foo", "-w", "fields", "--hex=false")
+    settings = captured[-1]
+    assert settings.endpoints == ["127.0.0.1:9"] and settings.write_out == "fields" and not settings.hex
+    run("get", "foo", "--dial-timeout", "1m30s", "--command-timeout=250ms")
+    assert (captured[-1].dial_timeout, captured[-1].command_timeout) == (90.0, 0.25)
+
+
+def test_leaf_flag_beats_root_flag(captured: list[Settings]) -> None:
+    run("-w", "json", "get", "foo", "-w", "fields")
+    assert captured[-1].write_out == "fields"
+
+
+def test_flag_errors(capfd: pytest.CaptureFixture[str], captured: list[Settings]) -> None:
+    assert run("get", "foo", "--rev", "abc") == 1
+    out, err = capfd.readouterr()
+    message = 'invalid argument "abc" for "--rev" flag: strconv.ParseInt: parsing "abc": invalid syntax'
+    assert err == f"Error: {message}\n\nError: {message}\n"
+    assert out.startswith("NAME:\n\tget - Gets the key or a range of keys\n")
+    assert run("bogus") == 1
+    _, err = capfd.readouterr()
+    assert err.startswith('Error: unknown command "bogus" for "etcdctl"\n')
+    assert run("get") == 128
+    _, err = capfd.readouterr()
+    assert err == "Error: get command needs one argument as key and an optional argument as range_end\n"
+
+
+def test_go_parsers() -> None:
+    assert parse_go_duration("2s") == 2.0 and parse_go_duration("1h2m") == 3720.0
+    with pytest.raises(ValueError, match='time: invalid duration "x"'):
+        parse_go_duration("x")
+    assert parse_go_int("ff", base=16) == 255
+    with pytest.raises(ValueError, match=r'strconv\.ParseInt: parsing "z": invalid syntax'):
+        parse_go_int("z")
