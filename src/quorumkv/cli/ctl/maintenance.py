@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import time
@@ -26,7 +27,7 @@ from quorumkv.cli.ctl.client import (
 )
 from quorumkv.cli.ctl.cluster import endpoints_from_cluster
 from quorumkv.cli.ctl.gofmt import humanize_bytes
-from quorumkv.cli.ctl.printers import write_err, write_out
+from quorumkv.cli.ctl.printers import render_table, write_err, write_out
 
 __all__ = ["save_snapshot"]
 
@@ -172,7 +173,69 @@ def snapshot_save_cmd(settings: Settings, args: list[str]) -> None:
     write_out(f"Snapshot saved at {args[0]}\n")
 
 
-# snapshot status|restore are left out: they belong to quorumkv.server.snapshot (not written yet).
+@command(
+    snapshot_group,
+    "status",
+    short="Gets backend snapshot status of a given file",
+    usage="snapshot status <filename>",
+)
+def snapshot_status_cmd(settings: Settings, args: list[str]) -> None:
+    from quorumkv.server.snapshot import SnapshotError, snapshot_status
+
+    if len(args) != 1:
+        raise CtlError(EXIT_BAD_ARGS, "snapshot status requires exactly one argument")
+    try:
+        st = snapshot_status(args[0])
+    except SnapshotError as exc:
+        raise CtlError(EXIT_ERROR, str(exc)) from exc
+    fmt = settings.write_out
+    if fmt == "json":
+        write_out(json.dumps({"hash": st.hash, "revision": st.revision, "totalKey": st.total_key,
+                              "totalSize": st.total_size}, separators=(",", ":")) + "\n")
+    elif fmt == "table":
+        write_out(render_table(["Hash", "Revision", "Total Keys", "Total Size"],
+                               [[f"{st.hash:x}", str(st.revision), str(st.total_key), humanize_bytes(st.total_size)]]))
+    elif fmt == "fields":
+        write_out(f'"Hash" : {st.hash}\n"Revision" : {st.revision}\n"Keys" : {st.total_key}\n'
+                  f'"Size" : {st.total_size}\n')
+    else:
+        write_out(f"{st.hash:x}, {st.revision}, {st.total_key}, {humanize_bytes(st.total_size)}\n")
+
+
+@command(
+    snapshot_group,
+    "restore",
+    short="Restores an etcd member snapshot to an etcd directory",
+    usage="snapshot restore <filename> [options]",
+    flags=(
+        GoFlag("data-dir", "string", "", "Path to the data directory"),
+        GoFlag("initial-advertise-peer-urls", "string", "http://localhost:2380",
+               "List of this member's peer URLs to advertise to the rest of the cluster"),
+        GoFlag("initial-cluster", "string", "default=http://localhost:2380",
+               "Initial cluster configuration for restore bootstrap"),
+        GoFlag("initial-cluster-token", "string", "etcd-cluster",
+               "Initial cluster token for the etcd cluster during restore bootstrap"),
+        GoFlag("name", "string", "default", "Human-readable name for this member"),
+        GoFlag("skip-hash-check", "bool", False,
+               "Ignore snapshot integrity hash value (required if copied from data directory)"),
+    ),
+)
+def snapshot_restore_cmd(settings: Settings, args: list[str], data_dir: str, initial_advertise_peer_urls: str,
+                         initial_cluster: str, initial_cluster_token: str, name: str, skip_hash_check: bool) -> None:
+    from quorumkv.server.snapshot import SnapshotError, restore
+
+    if len(args) != 1:
+        raise CtlError(EXIT_BAD_ARGS, "snapshot restore requires exactly one argument")
+    target = data_dir or f"{name}.quorumkv"
+    peers = [u.strip() for u in initial_advertise_peer_urls.split(",") if u.strip()]
+    try:
+        result = restore(args[0], target, name=name, initial_cluster=initial_cluster,
+                         initial_cluster_token=initial_cluster_token, initial_advertise_peer_urls=peers)
+    except (SnapshotError, ValueError, OSError) as exc:
+        raise CtlError(EXIT_ERROR, str(exc)) from exc
+    write_err(zap_line("info", "snapshot/v3_snapshot.go:296", "restored snapshot", path=args[0],
+                       **{"data-dir": str(result.data_dir), "revision": result.revision,
+                          "member-id": f"{result.member_id:x}", "cluster-id": f"{result.cluster_id:x}"}) + "\n")
 
 
 @command(
