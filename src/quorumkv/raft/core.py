@@ -78,6 +78,7 @@ class Config:
     max_inflight_bytes: int = 0
     max_committed_size_per_ready_bytes: int | None = None
     snapshot_chunk_size_bytes: int = 1 << 20
+    max_uncommitted_entries: int = 4096
     check_quorum: bool = True
     pre_vote: bool = True
     disable_proposal_forwarding: bool = False
@@ -94,6 +95,8 @@ class Config:
             raise ValueError("max inflight messages must be positive")
         if self.snapshot_chunk_size_bytes <= 0:
             raise ValueError("snapshot chunk size must be positive")
+        if self.max_uncommitted_entries <= 0:
+            raise ValueError("max uncommitted entries must be positive")
         unknown = self._bugs - KNOWN_BUGS
         if unknown:
             raise ValueError(f"unknown planted bugs: {sorted(unknown)}")
@@ -133,6 +136,7 @@ class Raft:
         self.heartbeat_timeout = c.heartbeat_interval_ticks
         self.max_msg_size = c.max_size_per_msg_bytes
         self.snapshot_chunk_size = c.snapshot_chunk_size_bytes
+        self.max_uncommitted_entries = c.max_uncommitted_entries
         self.check_quorum = c.check_quorum
         self.pre_vote = c.pre_vote
         self.disable_proposal_forwarding = c.disable_proposal_forwarding
@@ -153,7 +157,7 @@ class Raft:
         self.read_only = ReadOnly()
         self.pending_read_index_messages: list[Message] = []
         self._peers: tuple[NodeId, ...] = ()
-        self._snap_buf: tuple[SnapshotMetadata, bytearray] | None = None
+        self._snap_buf: tuple[SnapshotMetadata, int, dict[int, bytes]] | None = None
         self._step_fn: Callable[[Message], None] = self._step_follower
         self._tick_fn: Callable[[], None] = self._tick_election
 
@@ -485,6 +489,10 @@ class Raft:
         elif t == MT.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.msg_app_flow_paused = False
+            if pr.state == ProgressState.REPLICATE and pr.inflights.full():
+                # An append may have been lost: free one slot so the stream (and its rejection-driven
+                # recovery) can continue.
+                pr.inflights.free_first_one()
             if pr.match < self.log.last_index() or pr.state == ProgressState.PROBE:
                 self._maybe_send_append(m.frm)
             if not m.context:
@@ -519,6 +527,8 @@ class Raft:
                 f"{self.id}: leadership transfer to {self.lead_transferee} in progress"
             )
         last = self.log.last_index()
+        if last - self.log.committed + len(m.entries) > self.max_uncommitted_entries:
+            raise ProposalDroppedError(f"{self.id}: too many uncommitted entries ({last - self.log.committed})")
         term = self.term
         ents = []
         conf_index = Index(0)
@@ -714,24 +724,29 @@ class Raft:
         self.msgs.append(Message(MT.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context))
 
     def _handle_snapshot_chunk(self, m: Message) -> None:
+        """Reassemble a chunked snapshot. Chunks may arrive reordered or duplicated; a chunk of a
+        different snapshot restarts the transfer. Missing chunks make the leader retry after a timeout."""
         s = m.snapshot
         assert s is not None
-        meta = s.metadata
-        if m.snap_offset == 0:
-            if len(s.data) == m.snap_total:
-                self._snap_buf = None
-                self._handle_snapshot(s)
-                return
-            self._snap_buf = (meta, bytearray(s.data))
-            return
-        buf = self._snap_buf
-        if buf is None or buf[0] != meta or len(buf[1]) != m.snap_offset:
-            return  # missing or reordered chunk: drop the transfer; the leader retries after a timeout
-        buf[1].extend(s.data)
-        if len(buf[1]) >= m.snap_total:
+        if m.snap_offset == 0 and len(s.data) == m.snap_total:
             self._snap_buf = None
-            if len(buf[1]) == m.snap_total:
-                self._handle_snapshot(Snapshot(bytes(buf[1]), meta))
+            self._handle_snapshot(s)
+            return
+        meta = s.metadata
+        buf = self._snap_buf
+        if buf is None or buf[0] != meta or buf[1] != m.snap_total:
+            buf = self._snap_buf = (meta, m.snap_total, {})
+        chunks = buf[2]
+        chunks[m.snap_offset] = s.data
+        have = 0
+        for off in sorted(chunks):
+            if off != have:
+                return
+            have += len(chunks[off])
+        if have != m.snap_total:
+            return
+        self._snap_buf = None
+        self._handle_snapshot(Snapshot(b"".join(chunks[o] for o in sorted(chunks)), meta))
 
     def _handle_snapshot(self, s: Snapshot) -> None:
         if self._restore(s):

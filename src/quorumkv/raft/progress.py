@@ -60,6 +60,10 @@ class Inflights:
             del idx[:n]
             del self._sizes[:n]
 
+    def free_first_one(self) -> None:
+        if self._idx:
+            self.free_le(Index(self._idx[0]))
+
     def full(self) -> bool:
         return len(self._idx) >= self.capacity or (self.max_bytes > 0 and self._bytes >= self.max_bytes)
 
