@@ -759,8 +759,8 @@ class Raft:
         if meta.index <= self.log.committed:
             return False
         cs = meta.conf_state
-        if self.id not in cs.voters and self.id not in cs.learners:
-            return False  # a leader never sends a snapshot that excludes us; be defensive
+        # The snapshot may predate our own addition (its configuration excludes us): that is fine, the
+        # entries after it (which the leader sends next) add us, exactly as when replaying the log.
         if self.log.match_term(meta.index, meta.term):
             # We already have the entries: just fast-forward the commit index.
             self.log.commit_to(meta.index)

@@ -109,7 +109,7 @@ class SimParams:
             pre_vote=r.random() < 0.7,
             check_quorum=r.random() < 0.7,
             max_inflight_msgs=r.choice([1, 4, 64]),
-            max_size_per_msg_bytes=r.choice([40, 200, 1 << 20]),
+            max_size_per_msg_bytes=r.choice([100, 1000, 1 << 20]),
             snapshot_chunk_size_bytes=r.choice([16, 64, 1 << 20]),
             snapshot_filler_bytes=r.choice([0, 64, 300]),
             max_uncommitted_entries=r.choice([32, 256]),
