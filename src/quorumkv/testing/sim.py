@@ -32,7 +32,7 @@ import random
 import struct
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from quorumkv.raft.core import Config, ProposalDroppedError
@@ -62,6 +62,7 @@ _EV_DELIVER = 1
 _EV_PERSIST = 2
 _EV_RESTART = 3
 _EV_HEAL = 4
+_EV_CRASH = 5
 
 _SNAP_HDR = struct.Struct("<QI")
 _WRITE = struct.Struct("<cQ")
@@ -94,6 +95,9 @@ class SimParams:
     slow_disk_prob: float = 0.0
     conf_change_prob: float = 0.0
     transfer_prob: float = 0.0
+    leader_crash_prob: float = 0.0
+    leader_isolate_prob: float = 0.0
+    vote_crash_prob: float = 0.0
     writes_per_tick: float = 1.0
     max_batch: int = 1
     reads_per_tick: float = 0.3
@@ -102,7 +106,7 @@ class SimParams:
     def swarm(cls, seed: int, nodes: int) -> SimParams:
         r = random.Random(f"{seed}:swarm")
         election = r.choice([6, 8, 10, 15])
-        return cls(
+        base = cls(
             nodes=nodes,
             election_timeout_ticks=election,
             heartbeat_interval_ticks=r.choice([1, 1, 2, 3]),
@@ -126,10 +130,31 @@ class SimParams:
             slow_disk_prob=r.choice([0.0, 0.02, 0.08]),
             conf_change_prob=r.choice([0.0, 0.02, 0.06]),
             transfer_prob=r.choice([0.0, 0.01, 0.04]),
+            leader_crash_prob=r.choice([0.0, 0.0, 0.1, 0.3]),
+            vote_crash_prob=r.choice([0.0, 0.0, 0.1, 0.3]),
             writes_per_tick=r.choice([0.3, 1.0, 2.5]),
             max_batch=r.choice([1, 3, 8]),
             reads_per_tick=r.choice([0.1, 0.5, 1.0]),
         )
+        if r.random() < 0.3:
+            # "Leader churn" regime: isolate and kill leaders while their logs diverge, with small appends
+            # so followers acknowledge old-term entries before the new term's first entry (Figure 8).
+            base = replace(
+                base,
+                pre_vote=r.random() < 0.3,
+                check_quorum=r.random() < 0.3,
+                max_size_per_msg_bytes=100,
+                max_inflight_msgs=r.choice([1, 4]),
+                partition_prob=r.choice([0.05, 0.1]),
+                leader_crash_prob=r.choice([0.3, 0.6]),
+                leader_isolate_prob=r.choice([0.2, 0.5]),
+                crash_prob=0.02,
+                max_down=max(1, nodes // 2),
+                writes_per_tick=2.5,
+                max_batch=1,
+                delay_max_ms=r.choice([10, 30]),
+            )
+        return base
 
 
 @dataclass
@@ -239,6 +264,7 @@ class Simulation:
         self.probe_index = 0
         self.probe_id = 0
         self.probe_tick = 0
+        self.progress_tick = 0
         self.liveness_ok = False
         self.liveness_started_tick = 0
         self.tick_no = 0
@@ -308,7 +334,8 @@ class Simulation:
         self._bootstrap()
         self._push(0, _EV_TICK, None)
         fault_end_tick = self.p.fault_ticks
-        deadline_tick = fault_end_tick + self.p.liveness_ticks
+        progress_deadline_tick = fault_end_tick + self.p.liveness_ticks
+        deadline_tick = fault_end_tick + 4 * self.p.liveness_ticks
         try:
             while self.events:
                 t, _, kind, payload = heapq.heappop(self.events)
@@ -318,6 +345,11 @@ class Simulation:
                         self._heal_all()
                     if self.liveness_ok or self.tick_no >= deadline_tick:
                         break
+                    if self.probe_index == 0 and self.tick_no >= progress_deadline_tick:
+                        self._violate(
+                            f"liveness: no leader committed a fresh write within {self.p.liveness_ticks} ticks "
+                            f"after healing"
+                        )
                     self._on_tick()
                     self.tick_no += 1
                     self._push(t + TICK_MS, _EV_TICK, None)
@@ -337,13 +369,19 @@ class Simulation:
                         self._trace(t, 3, n.id)
                         self._start(n)
                         self._process(n)
+                elif kind == _EV_CRASH:
+                    nid, inc = payload
+                    n = self.nodes[nid]
+                    if n.up and n.incarnation == inc and not self.healing and self._down_count() < self.p.max_down:
+                        self.faults["crash_targeted"] += 1
+                        self._crash(n, restart_after_ticks=self.fault_rng.randint(1, 2 * self.p.election_timeout_ticks))
                 elif kind == _EV_HEAL:
                     if payload == self.partition_epoch:
                         self.blocked = set()
             if not self.liveness_ok and not self.violations:
                 self._violate(
-                    f"liveness: no leader committing a fresh write to every member within "
-                    f"{self.p.liveness_ticks} ticks after healing"
+                    f"convergence: members did not all apply the committed probe write within "
+                    f"{4 * self.p.liveness_ticks} ticks after healing"
                 )
         except Violation:
             pass
@@ -360,7 +398,7 @@ class Simulation:
             reads_ok=self.reads_ok,
             faults=self.faults,
             ticks=self.tick_no,
-            liveness_ticks=self.tick_no - fault_end_tick,
+            liveness_ticks=self.progress_tick - fault_end_tick if self.progress_tick else -1,
             params=asdict(self.p),
         )
 
@@ -394,9 +432,8 @@ class Simulation:
         r = self.fault_rng
         p = self.p
         if p.crash_prob and r.random() < p.crash_prob:
-            down = sum(1 for n in self.nodes.values() if not n.up and not n.removed)
             ups = self._up_nodes()
-            if down < p.max_down and ups:
+            if self._down_count() < p.max_down and ups:
                 self._crash(r.choice(ups), restart_after_ticks=r.randint(1, 4 * p.election_timeout_ticks))
         if p.partition_prob and r.random() < p.partition_prob:
             self._partition(r)
@@ -417,6 +454,9 @@ class Simulation:
                     self.faults["transfer_leadership"] += 1
                     lead.raw.transfer_leadership(to)
                     self._after_input(lead)
+
+    def _down_count(self) -> int:
+        return sum(1 for n in self.nodes.values() if not n.up and not n.removed)
 
     def _crash(self, n: SimNode, restart_after_ticks: int) -> None:
         self.faults["crash"] += 1
@@ -447,8 +487,8 @@ class Simulation:
             blocked = {(x, y) for x in a for y in b}  # a cannot reach b, b can reach a
         elif kind == "leader_isolated":
             lead = self._leader()
-            x = lead.id if lead is not None else r.choice(ids)
-            blocked = {(x, y) for y in ids if y != x} | {(y, x) for y in ids if y != x}
+            self._isolate(lead.id if lead is not None else r.choice(ids), kind)
+            return
         else:  # bridge: two halves that only talk through one node
             if len(ids) < 3:
                 return
@@ -464,6 +504,14 @@ class Simulation:
         self.partition_epoch += 1
         self._push(self.now + r.randint(3, 5 * self.p.election_timeout_ticks) * TICK_MS, _EV_HEAL,
                    self.partition_epoch)
+
+    def _isolate(self, x: NodeId, kind: str = "fresh_leader_isolated") -> None:
+        ids = [n.id for n in self.nodes.values() if not n.removed and n.id != x]
+        self.blocked = {(x, y) for y in ids} | {(y, x) for y in ids}
+        self.faults[f"partition_{kind}"] += 1
+        self.partition_epoch += 1
+        heal_after = self.fault_rng.randint(3, 5 * self.p.election_timeout_ticks)
+        self._push(self.now + heal_after * TICK_MS, _EV_HEAL, self.partition_epoch)
 
     def _conf_change(self, r: random.Random) -> None:
         lead = self._leader()
@@ -641,6 +689,12 @@ class Simulation:
             self._violate(f"election safety: nodes {prev} and {n.id} both leader in term {r.term}")
         self.leaders_by_term[r.term] = n.id
         self._trace(self.now, 4, n.id, r.term)
+        if self.p.leader_isolate_prob and not self.healing and self.fault_rng.random() < self.p.leader_isolate_prob:
+            # Nemesis: cut a fresh leader off at once; its first appends, still in flight, are lost.
+            self._isolate(n.id)
+        if self.p.leader_crash_prob and not self.healing and self.fault_rng.random() < self.p.leader_crash_prob:
+            # Nemesis: kill fresh leaders, before their own-term entries spread (Figure 8 territory).
+            self._push(self.now + self.fault_rng.randint(0, 3 * TICK_MS), _EV_CRASH, (n.id, n.incarnation))
         c = self.commit_max
         if c and c >= r.log.first_index() - 1:
             if r.log.last_index() < c or r.log.zero_term_on_err(Index(c)) != self.committed[c][0]:
@@ -671,8 +725,15 @@ class Simulation:
         if rd.hard_state is not None:
             st.set_hard_state(rd.hard_state)
         # 2. send
+        granted_vote = False
         for m in rd.messages:
             self._send(m)
+            if m.type == MessageType.VOTE_RESP and not m.reject:
+                granted_vote = True
+        if granted_vote and self.p.vote_crash_prob and not self.healing:
+            if self.fault_rng.random() < self.p.vote_crash_prob:
+                # Nemesis: crash right after a vote was granted (and, supposedly, persisted).
+                self._push(self.now + self.fault_rng.randint(0, 5), _EV_CRASH, (n.id, n.incarnation))
         # 3. apply
         if rd.snapshot is not None:
             self._restore_sm(n, rd.snapshot)
@@ -740,6 +801,7 @@ class Simulation:
                 self.writes_acked += 1
         elif e.data[:1] == b"p" and self.probe_index == 0:
             self.probe_index = i  # any liveness probe (only proposed after healing)
+            self.progress_tick = self.tick_no
 
     def _remove_node(self, nid: NodeId) -> None:
         x = self.nodes.get(nid)

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.verbose:
             status = "ok" if r.ok else "VIOLATION"
             print(f"seed {r.seed}: {status} committed={r.committed_entries} writes={r.writes_acked} "
-                  f"reads={r.reads_ok} ticks={r.ticks} liveness_ticks={r.liveness_ticks} "
+                  f"reads={r.reads_ok} ticks={r.ticks} ticks_to_progress={r.liveness_ticks} "
                   f"faults={sum(r.faults.values())} trace={r.trace_hash}")
         if not r.ok:
             failed.append(r)
