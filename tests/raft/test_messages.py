@@ -39,9 +39,7 @@ indexes = st.builds(Index, u64)
 blobs = st.binary(max_size=64)
 
 entries = st.builds(Entry, terms, indexes, st.sampled_from(EntryType), blobs)
-conf_states = st.builds(
-    ConfState, st.lists(ids, max_size=5).map(tuple), st.lists(ids, max_size=3).map(tuple)
-)
+conf_states = st.builds(ConfState, st.lists(ids, max_size=5).map(tuple), st.lists(ids, max_size=3).map(tuple))
 snapshots = st.builds(Snapshot, blobs, st.builds(SnapshotMetadata, conf_states, indexes, terms))
 messages = st.builds(
     Message,
@@ -120,7 +118,13 @@ def test_values_are_frozen_and_slotted() -> None:
 
 def test_describe_message_is_readable() -> None:
     m = Message(
-        MessageType.APP, NodeId(1), NodeId(2), Term(3), Term(2), Index(5),
-        (Entry(Term(3), Index(6), EntryType.NORMAL, b"x"),), Index(5),
+        MessageType.APP,
+        NodeId(1),
+        NodeId(2),
+        Term(3),
+        Term(2),
+        Index(5),
+        (Entry(Term(3), Index(6), EntryType.NORMAL, b"x"),),
+        Index(5),
     )
     assert describe_message(m) == "2->1 MsgApp Term:3 Log:2/5 Commit:5 Entries:[3/6 EntryNormal 'x']"

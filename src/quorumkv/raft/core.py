@@ -528,7 +528,7 @@ class Raft:
             )
         last = self.log.last_index()
         if last - self.log.committed + len(m.entries) > self.max_uncommitted_entries:
-            raise ProposalDroppedError(f"{self.id}: too many uncommitted entries ({last - self.log.committed})")
+            raise ProposalDroppedError(f"{self.id}: {last - self.log.committed} uncommitted entries")
         term = self.term
         ents = []
         conf_index = Index(0)

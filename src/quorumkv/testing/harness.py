@@ -124,19 +124,24 @@ class Cluster:
             self.read_states[n].extend(rd.read_states)
             node.advance(rd)
 
+    def deliver_one(self) -> Message | None:
+        """Deliver the oldest queued message (None if dropped by a cut/drop rule)."""
+        m = self.queue.popleft()
+        if (m.frm, m.to) in self.cut or m.to in self.down or m.frm in self.down:
+            return None
+        if m.type in self.drop_types or m.to not in self.nodes:
+            return None
+        self.delivered.append(m)
+        try:
+            self.nodes[m.to].step(m)
+        except ProposalDroppedError:
+            pass
+        self.process_ready(m.to)
+        return m
+
     def deliver_all(self) -> None:
         while self.queue:
-            m = self.queue.popleft()
-            if (m.frm, m.to) in self.cut or m.to in self.down or m.frm in self.down:
-                continue
-            if m.type in self.drop_types or m.to not in self.nodes:
-                continue
-            self.delivered.append(m)
-            try:
-                self.nodes[m.to].step(m)
-            except ProposalDroppedError:
-                pass
-            self.process_ready(m.to)
+            self.deliver_one()
 
     def stabilize(self) -> None:
         for nid in list(self.nodes):
@@ -187,7 +192,9 @@ class Cluster:
         return self.nodes[NodeId(nid)].raft.term
 
     def leader(self) -> NodeId:
-        leaders = [nid for nid, n in self.nodes.items() if n.raft.state == StateType.LEADER and nid not in self.down]
+        leaders = [
+            nid for nid, n in self.nodes.items() if n.raft.state == StateType.LEADER and nid not in self.down
+        ]
         return leaders[0] if len(leaders) == 1 else NONE
 
     def committed(self, nid: int) -> int:

@@ -196,9 +196,9 @@ class SimNode:
         "pending_reads",
         "raw",
         "removed",
+        "slow_until_ms",
         "sm_digest",
         "sm_index",
-        "slow_until_ms",
         "storage",
         "up",
         "waiting_reads",
@@ -292,7 +292,12 @@ class Simulation:
     def _bootstrap(self) -> None:
         ids = [NodeId(i) for i in range(1, self.p.nodes + 1)]
         boot = [
-            Entry(Term(1), Index(k), EntryType.CONF_CHANGE, encode_conf_change(ConfChange(ConfChangeType.ADD_NODE, i)))
+            Entry(
+                Term(1),
+                Index(k),
+                EntryType.CONF_CHANGE,
+                encode_conf_change(ConfChange(ConfChangeType.ADD_NODE, i)),
+            )
             for k, i in enumerate(ids, start=1)
         ]
         for i in ids:
@@ -347,8 +352,8 @@ class Simulation:
                         break
                     if self.probe_index == 0 and self.tick_no >= progress_deadline_tick:
                         self._violate(
-                            f"liveness: no leader committed a fresh write within {self.p.liveness_ticks} ticks "
-                            f"after healing"
+                            f"liveness: no leader committed a fresh write within "
+                            f"{self.p.liveness_ticks} ticks after healing"
                         )
                     self._on_tick()
                     self.tick_no += 1
@@ -372,9 +377,17 @@ class Simulation:
                 elif kind == _EV_CRASH:
                     nid, inc = payload
                     n = self.nodes[nid]
-                    if n.up and n.incarnation == inc and not self.healing and self._down_count() < self.p.max_down:
+                    if (
+                        n.up
+                        and n.incarnation == inc
+                        and not self.healing
+                        and self._down_count() < self.p.max_down
+                    ):
                         self.faults["crash_targeted"] += 1
-                        self._crash(n, restart_after_ticks=self.fault_rng.randint(1, 2 * self.p.election_timeout_ticks))
+                        self._crash(
+                            n,
+                            restart_after_ticks=self.fault_rng.randint(1, 2 * self.p.election_timeout_ticks),
+                        )
                 elif kind == _EV_HEAL:
                     if payload == self.partition_epoch:
                         self.blocked = set()
@@ -502,8 +515,11 @@ class Simulation:
         self.faults[f"partition_{kind}"] += 1
         self.blocked = blocked
         self.partition_epoch += 1
-        self._push(self.now + r.randint(3, 5 * self.p.election_timeout_ticks) * TICK_MS, _EV_HEAL,
-                   self.partition_epoch)
+        self._push(
+            self.now + r.randint(3, 5 * self.p.election_timeout_ticks) * TICK_MS,
+            _EV_HEAL,
+            self.partition_epoch,
+        )
 
     def _isolate(self, x: NodeId, kind: str = "fresh_leader_isolated") -> None:
         ids = [n.id for n in self.nodes.values() if not n.removed and n.id != x]
@@ -631,6 +647,9 @@ class Simulation:
 
     def _send(self, m: Message) -> None:
         r = self.net_rng
+        if self.healing:
+            self._push(self.now + 1 + r.randrange(self.p.delay_max_ms), _EV_DELIVER, m)
+            return
         p = self.p
         if (m.frm, m.to) in self.blocked or (p.drop_prob and r.random() < p.drop_prob):
             self.faults["msg_dropped"] += 1
@@ -689,10 +708,18 @@ class Simulation:
             self._violate(f"election safety: nodes {prev} and {n.id} both leader in term {r.term}")
         self.leaders_by_term[r.term] = n.id
         self._trace(self.now, 4, n.id, r.term)
-        if self.p.leader_isolate_prob and not self.healing and self.fault_rng.random() < self.p.leader_isolate_prob:
+        if (
+            self.p.leader_isolate_prob
+            and not self.healing
+            and self.fault_rng.random() < self.p.leader_isolate_prob
+        ):
             # Nemesis: cut a fresh leader off at once; its first appends, still in flight, are lost.
             self._isolate(n.id)
-        if self.p.leader_crash_prob and not self.healing and self.fault_rng.random() < self.p.leader_crash_prob:
+        if (
+            self.p.leader_crash_prob
+            and not self.healing
+            and self.fault_rng.random() < self.p.leader_crash_prob
+        ):
             # Nemesis: kill fresh leaders, before their own-term entries spread (Figure 8 territory).
             self._push(self.now + self.fault_rng.randint(0, 3 * TICK_MS), _EV_CRASH, (n.id, n.incarnation))
         c = self.commit_max
@@ -779,7 +806,7 @@ class Simulation:
                 self.commit_max = i
         elif rec[0] != e.term or rec[1] != e.data:
             self._violate(
-                f"state machine safety: node {n.id} applied {e.term}/{i} but {rec[0]}/{i} was applied elsewhere"
+                f"state machine safety: node {n.id} applied {e.term}/{i}, another node applied {rec[0]}/{i}"
             )
         n.sm_digest = zlib.crc32(e.data, n.sm_digest) if e.data else zlib.crc32(b"\0", n.sm_digest)
         n.sm_index = i

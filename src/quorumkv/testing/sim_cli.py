@@ -18,9 +18,7 @@ def _run(args: tuple[int, int, frozenset[str]]) -> SimResult:
     return run_seed(seed, nodes, bugs)
 
 
-def _results(
-    seeds: range, nodes: int, bugs: frozenset[str], jobs: int
-) -> Iterator[SimResult]:
+def _results(seeds: range, nodes: int, bugs: frozenset[str], jobs: int) -> Iterator[SimResult]:
     work = [(s, nodes, bugs) for s in seeds]
     if jobs <= 1:
         for w in work:
@@ -36,16 +34,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=100, help="number of seeds to run")
     ap.add_argument("--start", type=int, default=0, help="first seed")
     ap.add_argument("--nodes", type=int, default=3, help="initial cluster size (3, 5, 7)")
-    ap.add_argument("--bug", action="append", default=[], choices=sorted(KNOWN_BUGS),
-                    help="TEST-ONLY: plant a known bug in the core (repeatable)")
+    ap.add_argument(
+        "--bug",
+        action="append",
+        default=[],
+        choices=sorted(KNOWN_BUGS),
+        help="TEST-ONLY: plant a known bug in the core (repeatable)",
+    )
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (results are identical)")
     ap.add_argument("--stop-on-first", action="store_true", help="stop at the first violating seed")
     ap.add_argument("-v", "--verbose", action="store_true", help="print one line per seed")
     ns = ap.parse_args(argv)
     bugs = frozenset(ns.bug)
     seeds = range(ns.start, ns.start + ns.seeds)
-    print(f"quorumkv sim: nodes={ns.nodes} seeds={ns.start}..{ns.start + ns.seeds - 1} "
-          f"bugs={sorted(bugs)} jobs={ns.jobs}")
+    print(
+        f"quorumkv sim: nodes={ns.nodes} seeds={ns.start}..{ns.start + ns.seeds - 1} "
+        f"bugs={sorted(bugs)} jobs={ns.jobs}"
+    )
     t0 = time.monotonic()
     runs = committed = writes = reads = 0
     faults: Counter[str] = Counter()
@@ -60,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         faults.update(r.faults)
         if ns.verbose:
             status = "ok" if r.ok else "VIOLATION"
-            print(f"seed {r.seed}: {status} committed={r.committed_entries} writes={r.writes_acked} "
-                  f"reads={r.reads_ok} ticks={r.ticks} ticks_to_progress={r.liveness_ticks} "
-                  f"faults={sum(r.faults.values())} trace={r.trace_hash}")
+            print(
+                f"seed {r.seed}: {status} committed={r.committed_entries} writes={r.writes_acked} "
+                f"reads={r.reads_ok} ticks={r.ticks} ticks_to_progress={r.liveness_ticks} "
+                f"faults={sum(r.faults.values())} trace={r.trace_hash}"
+            )
         if not r.ok:
             failed.append(r)
             print(f"VIOLATION seed={r.seed} nodes={r.nodes}: {r.violations[0]}")
@@ -74,10 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     if first is not None:
         again = run_seed(first.seed, ns.nodes, bugs)
         self_check_ok = again.trace_hash == first.trace_hash
-        print(f"determinism self-check: seed {first.seed} trace {first.trace_hash} == {again.trace_hash}: "
-              f"{'ok' if self_check_ok else 'MISMATCH'}")
-    print(f"runs: {runs}  violations: {len(failed)}  committed entries: {committed}  "
-          f"writes acked: {writes}  reads checked: {reads}")
+        print(
+            f"determinism self-check: seed {first.seed} trace {first.trace_hash} == {again.trace_hash}: "
+            f"{'ok' if self_check_ok else 'MISMATCH'}"
+        )
+    print(
+        f"runs: {runs}  violations: {len(failed)}  committed entries: {committed}  "
+        f"writes acked: {writes}  reads checked: {reads}"
+    )
     print("faults injected: " + ", ".join(f"{k}={v}" for k, v in sorted(faults.items())))
     print(f"elapsed: {elapsed:.1f}s")
     if failed:
