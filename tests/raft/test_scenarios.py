@@ -226,7 +226,7 @@ class Env:
         nid = int(args[0])
         self.inbox.pop(nid, None)
         self.nodes[nid] = RawNode(self._config(nid, self.storages[nid]))
-        self.emit(self.state_line(nid))
+        self.emit(f"{self.state_line(nid)} Vote:{self.nodes[nid].raft.vote}")
 
     def cmd_campaign(self, args: list[str], kv: dict[str, str]) -> None:
         nid = int(args[0])
