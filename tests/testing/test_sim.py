@@ -114,7 +114,7 @@ def test_planted_bug_is_caught_within_bounded_seed_range(bug: str) -> None:
 
 
 def test_cli_summary_and_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--seeds", "2", "--start", "5", "--nodes", "3"]) == 0
+    assert main(["--seeds", "2", "--start", "5", "--nodes", "3", "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     assert "runs: 2  violations: 0" in out
     assert "determinism self-check: seed 5" in out and ": ok" in out
@@ -123,7 +123,15 @@ def test_cli_summary_and_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_reports_violation_with_reproduce_command(capsys: pytest.CaptureFixture[str]) -> None:
     seed, _ = PLANTED["double_vote"]
-    assert main(["--seeds", "1", "--start", str(seed), "--bug", "double_vote"]) == 1
+    assert main(["--seeds", "1", "--start", str(seed), "--bug", "double_vote", "--jobs", "1"]) == 1
     out = capsys.readouterr().out
     assert f"VIOLATION seed={seed}" in out
     assert f"reproduce: python -m quorumkv.sim --seeds 1 --start {seed} --nodes 3 --bug double_vote" in out
+
+
+def test_cli_parallel_workers_give_identical_results(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--seeds", "4", "--start", "20", "--jobs", "2", "-v"]) == 0
+    parallel = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("seed ")]
+    assert main(["--seeds", "4", "--start", "20", "--jobs", "1", "-v"]) == 0
+    serial = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("seed ")]
+    assert parallel == serial and len(serial) == 4

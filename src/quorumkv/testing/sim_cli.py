@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import time
 from collections import Counter
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(KNOWN_BUGS),
         help="TEST-ONLY: plant a known bug in the core (repeatable)",
     )
-    ap.add_argument("--jobs", type=int, default=1, help="worker processes (results are identical)")
+    ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                    help="worker processes (results are identical for any value); default min(4, CPUs)")
     ap.add_argument("--stop-on-first", action="store_true", help="stop at the first violating seed")
     ap.add_argument("-v", "--verbose", action="store_true", help="print one line per seed")
     ns = ap.parse_args(argv)
