@@ -119,16 +119,26 @@ class RaftLog:
     # ------------------------------------------------------------------------------------------ indexes
 
     def first_index(self) -> Index:
-        i = self.unstable.maybe_first_index()
-        return i if i is not None else self.storage.first_index()
+        snap = self.unstable.snapshot
+        if snap is not None:
+            return Index(snap.metadata.index + 1)
+        return self.storage.first_index()
 
     def last_index(self) -> Index:
-        i = self.unstable.maybe_last_index()
-        return i if i is not None else self.storage.last_index()
+        u = self.unstable
+        if u.entries:
+            return Index(u.offset + len(u.entries) - 1)
+        if u.snapshot is not None:
+            return u.snapshot.metadata.index
+        return self.storage.last_index()
 
     def term(self, i: Index) -> Term:
         """Term of entry ``i``; raises ``CompactedError``/``UnavailableError`` outside the log."""
-        t = self.unstable.maybe_term(i)
+        u = self.unstable
+        k = i - u.offset
+        if 0 <= k < len(u.entries):
+            return u.entries[k].term  # fast path: the (hot) unstable tail
+        t = u.maybe_term(i)
         if t is not None:
             return t
         if i < self.first_index() - 1:
