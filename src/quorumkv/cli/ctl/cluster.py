@@ -209,16 +209,16 @@ def status_cmd(settings: Settings, args: list[str]) -> None:
 )
 def hashkv_cmd(settings: Settings, args: list[str], rev: int) -> None:
     hashes: list[EndpointHashKV] = []
-    failed = False
+    last_error: CtlError | None = None
     for endpoint in endpoints_from_cluster(settings):
         with Client(settings, endpoint) as client:
             try:
                 resp = client.call(client.maintenance.HashKV, rpc_pb2.HashKVRequest(revision=rev))
             except CtlError as exc:
                 write_err(f"Failed to get the hash of endpoint {endpoint} ({exc.message})\n")
-                failed = True
+                last_error = exc
                 continue
         hashes.append(EndpointHashKV(endpoint, resp))
     printer(settings).endpoint_hashkv(hashes)
-    if failed:
-        raise CtlError(EXIT_ERROR, "")
+    if last_error is not None:  # etcdctl 3.4 exits with the last endpoint error ("Error: <message>")
+        raise CtlError(EXIT_ERROR, last_error.message)
