@@ -22,7 +22,7 @@ from quorumkv.mvcc.store import Event, KeyValue, WriteTxn
 from quorumkv.server import errors
 from quorumkv.server.entries import EntryKind, decode_entry
 from quorumkv.server.errors import EtcdError
-from quorumkv.storage.backend import meta_get, meta_set
+from quorumkv.storage.backend import insert_rows, meta_get, meta_set
 
 #: etcd's lessor.MaxLeaseTTL (seconds).
 MAX_LEASE_TTL_SECONDS = 9_000_000_000
@@ -205,13 +205,9 @@ class Applier:
                 resp = pb.PutResponse()
                 resp.header.revision = rev
                 responses[request_id] = resp
-        conn.executemany(
-            "INSERT INTO kv(id, rev, sub, key, value, create_rev, version, lease) VALUES (?,?,?,?,?,?,?,?)", kv_rows
-        )
-        conn.executemany(
-            "INSERT OR REPLACE INTO live(key, create_rev, mod_rev, version, lease, kv_id) VALUES (?,?,?,?,?,?)",
-            list(live_rows.values()),
-        )
+        insert_rows(conn, "INSERT INTO kv(id, rev, sub, key, value, create_rev, version, lease) VALUES ", 8, kv_rows)
+        insert_rows(conn, "INSERT OR REPLACE INTO live(key, create_rev, mod_rev, version, lease, kv_id) VALUES ", 6,
+                    list(live_rows.values()))
         self.revision = rev
         self.applied_index = run[-1][0]
 

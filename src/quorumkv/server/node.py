@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
 from quorumkv.server.errors import EtcdError
-from quorumkv.storage.backend import Backend, StorageError, meta_get, meta_set
+from quorumkv.storage.backend import Backend, StorageError, insert_rows, meta_get, meta_set
 
 log = logging.getLogger("quorumkv.node")
 
@@ -188,7 +188,7 @@ class LocalNode:
             index += 1
             data = encode_entry(kind, request_id, payload)
             rows.append((index, term, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF))
-        conn.executemany("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)", rows)
+        insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
         if self.slow_apply_observer is None:
             applier.apply_many(conn, [(row[0], row[3]) for row in rows], result)
         else:
