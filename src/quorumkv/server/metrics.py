@@ -301,9 +301,20 @@ def _wrap_stream(fn: Callable[[Any, Any], AsyncIterator[Any]], base: tuple[str, 
             code = _code_name(context, "Unknown")
             raise
         finally:
+            # A client that cancels may let the handler end normally (e.g. the watch stream sees its requests
+            # end first): the RPC is still a cancelled one.
+            if code == "OK" and _is_cancelled(context):
+                code = "Canceled"
             handled[(*base, code)] += 1
 
     return stream
+
+
+def _is_cancelled(context: Any) -> bool:
+    try:
+        return bool(context.cancelled())
+    except Exception:  # pragma: no cover - contexts without cancelled()
+        return False
 
 
 # -- export -------------------------------------------------------------------------------------------------
