@@ -50,20 +50,20 @@ async def test_time_to_live_counts_down_with_the_clock(server: QuorumServer, clo
     await server.lease_grant(pb.LeaseGrantRequest(ID=9, TTL=30))
     await server.put(pb.PutRequest(key=b"k2", value=b"v", lease=9))
     await server.put(pb.PutRequest(key=b"k1", value=b"v", lease=9))
-    ttl = server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=9, keys=True))
+    ttl = (await server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=9, keys=True)))
     assert (ttl.TTL, ttl.grantedTTL, list(ttl.keys)) == (30, 30, [b"k1", b"k2"])
     clock.advance(10.5)
-    assert server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=9)).TTL == 19
-    assert server.lease_renew(9) == 30  # keep-alive answers the granted TTL and restarts the countdown
-    assert server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=9)).TTL == 30
+    assert (await server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=9))).TTL == 19
+    assert (await server.lease_renew(9)) == 30  # keep-alive answers the granted TTL and restarts the countdown
+    assert (await server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=9))).TTL == 30
     clock.advance(29)
-    assert server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=9)).TTL == 1
+    assert (await server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=9))).TTL == 1
     assert keys_now(server) == [b"k1", b"k2"]  # not expired yet
 
 
 async def test_unknown_lease(server: QuorumServer) -> None:
-    assert server.lease_renew(12345) == 0  # etcd's keep-alive answer for a lease it does not know
-    ttl = server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=12345))
+    assert (await server.lease_renew(12345)) == 0  # etcd's keep-alive answer for a lease it does not know
+    ttl = (await server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=12345)))
     assert ttl.TTL == -1
     with pytest.raises(EtcdError) as exc:
         await server.lease_revoke(pb.LeaseRevokeRequest(ID=12345))
@@ -101,8 +101,8 @@ async def test_expired_lease_is_revoked_through_the_log(server: QuorumServer, cl
     assert server.current_revision == before + 1
     assert keys_now(server) == [b"keep", b"plain"]
     assert [lease.ID for lease in server.lease_leases().leases] == [8]
-    assert server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=7)).TTL == -1
-    assert server.lease_renew(7) == 0
+    assert (await server.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=7))).TTL == -1
+    assert (await server.lease_renew(7)) == 0
     await asyncio.sleep(0.6)
     assert stream.queue.empty() and server.current_revision == before + 1  # revoked once, not again
     stream.close()
@@ -113,7 +113,7 @@ async def test_keep_alive_postpones_expiry(server: QuorumServer, clock: FakeCloc
     await server.put(pb.PutRequest(key=b"k", value=b"v", lease=3))
     for _ in range(3):
         clock.advance(3)
-        assert server.lease_renew(3) == 4
+        assert (await server.lease_renew(3)) == 4
     await asyncio.sleep(0.6)
     assert keys_now(server) == [b"k"]
     clock.advance(4)

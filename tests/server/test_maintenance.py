@@ -190,9 +190,9 @@ def test_hashkv_equal_on_identical_data_in_two_members(tmp_path: Path) -> None:
 
 def test_move_leader_single_member(tmp_path: Path) -> None:
     async def body(srv: QuorumServer) -> None:
-        srv.move_leader(pb.MoveLeaderRequest(targetID=srv.member_id))
+        await srv.move_leader(pb.MoveLeaderRequest(targetID=srv.member_id))
         with pytest.raises(EtcdError, match="bad leader transferee"):
-            srv.move_leader(pb.MoveLeaderRequest(targetID=1234))
+            await srv.move_leader(pb.MoveLeaderRequest(targetID=1234))
 
     run_with_server(tmp_path / "d", body)
 

@@ -15,7 +15,6 @@ import grpc
 from quorumkv.api import validate
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from quorumkv.server import errors
 from quorumkv.server.errors import EtcdError
 from quorumkv.server.server import QuorumServer
 
@@ -41,6 +40,8 @@ class KVServicer(pb_grpc.KVServicer):
     async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:
         try:
             validate.check_range(request)
+            if not request.serializable and self.s.clustered:
+                await self.s.read_barrier()
             resp = self.s.range(request)
         except EtcdError as err:
             await abort(context, err)
@@ -150,7 +151,10 @@ class LeaseServicer(pb_grpc.LeaseServicer):
     async def LeaseKeepAlive(self, request_iterator: AsyncIterator[pb.LeaseKeepAliveRequest],
                              context: Any) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
         async for req in request_iterator:
-            ttl = self.s.lease_renew(req.ID)
+            try:
+                ttl = await self.s.lease_renew(req.ID)
+            except EtcdError as err:
+                await abort(context, err)
             resp = pb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
             resp.header.revision = self.s.current_revision
             self.s.fill_header(resp.header)
@@ -158,7 +162,10 @@ class LeaseServicer(pb_grpc.LeaseServicer):
 
     async def LeaseTimeToLive(self, request: pb.LeaseTimeToLiveRequest, context: Any
                               ) -> pb.LeaseTimeToLiveResponse:
-        resp = self.s.lease_time_to_live(request)
+        try:
+            resp = await self.s.lease_time_to_live(request)
+        except EtcdError as err:
+            await abort(context, err)
         self.s.fill_header(resp.header)
         return resp
 
@@ -201,7 +208,7 @@ class MaintenanceServicer(pb_grpc.MaintenanceServicer):
 
     async def MoveLeader(self, request: pb.MoveLeaderRequest, context: Any) -> pb.MoveLeaderResponse:
         try:
-            resp = self.s.move_leader(request)
+            resp = await self.s.move_leader(request)
         except EtcdError as err:
             await abort(context, err)
         self.s.fill_header(resp.header)
@@ -234,19 +241,39 @@ class ClusterServicer(pb_grpc.ClusterServicer):
         return resp
 
     async def MemberAdd(self, request: pb.MemberAddRequest, context: Any) -> pb.MemberAddResponse:
-        await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
+        try:
+            resp = await self.s.member_add(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
 
     async def MemberRemove(self, request: pb.MemberRemoveRequest, context: Any
                            ) -> pb.MemberRemoveResponse:
-        await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
+        try:
+            resp = await self.s.member_remove(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
 
     async def MemberUpdate(self, request: pb.MemberUpdateRequest, context: Any
                            ) -> pb.MemberUpdateResponse:
-        await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
+        try:
+            resp = await self.s.member_update(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
 
     async def MemberPromote(self, request: pb.MemberPromoteRequest, context: Any
                             ) -> pb.MemberPromoteResponse:
-        await abort(context, errors.MEMBERSHIP_NOT_SUPPORTED)
+        try:
+            resp = await self.s.member_promote(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        return resp
 
 
 def add_servicers(grpc_server: grpc.aio.Server, server: QuorumServer,

@@ -19,7 +19,7 @@ from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.mvccpb import kv_pb2
 from quorumkv.mvcc import store
 from quorumkv.mvcc.store import Event, KeyValue, WriteTxn
-from quorumkv.server import errors
+from quorumkv.server import errors, membership
 from quorumkv.server.entries import EntryKind, decode_entry
 from quorumkv.server.errors import EtcdError
 from quorumkv.storage.backend import insert_rows, meta_get, meta_set
@@ -80,6 +80,7 @@ class ApplyResult:
     leases_revoked: list[int] = field(default_factory=list)
     compacted_to: int = 0
     alarms_changed: bool = False
+    members_changed: bool = False
 
 
 class Applier:
@@ -240,6 +241,14 @@ class Applier:
         if kind == EntryKind.ALARM:
             return self.alarm(conn, pb.AlarmRequest.FromString(payload), result)
         if kind == EntryKind.NOOP:
+            return None
+        if kind in (EntryKind.MEMBER_ATTRS, EntryKind.MEMBER_UPDATE):
+            member = membership.Member.from_json(payload)
+            if kind == EntryKind.MEMBER_ATTRS:
+                membership.apply_attributes(conn, member)
+            else:
+                membership.apply_peer_urls(conn, member)
+            result.members_changed = True
             return None
         raise ValueError(f"unknown entry kind {kind}")
 

@@ -24,6 +24,8 @@ class EntryKind(IntEnum):
     LEASE_REVOKE = 6  # etcdserverpb.LeaseRevokeRequest
     ALARM = 7  # etcdserverpb.AlarmRequest
     LEASE_CHECKPOINT = 8  # etcdserverpb.LeaseCheckpointRequest
+    MEMBER_ATTRS = 9  # membership.Member JSON: a member publishes its name and client URLs
+    MEMBER_UPDATE = 10  # membership.Member JSON: new peer URLs (MemberUpdate)
 
 
 class DecodedEntry(NamedTuple):

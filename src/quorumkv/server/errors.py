@@ -66,6 +66,7 @@ TIMEOUT = _e("UNAVAILABLE", "etcdserver: request timed out")
 TIMEOUT_DUE_TO_LEADER_FAIL = _e(
     "UNAVAILABLE", "etcdserver: request timed out, possibly due to previous leader failure"
 )
+TIMEOUT_LEADER_TRANSFER = _e("UNAVAILABLE", "etcdserver: request timed out, leader transfer took too long")
 UNHEALTHY = _e("UNAVAILABLE", "etcdserver: unhealthy cluster")
 CORRUPT = _e("DATA_LOSS", "etcdserver: corrupt cluster")
 NOT_SUPPORTED_FOR_LEARNER = _e("FAILED_PRECONDITION", "etcdserver: rpc not supported for learner")

@@ -66,8 +66,9 @@ class Health:
             if name in exclude:
                 continue
             return False, f"ALARM {name if name in ('NOSPACE', 'CORRUPT') else 'UNKNOWN'}"
-        # A single member is always its own leader once started.
-        if not serializable and not getattr(self.server, "started", True):
+        # A single member is its own leader once started; a Raft member needs a known leader.
+        if not serializable and (not getattr(self.server, "started", True)
+                                 or not getattr(self.server, "has_leader", True)):
             return False, "RAFT NO LEADER"
         err = self._read(serializable)
         if err is not None:

@@ -330,10 +330,14 @@ class EtcdCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s, st = self.server, self.stats
-        yield _gauge("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.", 1)
-        yield _gauge("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.", 1)
-        yield _gauge("etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 otherwise.", 0)
-        yield _counter("etcd_server_leader_changes_seen", "The number of leader changes seen.", 1)
+        yield _gauge("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.",
+                     int(s.has_leader))
+        yield _gauge("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+                     int(s.is_leader))
+        yield _gauge("etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+                     int(s.is_learner))
+        yield _counter("etcd_server_leader_changes_seen", "The number of leader changes seen.",
+                       s.leader_changes_seen)
         node = s.node
         yield _gauge("etcd_server_proposals_committed_total",
                      "The total number of consensus proposals committed.", node.last_index)

@@ -211,8 +211,9 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     http = http or HttpOptions()
     stats = ServerStats()
     server = QuorumServer(settings, on_applied_hooks=[stats.on_applied], fsync_observer=stats.observe_commit)
-    server.node.slow_apply_s = http.slow_apply_s
-    server.node.slow_apply_observer = slow_apply_logger(stats, http.slow_apply_s)
+    if server._node is not None:  # a joining member creates its node once it has joined
+        server.node.slow_apply_s = http.slow_apply_s
+        server.node.slow_apply_observer = slow_apply_logger(stats, http.slow_apply_s)
     http_servers: list[HttpServer] = []
     metrics_urls: list[str] = []
     client_http_urls: list[str] = []

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +24,7 @@ from quorumkv import ETCD_COMPAT_VERSION
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.lease.lessor import Clock, Lessor, SystemClock
 from quorumkv.mvcc import store
-from quorumkv.server import compactor, defrag, errors, maintenance, snapshot
+from quorumkv.server import compactor, defrag, errors, maintenance, membership, snapshot
 from quorumkv.server.apply import (
     LEASE_OVERHEAD_BYTES,
     Applier,
@@ -35,6 +37,7 @@ from quorumkv.server.apply import (
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.errors import EtcdError
 from quorumkv.server.node import LocalNode
+from quorumkv.server.raft_node import RaftNode
 from quorumkv.server.watch import WatchHub
 from quorumkv.storage.backend import Backend, meta_get, meta_set, read_txn
 from quorumkv.storage.datadir import DataDir, open_data_dir
@@ -108,6 +111,17 @@ class ServerSettings:
     auto_compaction_mode: str = "periodic"
     #: Seconds (periodic) or revisions (revision); 0 disables auto-compaction.
     auto_compaction_retention: int = 0
+    initial_cluster_state: str = "new"
+    listen_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
+    snapshot_count: int = 10_000
+    #: How long a write or linearizable read waits for the cluster; 0: etcd's 5 s plus two election timeouts.
+    request_timeout_ms: int = 0
+
+    @property
+    def request_timeout_s(self) -> float:
+        if self.request_timeout_ms > 0:
+            return self.request_timeout_ms / 1000
+        return 5.0 + 2 * self.election_timeout_ms / 1000
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
@@ -126,6 +140,9 @@ class ServerSettings:
             quota_backend_bytes=cfg.effective_quota_backend_bytes,
             auto_compaction_mode=cfg.auto_compaction_mode,
             auto_compaction_retention=cfg.auto_compaction_retention_parsed(),
+            initial_cluster_state=getattr(cfg, "initial_cluster_state", "new"),
+            listen_peer_urls=list(getattr(cfg, "listen_peer_urls", ["http://localhost:2380"])),
+            snapshot_count=int(getattr(cfg, "snapshot_count", 10_000)),
         )
 
     @property
@@ -150,14 +167,24 @@ class QuorumServer:
             self.backend = Backend(self.datadir.db_path)
             self.applier = Applier(self.backend.writer, min_lease_ttl_seconds=settings.min_lease_ttl_seconds)
             self._init_membership()
-            self.node = LocalNode(self.backend, self.applier, on_applied=self._on_applied,
-                                  fsync_observer=fsync_observer)
+            self._fsync_observer = fsync_observer
+            self._node: LocalNode | RaftNode | None = None
+            if not self.joining:
+                self._node = self._make_node(fsync_observer)
         except BaseException:
             self.datadir.close()
             raise
         self.reader = self.backend.new_reader()
         self._allocated_bytes: int | None = None
         self.lessor = Lessor(self.clock)
+        self.transport: Any = None
+        #: Builds the peer transport (tests inject an in-memory one); None: the gRPC ``PeerTransport``.
+        self.transport_factory: Any = None
+        #: Raft members: leader changes seen (etcd_server_leader_changes_seen_total) and leadership now.
+        self.leader_changes = 0
+        self._is_leader = not self.clustered
+        self._peer_urls: dict[int, list[str]] = {}
+        self._removed = asyncio.Event()
         self.hub: WatchHub | None = None
         self.ids = IdGenerator(self.member_id, int(time.time() * 1000))
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,51 +201,96 @@ class QuorumServer:
     # -- membership (a cluster of one for now) ---------------------------------------------------------------
 
     def _init_membership(self) -> None:
+        """Decide who this member is and how it runs: a cluster of one (``LocalNode``) or a Raft member.
+
+        A data dir that already has an identity keeps it, whatever the flags say (as etcd). A fresh one takes it
+        from ``--initial-cluster``: more than one member there bootstraps a new Raft cluster (every member
+        computes the same IDs from the peer URLs and ``--initial-cluster-token``)."""
         conn = self.backend.writer
         s = self.settings
         stored = meta_get(conn, "member_id")
+        self.bootstrap_members: list[membership.Member] | None = None
+        self.joining = False
         if stored is None:
             peers = parse_initial_cluster(s.initial_cluster) if s.initial_cluster else {}
             my_peers = peers.get(s.name) or list(s.initial_advertise_peer_urls)
             members = {name: compute_member_id(urls, s.initial_cluster_token) for name, urls in peers.items()}
             if s.name not in members:
                 members[s.name] = compute_member_id(my_peers, s.initial_cluster_token)
-            if len(members) > 1:
-                raise EtcdError(
-                    "FAILED_PRECONDITION",
-                    f"--initial-cluster names {len(members)} members, but clustering is not available yet: "
-                    "start this member with only itself in --initial-cluster",
-                )
             member_id = members[s.name]
+            if s.initial_cluster_state == "existing":
+                # joining a running cluster: the cluster ID and the member list come from its members
+                self.joining = True
+                self.clustered = True
+                self.member_id = member_id
+                self.cluster_id = 0
+                self.join_peers = {name: urls for name, urls in peers.items() if name != s.name}
+                return
             cluster_id = compute_cluster_id(list(members.values()))
             with self.backend.write_txn() as c:
                 meta_set(c, "member_id", f"{member_id:x}")
                 meta_set(c, "cluster_id", f"{cluster_id:x}")
-                c.execute(
-                    "INSERT INTO member(id, name, peer_urls, client_urls, is_learner) VALUES (?,?,?,?,0)",
-                    (to_i64(member_id), s.name, ",".join(my_peers), ",".join(s.advertise_client_urls)),
-                )
+                if len(members) == 1:
+                    c.execute(
+                        "INSERT INTO member(id, name, peer_urls, client_urls, is_learner) VALUES (?,?,?,?,0)",
+                        (to_i64(member_id), s.name, ",".join(my_peers), ",".join(s.advertise_client_urls)),
+                    )
+            if len(members) > 1:
+                self.bootstrap_members = [
+                    membership.Member(mid, name, list(peers[name]), list(s.advertise_client_urls)
+                                      if name == s.name else [])
+                    for name, mid in members.items()]
         else:
             member_id = int(stored, 16)
-            with self.backend.write_txn() as c:  # publish this start's name and client URLs, as etcd does
-                c.execute("UPDATE member SET name=?, client_urls=? WHERE id=?",
-                          (s.name, ",".join(s.advertise_client_urls), to_i64(member_id)))
+            if meta_get(conn, "raft_hard_state") is None:
+                with self.backend.write_txn() as c:  # publish this start's name and client URLs, as etcd does
+                    c.execute("UPDATE member SET name=?, client_urls=? WHERE id=?",
+                              (s.name, ",".join(s.advertise_client_urls), to_i64(member_id)))
         self.member_id = member_id
         self.cluster_id = int(meta_get(conn, "cluster_id"), 16)
+        self.clustered = self.bootstrap_members is not None or meta_get(conn, "raft_hard_state") is not None
+        if membership.is_removed(conn, member_id):
+            raise EtcdError("FAILED_PRECONDITION",
+                            f"member {member_id:x} was removed from the cluster; its data dir "
+                            f"{self.settings.data_dir} cannot be used again: remove the data dir, add the member "
+                            "again (member add) and start it with --initial-cluster-state existing")
+
+    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> LocalNode | RaftNode:
+        if not self.clustered:
+            return LocalNode(self.backend, self.applier, on_applied=self._on_applied, fsync_observer=fsync_observer)
+        s = self.settings
+        return RaftNode(
+            self.backend, self.applier, member_id=self.member_id, on_applied=self._on_applied,
+            send=self._send_raft_messages, bootstrap=self.bootstrap_members,
+            heartbeat_interval_ms=s.heartbeat_interval_ms, election_timeout_ms=s.election_timeout_ms,
+            snapshot_count=s.snapshot_count, fsync_observer=fsync_observer,
+            on_leader_change=self._on_leader_change, on_conf_applied=self._on_conf_applied,
+            on_fatal=self._on_node_fatal)
+
+    @property
+    def node(self) -> LocalNode | RaftNode:
+        if self._node is None:
+            raise errors.STOPPED  # a joining member before it has joined
+        return self._node
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.clustered:
+            await self._start_transport()
         with read_txn(self.reader):
             rev = store.current_revision(self.reader)
             compact_rev = store.compact_revision(self.reader)
         self.hub = WatchHub(self.reader, rev, self._header_for, max_event_bytes=self.settings.max_request_bytes)
         self.hub.compact_rev = compact_rev
         self.hub.start()
-        self.lessor.promote(dict(self.applier.leases))
+        if not self.clustered:
+            self.lessor.promote(dict(self.applier.leases))
         self.node.start(loop)
         self.hub.advance(self.applier.revision)
+        if self.clustered:
+            self._tasks.append(loop.create_task(self._publish_attributes(), name="publish-attributes"))
         self._tasks.append(loop.create_task(self._lease_expiry_loop(), name="lease-expiry"))
         self._tasks.append(loop.create_task(self._progress_notify_loop(), name="watch-progress"))
         if self.compactor is not None:
@@ -236,7 +308,10 @@ class QuorumServer:
         self._tasks.clear()
         if self.hub is not None:
             await self.hub.stop()
-        await asyncio.get_running_loop().run_in_executor(None, self.node.stop)
+        if self._node is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._node.stop)
+        if self.transport is not None:
+            await self.transport.stop()
         self.backend.close()
         self.datadir.close()
 
@@ -279,7 +354,45 @@ class QuorumServer:
     async def _propose(self, kind: int, payload: bytes) -> Any:
         if len(payload) > self.settings.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
-        return await self.node.propose(kind, payload)
+        node = self.node
+        if isinstance(node, LocalNode):
+            return await node.propose(kind, payload)
+        if node.is_learner:
+            raise errors.NOT_SUPPORTED_FOR_LEARNER
+        request_id = self.ids.next()
+        fut = node.propose(kind, payload, request_id)
+        return await self._wait_applied(fut, request_id)
+
+    async def _wait_applied(self, fut: asyncio.Future[Any], request_id: int) -> Any:
+        """Wait a bounded time for a proposal: etcd's timeout errors, never a false success."""
+        node = self.node
+        assert isinstance(node, RaftNode)
+        lead_before = node.lead
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.settings.request_timeout_s)
+        except TimeoutError:
+            node.forget(request_id)
+            if node.lead != lead_before or node.lead == 0:
+                raise errors.TIMEOUT_DUE_TO_LEADER_FAIL from None
+            raise errors.TIMEOUT from None
+
+    async def read_barrier(self) -> None:
+        """Before a linearizable read on a Raft member: wait until everything committed before now is applied
+        here (ReadIndex). A cluster of one needs nothing: its reads see every acknowledged write."""
+        node = self.node
+        if isinstance(node, LocalNode):
+            return
+        if node.is_learner:
+            raise errors.NOT_SUPPORTED_FOR_LEARNER
+        lead_before = node.lead
+        try:
+            await asyncio.wait_for(node.read_index(), self.settings.request_timeout_s)
+        except TimeoutError:
+            if node.lead == 0:
+                raise errors.NO_LEADER from None
+            if node.lead != lead_before:
+                raise errors.LEADER_CHANGED from None
+            raise errors.TIMEOUT from None
 
     def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
         if self.alarms and any(a == pb.AlarmType.CORRUPT for _, a in self.alarms):
@@ -325,6 +438,8 @@ class QuorumServer:
 
     async def txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
         if is_txn_read_only(req):
+            if self.clustered:
+                await self.read_barrier()
             with read_txn(self.reader):
                 return execute_read_only_txn(self.reader, req)
         await self._check_quota(txn_cost_bytes(req))
@@ -348,12 +463,24 @@ class QuorumServer:
         resp: pb.LeaseRevokeResponse = await self._propose(EntryKind.LEASE_REVOKE, req.SerializeToString())
         return resp
 
-    def lease_renew(self, lease_id: int) -> int:
-        """KeepAlive: the lease's TTL after renewal, or 0 if it does not exist (etcd answers TTL 0)."""
+    async def lease_renew(self, lease_id: int) -> int:
+        """KeepAlive: the lease's TTL after renewal, or 0 if it does not exist (etcd answers TTL 0).
+        Only the leader keeps lease clocks: a follower forwards the renewal to it."""
+        if not self._is_leader:
+            data = await self._call_leader("lease_renew", lease_id.to_bytes(8, "big", signed=True))
+            return int.from_bytes(data, "big", signed=True)
         ttl = self.lessor.renew(lease_id)
         return 0 if ttl is None else ttl
 
-    def lease_time_to_live(self, req: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+    async def lease_time_to_live(self, req: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+        if not self._is_leader:
+            data = await self._call_leader("lease_ttl", req.SerializeToString())
+            resp = pb.LeaseTimeToLiveResponse.FromString(data)
+            resp.header.revision = max(resp.header.revision, self.current_revision)
+            return resp
+        return self._lease_time_to_live_here(req)
+
+    def _lease_time_to_live_here(self, req: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
         ttl = self.applier.leases.get(req.ID)
         remaining = self.lessor.remaining_s(req.ID)
         if ttl is None or remaining is None:
@@ -377,6 +504,8 @@ class QuorumServer:
         """Revoke expired leases through the log (the decision uses the clock; the deletion does not)."""
         while True:
             await asyncio.sleep(0.5)
+            if not self._is_leader:
+                continue
             for lid in self.lessor.expired():
                 asyncio.get_running_loop().create_task(self._revoke_expired(lid))
 
@@ -412,6 +541,300 @@ class QuorumServer:
             comp.succeeded(self.clock.monotonic(), rev)
             log.info("finished auto-compaction", extra={"revision": rev})
 
+    @property
+    def has_leader(self) -> bool:
+        node = self._node
+        return isinstance(node, LocalNode) or (node is not None and node.lead != 0)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._is_leader
+
+    @property
+    def is_learner(self) -> bool:
+        return isinstance(self._node, RaftNode) and self._node.is_learner
+
+    @property
+    def leader_changes_seen(self) -> int:
+        return self.leader_changes if self.clustered else 1
+
+    # -- Raft cluster plumbing (on the event loop) -----------------------------------------------------------
+
+    async def _start_transport(self) -> None:
+        """Serve the peer service on --listen-peer-urls and connect to every other member."""
+        factory: Any = self.transport_factory
+        if factory is None:
+            from quorumkv.transport import PeerTransport as factory
+        self.transport = factory(
+            self.member_id, self.cluster_id, on_messages=self._on_peer_messages,
+            on_unreachable=self._on_peer_unreachable, rng=random.Random(self.member_id ^ time.time_ns()))
+        self.transport.register_handler("lease_renew", self._handle_lease_renew)
+        self.transport.register_handler("lease_ttl", self._handle_lease_ttl)
+        self.transport.register_handler("member_promote", self._handle_member_promote)
+        self.transport.register_handler("cluster_info", self._handle_cluster_info)
+        await self.transport.start(list(self.settings.listen_peer_urls))
+        if self.joining:
+            await self._join()
+        self._sync_peers()
+
+    async def _join(self) -> None:
+        """A new member of a running cluster: learn the cluster ID and members from a live member, check that
+        this member was added (``member add``), then start an empty node that the leader will catch up."""
+        assert self.transport is not None
+        s = self.settings
+        my_urls = sorted(s.initial_advertise_peer_urls)
+        errors_seen: list[str] = []
+        for name, urls in self.join_peers.items():
+            probe = compute_member_id(urls, s.initial_cluster_token)
+            self.transport.add_peer(probe, urls)
+            try:
+                data = await self.transport.call(probe, "cluster_info", b"", 5.0)
+            except Exception as exc:  # try the next member
+                errors_seen.append(f"{name} ({','.join(urls)}): {exc}")
+                continue
+            finally:
+                self.transport.remove_peer(probe)
+            info = json.loads(data)
+            members = [membership.Member.from_json(json.dumps(m).encode()) for m in info["members"]]
+            mine = [m for m in members if sorted(m.peer_urls) == my_urls]
+            if not mine:
+                raise EtcdError("FAILED_PRECONDITION",
+                                f"this member (peer URLs {','.join(my_urls)}) has not been added to the cluster "
+                                f"{int(info['cluster_id'], 16):x}: run 'member add {s.name} "
+                                f"--peer-urls={','.join(my_urls)}' on the cluster first")
+            self.member_id = mine[0].id
+            self.cluster_id = int(info["cluster_id"], 16)
+            self.transport.member_id = self.member_id
+            self.transport.cluster_id = self.cluster_id
+            with self.backend.write_txn() as c:
+                meta_set(c, "member_id", f"{self.member_id:x}")
+                meta_set(c, "cluster_id", f"{self.cluster_id:x}")
+                for m in members:
+                    membership.upsert_member(c, m)
+            self.ids = IdGenerator(self.member_id, int(time.time() * 1000))
+            self.joining = False
+            self._node = self._make_node(self._fsync_observer)
+            return
+        raise EtcdError("UNAVAILABLE", "cannot join: no member of --initial-cluster answered: "
+                        + "; ".join(errors_seen))
+
+    def _sync_peers(self) -> None:
+        """Point the transport at the current member list (after start and after each membership change)."""
+        if self.transport is None:
+            return
+        with read_txn(self.reader):
+            members = membership.load_members(self.reader)
+        known = set(self._peer_urls)
+        for mid, m in members.items():
+            if mid == self.member_id:
+                continue
+            if mid not in known:
+                self.transport.add_peer(mid, m.peer_urls)
+            elif self._peer_urls[mid] != m.peer_urls:
+                self.transport.update_peer(mid, m.peer_urls)
+            self._peer_urls[mid] = list(m.peer_urls)
+        for mid in known - set(members):
+            self.transport.remove_peer(mid)
+            del self._peer_urls[mid]
+
+    def _send_raft_messages(self, messages: list[Any]) -> None:
+        if self.transport is not None:
+            self.transport.send(messages)
+
+    def _on_peer_messages(self, messages: list[Any]) -> None:
+        if self._node is not None:
+            self._node.step(messages)  # type: ignore[union-attr]
+
+    def _on_peer_unreachable(self, peer: int) -> None:
+        if isinstance(self._node, RaftNode):
+            self._node.report_unreachable(peer)
+
+    def _on_leader_change(self, lead: int, is_leader: bool) -> None:
+        if lead:
+            self.leader_changes += 1
+        if is_leader and not self._is_leader:
+            # a new leader restarts every lease clock, extended by an election timeout (as etcd's Promote):
+            # no lease expires early because leadership moved
+            self.lessor.promote(dict(self.applier.leases), extend_s=self.settings.election_timeout_ms / 1000)
+            log.info("became leader", extra={"member-id": f"{self.member_id:x}", "term": self.node.term})
+        elif not is_leader and self._is_leader:
+            self.lessor.promote({})
+        self._is_leader = is_leader
+
+    def _on_conf_applied(self, cc: Any) -> None:
+        from quorumkv.raft.messages import ConfChangeType
+
+        self._sync_peers()
+        if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id == self.member_id:
+            log.warning("this member was removed from the cluster; stopping",
+                        extra={"member-id": f"{self.member_id:x}"})
+            self._removed.set()
+
+    def _on_node_fatal(self, exc: BaseException) -> None:
+        log.error("member stopped serving writes after a fatal error: %r", exc)
+
+    async def _publish_attributes(self) -> None:
+        """Tell the cluster this member's name and client URLs (etcd's publish), retrying until it lands."""
+        m = membership.Member(self.member_id, self.settings.name, [], list(self.settings.advertise_client_urls))
+        while True:
+            try:
+                await self._propose(EntryKind.MEMBER_ATTRS, m.to_json())
+                return
+            except EtcdError as exc:
+                if exc is errors.NOT_SUPPORTED_FOR_LEARNER or exc.message == errors.NOT_SUPPORTED_FOR_LEARNER.message:
+                    await asyncio.sleep(1.0)  # a learner cannot propose; wait for promotion
+                    continue
+                log.info("publishing member attributes failed, retrying: %s", exc.message)
+                await asyncio.sleep(0.5)
+
+    async def _call_leader(self, method: str, payload: bytes) -> bytes:
+        """Run ``method`` on the leader (lease clocks live there) and return its answer."""
+        node = self.node
+        assert isinstance(node, RaftNode)
+        lead = node.lead
+        if lead == 0:
+            raise errors.NO_LEADER
+        if lead == self.member_id:
+            raise errors.LEADER_CHANGED  # leadership is moving to us right now: the client retries
+        try:
+            data: bytes = await self.transport.call(lead, method, payload, self.settings.request_timeout_s)
+        except Exception as exc:
+            log.info("forwarding %s to the leader failed: %r", method, exc)
+            raise errors.TIMEOUT from exc
+        return _unwrap_answer(data)
+
+    async def _handle_lease_renew(self, payload: bytes) -> bytes:
+        if not self._is_leader:
+            return _wrap_error(errors.NOT_LEADER)
+        lease_id = int.from_bytes(payload, "big", signed=True)
+        ttl = self.lessor.renew(lease_id)
+        return b"\x00" + (0 if ttl is None else ttl).to_bytes(8, "big", signed=True)
+
+    async def _handle_lease_ttl(self, payload: bytes) -> bytes:
+        if not self._is_leader:
+            return _wrap_error(errors.NOT_LEADER)
+        resp = self._lease_time_to_live_here(pb.LeaseTimeToLiveRequest.FromString(payload))
+        return b"\x00" + resp.SerializeToString()
+
+    async def _handle_member_promote(self, payload: bytes) -> bytes:
+        try:
+            resp = await self.member_promote(pb.MemberPromoteRequest.FromString(payload))
+        except EtcdError as exc:
+            return _wrap_error(exc)
+        return b"\x00" + resp.SerializeToString()
+
+    async def _handle_cluster_info(self, payload: bytes) -> bytes:
+        with read_txn(self.reader):
+            members = membership.load_members(self.reader)
+        return json.dumps({"cluster_id": f"{self.cluster_id:x}",
+                           "members": [json.loads(m.to_json()) for m in members.values()]}).encode()
+
+    # -- membership API --------------------------------------------------------------------------------------
+
+    def _members(self) -> dict[int, membership.Member]:
+        with read_txn(self.reader):
+            return membership.load_members(self.reader)
+
+    def _member_pbs(self) -> list[pb.Member]:
+        out = []
+        for mid in sorted(self._members()):
+            m = self._members()[mid]
+            out.append(pb.Member(ID=mid, name=m.name, peerURLs=m.peer_urls, clientURLs=m.client_urls,
+                                 isLearner=m.is_learner))
+        return out
+
+    def _raft_node(self) -> RaftNode:
+        node = self.node
+        if not isinstance(node, RaftNode):
+            raise errors.MEMBERSHIP_NOT_SUPPORTED
+        return node
+
+    async def _propose_conf_change(self, cc_type: Any, node_id: int, member: membership.Member | None) -> None:
+        node = self._raft_node()
+        request_id = self.ids.next()
+        fut = node.propose_conf_change(cc_type, node_id, member, request_id)
+        await self._wait_applied(fut, request_id)
+
+    async def member_add(self, req: pb.MemberAddRequest) -> pb.MemberAddResponse:
+        from quorumkv.raft.messages import ConfChangeType
+
+        self._raft_node()
+        urls = list(req.peerURLs)
+        if not urls or not all(_valid_peer_url(u) for u in urls):
+            raise errors.MEMBER_BAD_URLS
+        members = self._members()
+        taken = {u for m in members.values() for u in m.peer_urls}
+        if taken & set(urls):
+            raise errors.PEER_URL_EXIST
+        if req.isLearner and sum(m.is_learner for m in members.values()) >= 1:
+            raise errors.TOO_MANY_LEARNERS
+        new_id = compute_member_id(urls, "", int(time.time()))
+        if new_id in members:
+            raise errors.MEMBER_EXIST
+        m = membership.Member(new_id, "", urls, [], bool(req.isLearner))
+        await self._propose_conf_change(
+            ConfChangeType.ADD_LEARNER_NODE if req.isLearner else ConfChangeType.ADD_NODE, new_id, m)
+        resp = pb.MemberAddResponse(member=pb.Member(ID=new_id, peerURLs=urls, isLearner=bool(req.isLearner)))
+        resp.members.extend(self._member_pbs())
+        resp.header.revision = self.current_revision
+        return resp
+
+    async def member_remove(self, req: pb.MemberRemoveRequest) -> pb.MemberRemoveResponse:
+        from quorumkv.raft.messages import ConfChangeType
+
+        self._raft_node()
+        if req.ID not in self._members():
+            raise errors.MEMBER_NOT_FOUND
+        await self._propose_conf_change(ConfChangeType.REMOVE_NODE, req.ID, None)
+        resp = pb.MemberRemoveResponse()
+        resp.members.extend(self._member_pbs())
+        resp.header.revision = self.current_revision
+        return resp
+
+    async def member_update(self, req: pb.MemberUpdateRequest) -> pb.MemberUpdateResponse:
+        self._raft_node()
+        members = self._members()
+        if req.ID not in members:
+            raise errors.MEMBER_NOT_FOUND
+        urls = list(req.peerURLs)
+        if not urls or not all(_valid_peer_url(u) for u in urls):
+            raise errors.MEMBER_BAD_URLS
+        taken = {u for mid, m in members.items() if mid != req.ID for u in m.peer_urls}
+        if taken & set(urls):
+            raise errors.PEER_URL_EXIST
+        m = membership.Member(req.ID, members[req.ID].name, urls, members[req.ID].client_urls)
+        await self._propose(EntryKind.MEMBER_UPDATE, m.to_json())
+        resp = pb.MemberUpdateResponse()
+        resp.members.extend(self._member_pbs())
+        resp.header.revision = self.current_revision
+        return resp
+
+    async def member_promote(self, req: pb.MemberPromoteRequest) -> pb.MemberPromoteResponse:
+        """Only the leader knows how far a learner got: a follower forwards the request to it."""
+        from quorumkv.raft.messages import ConfChangeType
+
+        node = self._raft_node()
+        members = self._members()
+        if req.ID not in members:
+            raise errors.MEMBER_NOT_FOUND
+        if not members[req.ID].is_learner:
+            raise errors.MEMBER_NOT_LEARNER
+        if not node.is_leader:
+            data = await self._call_leader("member_promote", req.SerializeToString())
+            return pb.MemberPromoteResponse.FromString(data)
+        progress = node.raw.status().progress.get(req.ID)  # type: ignore[call-overload]
+        last = node.last_index
+        # etcd: a learner is ready once its match index is at least 90 % of the leader's
+        if progress is None or progress.match < last * 0.9:
+            raise errors.LEARNER_NOT_READY
+        m = members[req.ID]
+        m.is_learner = False
+        await self._propose_conf_change(ConfChangeType.ADD_NODE, req.ID, m)
+        resp = pb.MemberPromoteResponse()
+        resp.members.extend(self._member_pbs())
+        resp.header.revision = self.current_revision
+        return resp
+
     # -- maintenance / cluster -------------------------------------------------------------------------------
 
     @property
@@ -423,12 +846,12 @@ class QuorumServer:
         resp = pb.StatusResponse(
             version=ETCD_COMPAT_VERSION,
             dbSize=self.backend.size_bytes(),
-            leader=self.member_id,
+            leader=self.member_id if isinstance(self.node, LocalNode) else self.node.lead,
             raftIndex=st.commit_index,
             raftTerm=st.term,
             raftAppliedIndex=st.applied_index,
             dbSizeInUse=self.backend.size_in_use_bytes(self.reader),
-            isLearner=False,
+            isLearner=isinstance(self.node, RaftNode) and self.node.is_learner,
         )
         resp.errors.extend(alarm_text(a) for a in self.applier.alarm_members())
         resp.header.revision = self.current_revision
@@ -521,13 +944,34 @@ class QuorumServer:
         async with self._file_lock:
             return await asyncio.get_running_loop().run_in_executor(None, work)
 
-    def move_leader(self, req: pb.MoveLeaderRequest) -> pb.MoveLeaderResponse:
-        """A single member is already leader: moving to itself succeeds, any other target is no member."""
-        if req.targetID != self.member_id:
-            raise errors.BAD_LEADER_TRANSFEREE
+    async def move_leader(self, req: pb.MoveLeaderRequest) -> pb.MoveLeaderResponse:
+        """etcd's MoveLeader: only the leader can hand over, to a voting member; waits for the new leader."""
+        node = self.node
         resp = pb.MoveLeaderResponse()
+        if isinstance(node, LocalNode):
+            if req.targetID != self.member_id:  # a single member is already leader
+                raise errors.BAD_LEADER_TRANSFEREE
+            resp.header.revision = self.current_revision
+            return resp
+        if not node.is_leader:
+            raise errors.NOT_LEADER
+        if req.targetID not in node.conf_state.voters:
+            raise errors.BAD_LEADER_TRANSFEREE
+        if req.targetID != self.member_id:
+            await self._transfer_leadership(req.targetID, self.settings.request_timeout_s)
         resp.header.revision = self.current_revision
         return resp
+
+    async def _transfer_leadership(self, target: int, timeout_s: float) -> None:
+        node = self.node
+        assert isinstance(node, RaftNode)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        node.transfer_leadership(target)
+        while node.lead != target:
+            if loop.time() > deadline:
+                raise errors.TIMEOUT_LEADER_TRANSFER
+            await asyncio.sleep(0.02)
 
     def active_alarms(self) -> list[tuple[int, int]]:
         """The raised alarms as (member ID, ``pb.AlarmType`` value), for health checks and metrics."""
@@ -554,6 +998,30 @@ def _remove_stale_temp_files(data_dir: Path) -> None:
     (data_dir / "quorumkv.db.old").unlink(missing_ok=True)
     from quorumkv.storage.datadir import DB_FILE
     defrag.discard(data_dir / (DB_FILE + defrag.DEFRAG_FILE_SUFFIX))
+
+
+def _valid_peer_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port is not None
+    except ValueError:
+        return False
+
+
+def _wrap_error(err: EtcdError) -> bytes:
+    return b"\x01" + json.dumps({"code": err.code, "message": err.message}).encode()
+
+
+def _unwrap_answer(data: bytes) -> bytes:
+    """A forwarded call's answer: ``0x00`` + payload, or ``0x01`` + an etcd error as JSON."""
+    if data[:1] == b"\x00":
+        return data[1:]
+    if data[:1] == b"\x01":
+        d = json.loads(data[1:])
+        raise EtcdError(str(d["code"]), str(d["message"]))
+    raise EtcdError("INTERNAL", "quorumkv: malformed answer from the leader")
 
 
 def alarm_text(a: pb.AlarmMember) -> str:

@@ -65,6 +65,10 @@ CREATE TABLE IF NOT EXISTS alarm (
     alarm     INTEGER NOT NULL,
     PRIMARY KEY (member_id, alarm)
 );
+-- IDs of members removed from the cluster: they may never rejoin (etcd refuses them the same way).
+CREATE TABLE IF NOT EXISTS removed_member (
+    id INTEGER PRIMARY KEY
+);
 """
 
 

@@ -1,0 +1,609 @@
+"""The clustered node: the Raft core (``quorumkv.raft``) driven by one thread, persisting to SQLite.
+
+One thread (``quorumkv-raft``) owns the ``RawNode``, its in-memory log and the SQLite writer. Each turn it takes
+everything queued (proposals, messages from peers, read requests, membership changes), steps the core, ticks it
+on schedule, then handles each ``Ready`` as its contract says:
+
+1. in ONE SQLite transaction: the snapshot (if any), the new log entries (replacing a conflicting suffix), the
+   hard state, and the committed entries applied with the applied index -- then COMMIT (fsync);
+2. only then the messages are handed to the transport (on the event loop);
+3. results are handed to the event loop (responses to waiting requests, watch events), read requests whose
+   index is applied are released, and ``advance`` is called.
+
+Nothing is acknowledged before it is durable; apply is idempotent (entries at or below the stored applied index
+are skipped), so a crash between any two steps is recovered by replaying the log.
+
+The event-loop side (``propose``, ``read_index``, ``propose_conf_change``, ``step``) never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import random
+import sqlite3
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from quorumkv.raft.core import Config, ProposalDroppedError
+from quorumkv.raft.ids import NONE, Index, NodeId, Term
+from quorumkv.raft.memory_storage import MemoryStorage
+from quorumkv.raft.messages import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    Snapshot,
+    SnapshotMetadata,
+    StateType,
+    decode_conf_change,
+    decode_hard_state,
+    encode_conf_change,
+    encode_hard_state,
+)
+from quorumkv.raft.rawnode import RawNode, Ready
+from quorumkv.server import membership, state_snapshot
+from quorumkv.server.apply import Applier, ApplyResult
+from quorumkv.server.entries import EntryKind, encode_entry
+from quorumkv.server.errors import EtcdError
+from quorumkv.server.node import NodeStatus
+from quorumkv.storage.backend import Backend, StorageError, insert_rows, meta_get, meta_set
+
+log = logging.getLogger("quorumkv.raft-node")
+
+#: ``raft_log.kind`` of a configuration-change entry (normal entries store their ``EntryKind``).
+KIND_CONF_CHANGE = 255
+_NOOP_DATA = encode_entry(EntryKind.NOOP, 0, b"")
+_CONF_STATE = struct.Struct("<II")
+#: Unanswered read-index requests are sent again after this long (a lost message must not stall reads).
+READ_INDEX_RETRY_S = 0.5
+MAX_PROPOSALS_PER_TURN = 4000
+
+
+class NodeRemovedError(Exception):
+    """This member was removed from the cluster."""
+
+
+def encode_conf_state(cs: ConfState) -> bytes:
+    return _CONF_STATE.pack(len(cs.voters), len(cs.learners)) + b"".join(
+        struct.pack("<Q", v) for v in (*cs.voters, *cs.learners))
+
+
+def decode_conf_state(buf: bytes) -> ConfState:
+    nv, nl = _CONF_STATE.unpack_from(buf)
+    ids = [struct.unpack_from("<Q", buf, _CONF_STATE.size + 8 * k)[0] for k in range(nv + nl)]
+    return ConfState(tuple(NodeId(i) for i in ids[:nv]), tuple(NodeId(i) for i in ids[nv:]))
+
+
+def conf_change_context(request_id: int, member: membership.Member | None) -> bytes:
+    """A configuration change's context: the proposer's request ID, then the member record (JSON)."""
+    return struct.pack(">Q", request_id) + (member.to_json() if member is not None else b"")
+
+
+def split_conf_change_context(ctx: bytes) -> tuple[int, bytes]:
+    if len(ctx) < 8:
+        return 0, ctx
+    return struct.unpack_from(">Q", ctx)[0], ctx[8:]
+
+
+def _crc(term: int, kind: int, data: bytes) -> int:
+    return zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF
+
+
+def _entry_kind(e: Entry) -> int:
+    if e.type == EntryType.CONF_CHANGE:
+        return KIND_CONF_CHANGE
+    return e.data[0] if e.data else EntryKind.NOOP
+
+
+class StateMachineStorage(MemoryStorage):
+    """The in-memory Raft log, whose ``snapshot()`` is the state machine as of the applied index, dumped on
+    demand (only a leader sending to a follower that is too far behind asks for it)."""
+
+    __slots__ = ("_applied_conf", "_applied_index", "_dump")
+
+    def __init__(self, dump: Callable[[], bytes]) -> None:
+        super().__init__()
+        self._dump = dump
+        self._applied_index = 0
+        self._applied_conf = ConfState()
+
+    def set_applied(self, index: int, conf: ConfState) -> None:
+        self._applied_index = index
+        self._applied_conf = conf
+
+    def snapshot(self) -> Snapshot:
+        current = super().snapshot()
+        idx = self._applied_index
+        if idx > current.metadata.index and idx <= self.last_index():
+            term = self.term(Index(idx))
+            self._snapshot = Snapshot(self._dump(), SnapshotMetadata(self._applied_conf, Index(idx), term))
+            log.info("created a state snapshot for a follower", extra={"index": idx, "size-bytes":
+                                                                        len(self._snapshot.data)})
+        return super().snapshot()
+
+
+@dataclass
+class PendingRead:
+    futures: list[asyncio.Future[None]] = field(default_factory=list)
+    sent_at: float = 0.0
+    index: int | None = None
+
+
+class RaftNode:
+    """A member of a Raft cluster. ``propose`` etc. are called on the event loop; the rest on the Raft thread."""
+
+    def __init__(self, backend: Backend, applier: Applier, *, member_id: int,
+                 on_applied: Callable[[ApplyResult], None],
+                 send: Callable[[list[Message]], None],
+                 bootstrap: list[membership.Member] | None = None,
+                 heartbeat_interval_ms: int = 100, election_timeout_ms: int = 1000,
+                 snapshot_count: int = 10_000, snapshot_catchup_entries: int = 5_000,
+                 rng: random.Random | None = None,
+                 fsync_observer: Callable[[float], None] | None = None,
+                 on_leader_change: Callable[[int, bool], None] | None = None,
+                 on_conf_applied: Callable[[ConfChange], None] | None = None,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+        self.backend = backend
+        self.applier = applier
+        self.member_id = member_id
+        self._on_applied = on_applied
+        self._send = send
+        self._fsync_observer = fsync_observer
+        self._on_leader_change = on_leader_change
+        self._on_conf_applied = on_conf_applied
+        self._on_fatal = on_fatal
+        self.tick_s = heartbeat_interval_ms / 1000
+        self.election_ticks = max(2, election_timeout_ms // max(1, heartbeat_interval_ms))
+        self.snapshot_count = snapshot_count
+        self.snapshot_catchup_entries = min(snapshot_catchup_entries, max(1, snapshot_count // 2))
+        self.slow_apply_observer: Callable[[int, bytes, float], None] | None = None
+        self.slow_apply_s = 0.1
+        self.write_lock = threading.Lock()
+        self.log_pin: int | None = None
+        self._queue: queue.SimpleQueue[tuple[object, ...]] = queue.SimpleQueue()
+        self._waiters: dict[int, asyncio.Future[object]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.fatal: BaseException | None = None
+        self._parked: list[tuple[float, bytes]] = []
+        self._reads: dict[bytes, PendingRead] = {}
+        self._waiting_reads: list[PendingRead] = []
+        self._read_seq = 0
+        self._pending_cc: list[tuple[float, ConfChange]] = []
+        # published state (read from the event loop)
+        self.term = 0
+        self.lead = 0
+        self.raft_state = StateType.FOLLOWER
+        self.commit_index = 0
+        self.conf_state = ConfState()
+        self.storage = StateMachineStorage(self._dump_state)
+        self._load(bootstrap)
+        self.raw = RawNode(Config(
+            id=NodeId(member_id), storage=self.storage, rng=rng or random.Random(member_id ^ time.time_ns()),
+            election_timeout_ticks=self.election_ticks, heartbeat_interval_ticks=1,
+            applied=Index(self.applier.applied_index), check_quorum=True, pre_vote=True,
+            max_size_per_msg_bytes=1 << 20, max_inflight_msgs=256,
+        ))
+
+    # -- startup --------------------------------------------------------------------------------------------
+
+    def _load(self, bootstrap: list[membership.Member] | None) -> None:
+        """Rebuild the in-memory log and the hard state from SQLite (or bootstrap a new cluster)."""
+        conn = self.backend.writer
+        hs_raw = meta_get(conn, "raft_hard_state")
+        cs_raw = meta_get(conn, "raft_conf_state")
+        if hs_raw is None:
+            last = conn.execute("SELECT max(idx) FROM raft_log").fetchone()[0]
+            if last is not None or self.applier.applied_index > 0:
+                # a data dir written by the single-member node: it was the only voter, its log is committed
+                last = int(last or 0)
+                hs = HardState(Term(int(meta_get(conn, "term", 1))), NONE, Index(max(last, self.applier.applied_index)))
+                cs = ConfState((NodeId(self.member_id),))
+                with self.backend.write_txn() as c:
+                    meta_set(c, "raft_hard_state", encode_hard_state(hs))
+                    meta_set(c, "raft_conf_state", encode_conf_state(cs))
+            elif bootstrap:
+                self._bootstrap(bootstrap)
+            hs_raw = meta_get(conn, "raft_hard_state")
+            cs_raw = meta_get(conn, "raft_conf_state")
+        hs = decode_hard_state(bytes(hs_raw)) if hs_raw is not None else HardState()
+        cs = decode_conf_state(bytes(cs_raw)) if cs_raw is not None else ConfState()
+        trimmed = int(meta_get(conn, "log_trimmed_index", 0))
+        trimmed_term = int(meta_get(conn, "log_trimmed_term", 0))
+        st = self.storage
+        st.apply_snapshot(Snapshot(b"", SnapshotMetadata(cs, Index(trimmed), Term(trimmed_term))))
+        rows = conn.execute("SELECT idx, term, kind, data, crc FROM raft_log WHERE idx > ? ORDER BY idx",
+                            (trimmed,)).fetchall()
+        entries = []
+        expected = trimmed + 1
+        for idx, term, kind, data, crc in rows:
+            if idx != expected:
+                raise StorageError(f"log entry {expected} is missing (next stored entry is {idx}): the data dir "
+                                   "is corrupt; remove it and re-add this member, or restore from a snapshot")
+            expected += 1
+            data = bytes(data)
+            if _crc(term, kind, data) != crc:
+                raise StorageError(f"log entry {idx} fails its checksum: the data dir is corrupt; remove it and "
+                                   "re-add this member, or restore from a snapshot")
+            if kind == KIND_CONF_CHANGE:
+                entries.append(Entry(Term(term), Index(idx), EntryType.CONF_CHANGE, data))
+            else:
+                entries.append(Entry(Term(term), Index(idx), EntryType.NORMAL, data))
+        if entries:
+            st.append(entries)
+        st.set_hard_state(hs)
+        st.set_applied(self.applier.applied_index, cs)
+        self.conf_state = cs
+        self.term = int(hs.term)
+        self.commit_index = int(hs.commit)
+
+    def _bootstrap(self, members: list[membership.Member]) -> None:
+        """A new cluster: every initial member writes the same configuration entries at term 1 (as etcd)."""
+        rows = []
+        for k, m in enumerate(sorted(members, key=lambda m: m.id), start=1):
+            cc = ConfChange(ConfChangeType.ADD_NODE, NodeId(m.id), conf_change_context(0, m))
+            data = encode_conf_change(cc)
+            rows.append((k, 1, KIND_CONF_CHANGE, data, _crc(1, KIND_CONF_CHANGE, data)))
+        with self.backend.write_txn() as c:
+            insert_rows(c, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
+            meta_set(c, "raft_hard_state", encode_hard_state(HardState(Term(1), NONE, Index(len(rows)))))
+            meta_set(c, "raft_conf_state", encode_conf_state(ConfState()))
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="quorumkv-raft", daemon=True)
+        self._thread.start()
+
+    # -- the event loop side --------------------------------------------------------------------------------
+
+    def propose(self, kind: int, payload: bytes, request_id: int) -> asyncio.Future[object]:
+        """Queue a normal entry; the future resolves with its response once committed and applied here."""
+        assert self._loop is not None, "node not started"
+        fut: asyncio.Future[object] = self._loop.create_future()
+        if self._stopped:
+            fut.set_exception(EtcdError("UNAVAILABLE", "etcdserver: server stopped"))
+            return fut
+        self._waiters[request_id] = fut
+        self._queue.put(("p", encode_entry(kind, request_id, payload)))
+        return fut
+
+    def propose_conf_change(self, cc_type: ConfChangeType, node_id: int, member: membership.Member | None,
+                            request_id: int) -> asyncio.Future[object]:
+        assert self._loop is not None, "node not started"
+        fut: asyncio.Future[object] = self._loop.create_future()
+        self._waiters[request_id] = fut
+        cc = ConfChange(cc_type, NodeId(node_id), conf_change_context(request_id, member))
+        self._queue.put(("cc", cc))
+        return fut
+
+    def forget(self, request_id: int) -> None:
+        """The caller gave up waiting (timeout): drop its future (the entry may still be applied)."""
+        self._waiters.pop(request_id, None)
+
+    def read_index(self) -> asyncio.Future[None]:
+        """Resolves once this member has applied everything committed before the call (linearizable read)."""
+        assert self._loop is not None, "node not started"
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put(("r", fut))
+        return fut
+
+    def step(self, messages: list[Message]) -> None:
+        """Messages from peers (called by the transport on the event loop)."""
+        self._queue.put(("m", messages))
+
+    def transfer_leadership(self, to: int) -> None:
+        self._queue.put(("t", to))
+
+    def report_unreachable(self, peer: int) -> None:
+        self._queue.put(("u", peer))
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        self._queue.put(("s", peer, ok))
+
+    def _deliver(self, result: ApplyResult) -> None:
+        self._on_applied(result)
+        waiters = self._waiters
+        for request_id, response in result.responses.items():
+            fut = waiters.pop(request_id, None)
+            if fut is None or fut.done():
+                continue
+            if isinstance(response, BaseException):
+                fut.set_exception(response)
+            else:
+                fut.set_result(response)
+
+    def _fail_all(self, err: BaseException) -> None:
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._waiters.clear()
+
+    @property
+    def pending_proposals(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def last_index(self) -> int:
+        return int(self.storage.last_index())
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft_state == StateType.LEADER
+
+    @property
+    def is_learner(self) -> bool:
+        return self.member_id in self.conf_state.learners
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(term=self.term, commit_index=self.commit_index, applied_index=self.applier.applied_index)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._queue.put(("x",))
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # -- the Raft thread ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop_forever()
+        except BaseException as exc:  # storage failure or a bug: this member cannot go on safely
+            log.exception("the raft loop stopped")
+            self.fatal = exc
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                err = EtcdError("UNAVAILABLE", f"quorumkv: member failed: {exc!r}")
+                loop.call_soon_threadsafe(self._fail_all, err)
+                if self._on_fatal is not None:
+                    loop.call_soon_threadsafe(self._on_fatal, exc)
+
+    def _loop_forever(self) -> None:
+        q = self._queue
+        raw = self.raw
+        next_tick = time.monotonic() + self.tick_s
+        while True:
+            timeout = max(0.0, next_tick - time.monotonic())
+            items: list[tuple[object, ...]] = []
+            try:
+                items.append(q.get(timeout=timeout))
+                while len(items) < MAX_PROPOSALS_PER_TURN:
+                    items.append(q.get_nowait())
+            except queue.Empty:
+                pass
+            with self.write_lock:
+                now = time.monotonic()
+                if now >= next_tick:
+                    raw.tick()
+                    next_tick += self.tick_s
+                    if next_tick < now:  # we fell far behind (a long fsync): don't burst-tick
+                        next_tick = now + self.tick_s
+                    self._retry_reads(now)
+                proposals: list[bytes] = []
+                new_reads: list[asyncio.Future[None]] = []
+                for item in items:
+                    tag = item[0]
+                    if tag == "p":
+                        proposals.append(item[1])  # type: ignore[arg-type]
+                    elif tag == "m":
+                        for m in item[1]:  # type: ignore[attr-defined]
+                            try:
+                                raw.step(m)
+                            except Exception as exc:  # a malformed or unexpected message must not kill us
+                                log.warning("dropping a peer message: %r", exc)
+                    elif tag == "r":
+                        new_reads.append(item[1])  # type: ignore[arg-type]
+                    elif tag == "cc":
+                        self._pending_cc.append((now, item[1]))  # type: ignore[arg-type]
+                    elif tag == "t":
+                        raw.transfer_leadership(NodeId(int(item[1])))  # type: ignore[call-overload]
+                    elif tag == "u":
+                        raw.report_unreachable(NodeId(int(item[1])))  # type: ignore[call-overload]
+                    elif tag == "s":
+                        raw.report_snapshot(NodeId(int(item[1])), bool(item[2]))  # type: ignore[call-overload]
+                    elif tag == "x":
+                        return
+                self._propose(proposals, now)
+                if new_reads:
+                    self._request_read(new_reads, now)
+                while raw.has_ready():
+                    self._handle_ready(raw.ready())
+                self._maybe_compact_log()
+
+    def _propose(self, proposals: list[bytes], now: float) -> None:
+        raw = self.raw
+        if self._parked and raw.raft.lead != NONE:
+            # proposals that waited for a leader; ones older than any request timeout are dropped
+            parked, self._parked = self._parked, []
+            proposals = [d for t, d in parked if now - t < 60] + proposals
+        if self._pending_cc and raw.raft.lead != NONE:
+            pending, self._pending_cc = self._pending_cc, []
+            for t, cc in pending:
+                try:
+                    raw.propose_conf_change(cc)
+                except ProposalDroppedError:
+                    if now - t < 60:
+                        self._pending_cc.append((t, cc))
+        if not proposals:
+            return
+        if raw.raft.lead == NONE:
+            self._parked.extend((now, d) for d in proposals)
+            return
+        try:
+            raw.propose_batch(proposals)
+        except ProposalDroppedError:
+            self._parked.extend((now, d) for d in proposals)
+
+    def _request_read(self, futures: list[asyncio.Future[None]], now: float) -> None:
+        self._read_seq += 1
+        ctx = struct.pack(">QQ", self.member_id, self._read_seq)
+        self._reads[ctx] = PendingRead(futures, now)
+        self.raw.read_index(ctx)
+
+    def _retry_reads(self, now: float) -> None:
+        for ctx, pr in self._reads.items():
+            if now - pr.sent_at >= READ_INDEX_RETRY_S:
+                pr.sent_at = now
+                self.raw.read_index(ctx)
+
+    def _handle_ready(self, rd: Ready) -> None:
+        raw = self.raw
+        st = self.storage
+        applier = self.applier
+        result = ApplyResult()
+        conf_changes: list[ConfChange] = []
+        started = time.perf_counter()
+        with self.backend.write_txn() as conn:
+            if rd.snapshot is not None:
+                self._restore_snapshot(conn, rd.snapshot)
+            if rd.entries:
+                first = rd.entries[0].index
+                conn.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
+                rows = []
+                for e in rd.entries:
+                    kind = _entry_kind(e)
+                    rows.append((e.index, e.term, kind, e.data, _crc(e.term, kind, e.data)))
+                insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
+            if rd.hard_state is not None:
+                meta_set(conn, "raft_hard_state", encode_hard_state(rd.hard_state))
+            if rd.committed_entries:
+                self._apply(conn, rd.committed_entries, result, conf_changes)
+            commit_started = time.perf_counter()
+        if self._fsync_observer is not None:
+            self._fsync_observer(time.perf_counter() - commit_started)
+        # durable: update the in-memory log, then send
+        if rd.snapshot is not None:
+            st.apply_snapshot(rd.snapshot)
+            self.conf_state = rd.snapshot.metadata.conf_state
+        if rd.entries:
+            st.append(rd.entries)
+        if rd.hard_state is not None:
+            st.set_hard_state(rd.hard_state)
+            self.term = int(rd.hard_state.term)
+            self.commit_index = int(rd.hard_state.commit)
+        st.set_applied(applier.applied_index, self.conf_state)
+        loop = self._loop
+        assert loop is not None
+        if rd.messages:
+            loop.call_soon_threadsafe(self._send, rd.messages)
+        if rd.soft_state is not None:
+            self.lead = int(rd.soft_state.lead)
+            was_leader = self.raft_state == StateType.LEADER
+            self.raft_state = rd.soft_state.raft_state
+            if self._on_leader_change is not None:
+                loop.call_soon_threadsafe(self._on_leader_change, self.lead, self.raft_state == StateType.LEADER)
+            if was_leader and self.raft_state != StateType.LEADER:
+                log.info("lost leadership", extra={"term": self.term, "leader": f"{self.lead:x}"})
+        for rs in rd.read_states:
+            pr = self._reads.pop(rs.request_ctx, None)
+            if pr is not None:
+                pr.index = int(rs.index)
+                self._waiting_reads.append(pr)
+        if self._waiting_reads:
+            applied = applier.applied_index
+            ready = [pr for pr in self._waiting_reads if pr.index is not None and pr.index <= applied]
+            if ready:
+                self._waiting_reads = [pr for pr in self._waiting_reads if pr not in ready]
+                futs = [f for pr in ready for f in pr.futures]
+                loop.call_soon_threadsafe(_release_reads, futs)
+        if result.responses or result.events or result.leases_granted or result.leases_revoked \
+                or result.compacted_to or result.alarms_changed or result.members_changed or rd.snapshot:
+            if rd.snapshot is not None:
+                result.members_changed = True
+            loop.call_soon_threadsafe(self._deliver, result)
+        for cc in conf_changes:
+            if self._on_conf_applied is not None:
+                loop.call_soon_threadsafe(self._on_conf_applied, cc)
+        took = time.perf_counter() - started
+        if took > self.slow_apply_s and rd.committed_entries and self.slow_apply_observer is not None:
+            e = rd.committed_entries[0]
+            try:
+                self.slow_apply_observer(int(e.index), e.data, took)
+            except Exception:
+                log.exception("slow apply observer failed")
+        raw.advance(rd)
+
+    def _apply(self, conn: sqlite3.Connection, entries: list[Entry], result: ApplyResult,
+               conf_changes: list[ConfChange]) -> None:
+        applier = self.applier
+        run: list[tuple[int, bytes]] = []
+        for e in entries:
+            if e.type == EntryType.CONF_CHANGE:
+                if run:
+                    applier.apply_many(conn, run, result)
+                    run = []
+                if e.index > applier.applied_index:
+                    cc = decode_conf_change(e.data)
+                    request_id, member_json = split_conf_change_context(cc.context)
+                    cc_plain = ConfChange(cc.type, cc.node_id, member_json)
+                    response: object
+                    try:
+                        membership.apply_conf_change(conn, cc_plain)
+                        self.conf_state = self.raw.apply_conf_change(cc_plain)
+                        response = self.conf_state
+                    except ValueError as exc:
+                        response = EtcdError("INVALID_ARGUMENT", f"etcdserver: {exc}")
+                    meta_set(conn, "raft_conf_state", encode_conf_state(self.conf_state))
+                    applier.applied_index = int(e.index)
+                    result.members_changed = True
+                    conf_changes.append(cc_plain)
+                    if request_id:
+                        result.responses[request_id] = response
+            else:
+                run.append((int(e.index), e.data or _NOOP_DATA))
+        if run:
+            applier.apply_many(conn, run, result)
+        applier.finish(conn)
+
+    def _restore_snapshot(self, conn: sqlite3.Connection, snap: Snapshot) -> None:
+        """Replace the state machine with a leader's snapshot (inside the Ready's transaction)."""
+        meta = snap.metadata
+        log.info("restoring a state snapshot from the leader", extra={"index": meta.index, "term": meta.term,
+                                                                         "size-bytes": len(snap.data)})
+        state_snapshot.restore(conn, snap.data)
+        conn.execute("DELETE FROM raft_log")
+        meta_set(conn, "log_trimmed_index", int(meta.index))
+        meta_set(conn, "log_trimmed_term", int(meta.term))
+        meta_set(conn, "raft_conf_state", encode_conf_state(meta.conf_state))
+        meta_set(conn, "applied_index", int(meta.index))
+        self.applier.reload(conn)
+
+    def _dump_state(self) -> bytes:
+        return state_snapshot.dump(self.backend.writer)
+
+    def _maybe_compact_log(self) -> None:
+        """Keep the log bounded: past ``snapshot_count`` applied entries, drop all but the last few thousand."""
+        st = self.storage
+        applied = self.applier.applied_index
+        first = int(st.first_index())
+        if applied - first < self.snapshot_count:
+            return
+        upto = applied - self.snapshot_catchup_entries
+        if self.log_pin is not None:
+            upto = min(upto, self.log_pin - 1)
+        if upto < first:
+            return
+        term = int(st.term(Index(upto)))
+        st.compact(Index(upto))
+        with self.backend.write_txn() as conn:
+            conn.execute("DELETE FROM raft_log WHERE idx <= ?", (upto,))
+            meta_set(conn, "log_trimmed_index", upto)
+            meta_set(conn, "log_trimmed_term", term)
+
+
+def _release_reads(futures: list[asyncio.Future[None]]) -> None:
+    for f in futures:
+        if not f.done():
+            f.set_result(None)

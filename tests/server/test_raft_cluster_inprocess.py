@@ -1,0 +1,264 @@
+"""Several Raft members in one process and one event loop, connected by an in-memory transport.
+
+Exercises the node loop, bootstrap, forwarding, ReadIndex reads, leases on the leader, membership changes and
+snapshot catch-up without sockets. Messages are encoded and decoded on the way (as on the wire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.raft.messages import Message, decode_message, encode_message
+from quorumkv.server import errors
+from quorumkv.server.errors import EtcdError
+from quorumkv.server.raft_node import RaftNode
+from quorumkv.server.server import QuorumServer, ServerSettings
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.transports: list[MemTransport] = []
+        self.cut: set[int] = set()  # members whose traffic (both ways) is dropped
+
+    def factory(self, member_id: int, cluster_id: int, *, on_messages: Callable[[list[Message]], None],
+                on_unreachable: Callable[[int], None], rng: random.Random) -> MemTransport:
+        return MemTransport(self, member_id, cluster_id, on_messages)
+
+    @property
+    def nodes(self) -> dict[int, MemTransport]:
+        """Live transports by their current member ID (a joining member learns its ID after starting)."""
+        return {t.member_id: t for t in self.transports}
+
+
+class MemTransport:
+    def __init__(self, hub: Hub, member_id: int, cluster_id: int,
+                 on_messages: Callable[[list[Message]], None]) -> None:
+        self.hub, self.member_id, self.cluster_id, self.on_messages = hub, member_id, cluster_id, on_messages
+        self.handlers: dict[str, Callable[[bytes], Awaitable[bytes]]] = {}
+        self.peers: dict[int, list[str]] = {}
+
+    def register_handler(self, method: str, fn: Callable[[bytes], Awaitable[bytes]]) -> None:
+        self.handlers[method] = fn
+
+    async def start(self, urls: list[str]) -> None:
+        self.hub.transports.append(self)
+
+    async def stop(self) -> None:
+        self.hub.transports.remove(self)
+
+    def add_peer(self, mid: int, urls: list[str]) -> None:
+        self.peers[mid] = urls
+
+    def update_peer(self, mid: int, urls: list[str]) -> None:
+        self.peers[mid] = urls
+
+    def remove_peer(self, mid: int) -> None:
+        self.peers.pop(mid, None)
+
+    def send(self, messages: list[Message]) -> None:
+        loop = asyncio.get_running_loop()
+        for m in messages:
+            dst = self.hub.nodes.get(m.to)
+            if dst is None or m.to in self.hub.cut or self.member_id in self.hub.cut:
+                continue
+            loop.call_soon(dst.on_messages, [decode_message(encode_message(m))])
+
+    async def call(self, mid: int, method: str, payload: bytes, timeout_s: float) -> bytes:
+        dst = self.hub.nodes.get(mid)
+        if dst is None and method == "cluster_info" and self.hub.transports:
+            dst = self.hub.transports[0]  # a joining member probes by URL; any live member answers
+        if dst is None or mid in self.hub.cut:
+            raise ConnectionError(f"peer {mid:x} unreachable")
+        return await asyncio.wait_for(dst.handlers[method](payload), timeout_s)
+
+
+def settings(tmp: Path, name: str, names: list[str], **kw: Any) -> ServerSettings:
+    cluster = ",".join(f"{n}=http://127.0.0.1:{7000 + i}" for i, n in enumerate(names))
+    i = names.index(name) if name in names else len(names)
+    return ServerSettings(
+        name=name, data_dir=str(tmp / name), initial_cluster=cluster,
+        initial_advertise_peer_urls=[f"http://127.0.0.1:{7000 + i}"],
+        advertise_client_urls=[f"http://127.0.0.1:{8000 + i}"],
+        heartbeat_interval_ms=10, election_timeout_ms=100, **kw)
+
+
+async def start(hub: Hub, s: ServerSettings) -> QuorumServer:
+    srv = QuorumServer(s)
+    srv.transport_factory = hub.factory
+    await srv.start()
+    return srv
+
+
+async def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def leader_of(servers: list[QuorumServer]) -> QuorumServer:
+    leaders = [s for s in servers if isinstance(s.node, RaftNode) and s.node.is_leader]
+    assert len(leaders) == 1, f"{len(leaders)} leaders"
+    return leaders[0]
+
+
+async def wait_leader(servers: list[QuorumServer]) -> QuorumServer:
+    def one() -> bool:
+        leads = {s.node.lead for s in servers}  # type: ignore[union-attr]
+        return len(leads) == 1 and 0 not in leads and sum(s.is_leader for s in servers) == 1
+    await wait_for(one)
+    return leader_of(servers)
+
+
+def get(srv: QuorumServer, key: bytes) -> bytes | None:
+    resp = srv.range(pb.RangeRequest(key=key))
+    return resp.kvs[0].value if resp.kvs else None
+
+
+def run(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(body())
+
+
+NAMES = ["m1", "m2", "m3"]
+
+
+def test_three_members_elect_replicate_and_read_linearizably(tmp_path: Path) -> None:
+    async def body() -> None:
+        hub = Hub()
+        servers = [await start(hub, settings(tmp_path, n, NAMES)) for n in NAMES]
+        try:
+            ids = {s.member_id for s in servers}
+            assert len(ids) == 3 and len({s.cluster_id for s in servers}) == 1
+            leader = await wait_leader(servers)
+            follower = next(s for s in servers if s is not leader)
+            resp = await follower.put(pb.PutRequest(key=b"k", value=b"v1"))  # forwarded to the leader
+            assert resp.header.revision == 2
+            for s in servers:  # a linearizable read on any member sees the acknowledged write
+                await s.read_barrier()
+                assert get(s, b"k") == b"v1"
+            members = leader.member_list().members
+            await wait_for(lambda: all(len(m.clientURLs) == 1 for m in leader.member_list().members))
+            assert sorted(m.name for m in members) == NAMES
+            st = follower.status()
+            assert st.leader == leader.member_id and st.raftTerm >= 2 and st.raftAppliedIndex >= 4
+        finally:
+            for s in servers:
+                await s.stop()
+    run(body)
+
+
+def test_leader_loss_new_leader_and_restart_catches_up(tmp_path: Path) -> None:
+    async def body() -> None:
+        hub = Hub()
+        servers = [await start(hub, settings(tmp_path, n, NAMES)) for n in NAMES]
+        try:
+            leader = await wait_leader(servers)
+            await leader.put(pb.PutRequest(key=b"a", value=b"1"))
+            name = leader.settings.name
+            await leader.stop()
+            rest = [s for s in servers if s is not leader]
+            servers = rest
+            new = await wait_leader(rest)
+            assert new.member_id != leader.member_id
+            await rest[0].put(pb.PutRequest(key=b"b", value=b"2"))
+            back = await start(hub, settings(tmp_path, name, NAMES))  # rejoins from its data dir
+            servers.append(back)
+            await back.read_barrier()
+            assert get(back, b"a") == b"1" and get(back, b"b") == b"2"
+        finally:
+            for s in servers:
+                await s.stop()
+    run(body)
+
+
+def test_no_quorum_fails_with_timeout_not_success(tmp_path: Path) -> None:
+    async def body() -> None:
+        hub = Hub()
+        servers = [await start(hub, settings(tmp_path, n, NAMES, request_timeout_ms=1000)) for n in NAMES]
+        try:
+            leader = await wait_leader(servers)
+            others = [s for s in servers if s is not leader]
+            hub.cut.update(s.member_id for s in others)
+            with pytest.raises(EtcdError) as exc:
+                await leader.put(pb.PutRequest(key=b"x", value=b"lost?"))
+            assert exc.value.code == "UNAVAILABLE" and "timed out" in exc.value.message
+            hub.cut.clear()
+            leader = await wait_leader(servers)
+            await leader.put(pb.PutRequest(key=b"y", value=b"ok"))
+            for s in servers:
+                await s.read_barrier()
+                assert get(s, b"y") == b"ok"
+        finally:
+            for s in servers:
+                await s.stop()
+    run(body)
+
+
+def test_membership_add_learner_promote_remove(tmp_path: Path) -> None:
+    async def body() -> None:
+        hub = Hub()
+        servers = [await start(hub, settings(tmp_path, n, NAMES, snapshot_count=20)) for n in NAMES]
+        try:
+            leader = await wait_leader(servers)
+            for i in range(60):  # enough entries that the log is compacted: the new member needs a snapshot
+                await leader.put(pb.PutRequest(key=f"k{i}".encode(), value=b"v"))
+            added = await leader.member_add(pb.MemberAddRequest(peerURLs=["http://127.0.0.1:7003"], isLearner=True))
+            assert added.member.isLearner and len(added.members) == 4
+            with pytest.raises(EtcdError) as exc:
+                await leader.member_add(pb.MemberAddRequest(peerURLs=["http://127.0.0.1:7003"]))
+            assert exc.value.message == errors.PEER_URL_EXIST.message
+            s4 = settings(tmp_path, "m4", NAMES + ["m4"], snapshot_count=20)
+            s4.initial_cluster_state = "existing"
+            m4 = await start(hub, s4)
+            servers.append(m4)
+            assert m4.member_id == added.member.ID and m4.cluster_id == leader.cluster_id
+            await wait_for(lambda: get(m4, b"k59") == b"v")
+            with pytest.raises(EtcdError) as exc:
+                await m4.put(pb.PutRequest(key=b"z", value=b"learner"))
+            assert exc.value.message == errors.NOT_SUPPORTED_FOR_LEARNER.message
+            await wait_for(lambda: m4.node.last_index >= leader.node.last_index)
+            follower = next(s for s in servers[:3] if s is not leader)
+            await follower.member_promote(pb.MemberPromoteRequest(ID=m4.member_id))  # forwarded to the leader
+            await wait_for(lambda: not m4.is_learner)
+            assert not any(m.isLearner for m in leader.member_list().members)
+            await m4.put(pb.PutRequest(key=b"z", value=b"voter"))
+            victim = follower
+            resp = await leader.member_remove(pb.MemberRemoveRequest(ID=victim.member_id))
+            assert victim.member_id not in {m.ID for m in resp.members}
+            await wait_for(lambda: victim._removed.is_set())
+        finally:
+            for s in servers:
+                await s.stop()
+    run(body)
+
+
+def test_leases_live_on_the_leader_and_keepalive_forwards(tmp_path: Path) -> None:
+    async def body() -> None:
+        hub = Hub()
+        servers = [await start(hub, settings(tmp_path, n, NAMES)) for n in NAMES]
+        try:
+            leader = await wait_leader(servers)
+            follower = next(s for s in servers if s is not leader)
+            grant = await follower.lease_grant(pb.LeaseGrantRequest(TTL=30))
+            assert await follower.lease_renew(grant.ID) == 30
+            ttl = await follower.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=grant.ID))
+            assert 28 <= ttl.TTL <= 30 and ttl.grantedTTL == 30
+            await leader.move_leader(pb.MoveLeaderRequest(targetID=follower.member_id))
+            assert follower.node.lead == follower.member_id
+            await wait_for(lambda: follower.is_leader)
+            ttl = await leader.lease_time_to_live(pb.LeaseTimeToLiveRequest(ID=grant.ID))
+            assert ttl.TTL >= 28  # a leader change does not expire leases early
+        finally:
+            for s in servers:
+                await s.stop()
+    run(body)
