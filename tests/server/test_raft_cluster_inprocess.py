@@ -217,7 +217,7 @@ def test_membership_add_learner_promote_remove(tmp_path: Path) -> None:
             with pytest.raises(EtcdError) as exc:
                 await leader.member_add(pb.MemberAddRequest(peerURLs=["http://127.0.0.1:7003"]))
             assert exc.value.message == errors.PEER_URL_EXIST.message
-            s4 = settings(tmp_path, "m4", NAMES + ["m4"], snapshot_count=20)
+            s4 = settings(tmp_path, "m4", [*NAMES, "m4"], snapshot_count=20)
             s4.initial_cluster_state = "existing"
             m4 = await start(hub, s4)
             servers.append(m4)
