@@ -81,6 +81,8 @@ class ApplyResult:
     compacted_to: int = 0
     alarms_changed: bool = False
     members_changed: bool = False
+    #: A Raft snapshot replaced the state: the store moved without events.
+    restored: bool = False
 
 
 class Applier:

@@ -522,6 +522,7 @@ class RaftNode:
                 or result.compacted_to or result.alarms_changed or result.members_changed or rd.snapshot:
             if rd.snapshot is not None:
                 result.members_changed = True
+                result.restored = True
             loop.call_soon_threadsafe(self._deliver, result)
         for cc in conf_changes:
             if self._on_conf_applied is not None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
 import uuid
@@ -184,6 +185,9 @@ class QuorumServer:
         self.leader_changes = 0
         self._is_leader = not self.clustered
         self._peer_urls: dict[int, list[str]] = {}
+        self._dial_map: dict[str, str] = dict(
+            pair.split("=", 1) for pair in os.environ.get("QUORUMKV_TEST_PEER_DIAL_MAP", "").split(",")
+            if "=" in pair)
         self._removed = asyncio.Event()
         self.hub: WatchHub | None = None
         self.ids = IdGenerator(self.member_id, int(time.time() * 1000))
@@ -278,6 +282,9 @@ class QuorumServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.clustered:
+            if self._dial_map:
+                log.warning("QUORUMKV_TEST_PEER_DIAL_MAP is set: peers are dialled through the URLs it names "
+                            "(a test-only setting; unset it in production)", extra={"map": self._dial_map})
             await self._start_transport()
         with read_txn(self.reader):
             rev = store.current_revision(self.reader)
@@ -298,6 +305,8 @@ class QuorumServer:
         self.started = True
 
     async def stop(self) -> None:
+        if self.started and isinstance(self._node, RaftNode) and self._node.is_leader:
+            await self._hand_over_leadership()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -324,6 +333,11 @@ class QuorumServer:
         for lid in result.leases_revoked:
             self.lessor.revoked(lid)
         hub = self.hub
+        if result.restored:
+            self.lessor.promote(dict(self.applier.leases))  # only a leader's clocks matter
+            self.alarms = frozenset(self.applier.alarms)
+            if hub is not None:
+                hub.resync(self.applier.revision, self.applier.compact_revision)
         if hub is not None:
             if result.events:
                 hub.notify(result.events)
@@ -586,7 +600,7 @@ class QuorumServer:
         errors_seen: list[str] = []
         for name, urls in self.join_peers.items():
             probe = compute_member_id(urls, s.initial_cluster_token)
-            self.transport.add_peer(probe, urls)
+            self.transport.add_peer(probe, self._dial_urls(urls))
             try:
                 data = await self.transport.call(probe, "cluster_info", b"", 5.0)
             except Exception as exc:  # try the next member
@@ -618,6 +632,12 @@ class QuorumServer:
         raise EtcdError("UNAVAILABLE", "cannot join: no member of --initial-cluster answered: "
                         + "; ".join(errors_seen))
 
+    def _dial_urls(self, urls: list[str]) -> list[str]:
+        """Peer URLs to dial: as advertised, unless the test-only ``QUORUMKV_TEST_PEER_DIAL_MAP``
+        (``advertisedURL=dialURL,...``, set by ``quorumkv.testing.cluster`` to route links through fault proxies)
+        says otherwise."""
+        return [self._dial_map.get(u, u) for u in urls]
+
     def _sync_peers(self) -> None:
         """Point the transport at the current member list (after start and after each membership change)."""
         if self.transport is None:
@@ -629,9 +649,9 @@ class QuorumServer:
             if mid == self.member_id:
                 continue
             if mid not in known:
-                self.transport.add_peer(mid, m.peer_urls)
+                self.transport.add_peer(mid, self._dial_urls(m.peer_urls))
             elif self._peer_urls[mid] != m.peer_urls:
-                self.transport.update_peer(mid, m.peer_urls)
+                self.transport.update_peer(mid, self._dial_urls(m.peer_urls))
             self._peer_urls[mid] = list(m.peer_urls)
         for mid in known - set(members):
             self.transport.remove_peer(mid)
@@ -961,6 +981,22 @@ class QuorumServer:
             await self._transfer_leadership(req.targetID, self.settings.request_timeout_s)
         resp.header.revision = self.current_revision
         return resp
+
+    async def _hand_over_leadership(self) -> None:
+        """Graceful stop of a leader: hand leadership to the most caught-up voter first (as etcd on SIGTERM),
+        so the cluster does not wait an election timeout. Best effort, bounded by an election timeout."""
+        node = self.node
+        assert isinstance(node, RaftNode)
+        progress = node.raw.status().progress
+        voters = [v for v in node.conf_state.voters if v != self.member_id and v in progress]
+        if not voters:
+            return
+        target = max(voters, key=lambda v: progress[v].match)
+        try:
+            await self._transfer_leadership(target, max(1.0, 2 * self.settings.election_timeout_ms / 1000))
+            log.info("handed leadership over before stopping", extra={"new-leader": f"{target:x}"})
+        except EtcdError as exc:
+            log.warning("could not hand leadership over before stopping: %s", exc.message)
 
     async def _transfer_leadership(self, target: int, timeout_s: float) -> None:
         node = self.node

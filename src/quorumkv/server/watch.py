@@ -242,6 +242,15 @@ class WatchHub:
                 self._send_events(w, evs, rev)
                 w.next_rev = rev + 1
 
+    def resync(self, rev: int, compact_rev: int) -> None:
+        """The store jumped to ``rev`` without events (a Raft snapshot from the leader was restored): every
+        synced watcher becomes unsynced and catches up from the store, as after a slow-watcher demotion."""
+        for w in [*self._ranges, *(w for g in self._by_key.values() for w in g)]:
+            self._demote(w)
+        self.compact_rev = max(self.compact_rev, compact_rev)
+        self.last_rev = max(self.last_rev, rev)
+        self.kick()
+
     def advance(self, rev: int) -> None:
         """The store reached ``rev`` without events (e.g. a read-only apply)."""
         if rev > self.last_rev:
