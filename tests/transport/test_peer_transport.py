@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,7 +15,14 @@ import pytest
 from quorumkv.api.quorumkvpb import peer_pb2, peer_pb2_grpc
 from quorumkv.raft.ids import Index, NodeId, Term
 from quorumkv.raft.messages import Entry, Message, MessageType, Snapshot, SnapshotMetadata, encode_message
-from quorumkv.transport import CallErrorKind, PeerCallError, RemoteCallError, Transport, TransportOptions
+from quorumkv.transport import (
+    CallErrorKind,
+    PeerCallError,
+    PeerTransport,
+    RemoteCallError,
+    Transport,
+    TransportOptions,
+)
 
 from .kit import CLUSTER, FAST, Endpoint, MakeEndpoint, eventually, free_port, hb, link
 
@@ -418,3 +426,59 @@ def test_gen_protos_covers_the_peer_proto() -> None:
     spec.loader.exec_module(mod)
     protos = mod.find_protos(root / "src")
     assert Path("quorumkv/api/quorumkvpb/peer.proto") in protos
+
+
+def _self_signed() -> tuple[bytes, bytes]:
+    """A throwaway certificate for 127.0.0.1 and localhost (key PEM, cert PEM)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "quorumkv-test-peer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+async def test_https_peer_urls_with_credentials() -> None:
+    key, cert = _self_signed()
+    got: list[list[Message]] = []
+    eps = [
+        PeerTransport(i, CLUSTER, got.append if i == 2 else (lambda ms: None), lambda p: None, random.Random(i),
+                      options=FAST, server_credentials=grpc.ssl_server_credentials([(key, cert)]),
+                      channel_credentials=grpc.ssl_channel_credentials(root_certificates=cert))
+        for i in (1, 2)
+    ]
+    try:
+        (url1,) = await eps[0].start(["https://127.0.0.1:0"])
+        (url2,) = await eps[1].start(["https://127.0.0.1:0"])
+        assert url1.startswith("https://") and url2.startswith("https://")
+        eps[0].add_peer(2, [url2])
+        eps[0].send([hb(1, 2, commit=4)])
+        await eventually(lambda: len(got) == 1, what="delivery over TLS")
+        assert got == [[hb(1, 2, commit=4)]]
+        eps[1].register_handler("echo", _echo)
+        assert await eps[0].call(2, "echo", b"tls", timeout_s=2) == b"tls"
+    finally:
+        for t in eps:
+            await t.stop()
+
+
+async def _echo(payload: bytes) -> bytes:
+    return payload

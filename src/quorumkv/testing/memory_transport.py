@@ -15,9 +15,10 @@ reachable at the URLs it was ``start`` ed on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from quorumkv.raft.messages import LOCAL_MESSAGES, Message, MessageType, decode_message, encode_message
@@ -134,6 +135,14 @@ class MemoryHub:
         return lo if hi <= lo else self.rng.uniform(lo, hi)
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    target: MemoryTransport
+    frames: list[bytes]
+    size: int
+    finals: int
+
+
 @dataclass(eq=False)
 class _MemPeer:
     member_id: int
@@ -146,8 +155,11 @@ class _MemPeer:
     connects: int = 0
     connected: bool = False
     last_error: str = ""
-    #: loop time of the last scheduled delivery per lane, to keep FIFO order with random delays
-    last_due: tuple[float, float] = (0.0, 0.0)
+    #: per lane (messages, snapshots): loop time of the last scheduled delivery, and the batches in flight in
+    #: send order; each timer delivers the oldest batch, so FIFO holds even when timers tie
+    last_due: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    pending: tuple[collections.deque[_Batch], collections.deque[_Batch]] = field(
+        default_factory=lambda: (collections.deque(), collections.deque()))
 
 
 class MemoryTransport:
@@ -280,12 +292,15 @@ class MemoryTransport:
             peer.in_flight += len(frames)
             peer.in_flight_bytes += size
             loop = self._loop
-            due = max(loop.time() + self.hub._delay(), peer.last_due[snap])
-            peer.last_due = (peer.last_due[0], due) if snap else (due, peer.last_due[1])
-            loop.call_at(due, self._arrive, peer, target, frames, size, snap, finals)
+            lane = int(snap)
+            due = max(loop.time() + self.hub._delay(), peer.last_due[lane])
+            peer.last_due[lane] = due
+            peer.pending[lane].append(_Batch(target, frames, size, finals))
+            loop.call_at(due, self._arrive, peer, snap)
 
-    def _arrive(self, peer: _MemPeer, target: MemoryTransport, frames: list[bytes], size: int, snap: bool,
-                finals: int) -> None:
+    def _arrive(self, peer: _MemPeer, snap: bool) -> None:
+        batch = peer.pending[int(snap)].popleft()
+        target, frames, size, finals = batch.target, batch.frames, batch.size, batch.finals
         peer.in_flight -= len(frames)
         peer.in_flight_bytes -= size
         if not self._running:

@@ -172,6 +172,8 @@ class PeerTransport:
         lanes of peers added so far. Returns the bound URLs with port 0 resolved."""
         if self._loop is not None:
             raise RuntimeError("transport already started")
+        if not listen_urls:
+            raise ValueError("the peer transport needs at least one listen peer URL")
         self._loop = asyncio.get_running_loop()
         o = self.options
         server = grpc.aio.server(
@@ -264,7 +266,7 @@ class PeerTransport:
             self._spawn(ch.close())
         if self._loop is not None and not self._stopped:
             for lane in peer.lanes:
-                self._close_lane(lane, report_to=member_id)
+                self._close_lane(lane, peer, report=True)
             peer.lanes = (_Lane(snapshot=False), _Lane(snapshot=True))
             self._start_lanes(peer)
 
@@ -275,7 +277,7 @@ class PeerTransport:
         if peer is None:
             return
         for lane in peer.lanes:
-            self._close_lane(lane)
+            self._close_lane(lane, peer)
         channels = list(peer.call_channels.values())
         peer.call_channels.clear()
         for ch in channels:
@@ -366,16 +368,18 @@ class PeerTransport:
             lane.state = _LaneState.CONNECTING
             lane.task = self._spawn(self._run_lane(peer, lane))
 
-    def _close_lane(self, lane: _Lane, report_to: int | None = None) -> None:
+    def _close_lane(self, lane: _Lane, peer: _Peer | None = None, report: bool = False) -> None:
+        """Stop the lane's task and discard its queue (counted as dropped on ``peer``; reported if ``report``)."""
         lane.state = _LaneState.CLOSED
         if lane.task is not None:
             lane.task.cancel()
             lane.task = None
-        had = bool(lane.queue)
+        if lane.queue and peer is not None:
+            peer.dropped += len(lane.queue)
+            if report:
+                self._report_failure(peer.member_id, lane.snapshot)
         lane.queue.clear()
         lane.queued_bytes = 0
-        if had and report_to is not None:
-            self._report_failure(report_to, lane.snapshot)
 
     def _backoff_s(self, failures: int) -> float:
         o = self.options
