@@ -1,0 +1,1 @@
+"""quorumkv's own member-to-member (peer) protocol: peer.proto and its generated stubs."""
