@@ -30,7 +30,7 @@ class Hub:
         self.cut: set[int] = set()  # members whose traffic (both ways) is dropped
 
     def factory(self, member_id: int, cluster_id: int, *, on_messages: Callable[[list[Message]], None],
-                on_unreachable: Callable[[int], None], rng: random.Random) -> MemTransport:
+                on_unreachable: Callable[[int], None], rng: random.Random, **_: Any) -> MemTransport:
         return MemTransport(self, member_id, cluster_id, on_messages)
 
     @property

@@ -581,11 +581,14 @@ class QuorumServer:
             from quorumkv.transport import PeerTransport as factory
         self.transport = factory(
             self.member_id, self.cluster_id, on_messages=self._on_peer_messages,
-            on_unreachable=self._on_peer_unreachable, rng=random.Random(self.member_id ^ time.time_ns()))
+            on_unreachable=self._on_peer_unreachable, rng=random.Random(self.member_id ^ time.time_ns()),
+            on_snapshot_status=self._on_snapshot_status)
         self.transport.register_handler("lease_renew", self._handle_lease_renew)
         self.transport.register_handler("lease_ttl", self._handle_lease_ttl)
         self.transport.register_handler("member_promote", self._handle_member_promote)
         self.transport.register_handler("cluster_info", self._handle_cluster_info)
+        if hasattr(self.transport, "open_methods"):
+            self.transport.open_methods.add("cluster_info")
         await self.transport.start(list(self.settings.listen_peer_urls))
         if self.joining:
             await self._join()
@@ -668,6 +671,10 @@ class QuorumServer:
     def _on_peer_unreachable(self, peer: int) -> None:
         if isinstance(self._node, RaftNode):
             self._node.report_unreachable(peer)
+
+    def _on_snapshot_status(self, peer: int, ok: bool) -> None:
+        if isinstance(self._node, RaftNode):
+            self._node.report_snapshot(peer, ok)
 
     def _on_leader_change(self, lead: int, is_leader: bool) -> None:
         if lead:

@@ -164,6 +164,8 @@ class PeerTransport:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unreachable_pending: set[int] = set()
         self.bound_urls: list[str] = []
+        #: Call methods a member that has not joined yet (cluster ID 0, receiver unknown) may use.
+        self.open_methods: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -736,6 +738,8 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
     async def Call(self, request: Any, context: Any) -> Any:
         t = self.t
         refusal = t._refusal(request.cluster_id, request.sender_id, request.receiver_id)
+        if refusal is not None and request.method in t.open_methods and request.cluster_id == 0:
+            refusal = None  # a joining member does not know the cluster ID or our ID yet: it asks for them
         if refusal is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         handler = t._handlers.get(request.method)
