@@ -412,6 +412,11 @@ class Cluster:
         )
 
 
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(empty log)"
+
+
 def _free_ports(count: int) -> list[int]:
     ports: list[int] = []
     for _ in range(count * 20):
@@ -527,8 +532,17 @@ def _start_cluster(
             port_clash = any("address already in use" in m.log_tail(200).lower() for m in cluster.members)
             if port_clash and attempt + 1 < attempts:
                 continue  # another process took a port between free_port() and the bind: fresh ports
+            # Members that exited on their own (not stopped by close()), grouped by exit code and last log line.
+            exited: dict[tuple[int, str], list[str]] = {}
+            for m in cluster.members:
+                code = m.process.returncode if m.process is not None else None
+                if code not in (None, 0, -signal.SIGTERM, -signal.SIGKILL):
+                    assert code is not None
+                    exited.setdefault((code, _last_line(m.log_tail(5))), []).append(m.name)
+            summary = "; ".join(f"{', '.join(who)} exited {code}: {line}" for (code, line), who in exited.items())
+            summary = f" ({summary})" if summary else ""
             logs = "\n".join(f"--- {m.name} ({m.log_path}) ---\n{m.log_tail(15)}" for m in cluster.members)
-            raise ServerNotReady(f"{kind} cluster of {n} did not become ready: {exc}\n{logs}") from exc
+            raise ServerNotReady(f"{kind} cluster of {n} did not become ready{summary}: {exc}\n{logs}") from exc
         except BaseException:
             cluster.close()
             raise
