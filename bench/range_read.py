@@ -24,6 +24,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -55,6 +56,17 @@ RPC_TIMEOUT_S = 5.0
 #: Hard cap per client coroutine, on top of the time bound.
 MAX_REQUESTS_PER_CLIENT = 5_000_000
 _CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+
+
+def channel_options(endpoint: str) -> list[tuple[str, Any]]:
+    """Channel options for ``endpoint``.
+
+    A multi-address target (``ipv4:127.0.0.1:A,127.0.0.1:B``: a cluster) spreads its requests over every
+    address (round robin) instead of sticking to the first.
+    """
+    if "," in endpoint:
+        return [*_CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+    return list(_CHANNEL_OPTIONS)
 
 
 def key_of(index: int) -> bytes:
@@ -121,7 +133,7 @@ async def _worker_async(
 ) -> WorkerResult:
     result = WorkerResult()
     key_list = [key_of(i) for i in range(keys)]
-    channels = [grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS) for _ in range(conns)]
+    channels = [grpc.aio.insecure_channel(endpoint, options=channel_options(endpoint)) for _ in range(conns)]
     try:
         await asyncio.gather(*(asyncio.wait_for(ch.channel_ready(), 10.0) for ch in channels))
         stubs = [rpc_pb2_grpc.KVStub(ch) for ch in channels]  # type: ignore[no-untyped-call]
@@ -210,7 +222,7 @@ def run_load(
     serializable: bool,
     warmup_s: float,
     duration_s: float,
-    server_pid: int,
+    server_pid: int | Sequence[int],
 ) -> tuple[ReadStats, WindowCpu]:
     """Run the closed-loop read load in ``procs`` spawned processes; bounded by time (and a kill after).
 
@@ -268,7 +280,11 @@ class WindowCpu:
     other_percent: float
 
 
-def _measure_window_cpu(server_pid: int, worker_pids: list[int], measure_from: float, duration_s: float) -> WindowCpu:
+def _measure_window_cpu(
+    server_pid: int | Sequence[int], worker_pids: list[int], measure_from: float, duration_s: float
+) -> WindowCpu:
+    server_pids = [server_pid] if isinstance(server_pid, int) else list(server_pid)
+
     def cpu(pids: list[int]) -> float:
         total = 0.0
         for pid in pids:
@@ -279,11 +295,11 @@ def _measure_window_cpu(server_pid: int, worker_pids: list[int], measure_from: f
         return total
 
     time.sleep(max(0.0, measure_from - time.time()))
-    t0, server0, client0 = time.monotonic(), cpu([server_pid]), cpu(worker_pids)
+    t0, server0, client0 = time.monotonic(), cpu(server_pids), cpu(worker_pids)
     machine0 = read_machine_busy_seconds()
     time.sleep(max(0.0, duration_s - 0.2))  # stop sampling just before the workers stop and exit
     elapsed = time.monotonic() - t0
-    server1, client1, machine1 = cpu([server_pid]), cpu(worker_pids), read_machine_busy_seconds()
+    server1, client1, machine1 = cpu(server_pids), cpu(worker_pids), read_machine_busy_seconds()
     server_s, client_s = server1 - server0, client1 - client0
     return WindowCpu(
         server_percent=round(100 * server_s / elapsed, 1),

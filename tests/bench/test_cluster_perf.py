@@ -1,0 +1,100 @@
+"""bench.cluster_perf: reporting, ratios, clean failure when a cluster cannot start; an etcd smoke run (slow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench import cluster_perf, range_read  # noqa: E402
+from bench.check_perf import parse_check_perf  # noqa: E402
+from quorumkv.testing.processes import ServerNotReady  # noqa: E402
+
+#: The result lines of ``etcdctl check perf`` (etcd 3.4.23), progress bar left out.
+CHECK_PERF_PASS = (
+    "PASS: Throughput is 150 writes/s\n"
+    "PASS: Slowest request took 0.070780s\n"
+    "PASS: Stddev is 0.001181s\n"
+    "PASS\n"
+)
+
+
+def side_with_writes(server: str, writes: str) -> cluster_perf.SideResult:
+    text = CHECK_PERF_PASS.replace("Throughput is 150 writes/s", f"Throughput is {writes} writes/s")
+    perf = cluster_perf.CheckPerfResult(server, "l", ["etcdctl"], returncode=0, parsed=parse_check_perf(text))
+    return cluster_perf.SideResult(server, check_perf=perf)
+
+
+def test_defaults() -> None:
+    args = cluster_perf.parse_args([])
+    assert args.parts == list(cluster_perf.PARTS)
+    assert args.kinds == ["etcd", "quorumkv"]
+    assert (args.load, args.trials, args.heartbeat_interval, args.election_timeout) == ("l", 10, 100, 1000)
+    assert cluster_perf.parse_args(["--server", "quorumkv", "--part", "failover"]).kinds == ["quorumkv"]
+    with pytest.raises(SystemExit):
+        cluster_perf.parse_args(["--trials", "0"])
+
+
+def test_write_ratio_and_target() -> None:
+    etcd = side_with_writes("etcd", "8000")
+    fast, slow = side_with_writes("quorumkv", "4400"), side_with_writes("quorumkv", "3000")
+    assert cluster_perf.write_ratio([etcd, fast]) == pytest.approx(0.55)
+    assert cluster_perf.target_line([etcd, fast], "l").endswith(": MET (ratio 0.55)")
+    assert cluster_perf.target_line([etcd, slow], "l").endswith(": NOT MET (ratio 0.38)")
+    assert cluster_perf.target_line([etcd], "l").endswith(": NOT MEASURED")
+
+
+def test_failover_median() -> None:
+    result = cluster_perf.FailoverResult("etcd", times_s=[1.5, 1.2, 3.0, 1.3])
+    assert result.median_s == pytest.approx(1.4)
+    assert cluster_perf.FailoverResult("etcd").median_s is None
+
+
+def test_a_cluster_that_cannot_start_is_reported_not_raised(tmp_path: Path) -> None:
+    args = cluster_perf.parse_args(["--server", "quorumkv", "--wait-quiet", "0"])
+    started: list[str] = []
+
+    def refuse(kind: str, tmp: Path, _args: object) -> cluster_perf.Cluster:
+        started.append(kind)
+        raise ServerNotReady("quorumkv cluster of 3 did not become ready (m1 exited 1: no clustering)\nlog tail")
+
+    side = cluster_perf.run_side("quorumkv", args, tmp_path, start=refuse)
+    assert started == ["quorumkv"] * 3  # one fresh cluster per part
+    assert side.check_perf is not None and side.check_perf.error is not None
+    assert side.check_perf.error.startswith("cluster did not start: ServerNotReady: quorumkv cluster of 3")
+    assert "log tail" not in side.check_perf.error  # first line only
+    assert [(r.mode, r.error is not None) for r in side.range] == [(m, True) for m in range_read.MODES]
+    assert side.failover is not None and side.failover.error is not None and side.failover.times_s == []
+
+    report = cluster_perf.render([side_with_writes("etcd", "8000"), side], "l")
+    assert "ERROR quorumkv check perf: cluster did not start" in report
+    assert "ERROR quorumkv failover: cluster did not start" in report
+    assert report.count("ERROR quorumkv range") == 2
+    assert "NOT MEASURED" in report
+    document = cluster_perf.as_document([side], args, {"nproc": 2})
+    json.dumps(document)  # serialisable
+    assert document["results"][0]["failover"]["error"].startswith("cluster did not start")
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+@pytest.mark.skipif(shutil.which("etcd") is None or shutil.which("etcdctl") is None, reason="etcd 3.4 not on PATH")
+def test_etcd_failover_and_range_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cluster_perf.main(
+        ["--server", "etcd", "--part", "failover", "--part", "range", "--trials", "2", "--keys", "200",
+         "--clients", "8", "--duration", "2", "--warmup", "0.5", "--wait-quiet", "0", "--json"]
+    )  # fmt: skip
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    (etcd,) = document["results"]
+    assert len(etcd["failover"]["times_s"]) == 2 and etcd["failover"]["error"] is None
+    assert all(0 < t < cluster_perf.FAILOVER_DEADLINE_S for t in etcd["failover"]["times_s"])
+    assert [r["mode"] for r in etcd["range"]] == list(range_read.MODES)
+    assert all(r["stats"]["reads_per_s"] > 0 and r["error"] is None for r in etcd["range"])
