@@ -1,8 +1,6 @@
 """The cluster harness: real etcd 3.4 clusters (the reference), the proxy wiring, and quorumkv clusters.
 
-The quorumkv cluster tests at the bottom are written against the harness now and marked xfail until
-clustering is wired into the server (``python -m quorumkv`` refuses a multi-member ``--initial-cluster``
-today, so they fail fast).  Remove the marker to enable them.
+The quorumkv cluster tests at the bottom start real ``python -m quorumkv`` members with etcd's flags.
 """
 
 from __future__ import annotations
@@ -34,9 +32,6 @@ FAST = {"heartbeat_ms": 50, "election_ms": 500}
 needs_etcd = pytest.mark.skipif(
     shutil.which(ETCD_BIN) is None or shutil.which(ETCDCTL_BIN) is None,
     reason="etcd/etcdctl 3.4 not on PATH (apt-get install etcd-server etcd-client; scripts/test.sh does this)",
-)
-clustering_pending = pytest.mark.xfail(
-    reason="clustering not wired yet: python -m quorumkv refuses a multi-member --initial-cluster", strict=False
 )
 
 
@@ -244,7 +239,7 @@ def test_quorumkv_cluster_proxy_wiring(tmp_path: Path) -> None:
 
 @pytest.mark.interop
 @needs_etcd
-@clustering_pending
+
 def test_quorumkv_cluster_start_leader_kill_restart(tmp_path: Path) -> None:
     with start_quorumkv_cluster(3, tmp_path, **FAST) as cluster:
         leader = cluster.leader()
@@ -261,7 +256,7 @@ def test_quorumkv_cluster_start_leader_kill_restart(tmp_path: Path) -> None:
 
 @pytest.mark.interop
 @needs_etcd
-@clustering_pending
+
 def test_quorumkv_members_dial_peers_through_their_proxies(tmp_path: Path) -> None:
     """Every directed link carries traffic: the server honours QUORUMKV_TEST_PEER_DIAL_MAP."""
     with start_quorumkv_cluster(3, tmp_path, with_proxies=True, **FAST) as cluster:
@@ -277,7 +272,7 @@ def test_quorumkv_members_dial_peers_through_their_proxies(tmp_path: Path) -> No
 
 @pytest.mark.interop
 @needs_etcd
-@clustering_pending
+
 def test_quorumkv_isolated_leader_is_replaced_and_rejoins(tmp_path: Path) -> None:
     with start_quorumkv_cluster(3, tmp_path, with_proxies=True, **FAST) as cluster:
         old = cluster.leader()
