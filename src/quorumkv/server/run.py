@@ -282,8 +282,15 @@ async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TL
             loop.add_signal_handler(sig, stop.set)
     if on_ready is not None:
         on_ready(member)
+    removed = member.server.removed_event
     try:
-        await stop.wait()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(removed.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+        if removed.is_set():
+            log.error("the member has been permanently removed from the cluster; stopping",
+                      extra={"member-id": f"{member.server.member_id:x}"})
     finally:
         log.info("stopping member")
         await member.close()

@@ -556,6 +556,11 @@ class QuorumServer:
             log.info("finished auto-compaction", extra={"revision": rev})
 
     @property
+    def removed_event(self) -> asyncio.Event:
+        """Set once this member has applied its own removal from the cluster."""
+        return self._removed
+
+    @property
     def has_leader(self) -> bool:
         node = self._node
         return isinstance(node, LocalNode) or (node is not None and node.lead != 0)
@@ -589,6 +594,7 @@ class QuorumServer:
         self.transport.register_handler("cluster_info", self._handle_cluster_info)
         if hasattr(self.transport, "open_methods"):
             self.transport.open_methods.add("cluster_info")
+            self.transport.on_removed = self._on_refused_as_removed
         await self.transport.start(list(self.settings.listen_peer_urls))
         if self.joining:
             await self._join()
@@ -696,6 +702,20 @@ class QuorumServer:
             log.warning("this member was removed from the cluster; stopping",
                         extra={"member-id": f"{self.member_id:x}"})
             self._removed.set()
+
+    def _on_refused_as_removed(self, peer: int) -> None:
+        """A peer refused us as a removed member: we missed applying our own removal (it was committed after
+        the leader stopped talking to us). Record it, so a restart on this data dir is refused too."""
+        if self._removed.is_set():
+            return
+        log.warning("a peer says this member was removed from the cluster; stopping",
+                    extra={"member-id": f"{self.member_id:x}", "peer": f"{peer:x}"})
+        try:
+            with self.backend.write_txn() as c:
+                c.execute("INSERT OR IGNORE INTO removed_member(id) VALUES (?)", (to_i64(self.member_id),))
+        except Exception as exc:  # the refusal on restart is a convenience; stopping is what matters
+            log.warning("could not record the removal: %r", exc)
+        self._removed.set()
 
     def _on_node_fatal(self, exc: BaseException) -> None:
         log.error("member stopped serving writes after a fatal error: %r", exc)

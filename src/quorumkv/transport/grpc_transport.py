@@ -25,7 +25,7 @@ import collections
 import enum
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +164,8 @@ class PeerTransport:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unreachable_pending: set[int] = set()
         self.bound_urls: list[str] = []
+        #: Called (with the refusing peer's ID) when a peer refuses our stream because we were removed.
+        self.on_removed: Callable[[int], None] | None = None
         #: Call methods a member that has not joined yet (cluster ID 0, receiver unknown) may use.
         self.open_methods: set[str] = set()
 
@@ -454,6 +456,8 @@ class PeerTransport:
             await asyncio.sleep(delay)
 
     def _note_error(self, peer: _Peer, lane: _Lane, url: str, err: str, was_connected: bool) -> None:
+        if removed_member_message(self.member_id) in err and self.on_removed is not None:
+            self.on_removed(peer.member_id)  # a member refuses us because we were removed from the cluster
         changed = err != peer.last_error
         peer.last_error = err
         extra = {"remote-peer-id": f"{peer.member_id:x}", "url": url, "stream": lane.name, "error": err}
