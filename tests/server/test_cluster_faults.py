@@ -1,0 +1,158 @@
+"""Fault scenarios on real 3-member quorumkv clusters, every peer link through a fault-injecting proxy.
+
+After each scenario: every acknowledged write is present on every member and HashKV agrees at one revision.
+Clients write concurrently through every scenario (bounded in count and time); a failed or timed-out write is
+"maybe applied" and only acknowledged ones are required.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from quorumkv.testing.cluster import Cluster, start_quorumkv_cluster
+from quorumkv.testing.processes import ETCD_BIN, ETCDCTL_BIN, run_etcdctl
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(shutil.which(ETCD_BIN) is None or shutil.which(ETCDCTL_BIN) is None,
+                       reason="etcd/etcdctl 3.4 not on PATH (scripts/test.sh installs them)"),
+]
+
+FAST = {"heartbeat_ms": 50, "election_ms": 500}
+
+
+class Writers:
+    """Background clients putting unique keys through every member, recording what was acknowledged."""
+
+    def __init__(self, cluster: Cluster, prefix: str, max_ops: int = 400) -> None:
+        self.cluster, self.prefix, self.max_ops = cluster, prefix, max_ops
+        self.acked: list[str] = []
+        self.failed = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(name, i), daemon=True)
+                         for i, name in enumerate(cluster.names)]
+
+    def _run(self, name: str, worker: int) -> None:
+        endpoint = self.cluster.member(name).client_url
+        for n in range(self.max_ops // len(self._threads)):
+            if self._stop.is_set():
+                return
+            key = f"{self.prefix}/{worker}/{n:05d}"
+            r = run_etcdctl(endpoint, "--command-timeout=2s", "--dial-timeout=1s", "put", key, "x", timeout_s=10)
+            if r.returncode == 0:
+                self.acked.append(key)
+            else:
+                self.failed += 1
+                time.sleep(0.05)
+
+    def __enter__(self) -> Writers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+
+def keys_on(cluster: Cluster, name: str, prefix: str) -> set[str]:
+    r = run_etcdctl(cluster.member(name).client_url, "get", prefix, "--prefix", "--keys-only", timeout_s=30)
+    assert r.returncode == 0, r.stderr
+    return {line for line in r.stdout.splitlines() if line}
+
+
+def wait_until(cond: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s}s"
+        time.sleep(0.2)
+
+
+def hashes_at_common_revision(cluster: Cluster) -> set[int]:
+    revs = []
+    for n in cluster.names:
+        st = json.loads(run_etcdctl(cluster.member(n).client_url, "endpoint", "status", write_out="json").stdout)
+        revs.append(st[0]["Status"]["header"]["revision"])
+    rev = min(revs)
+    out = set()
+    for n in cluster.names:
+        r = run_etcdctl(cluster.member(n).client_url, "endpoint", "hashkv", f"--rev={rev}", write_out="json")
+        out.add(json.loads(r.stdout)[0]["HashKV"]["hash"])
+    return out
+
+
+def check_converged(cluster: Cluster, acked: list[str], prefix: str) -> None:
+    """Every acknowledged write on every member, and the members agree (HashKV) at a common revision."""
+    wait_until(lambda: len(hashes_at_common_revision(cluster)) == 1, 30, "equal HashKV on all members")
+    for n in cluster.names:
+        present = keys_on(cluster, n, prefix)
+        missing = set(acked) - present
+        assert not missing, f"{n} lost acknowledged writes: {sorted(missing)[:5]}"
+
+
+@contextmanager
+def cluster3(tmp_path: Path, **kw: object) -> Iterator[Cluster]:
+    with start_quorumkv_cluster(3, tmp_path, with_proxies=True, **FAST, **kw) as c:  # type: ignore[arg-type]
+        c.leader()
+        yield c
+
+
+def test_partitioned_leader_is_replaced_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
+    with cluster3(tmp_path) as cluster:
+        with Writers(cluster, "p1") as w:
+            time.sleep(1.0)
+            old = cluster.leader()
+            cluster.isolate(old)
+            new = cluster.leader(exclude=old, timeout_s=20)
+            assert new != old
+            time.sleep(1.5)
+            cluster.heal()
+            wait_until(lambda: cluster.find_leader() is not None, 20, "one leader after heal")
+            time.sleep(1.0)
+        assert len(w.acked) > 20
+        check_converged(cluster, w.acked, "p1/")
+
+
+def test_partitioned_follower_and_asymmetric_links(tmp_path: Path) -> None:
+    with cluster3(tmp_path) as cluster:
+        with Writers(cluster, "p2") as w:
+            leader = cluster.leader()
+            f1, f2 = [n for n in cluster.names if n != leader]
+            cluster.isolate(f1)  # a follower partitioned away: the majority goes on
+            time.sleep(1.5)
+            cluster.heal()
+            cluster.one_way(leader, f2)  # the leader reaches f2, f2's answers are lost
+            time.sleep(1.5)
+            cluster.heal()
+            cluster.one_way(f2, leader)  # f2 reaches the leader, but hears nothing back
+            time.sleep(1.5)
+            cluster.heal()
+            time.sleep(1.0)
+        assert len(w.acked) > 20
+        check_converged(cluster, w.acked, "p2/")
+
+
+def test_follower_blackholed_until_it_needs_a_snapshot(tmp_path: Path) -> None:
+    with cluster3(tmp_path, extra_args=("--snapshot-count", "40")) as cluster:
+        leader = cluster.leader()
+        lagging = next(n for n in cluster.names if n != leader)
+        cluster.isolate(lagging)
+        acked = []
+        for i in range(150):  # far past --snapshot-count: the log the follower needs is compacted away
+            r = run_etcdctl(cluster.member(leader).client_url, "put", f"s/{i:04d}", "v")
+            assert r.returncode == 0, r.stderr
+            acked.append(f"s/{i:04d}")
+        cluster.heal()
+        wait_until(lambda: "s/0149" in keys_on(cluster, lagging, "s/"), 30, "lagging member caught up")
+        assert "restoring a state snapshot" in cluster.member(lagging).log_tail(400)
+        check_converged(cluster, acked, "s/")
