@@ -117,6 +117,11 @@ class ServerSettings:
     snapshot_count: int = 10_000
     #: How long a write or linearizable read waits for the cluster; 0: etcd's 5 s plus two election timeouts.
     request_timeout_ms: int = 0
+    #: Peer TLS (etcd's --peer-* flags): the peer service serves and dials TLS when cert and key are given.
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    peer_client_cert_auth: bool = False
 
     @property
     def request_timeout_s(self) -> float:
@@ -144,6 +149,10 @@ class ServerSettings:
             initial_cluster_state=getattr(cfg, "initial_cluster_state", "new"),
             listen_peer_urls=list(getattr(cfg, "listen_peer_urls", ["http://localhost:2380"])),
             snapshot_count=int(getattr(cfg, "snapshot_count", 10_000)),
+            peer_cert_file=str(getattr(cfg, "peer_cert_file", "") or ""),
+            peer_key_file=str(getattr(cfg, "peer_key_file", "") or ""),
+            peer_trusted_ca_file=str(getattr(cfg, "peer_trusted_ca_file", "") or ""),
+            peer_client_cert_auth=bool(getattr(cfg, "peer_client_cert_auth", False)),
         )
 
     @property
@@ -585,7 +594,7 @@ class QuorumServer:
         if factory is None:
             from quorumkv.transport import PeerTransport as factory
         self.transport = factory(
-            self.member_id, self.cluster_id, on_messages=self._on_peer_messages,
+            self.member_id, self.cluster_id, **self._peer_credentials(), on_messages=self._on_peer_messages,
             on_unreachable=self._on_peer_unreachable, rng=random.Random(self.member_id ^ time.time_ns()),
             on_snapshot_status=self._on_snapshot_status)
         self.transport.register_handler("lease_renew", self._handle_lease_renew)
@@ -599,6 +608,25 @@ class QuorumServer:
         if self.joining:
             await self._join()
         self._sync_peers()
+
+    def _peer_credentials(self) -> dict[str, Any]:
+        """gRPC credentials for the peer service from the --peer-* TLS flags (none: plaintext peers)."""
+        s = self.settings
+        if not s.peer_cert_file:
+            return {}
+        import grpc
+
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+        key, cert = read(s.peer_key_file), read(s.peer_cert_file)
+        ca = read(s.peer_trusted_ca_file) if s.peer_trusted_ca_file else None
+        return {
+            "server_credentials": grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=s.peer_client_cert_auth and ca is not None),
+            "channel_credentials": grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                                                certificate_chain=cert),
+        }
 
     async def _join(self) -> None:
         """A new member of a running cluster: learn the cluster ID and members from a live member, check that
