@@ -209,3 +209,24 @@ def test_watch_on_a_follower_across_a_leader_change(tmp_path: Path) -> None:
         events = [(lines[k], lines[k + 1], lines[k + 2]) for k in range(0, len(lines) - 2, 3)]
         # no gap, no duplicate, order kept
         assert events == [("PUT", f"w{i}", str(i)) for i in range(20)], watch.stdout
+
+
+def test_member_of_another_cluster_is_refused_with_both_ids(tmp_path: Path) -> None:
+    with start_quorumkv_cluster(3, tmp_path / "a", token="cluster-a", **FAST) as a:
+        a.leader()
+        m3 = a.member("m3")
+        a.kill("m3")
+        # the same member name and URLs, but a fresh data dir and another token: another cluster's member
+        stranger = start_quorumkv(tmp_path / "b", name="m3", ready_timeout_s=None, extra_args=(
+            "--initial-cluster", ",".join(f"{m.name}={m.peer_url}" for m in a.members),
+            "--initial-advertise-peer-urls", m3.peer_url, "--listen-peer-urls", m3.peer_url,
+            "--initial-cluster-token", "cluster-b", "--heartbeat-interval", "50", "--election-timeout", "500"))
+        try:
+            wait_until(lambda: "request cluster ID mismatch" in a.member("m1").log_tail(400)
+                       + a.member("m2").log_tail(400), 20, "refusal logged")
+            logs = a.member("m1").log_tail(400) + a.member("m2").log_tail(400)
+            line = next(x for x in logs.splitlines() if "request cluster ID mismatch" in x)
+            assert "local member cluster ID" in line and "remote peer" in line
+            ok(a.etcdctl("put", "still", "fine"))  # the real cluster is not disturbed
+        finally:
+            stranger.stop()
