@@ -860,9 +860,21 @@ class QuorumServer:
         self._raft_node()
         if req.ID not in self._members():
             raise errors.MEMBER_NOT_FOUND
-        await self._propose_conf_change(ConfChangeType.REMOVE_NODE, req.ID, None)
+        change = asyncio.ensure_future(self._propose_conf_change(ConfChangeType.REMOVE_NODE, req.ID, None))
+        if req.ID == self.member_id:
+            # Removing ourselves: the leader may stop talking to us before we apply it; a peer refusing us as
+            # removed (or applying it) proves the removal committed.
+            removed = asyncio.ensure_future(self._removed.wait())
+            await asyncio.wait([change, removed], return_when=asyncio.FIRST_COMPLETED)
+            removed.cancel()
+            if not change.done():
+                change.cancel()
+            elif change.exception() is not None:
+                raise change.exception()  # type: ignore[misc]
+        else:
+            await change
         resp = pb.MemberRemoveResponse()
-        resp.members.extend(self._member_pbs())
+        resp.members.extend(m for m in self._member_pbs() if m.ID != req.ID)
         resp.header.revision = self.current_revision
         return resp
 
