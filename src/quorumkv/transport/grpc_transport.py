@@ -236,10 +236,16 @@ class PeerTransport:
             await self._server.stop(self.options.stop_grace_s)
             self._server = None
 
-    async def _join_tasks(self) -> None:
+    async def _join_tasks(self, timeout_s: float = 5.0) -> None:
+        """Wait (bounded) for the lane tasks to finish; any still running are cancelled again and left."""
         tasks = list(self._tasks)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for t in pending:
+            t.cancel()
+        if pending:
+            log.warning("peer transport tasks did not stop in time", extra={"tasks": len(pending)})
 
     # ------------------------------------------------------------------------------------------ membership
 
