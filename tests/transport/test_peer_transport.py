@@ -483,3 +483,29 @@ async def test_https_peer_urls_with_credentials() -> None:
 
 async def _echo(payload: bytes) -> bytes:
     return payload
+
+
+async def test_frames_respect_max_batch_bytes(make_endpoint: MakeEndpoint) -> None:
+    opts = TransportOptions(**{**FAST.__dict__, "max_batch_bytes": 7000})
+    a, b = await make_endpoint(1, options=opts), await make_endpoint(2)
+    link(a, b)
+    msgs = [app(1, 2, i, b"q" * 3000) for i in range(10)] + [app(1, 2, 10, b"Q" * 20_000)]
+    a.transport.send(msgs)
+    await eventually(lambda: len(b.messages()) == 11, what="all eleven")
+    assert b.messages() == msgs
+    sizes = [sum(len(encode_message(m)) for m in batch) for batch in b.received]
+    assert [len(batch) for batch in b.received] == [2, 2, 2, 2, 2, 1]
+    assert all(size <= 7000 for size in sizes[:-1]) and sizes[-1] > 7000  # an oversized message goes alone
+
+
+def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
+    t = PeerTransport(1, CLUSTER, lambda ms: None, lambda p: None, random.Random(5),
+                      options=TransportOptions(backoff_base_s=0.1, backoff_max_s=2.0))
+    delays = [t._backoff_s(n) for n in range(8)]
+    for n, d in enumerate(delays):
+        cap = min(2.0, 0.1 * 2**n)
+        assert cap / 2 <= d <= cap, (n, d)
+    assert delays[5] > delays[0] * 4
+    again = PeerTransport(1, CLUSTER, lambda ms: None, lambda p: None, random.Random(5),
+                          options=TransportOptions(backoff_base_s=0.1, backoff_max_s=2.0))
+    assert [again._backoff_s(n) for n in range(8)] == delays  # the jitter comes from the injected rng

@@ -53,6 +53,8 @@ from quorumkv.transport.base import (
 log = logging.getLogger("quorumkv.transport")
 
 MIB = 1024 * 1024
+#: room left in a frame for its protobuf framing when one message fills it
+_FRAME_OVERHEAD_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -317,8 +319,9 @@ class PeerTransport:
                         or lane.queued_bytes + len(data) > o.max_snapshot_queue_bytes)
             else:
                 full = len(lane.queue) >= o.max_queue_messages or lane.queued_bytes + len(data) > o.max_queue_bytes
-            if lane.state in (_LaneState.BACKOFF, _LaneState.CLOSED) or full or len(data) > o.max_frame_bytes:
-                if len(data) > o.max_frame_bytes:
+            too_big = len(data) > o.max_frame_bytes - _FRAME_OVERHEAD_BYTES
+            if lane.state in (_LaneState.BACKOFF, _LaneState.CLOSED) or full or too_big:
+                if too_big:
                     peer.last_error = f"message of {len(data)} bytes exceeds max frame size {o.max_frame_bytes}"
                     log.error("dropped an oversized message", extra={"to": f"{m.to:x}", "bytes": len(data)})
                 peer.dropped += 1
