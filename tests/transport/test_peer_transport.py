@@ -142,7 +142,8 @@ async def test_wrong_member_at_url_and_removed_sender_are_refused(make_endpoint:
     assert "rejected request from member 1" in stats_of(a, 2).last_error
 
 
-async def test_peer_down_then_up_reconnects_and_delivers(make_endpoint: MakeEndpoint) -> None:
+async def test_peer_down_then_up_reconnects_and_delivers(make_endpoint: MakeEndpoint,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     a = await make_endpoint(1)
     a.transport.add_peer(2, [url])
@@ -161,8 +162,11 @@ async def test_peer_down_then_up_reconnects_and_delivers(make_endpoint: MakeEndp
     await deliver(b, 1)
     assert stats_of(a, 2).connected and stats_of(a, 2).connects == 1
 
+    caplog.clear()
     await b.transport.stop()
     await eventually(lambda: not stats_of(a, 2).connected, what="a notices b stopped")
+    lost = [r for r in caplog.records if r.getMessage() == "lost peer stream"]
+    assert lost and lost[0].__dict__["remote-peer-id"] == "2"
     b2 = await make_endpoint(2, url=url)
     await deliver(b2, 2)
     assert stats_of(a, 2).connects == 2

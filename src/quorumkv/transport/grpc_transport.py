@@ -106,6 +106,10 @@ class _Lane:
     #: set by the stream watcher when the peer ends the stream; wakes the writer
     broken: BaseException | None = None
     url: str = ""
+    #: index into the peer's URLs of the next URL to try
+    url_index: int = 0
+    #: times this lane's stream was accepted
+    connects: int = 0
 
     @property
     def name(self) -> str:
@@ -117,8 +121,6 @@ class _Peer:
     member_id: int
     urls: tuple[str, ...]
     lanes: tuple[_Lane, _Lane]
-    #: index into ``urls`` of the next URL the lanes try (shared: a URL that works is kept by both)
-    url_index: int = 0
     sent_messages: int = 0
     sent_bytes: int = 0
     dropped: int = 0
@@ -262,7 +264,6 @@ class PeerTransport:
         if checked == peer.urls:
             return
         peer.urls = checked
-        peer.url_index = 0
         peer.call_url_index = 0
         old_channels = dict(peer.call_channels)
         peer.call_channels.clear()
@@ -419,15 +420,15 @@ class PeerTransport:
         failures = 0  # consecutive failed rounds over all URLs
         tried_in_round = 0
         while lane.state != _LaneState.CLOSED and not self._stopped:
-            url = peer.urls[peer.url_index % len(peer.urls)]
+            url = peer.urls[lane.url_index % len(peer.urls)]
             lane.state = _LaneState.CONNECTING
             lane.broken = None
-            was_connected = False
+            connects = lane.connects
             err = ""
             channel = None
             try:
                 channel = self._channel(url)
-                was_connected = await self._stream(peer, lane, channel, url)
+                await self._stream(peer, lane, channel, url)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -441,6 +442,7 @@ class PeerTransport:
                     await channel.close(None)
             if lane.state == _LaneState.CLOSED or self._stopped:
                 return
+            was_connected = lane.connects > connects
             if not err:
                 err = "stream ended by the peer"
             self._note_error(peer, lane, url, err, was_connected)
@@ -448,7 +450,7 @@ class PeerTransport:
                 failures, tried_in_round = 0, 0
                 delay = self._backoff_s(0)
             else:
-                peer.url_index += 1
+                lane.url_index += 1
                 tried_in_round += 1
                 if tried_in_round < len(peer.urls):
                     continue  # try the next URL at once
@@ -476,14 +478,13 @@ class PeerTransport:
             lane.queued_bytes = 0
             self._report_failure(peer.member_id, lane.snapshot)
 
-    async def _stream(self, peer: _Peer, lane: _Lane, channel: Any, url: str) -> bool:
-        """Run one stream until it fails (raises) or the lane closes. Returns whether the peer accepted it."""
+    async def _stream(self, peer: _Peer, lane: _Lane, channel: Any, url: str) -> None:
+        """Run one stream until it fails (raises) or the lane closes (returns)."""
         o = self.options
         stub = peer_pb2_grpc.PeerStub(channel)  # type: ignore[no-untyped-call]
         call = stub.Stream()
         watcher: asyncio.Task[None] | None = None
         batch: list[tuple[bytes, bool]] = []
-        accepted = False
         try:
             header = peer_pb2.StreamHeader(
                 cluster_id=self.cluster_id,
@@ -500,9 +501,9 @@ class PeerTransport:
             if ack.member_id != peer.member_id:
                 raise ConnectionError(
                     f"the peer at {url} is member {ack.member_id:x}, expected {peer.member_id:x}")
-            accepted = True
             lane.state = _LaneState.CONNECTED
             lane.url = url
+            lane.connects += 1
             if not lane.snapshot:
                 peer.connects += 1
             if peer.last_error:
@@ -544,7 +545,6 @@ class PeerTransport:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
-        return accepted  # the lane was closed
 
     async def _handshake(self, call: Any, header: Any) -> Any:
         await call.write(peer_pb2.StreamFrame(header=header))
