@@ -2,7 +2,8 @@
 """Regenerate (or check) the Python stubs for quorumkv's .proto files.
 
 Every ``*.proto`` under ``src/quorumkv/api`` is compiled with ``grpc_tools.protoc`` using ``-I src``,
-producing ``*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py`` next to the proto.
+producing ``*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py`` next to the proto: etcd's client API
+(``etcdserverpb``, ``mvccpb``, ``authpb``) and quorumkv's own member-to-member protocol (``quorumkvpb/peer.proto``).
 
     python scripts/gen_protos.py            # rewrite the committed stubs
     python scripts/gen_protos.py --check    # exit 1 if the committed stubs are stale or missing

@@ -142,7 +142,8 @@ async def test_wrong_member_at_url_and_removed_sender_are_refused(make_endpoint:
     assert "rejected request from member 1" in stats_of(a, 2).last_error
 
 
-async def test_peer_down_then_up_reconnects_and_delivers(make_endpoint: MakeEndpoint) -> None:
+async def test_peer_down_then_up_reconnects_and_delivers(make_endpoint: MakeEndpoint,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     a = await make_endpoint(1)
     a.transport.add_peer(2, [url])
@@ -161,8 +162,11 @@ async def test_peer_down_then_up_reconnects_and_delivers(make_endpoint: MakeEndp
     await deliver(b, 1)
     assert stats_of(a, 2).connected and stats_of(a, 2).connects == 1
 
+    caplog.clear()
     await b.transport.stop()
     await eventually(lambda: not stats_of(a, 2).connected, what="a notices b stopped")
+    lost = [r for r in caplog.records if r.getMessage() == "lost peer stream"]
+    assert lost and lost[0].__dict__["remote-peer-id"] == "2"
     b2 = await make_endpoint(2, url=url)
     await deliver(b2, 2)
     assert stats_of(a, 2).connects == 2
@@ -202,8 +206,9 @@ async def test_full_queue_drops_and_reports_unreachable(make_endpoint: MakeEndpo
     await asyncio.sleep(0)
     assert a.unreachable == [4]  # one report for the four drops
     # The stuck connection attempt times out: the queued eight are dropped and reported too.
-    await eventually(lambda: stats_of(a, 4).dropped == 12, what="queue failed after connect timeout")
-    assert stats_of(a, 4).queued == 0 and a.unreachable.count(4) >= 2
+    await eventually(lambda: stats_of(a, 4).dropped == 12 and a.unreachable.count(4) == 2,
+                     what="queue failed after connect timeout, and reported")
+    assert stats_of(a, 4).queued == 0
     assert "no answer from the peer" in stats_of(a, 4).last_error
     # A snapshot chunk to a peer that cannot take it is reported as a failed snapshot.
     a.transport.send(snap_chunks(1, 4, b"s" * 10, 10))
@@ -482,3 +487,29 @@ async def test_https_peer_urls_with_credentials() -> None:
 
 async def _echo(payload: bytes) -> bytes:
     return payload
+
+
+async def test_frames_respect_max_batch_bytes(make_endpoint: MakeEndpoint) -> None:
+    opts = TransportOptions(**{**FAST.__dict__, "max_batch_bytes": 7000})
+    a, b = await make_endpoint(1, options=opts), await make_endpoint(2)
+    link(a, b)
+    msgs = [app(1, 2, i, b"q" * 3000) for i in range(10)] + [app(1, 2, 10, b"Q" * 20_000)]
+    a.transport.send(msgs)
+    await eventually(lambda: len(b.messages()) == 11, what="all eleven")
+    assert b.messages() == msgs
+    sizes = [sum(len(encode_message(m)) for m in batch) for batch in b.received]
+    assert [len(batch) for batch in b.received] == [2, 2, 2, 2, 2, 1]
+    assert all(size <= 7000 for size in sizes[:-1]) and sizes[-1] > 7000  # an oversized message goes alone
+
+
+def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
+    t = PeerTransport(1, CLUSTER, lambda ms: None, lambda p: None, random.Random(5),
+                      options=TransportOptions(backoff_base_s=0.1, backoff_max_s=2.0))
+    delays = [t._backoff_s(n) for n in range(8)]
+    for n, d in enumerate(delays):
+        cap = min(2.0, 0.1 * 2**n)
+        assert cap / 2 <= d <= cap, (n, d)
+    assert delays[5] > delays[0] * 4
+    again = PeerTransport(1, CLUSTER, lambda ms: None, lambda p: None, random.Random(5),
+                          options=TransportOptions(backoff_base_s=0.1, backoff_max_s=2.0))
+    assert [again._backoff_s(n) for n in range(8)] == delays  # the jitter comes from the injected rng

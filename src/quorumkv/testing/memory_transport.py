@@ -379,7 +379,8 @@ class MemoryTransport:
         if handler is None:
             raise PeerCallError(member_id, method, CallErrorKind.UNKNOWN_METHOD, unknown_method_message(method))
         try:
-            return bytes(await asyncio.wait_for(handler(bytes(payload)), timeout_s))
+            async with asyncio.timeout(timeout_s):
+                return bytes(await handler(bytes(payload)))
         except TimeoutError:
             raise PeerCallError(member_id, method, CallErrorKind.TIMEOUT, f"no answer within {timeout_s:g}s") from None
         except RemoteCallError as exc:

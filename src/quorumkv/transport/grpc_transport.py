@@ -53,6 +53,8 @@ from quorumkv.transport.base import (
 log = logging.getLogger("quorumkv.transport")
 
 MIB = 1024 * 1024
+#: room left in a frame for its protobuf framing when one message fills it
+_FRAME_OVERHEAD_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class _Lane:
     #: set by the stream watcher when the peer ends the stream; wakes the writer
     broken: BaseException | None = None
     url: str = ""
+    #: index into the peer's URLs of the next URL to try
+    url_index: int = 0
+    #: times this lane's stream was accepted
+    connects: int = 0
 
     @property
     def name(self) -> str:
@@ -115,8 +121,6 @@ class _Peer:
     member_id: int
     urls: tuple[str, ...]
     lanes: tuple[_Lane, _Lane]
-    #: index into ``urls`` of the next URL the lanes try (shared: a URL that works is kept by both)
-    url_index: int = 0
     sent_messages: int = 0
     sent_bytes: int = 0
     dropped: int = 0
@@ -236,16 +240,12 @@ class PeerTransport:
             await self._server.stop(self.options.stop_grace_s)
             self._server = None
 
-    async def _join_tasks(self, timeout_s: float = 5.0) -> None:
-        """Wait (bounded) for the lane tasks to finish; any still running are cancelled again and left."""
+    async def _join_tasks(self) -> None:
         tasks = list(self._tasks)
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        for t in pending:
-            t.cancel()
-        if pending:
-            log.warning("peer transport tasks did not stop in time", extra={"tasks": len(pending)})
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5.0)
+            if pending:  # not expected: every task ends once cancelled; never let stop() hang on one
+                log.error("peer transport tasks did not stop", extra={"tasks": [t.get_name() for t in pending]})
 
     # ------------------------------------------------------------------------------------------ membership
 
@@ -268,7 +268,6 @@ class PeerTransport:
         if checked == peer.urls:
             return
         peer.urls = checked
-        peer.url_index = 0
         peer.call_url_index = 0
         old_channels = dict(peer.call_channels)
         peer.call_channels.clear()
@@ -325,8 +324,9 @@ class PeerTransport:
                         or lane.queued_bytes + len(data) > o.max_snapshot_queue_bytes)
             else:
                 full = len(lane.queue) >= o.max_queue_messages or lane.queued_bytes + len(data) > o.max_queue_bytes
-            if lane.state in (_LaneState.BACKOFF, _LaneState.CLOSED) or full or len(data) > o.max_frame_bytes:
-                if len(data) > o.max_frame_bytes:
+            too_big = len(data) > o.max_frame_bytes - _FRAME_OVERHEAD_BYTES
+            if lane.state in (_LaneState.BACKOFF, _LaneState.CLOSED) or full or too_big:
+                if too_big:
                     peer.last_error = f"message of {len(data)} bytes exceeds max frame size {o.max_frame_bytes}"
                     log.error("dropped an oversized message", extra={"to": f"{m.to:x}", "bytes": len(data)})
                 peer.dropped += 1
@@ -381,6 +381,7 @@ class PeerTransport:
     def _close_lane(self, lane: _Lane, peer: _Peer | None = None, report: bool = False) -> None:
         """Stop the lane's task and discard its queue (counted as dropped on ``peer``; reported if ``report``)."""
         lane.state = _LaneState.CLOSED
+        lane.wake.set()
         if lane.task is not None:
             lane.task.cancel()
             lane.task = None
@@ -423,15 +424,15 @@ class PeerTransport:
         failures = 0  # consecutive failed rounds over all URLs
         tried_in_round = 0
         while lane.state != _LaneState.CLOSED and not self._stopped:
-            url = peer.urls[peer.url_index % len(peer.urls)]
+            url = peer.urls[lane.url_index % len(peer.urls)]
             lane.state = _LaneState.CONNECTING
             lane.broken = None
-            was_connected = False
+            connects = lane.connects
             err = ""
             channel = None
             try:
                 channel = self._channel(url)
-                was_connected = await self._stream(peer, lane, channel, url)
+                await self._stream(peer, lane, channel, url)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -445,6 +446,7 @@ class PeerTransport:
                     await channel.close(None)
             if lane.state == _LaneState.CLOSED or self._stopped:
                 return
+            was_connected = lane.connects > connects
             if not err:
                 err = "stream ended by the peer"
             self._note_error(peer, lane, url, err, was_connected)
@@ -452,7 +454,7 @@ class PeerTransport:
                 failures, tried_in_round = 0, 0
                 delay = self._backoff_s(0)
             else:
-                peer.url_index += 1
+                lane.url_index += 1
                 tried_in_round += 1
                 if tried_in_round < len(peer.urls):
                     continue  # try the next URL at once
@@ -482,14 +484,13 @@ class PeerTransport:
             lane.queued_bytes = 0
             self._report_failure(peer.member_id, lane.snapshot)
 
-    async def _stream(self, peer: _Peer, lane: _Lane, channel: Any, url: str) -> bool:
-        """Run one stream until it fails (raises) or the lane closes. Returns whether the peer accepted it."""
+    async def _stream(self, peer: _Peer, lane: _Lane, channel: Any, url: str) -> None:
+        """Run one stream until it fails (raises) or the lane closes (returns)."""
         o = self.options
         stub = peer_pb2_grpc.PeerStub(channel)  # type: ignore[no-untyped-call]
         call = stub.Stream()
         watcher: asyncio.Task[None] | None = None
         batch: list[tuple[bytes, bool]] = []
-        accepted = False
         try:
             header = peer_pb2.StreamHeader(
                 cluster_id=self.cluster_id,
@@ -497,15 +498,18 @@ class PeerTransport:
                 receiver_id=peer.member_id,
                 lane=peer_pb2.SNAPSHOT if lane.snapshot else peer_pb2.MESSAGES,
             )
-            ack = await asyncio.wait_for(self._handshake(call, header), o.connect_timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that races
+            # with completion, which would leave a closed lane's task running.
+            async with asyncio.timeout(o.connect_timeout_s):
+                ack = await self._handshake(call, header)
             if ack is grpc.aio.EOF:
                 raise ConnectionError("the peer ended the stream without accepting it")
             if ack.member_id != peer.member_id:
                 raise ConnectionError(
                     f"the peer at {url} is member {ack.member_id:x}, expected {peer.member_id:x}")
-            accepted = True
             lane.state = _LaneState.CONNECTED
             lane.url = url
+            lane.connects += 1
             if not lane.snapshot:
                 peer.connects += 1
             if peer.last_error:
@@ -513,7 +517,7 @@ class PeerTransport:
                                                             "stream": lane.name})
             watcher = asyncio.ensure_future(self._watch(call, lane))
             timeout = o.snapshot_write_timeout_s if lane.snapshot else o.write_timeout_s
-            while True:
+            while lane.state == _LaneState.CONNECTED:
                 if lane.broken is not None:
                     raise lane.broken
                 if not lane.queue:
@@ -523,7 +527,8 @@ class PeerTransport:
                 batch = self._take_batch(lane)
                 frame = peer_pb2.StreamFrame(messages=[data for data, _ in batch])
                 try:
-                    await asyncio.wait_for(call.write(frame), timeout)
+                    async with asyncio.timeout(timeout):
+                        await call.write(frame)
                 except TimeoutError:
                     raise TimeoutError(f"writing to the peer took longer than {timeout:g}s") from None
                 except asyncio.InvalidStateError:
@@ -546,7 +551,6 @@ class PeerTransport:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
-        return accepted  # pragma: no cover - the loop above only ends by raising
 
     async def _handshake(self, call: Any, header: Any) -> Any:
         await call.write(peer_pb2.StreamFrame(header=header))
