@@ -59,6 +59,7 @@ from bench._proc import (
     format_table,
     log,
     machine_info,
+    read_machine_busy_seconds,
     wait_for_quiet,
 )
 from bench.check_perf import LOADS, CheckPerfOutput, parse_check_perf
@@ -97,6 +98,8 @@ class CheckPerfResult:
     parsed: CheckPerfOutput = field(default_factory=CheckPerfOutput)
     member_stats: dict[str, ProcStats] = field(default_factory=dict)
     client_cpu_s: float = 0.0
+    #: CPU used during the run by processes other than the members and etcdctl (% of one core): interference.
+    other_cpu_percent: float | None = None
     error: str | None = None
 
     @property
@@ -171,6 +174,7 @@ def run_check_perf(kind: str, cluster: Cluster, load: str, timeout_s: float) -> 
     log(f"{kind}: {' '.join(command)}")
     samplers = {m.name: ProcSampler(m.pid) for m in cluster.members if m.pid is not None}
     cpu_children0 = children_cpu_seconds()
+    machine0 = read_machine_busy_seconds()
     t0 = time.monotonic()
     for sampler in samplers.values():
         sampler.start()
@@ -187,6 +191,9 @@ def run_check_perf(kind: str, cluster: Cluster, load: str, timeout_s: float) -> 
         except OSError:  # the member died during the run
             result.error = result.error or f"member {name} exited during check perf"
     result.client_cpu_s = round(children_cpu_seconds() - cpu_children0, 2)
+    if result.duration_s > 0 and result.members_cpu_s is not None:
+        other_s = read_machine_busy_seconds() - machine0 - result.members_cpu_s - result.client_cpu_s
+        result.other_cpu_percent = round(100 * max(0.0, other_s) / result.duration_s, 1)
     result.parsed = parse_check_perf(stdout, stderr)
     if result.error is None and not result.parsed.complete:
         result.error = f"etcdctl check perf exited {result.returncode} without a complete result"
@@ -280,13 +287,13 @@ def run_side(
     side = SideResult(kind)
     for part in args.parts:
         with tempfile.TemporaryDirectory(prefix=f"cluster-perf-{kind}-{part}-", dir=tmp_root) as tmp:
-            if args.wait_quiet > 0 and part != "range":  # range waits before each of its modes
-                wait_for_quiet(args.wait_quiet)
             cluster: Cluster | None = None
             error: str | None = None
             try:
                 cluster = start(kind, Path(tmp), args)
                 log(f"{kind} cluster up for {part}:\n{cluster.describe()}")
+                if args.wait_quiet > 0 and part != "range":  # range waits before each of its modes
+                    wait_for_quiet(args.wait_quiet)
                 if part == "check_perf":
                     side.check_perf = run_check_perf(kind, cluster, args.load, args.timeout)
                 elif part == "range":
@@ -359,6 +366,7 @@ def _perf_row(r: CheckPerfResult) -> list[str]:
         _fmt(r.peak_rss_mb, ".0f"),
         _fmt(r.members_cpu_s, ".1f"),
         _fmt(r.client_cpu_s if r.command else None, ".1f"),
+        _fmt(r.other_cpu_percent, ".0f"),
     ]
 
 
@@ -373,6 +381,7 @@ def _range_row(r: RangeResult) -> list[str]:
         str(sum(s.errors.values())) if s else "ERROR",
         _fmt(w.server_percent if w else None, ".0f"),
         _fmt(w.client_percent if w else None, ".0f"),
+        _fmt(w.other_percent if w else None, ".0f"),
     ]
 
 
@@ -392,14 +401,15 @@ def render(sides: Sequence[SideResult], load: str) -> str:
     perf = [s.check_perf for s in sides if s.check_perf is not None]
     if perf:
         headers = ["server", "load", "writes/s", "slowest (s)", "stddev (s)", "errors", "check perf",
-                   "peak RSS/member (MB)", "members CPU (s)", "etcdctl CPU (s)"]  # fmt: skip
+                   "peak RSS/member (MB)", "members CPU (s)", "etcdctl CPU (s)", "other procs CPU %"]  # fmt: skip
         out += ["## check perf (all three endpoints)", format_table(headers, [_perf_row(r) for r in perf]), ""]
         out.append(f"ratio quorumkv/etcd writes/s, load {load}: {_fmt(write_ratio(sides), '.2f')}")
         out += [target_line(sides, load), ""]
         errors += [f"ERROR {r.server} check perf: {r.error}" for r in perf if r.error]
     ranges = [r for s in sides for r in s.range]
     if ranges:
-        headers = ["server", "mode", "reads/s", "p50 (ms)", "p99 (ms)", "errors", "members CPU %", "client CPU %"]
+        headers = ["server", "mode", "reads/s", "p50 (ms)", "p99 (ms)", "errors", "members CPU %", "client CPU %",
+                   "other procs CPU %"]  # fmt: skip
         out += ["## single-key Range, clients round-robin over the three members"]
         out += [format_table(headers, [_range_row(r) for r in ranges]), ""]
         for mode in range_read.MODES:
@@ -427,6 +437,7 @@ def _check_perf_doc(r: CheckPerfResult | None) -> dict[str, Any] | None:
         "check_perf": asdict(r.parsed),
         "member_stats": {name: stats.as_dict() for name, stats in r.member_stats.items()},
         "client_cpu_s": r.client_cpu_s,
+        "other_cpu_percent": r.other_cpu_percent,
         "error": r.error,
     }
 
@@ -522,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report, file=sys.stderr)
         print(json.dumps(as_document(sides, args, info), indent=2))
     else:
-        print(f"machine: nproc={info['nproc']}, {info['cpu_model']}, kernel {info['kernel']}, load {os.getloadavg()}")
+        loadavg = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"machine: nproc={info['nproc']}, {info['cpu_model']}, kernel {info['kernel']}, loadavg now {loadavg}")
         print(
             f"3 members per cluster, heartbeat {args.heartbeat_interval} ms, election {args.election_timeout} ms; "
             "members, etcdctl and the Python load generator share the cores.\n"

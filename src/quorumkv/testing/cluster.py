@@ -417,6 +417,16 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else "(empty log)"
 
 
+def _start_proxy(loop_thread: EventLoopThread, ports: list[int], target: int, src: str, dst: str) -> FaultProxy:
+    """A proxy to ``ports[target]`` whose own (OS-chosen) port is none of the members' planned ``ports``."""
+    for _ in range(10):
+        proxy = FaultProxy("127.0.0.1", ports[target], name=f"{src}->{dst}").start(loop_thread)
+        if proxy.port not in ports:
+            return proxy
+        proxy.stop()
+    raise RuntimeError("could not place a proxy on a port no member plans to use")
+
+
 def _free_ports(count: int) -> list[int]:
     ports: list[int] = []
     for _ in range(count * 20):
@@ -494,8 +504,7 @@ def _start_cluster(
                 for i, src in enumerate(member_names):
                     for j, dst in enumerate(member_names):
                         if i != j:
-                            proxy = FaultProxy("127.0.0.1", ports[n + j], name=f"{src}->{dst}")
-                            cluster.proxies[(src, dst)] = proxy.start(cluster._loop_thread)
+                            cluster.proxies[(src, dst)] = _start_proxy(cluster._loop_thread, ports, n + j, src, dst)
             for i, name in enumerate(member_names):
                 member_dir = base / name
                 member_dir.mkdir()

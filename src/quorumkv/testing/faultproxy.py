@@ -543,6 +543,9 @@ class FaultProxy:
             self._counts["connections_refused"] += 1
             _reset_transport(writer)
             return
+        except asyncio.CancelledError:  # stopped while dialling
+            _reset_transport(writer)
+            raise
         if self._refusing():  # stopped, or the mode changed while dialling
             self._counts["connections_refused"] += 1
             _reset_transport(upstream[1])
