@@ -33,7 +33,7 @@ once. The revisions are what make that affordable:
   took effect, at revision r, before that read returned — so it gets revision r and that read's return time.
 
 A search budget (``max_nodes`` steps, ``max_seconds``) turns a pathological history into an ``unknown``
-verdict instead of a hang. A violation comes with an explanation: the longest linearizable prefix found, the
+verdict instead of a hang. A violation comes with an explanation: the linearizable prefix that got furthest, the
 store at its end, the operation that could not be placed before it returned, why each candidate was refused,
 and the last writes of the keys involved.
 """
@@ -88,7 +88,7 @@ class CheckResult:
     outcome: Outcome
     explanation: str
     operations: tuple[Operation, ...] = ()
-    #: ok: a witness order (operation ids, applied maybe-writes included); violation/unknown: the longest
+    #: ok: a witness order (operation ids, applied maybe-writes included); violation/unknown: the furthest
     #: linearizable prefix the search found.
     linearization: tuple[int, ...] = ()
     checked: int = 0
@@ -129,6 +129,7 @@ class _Op:
     observed_by: list[Operation] = field(default_factory=list)  # returned ops that saw its effect
     dropped: bool = False  # a maybe write the watch shows never took effect
     cls: int = -1  # symmetry class of an unplaced-able maybe write (see _symmetry_classes), -1: none
+    written: int = _MISSING  # PUT: the value id it writes (``value`` may become _UNSEEN)
 
 
 class _Tables:
@@ -178,6 +179,7 @@ def _compile(op: Operation, index: int, t: _Tables) -> _Op:
     ret = op.ret if finite else _INF
     if isinstance(inp, Put):
         c = _Op(index, op, _PUT, t.key(inp.key), t.value(inp.value), finite, ret, finite)
+        c.written = c.value
         if isinstance(out, PutResult):
             c.revision = out.revision
             c.need = out.revision - 1
@@ -550,8 +552,13 @@ def check(
     *,
     max_nodes: int = DEFAULT_MAX_NODES,
     max_seconds: float = DEFAULT_MAX_SECONDS,
+    precheck: bool = True,
 ) -> CheckResult:
-    """Whether ``history`` is linearizable with respect to etcd's KV (global revision included)."""
+    """Whether ``history`` is linearizable with respect to etcd's KV (global revision included).
+
+    ``precheck``: first look for violations visible without a search (a read of a value nobody wrote, a
+    revision going backwards, …), which get a more direct explanation; the search finds them too.
+    """
     started = time.monotonic()
     ids = [op.id for op in history.operations]
     if len(set(ids)) != len(ids):
@@ -571,12 +578,27 @@ def check(
         c.index = i
     _symmetry_classes(ops)
     maybe = [c for c in compiled if not c.answered]
-    summary = (
-        f"{len(history.operations)} operations; {len(history.operations) - len(kept)} failed reads dropped; "
-        f"{len(maybe)} failed writes: {sum(1 for c in maybe if c.finite)} took effect (seen by a read or the "
-        f"watch), {sum(1 for c in maybe if c.dropped)} never did (the watch says), "
-        f"{sum(1 for c in maybe if not c.finite and not c.dropped)} undecided"
-    )
+    summary = f"{len(history.operations)} operations"
+    if len(kept) < len(history.operations):
+        summary += f"; {len(history.operations) - len(kept)} failed reads dropped"
+    if maybe:
+        summary += (
+            f"; {len(maybe)} failed writes: {sum(1 for c in maybe if c.finite)} took effect (seen by a read or "
+            f"the watch), {sum(1 for c in maybe if c.dropped)} never did (the watch says), "
+            f"{sum(1 for c in maybe if not c.finite and not c.dropped)} undecided"
+        )
+    quick = _quick_check(ops, t, history) if precheck else None
+    if quick is not None:
+        text, involved = quick
+        return CheckResult(
+            "violation",
+            f"not linearizable ({summary}): {text}",
+            tuple(sorted(involved, key=lambda o: (o.call, o.id))),
+            (),
+            len(ops),
+            0,
+            time.monotonic() - started,
+        )
     init: list[int] = [history.initial_revision]
     for name in t.key_names:
         if name in history.initial_values:
@@ -585,6 +607,93 @@ def check(
         else:
             init += [_MISSING, 0]
     return _Search(ops, t, tuple(init), history, max_nodes, max_seconds, started, summary).run()
+
+
+def _quick_check(ops: list[_Op], t: _Tables, history: History) -> tuple[str, list[Operation]] | None:
+    """Violations visible without a search (each certain on its own), with a direct explanation.
+
+    A read of a value nobody wrote, or at a mod_revision its only writer did not get, or above its own header
+    revision; two requests that both took the same revision; an operation that reports a revision below one
+    that returned before it was invoked.
+    """
+    origin = history.origin
+    show = t.show_value
+    # (reader, key, value id, mod_revision, header revision) for every returned read
+    reads: list[tuple[_Op, int, int, int, int]] = []
+    for c in ops:
+        if c.answered and c.kind == _GET:
+            reads.append((c, c.key, c.value, c.mod, c.revision))
+        elif c.answered and c.kind == _TXN:
+            branch = c.success if c.branch else c.failure
+            for (kind, key, _), (a, b) in zip(branch, c.results, strict=False):
+                if kind == _GET:
+                    reads.append((c, key, a, b, c.revision))
+    # who may have put (key, value): (op or None for the initial state, revision or _NO_HINT if unknown)
+    writers: dict[tuple[int, int], list[tuple[_Op | None, int]]] = defaultdict(list)
+    for name, (initial, initial_mod) in history.initial_values.items():
+        writers[(t.keys[name], t.value(initial))].append((None, initial_mod))
+    for c in ops:
+        if c.kind == _PUT:
+            writers[(c.key, c.written)].append((c, c.revision if c.answered else _NO_HINT))
+        elif c.kind == _TXN:
+            for flag, branch in ((1, c.success), (0, c.failure)):
+                if c.answered and c.branch != flag:
+                    continue
+                for kind, key, value in branch:
+                    if kind == _PUT:
+                        writers[(key, value)].append((c, c.revision if c.answered else _NO_HINT))
+    for r, key, value, mod, header in reads:
+        if value == _MISSING:
+            continue
+        what = f"{r.source.describe(origin)} read {show(value)} of {t.key_names[key]!r} at mod_revision {mod}"
+        if mod <= 0 or mod > header:
+            return f"{what}, which no store state at revision {header} can hold.", [r.source]
+        found = writers.get((key, value), [])
+        if not found:
+            return f"{what}, but no operation wrote {show(value)} into {t.key_names[key]!r}.", [r.source]
+        if all(rev != _NO_HINT for _, rev in found) and all(rev != mod for _, rev in found):
+            shown = "; ".join(
+                f"{w.source.describe(origin)} wrote it at revision {rev}" if w else f"the initial state at {rev}"
+                for w, rev in found
+            )
+            return f"{what}, but {shown}.", [r.source, *(w.source for w, _ in found if w)]
+    taken: dict[int, _Op] = {}
+    for c in ops:
+        if c.answered and c.need is not None and c.need == c.revision - 1:
+            other = taken.setdefault(c.revision, c)
+            if other is not c:
+                return (
+                    f"{other.source.describe(origin)} and {c.source.describe(origin)} both took revision "
+                    f"{c.revision}.",
+                    [other.source, c.source],
+                )
+    events = sorted(
+        [(c.source.call, 0, c.index) for c in ops if c.answered and c.need is not None]
+        + [(c.ret, 1, c.index) for c in ops if c.answered]
+    )
+    highest: _Op | None = None
+    for _, is_ret, i in events:
+        c = ops[i]
+        if is_ret:
+            if highest is None or c.revision > highest.revision:
+                highest = c
+        elif highest is not None and c.need is not None and c.need < highest.revision:
+            return (
+                f"{highest.source.describe(origin)} returned revision {highest.revision} before "
+                f"{c.source.describe(origin)} was invoked, which needs the store at revision {c.need}: "
+                "the revision went backwards.",
+                [highest.source, c.source],
+            )
+    return None
+
+
+def _puts(c: _Op, key: int, value: int) -> bool:
+    """Whether ``c`` may put ``value`` into ``key``."""
+    if c.kind == _PUT:
+        return c.key == key and c.written == value
+    if c.kind == _TXN:
+        return any(kind == _PUT and k == key and v == value for kind, k, v in (*c.success, *c.failure))
+    return False
 
 
 class _Search:
@@ -662,7 +771,10 @@ class _Search:
             for c in ops
         ]
         # Longest prefix seen at a dead end, for the explanation.
-        self.best_depth = -1
+        # The dead end reported: the one stuck at the latest return (every branch gets stuck at the latest where
+        # the real obstruction is; earlier dead ends are wrong turns), then the one with the longest prefix.
+        self.best_score = (-1, -1)
+        self.best_depth = 0
         self.best_order: list[int] = []
         self.best_state: State = init
         self.best_blocked = -1
@@ -716,6 +828,7 @@ class _Search:
         order: list[int] = []
         nodes = 0
         deadline = self.started + self.max_seconds
+        max_nodes = self.max_nodes
         entry = nxt[0]
         while True:
             if remaining == 0:
@@ -739,7 +852,7 @@ class _Search:
                         entry = nxt[entry]  # not its class's earliest unplaced member
                         continue
                 nodes += 1
-                if nodes & 0x3FF == 0 and (nodes >= self.max_nodes or time.monotonic() > deadline):
+                if nodes >= max_nodes or (nodes & 0x3FF == 0 and time.monotonic() > deadline):
                     return self._unknown(nodes)
                 new = _step(state, ops[i])
                 if new is not None:
@@ -775,7 +888,7 @@ class _Search:
                 entry = nxt[entry]
             else:
                 # The return of an op we could not place: dead end.
-                if len(stack) > self.best_depth:
+                if (ops[op_of[entry]].ret, len(stack)) > self.best_score:
                     self._remember(order, state, op_of[entry], entry)
                 if not stack:
                     return self._violation(nodes)
@@ -801,6 +914,7 @@ class _Search:
 
     def _remember(self, order: list[int], state: State, blocked: int, at_entry: int) -> None:
         self.best_depth = len(order)
+        self.best_score = (self.ops[blocked].ret, len(order))
         self.best_order = order[:]
         self.best_state = state
         self.best_blocked = blocked
@@ -829,7 +943,7 @@ class _Search:
         elapsed = time.monotonic() - self.started
         text = (
             f"unknown (budget exceeded): {nodes} steps in {elapsed:.1f}s (budget {self.max_nodes} steps, "
-            f"{self.max_seconds:.1f}s); the longest linearizable prefix found covers {max(self.best_depth, 0)} "
+            f"{self.max_seconds:.1f}s); the furthest linearizable prefix found covers {self.best_depth} "
             f"of {len(self.ops)} operations ({self.summary})"
         )
         return CheckResult(
@@ -884,6 +998,31 @@ class _Search:
                 )
         return "every way on from here dead-ends (explored)"
 
+    def _writers_of_read_values(self, involved: dict[int, None], origin: int) -> list[str]:
+        """Who wrote each value the involved reads returned (added to ``involved``); "nobody" is worth saying."""
+        lines: list[str] = []
+        for i in list(involved):
+            c = self.ops[i]
+            reads: list[tuple[int, int]] = []
+            if c.kind == _GET and c.answered and c.value != _MISSING:
+                reads.append((c.key, c.value))
+            elif c.kind == _TXN and c.answered:
+                branch = c.success if c.branch else c.failure
+                reads += [(k, a) for (kind, k, _), (a, _) in zip(branch, c.results, strict=False)
+                          if kind == _GET and a != _MISSING]
+            for key, value in reads:
+                writers = [w.index for w in self.ops if _puts(w, key, value)]
+                shown = f"{self.t.show_value(value)} of {self.t.key_names[key]!r} (read by #{c.source.id})"
+                if not writers and (self.t.key_names[key], self.t.value_names[value]) not in {
+                    (k, v) for k, (v, _) in self.history.initial_values.items()
+                }:
+                    lines.append(f"No operation wrote {shown}.")
+                for w in writers:
+                    if w not in involved:
+                        involved[w] = None
+                        lines.append(f"{shown} was written by {self.ops[w].source.describe(origin)}")
+        return lines
+
     def _violation(self, nodes: int) -> CheckResult:
         ops = self.ops
         origin = self.history.origin
@@ -896,7 +1035,7 @@ class _Search:
             seen_by = ", ".join(f"#{o.id}" for o in blocked.observed_by) or "the watch"
             deadline = f"before {seen_by} saw its effect"
         lines = [
-            f"not linearizable: the longest linearizable prefix covers {len(self.best_order)} of {len(ops)} "
+            f"not linearizable: the linearizable prefix that gets furthest covers {len(self.best_order)} of {len(ops)} "
             f"operations and leaves the store at revision {state[0]} ({self.summary}).",
             f"Stuck: {blocked.source.describe(origin)} must take effect {deadline}, but nothing can be placed "
             "next:",
@@ -908,6 +1047,28 @@ class _Search:
             if c.finite:
                 involved[i] = None
             lines.append(f"  - {c.source.describe(origin)}: {why}")
+        explained = {blocked.index, *self.best_candidates}
+        # Pending ops invoked later can hold the store back: writes would carry it past the revision they must
+        # see (a read of an old state is the usual culprit), or past a key's mod_revision they read.
+        held = sorted(
+            (c.source.call, c.index)
+            for c in ops
+            if c.index not in done and c.index not in explained and c.finite and c.need is not None
+            and c.need <= state[0]
+        )
+        for _, i in held[:3]:
+            involved[i] = None
+            explained.add(i)
+            lines.append(
+                f"  (pending {ops[i].source.describe(origin)} must see the store at revision {ops[i].need}, "
+                "so nothing may move it further before that)"
+            )
+        for i in list(involved):
+            if i not in explained:
+                lines.append(
+                    f"  ({ops[i].source.describe(origin)} cannot go first: it was invoked after "
+                    f"#{blocked.source.id} returned)"
+                )
         keys: dict[int, None] = {}
         for i in involved:
             keys.update(dict.fromkeys(self._op_keys(ops[i])))
@@ -922,6 +1083,7 @@ class _Search:
             lines.append("Last writes of these keys in the prefix (newest first):")
             lines.extend(f"  - {ops[i].source.describe(origin)}" for i in recent)
             involved.update(dict.fromkeys(recent))
+        lines.extend(self._writers_of_read_values(involved, origin))
         sources = {ops[i].source.id: ops[i].source for i in involved}
         for i in list(involved):
             sources.update((o.id, o) for o in ops[i].observed_by)
