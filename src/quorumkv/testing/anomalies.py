@@ -88,13 +88,17 @@ def plant_stale_read(history: History, rng: random.Random) -> Planted | None:
     gets = _gets(history)
     writes = [w for w in history if changes_something(w)]
     for g in gets:
+        assert isinstance(g.output, GetResult)
+        # the highest revision of a write to the key that completed before g was invoked
+        done = [_revision(w) for w in writes if w.ret < g.call and changes_key(w, _key(g))]
+        if not done:
+            continue
+        newest = max(done)
         for g0 in gets:
-            assert isinstance(g.output, GetResult) and isinstance(g0.output, GetResult)
-            if _key(g0) != _key(g) or g0.ret >= g.call:
+            assert isinstance(g0.output, GetResult)
+            if _key(g0) != _key(g) or g0.ret >= g.call or g0.output.revision >= newest:
                 continue
-            if (g0.output.value, g0.output.mod_revision) == (g.output.value, g.output.mod_revision):
-                continue
-            if any(changes_key(w, _key(g)) and w.ret < g.call and _revision(w) > g0.output.revision for w in writes):
+            if (g0.output.value, g0.output.mod_revision) != (g.output.value, g.output.mod_revision):
                 options.append((g, g0, g0.output.value is not None))
     if not options:
         return None
