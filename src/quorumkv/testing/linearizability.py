@@ -26,11 +26,21 @@ once. The revisions are what make that affordable:
 
 * every returned operation pins the store revision it must be placed at (a put that returned revision r must
   go where the store is at r-1, a read that reported r where it is at r), so at most a few candidates fit;
-* *overshoot pruning*: revisions never decrease, so a branch that moves the store past the revision some
-  still-pending returned operation needs is dead at once, not many steps later;
-* *observed maybe writes*: values are unique per key (the recorder writes unique values; the checker verifies
-  and only uses this where it holds). If a read returned a failed put's value with mod_revision r, that put
-  took effect, at revision r, before that read returned — so it gets revision r and that read's return time.
+* *floors*: revisions never decrease, and neither does a key's mod_revision while it exists, so a step that
+  moves the store past the revision some still-pending returned operation must see, or gives a key a
+  mod_revision above the one a pending read reports for it, is a dead end at once, not many steps later;
+* *observed maybe writes*: values are unique per key (the recorder writes unique values; the checker only uses
+  this where it holds). If a read returned a failed put's value with mod_revision r, that put took effect, at
+  revision r, before that read returned — so it gets revision r and that read's return time;
+* *the watch* (when the history has one): a failed write whose value a watch event shows is pinned the same
+  way; with a watch complete through the last revision, a failed write whose effect never shows is dropped
+  (this is how etcd's robustness tests resolve failed requests);
+* *symmetry*: failed puts of one key whose values nobody ever read or compared are interchangeable, and so are
+  failed deletes of one key; only the earliest-invoked unplaced one of each group is tried.
+
+Before the search, a linear pass reports violations visible on their own (a read of a value nobody wrote or at
+a mod_revision its writer did not get, two requests with the same revision, a revision going backwards across
+real time) with a direct explanation.
 
 A search budget (``max_nodes`` steps, ``max_seconds``) turns a pathological history into an ``unknown``
 verdict instead of a hang. A violation comes with an explanation: the linearizable prefix that got furthest, the
@@ -67,8 +77,10 @@ from quorumkv.testing.history import (
 
 Outcome = Literal["ok", "violation", "unknown"]
 
-#: Default search budget: steps tried (each candidate applied to a state is one) and wall time.
-DEFAULT_MAX_NODES = 5_000_000
+#: Default search budget: steps tried (each candidate applied to a state is one) and wall time. The memo cache
+#: grows by at most one entry per step, about (operations / 8 + 400) bytes each: ~800 MB at worst for 1M steps
+#: over 3,000 operations. Histories of realistic failure rates need a few steps per operation.
+DEFAULT_MAX_NODES = 1_000_000
 DEFAULT_MAX_SECONDS = 60.0
 
 _INF = 1 << 62
@@ -436,10 +448,10 @@ def _use_watch(ops: list[_Op], history: History, t: _Tables) -> None:
         if c.answered:
             continue
         if c.kind == _PUT:
-            seen = puts.get((c.key, c.value)) if writers[(c.key, c.value)] == 1 else None
-            if seen:
+            seen = puts.get((c.key, c.value))
+            if seen and writers[(c.key, c.value)] == 1:
                 _pin_to_events(c, seen)
-            elif complete:
+            elif not seen and complete:
                 c.dropped = True
         elif c.kind == _DEL:
             if complete and not deletes.get(c.key):
@@ -455,11 +467,15 @@ def _use_watch(ops: list[_Op], history: History, t: _Tables) -> None:
                 c.branch = flag
                 _pin_to_events(c, seen)
             elif not branches and complete:
+                # a branch is out if one of its puts never shows up; a branch without a put must delete something
                 possible = [
                     flag
                     for flag, branch in ((1, c.success), (0, c.failure))
-                    if not any(kind == _PUT for kind, _, _ in branch)
-                    and any(kind == _DEL and deletes.get(key) for kind, key, _ in branch)
+                    if not any(kind == _PUT and not puts.get((key, value)) for kind, key, value in branch)
+                    and (
+                        any(kind == _PUT for kind, _, _ in branch)
+                        or any(kind == _DEL and deletes.get(key) for kind, key, _ in branch)
+                    )
                 ]
                 if not possible:
                     c.dropped = True
@@ -531,10 +547,7 @@ def _symmetry_classes(ops: list[_Op]) -> int:
             branch = c.success if c.branch else c.failure
             pairs = zip(branch, c.results, strict=False)
             mentioned.update((key, a) for (kind, key, _), (a, _) in pairs if kind == _GET)
-    writers: dict[tuple[int, int], int] = defaultdict(int)
-    for c in ops:
-        if c.kind == _PUT:
-            writers[(c.key, c.value)] += 1
+    writers = _writers(ops)
     classes: dict[tuple[int, int], int] = {}
     for c in ops:
         if c.finite or c.answered or c.dropped:
@@ -835,7 +848,7 @@ class _Search:
                 return self._result("ok", f"linearizable ({self.summary})", order, nodes)
             if is_call[entry]:
                 i = op_of[entry]
-                # Revision filters (exact, see the class docstring): a returned op fits only where the store is
+                # Revision filters (exact, see the module docstring): a returned op fits only where the store is
                 # at its need; a maybe write (it must change something, so it takes the next revision) only
                 # where that does not pass the lowest need still pending.
                 want = need_of[i]
