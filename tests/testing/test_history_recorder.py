@@ -16,7 +16,15 @@ import pytest
 from quorumkv.testing.anomalies import plant_stale_read
 from quorumkv.testing.history import Delete, Get, History, Put, Txn, TxnResult
 from quorumkv.testing.linearizability import check
-from quorumkv.testing.processes import ETCD_BIN, ETCDCTL_BIN, ServerProcess, free_port, start_etcd, start_quorumkv
+from quorumkv.testing.processes import (
+    ETCD_BIN,
+    ETCDCTL_BIN,
+    ServerProcess,
+    free_port,
+    spawn_server,
+    start_etcd,
+    start_quorumkv,
+)
 from quorumkv.testing.recorder import RecorderConfig, record_history, record_history_sync
 
 
@@ -163,3 +171,48 @@ def test_paused_server_leaves_maybe_applied_writes_and_the_history_still_checks(
     assert result.ok, str(result)
     print(result.explanation)
 
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_three_member_etcd_with_a_member_killed_checks_as_linearizable(tmp_path: Path) -> None:
+    """Real etcd 3.4, three members; the recorder spreads clients over all endpoints and one member is
+    kill -9'd mid-run: its clients fail over, the watch resumes on another member, the history checks."""
+    _need_etcd()
+    etcd_bin = shutil.which(ETCD_BIN) or ETCD_BIN
+    names = ["m0", "m1", "m2"]
+    peers = {n: f"http://127.0.0.1:{free_port()}" for n in names}
+    urls = {n: f"http://127.0.0.1:{free_port()}" for n in names}
+    cluster = ",".join(f"{n}={peers[n]}" for n in names)
+    members: list[ServerProcess] = []
+    try:
+        for n in names:
+            argv = [
+                etcd_bin, "--name", n, "--data-dir", str(tmp_path / n),
+                "--listen-client-urls", urls[n], "--advertise-client-urls", urls[n],
+                "--listen-peer-urls", peers[n], "--initial-advertise-peer-urls", peers[n],
+                "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            ]  # fmt: skip
+            members.append(spawn_server("etcd", argv, client_url=urls[n], peer_url=peers[n],
+                                        data_dir=tmp_path / n, log_path=tmp_path / f"{n}.log", name=n))
+        for member in members:
+            member.wait_ready(30)
+
+        async def run() -> History:
+            config = RecorderConfig([urls[n] for n in names], clients=10, keys=4, max_operations=4000,
+                                    max_seconds=6, op_timeout_s=1.0, seed=6)
+            recording = asyncio.create_task(record_history(config))
+            await asyncio.sleep(2.0)
+            members[0].kill9()
+            return await recording
+
+        history = asyncio.run(run())
+    finally:
+        for member in members:
+            member.stop()
+    assert any(op.failed for op in history), "killing a member failed no request"
+    assert history.watch_through > 0
+    result = check(history)
+    assert result.ok, str(result)
+    planted = plant_stale_read(history, random.Random(2))
+    assert planted is not None and check(planted.history).outcome == "violation"
