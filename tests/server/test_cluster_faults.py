@@ -2,7 +2,9 @@
 
 After each scenario: every acknowledged write is present on every member and HashKV agrees at one revision.
 Clients write concurrently through every scenario (bounded in count and time); a failed or timed-out write is
-"maybe applied" and only acknowledged ones are required.
+"maybe applied" and only acknowledged ones are required. In the partition scenarios the clients are the
+history recorder (puts, linearizable gets, txns on every member), and the recorded history must be
+linearizable (``quorumkv.testing.linearizability``); the same history with a planted stale read must not be.
 """
 
 from __future__ import annotations
@@ -100,6 +102,53 @@ def check_converged(cluster: Cluster, acked: list[str], prefix: str) -> None:
         assert not missing, f"{n} lost acknowledged writes: {sorted(missing)[:5]}"
 
 
+class Recorder:
+    """Records a client history against every member in a background thread while a scenario runs."""
+
+    def __init__(self, cluster: Cluster, max_seconds: float, seed: int) -> None:
+        from quorumkv.testing.recorder import RecorderConfig
+
+        self.config = RecorderConfig(endpoints=[m.client_url for m in cluster.members], clients=6, keys=4,
+                                     max_operations=3000, max_seconds=max_seconds, op_timeout_s=2.0, seed=seed)
+        self.history: object = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from quorumkv.testing.recorder import record_history_sync
+
+        try:
+            self.history = record_history_sync(self.config)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def __enter__(self) -> Recorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(timeout=self.config.max_seconds + 60)
+
+    def check(self) -> None:
+        """Linearizable (a lost acknowledged write or a stale read would show); a planted stale read is rejected."""
+        import random
+
+        from quorumkv.testing.anomalies import plant_stale_read
+        from quorumkv.testing.history import History
+        from quorumkv.testing.linearizability import check
+
+        assert self.error is None, f"recorder failed: {self.error!r}"
+        history = self.history
+        assert isinstance(history, History)
+        answered = [op for op in history.operations if op.output is not None]
+        assert len(answered) > 50, f"too few answered operations: {len(answered)}"
+        result = check(history, max_seconds=120)
+        assert result.ok, f"{result}\n" + "\n".join(op.describe() for op in result.operations[:10])
+        planted = plant_stale_read(history, random.Random(7))
+        assert planted is not None, "no read to make stale in this recording"
+        assert not check(planted.history, max_seconds=120).ok  # the checker can fail on this very recording
+
+
 @contextmanager
 def cluster3(tmp_path: Path, **kw: object) -> Iterator[Cluster]:
     with start_quorumkv_cluster(3, tmp_path, with_proxies=True, **FAST, **kw) as c:  # type: ignore[arg-type]
@@ -109,7 +158,7 @@ def cluster3(tmp_path: Path, **kw: object) -> Iterator[Cluster]:
 
 def test_partitioned_leader_is_replaced_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
     with cluster3(tmp_path) as cluster:
-        with Writers(cluster, "p1") as w:
+        with Recorder(cluster, max_seconds=8.0, seed=1) as rec:
             time.sleep(1.0)
             old = cluster.leader()
             cluster.isolate(old)
@@ -118,14 +167,13 @@ def test_partitioned_leader_is_replaced_and_nothing_acknowledged_is_lost(tmp_pat
             time.sleep(1.5)
             cluster.heal()
             wait_until(lambda: cluster.find_leader() is not None, 20, "one leader after heal")
-            time.sleep(1.0)
-        assert len(w.acked) > 20
-        check_converged(cluster, w.acked, "p1/")
+        wait_until(lambda: len(hashes_at_common_revision(cluster)) == 1, 30, "equal HashKV on all members")
+        rec.check()
 
 
 def test_partitioned_follower_and_asymmetric_links(tmp_path: Path) -> None:
     with cluster3(tmp_path) as cluster:
-        with Writers(cluster, "p2") as w:
+        with Recorder(cluster, max_seconds=8.0, seed=2) as rec:
             leader = cluster.leader()
             f1, f2 = [n for n in cluster.names if n != leader]
             cluster.isolate(f1)  # a follower partitioned away: the majority goes on
@@ -137,9 +185,8 @@ def test_partitioned_follower_and_asymmetric_links(tmp_path: Path) -> None:
             cluster.one_way(f2, leader)  # f2 reaches the leader, but hears nothing back
             time.sleep(1.5)
             cluster.heal()
-            time.sleep(1.0)
-        assert len(w.acked) > 20
-        check_converged(cluster, w.acked, "p2/")
+        wait_until(lambda: len(hashes_at_common_revision(cluster)) == 1, 30, "equal HashKV on all members")
+        rec.check()
 
 
 def test_follower_blackholed_until_it_needs_a_snapshot(tmp_path: Path) -> None:
