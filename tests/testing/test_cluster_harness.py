@@ -239,7 +239,6 @@ def test_quorumkv_cluster_proxy_wiring(tmp_path: Path) -> None:
 
 @pytest.mark.interop
 @needs_etcd
-
 def test_quorumkv_cluster_start_leader_kill_restart(tmp_path: Path) -> None:
     with start_quorumkv_cluster(3, tmp_path, **FAST) as cluster:
         leader = cluster.leader()
@@ -256,7 +255,6 @@ def test_quorumkv_cluster_start_leader_kill_restart(tmp_path: Path) -> None:
 
 @pytest.mark.interop
 @needs_etcd
-
 def test_quorumkv_members_dial_peers_through_their_proxies(tmp_path: Path) -> None:
     """Every directed link carries traffic: the server honours QUORUMKV_TEST_PEER_DIAL_MAP."""
     with start_quorumkv_cluster(3, tmp_path, with_proxies=True, **FAST) as cluster:
@@ -272,7 +270,6 @@ def test_quorumkv_members_dial_peers_through_their_proxies(tmp_path: Path) -> No
 
 @pytest.mark.interop
 @needs_etcd
-
 def test_quorumkv_isolated_leader_is_replaced_and_rejoins(tmp_path: Path) -> None:
     with start_quorumkv_cluster(3, tmp_path, with_proxies=True, **FAST) as cluster:
         old = cluster.leader()
