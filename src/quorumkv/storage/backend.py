@@ -121,16 +121,25 @@ class Backend:
         return conn
 
     @contextmanager
-    def write_txn(self) -> Iterator[sqlite3.Connection]:
-        """One durable transaction: committed (and fsynced) on normal exit, rolled back on error."""
+    def write_txn(self, sync: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed on normal exit, rolled back on error. ``sync``: the commit is fsynced
+        before this returns; ``sync=False`` only for changes that may be lost in a crash and redone from what
+        is durable (a Raft member's apply of entries already synced in its log): a later synced commit makes
+        them durable too (the WAL is one sequential file)."""
         conn = self._writer
-        conn.execute("BEGIN IMMEDIATE")
+        if not sync:
+            conn.execute("PRAGMA synchronous=OFF")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if not sync:
+                conn.execute("PRAGMA synchronous=FULL")
 
     def size_bytes(self) -> int:
         """Physical size on disk: the database file plus its WAL."""
