@@ -436,10 +436,39 @@ def _counter(name: str, doc: str, value: float, *, total: bool = True) -> Metric
     return GaugeMetricFamily(name, doc, value=value)
 
 
+class PeerNetworkCollector(Collector):
+    """etcd's peer network series, from the peer transport's per-peer counters (Raft members only)."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        transport = getattr(self.server, "transport", None)
+        if transport is None or not hasattr(transport, "stats"):
+            return
+        peers = transport.stats()
+        sent = CounterMetricFamily("etcd_network_peer_sent_bytes", "The total number of bytes sent to peers.",
+                                   labels=["To"])
+        received = CounterMetricFamily("etcd_network_peer_received_bytes",
+                                       "The total number of bytes received from peers.", labels=["From"])
+        failures = CounterMetricFamily("etcd_network_peer_sent_failures",
+                                       "The total number of send failures from peers.", labels=["To"])
+        for mid, p in sorted(peers.items()):
+            sent.add_metric([f"{mid:x}"], p.sent_bytes)
+            received.add_metric([f"{mid:x}"], p.received_bytes)
+            failures.add_metric([f"{mid:x}"], p.dropped)
+        yield sent
+        yield received
+        yield failures
+        yield GaugeMetricFamily("etcd_network_active_peers", "The current number of active peer connections.",
+                                value=sum(1 for p in peers.values() if p.connected))
+
+
 def build_registry(server: Any, stats: ServerStats, *, quota_backend_bytes: int) -> CollectorRegistry:
     """A registry with etcd's member metrics and the standard process/platform/GC collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EtcdCollector(server, stats, quota_backend_bytes=quota_backend_bytes))
+    registry.register(PeerNetworkCollector(server))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
