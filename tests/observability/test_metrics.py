@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.server.metrics import Histogram, ServerStats, format_duration
 
-from .obskit import Member, scrape
+from .obskit import Member, scrape, start_test_member
 
 KV = 'grpc_method="{m}",grpc_service="etcdserverpb.KV",grpc_type="unary"'
 
@@ -133,6 +134,61 @@ async def test_watcher_gauge_follows_watch_streams(member: Member) -> None:
     else:
         pytest.fail(f"watch end not reflected in the metrics: {metrics}")
     assert metrics[f"grpc_server_started_total{{{watch}}}"] == 1
+
+
+async def test_message_counters_like_go_grpc_prometheus(member: Member) -> None:
+    """Unary: one message in per call, one out per OK answer; streams: every message each way."""
+    before = await scrape(member.metrics_url)
+    await member.kv.Put(pb.PutRequest(key=b"m", value=b"1"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await member.kv.Range(pb.RangeRequest(key=b""))  # InvalidArgument: received, nothing sent
+    call = member.watch.Watch()
+    await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"m", start_revision=1)))
+    created = await call.read()
+    event = await call.read()  # the past put, replayed from history
+    assert created.created and event.events[0].kv.key == b"m"
+    await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+    progress = await call.read()
+    assert progress.watch_id == -1
+    after = await scrape(member.metrics_url)
+    call.cancel()
+
+    def delta(kind: str, labels: str) -> float:
+        name = f"grpc_server_msg_{kind}_total{{{labels}}}"
+        return after[name] - before.get(name, 0)
+
+    assert delta("received", KV.format(m="Put")) == 1 and delta("sent", KV.format(m="Put")) == 1
+    assert delta("received", KV.format(m="Range")) == 1 and delta("sent", KV.format(m="Range")) == 0
+    watch = 'grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"'
+    assert delta("received", watch) == 2 and delta("sent", watch) == 3
+    snapshot = 'grpc_method="Snapshot",grpc_service="etcdserverpb.Maintenance",grpc_type="server_stream"'
+    assert after[f"grpc_server_msg_sent_total{{{snapshot}}}"] == 0
+    assert not any(name.startswith("grpc_server_handling_seconds") for name in after), "extensive only"
+
+
+async def test_extensive_metrics_add_handling_time_histograms(tmp_path: Path) -> None:
+    member = await start_test_member(tmp_path / "data", metrics="extensive")
+    try:
+        for i in range(3):
+            await member.kv.Put(pb.PutRequest(key=b"h%d" % i, value=b"1"))
+        metrics = await scrape(member.metrics_url)
+    finally:
+        await member.channel.close()
+        await member.running.close()
+    put = KV.format(m="Put")
+    assert metrics[f"grpc_server_handling_seconds_count{{{put}}}"] == 3
+    assert 0 < metrics[f"grpc_server_handling_seconds_sum{{{put}}}"] < 30
+    assert metrics[f'grpc_server_handling_seconds_bucket{{{put},le="10"}}'] == 3  # Go's bucket labels: 10, not 10.0
+    assert metrics[f'grpc_server_handling_seconds_bucket{{{put},le="+Inf"}}'] == 3
+    assert metrics[f"grpc_server_handling_seconds_count{{{KV.format(m='Range')}}}"] == 0
+
+
+def test_metrics_flag_reaches_the_http_options() -> None:
+    from quorumkv.server.config import ServerConfig
+    from quorumkv.server.run import HttpOptions
+
+    assert HttpOptions.from_config(ServerConfig(metrics="extensive")).metrics == "extensive"
+    assert HttpOptions.from_config(ServerConfig()).metrics == "basic"
 
 
 def test_histogram_buckets_are_cumulative() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
@@ -36,6 +37,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: etcd's buckets for WAL fsync and backend commit: prometheus.ExponentialBuckets(0.001, 2, 14).
 DISK_BUCKETS = tuple(0.001 * 2**i for i in range(14))
+
+#: go-grpc-prometheus's buckets for grpc_server_handling_seconds (prometheus.DefBuckets), kept with
+#: ``--metrics extensive`` only, as etcd does.
+HANDLING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 #: etcd's warning threshold for one WAL fsync (wal.warnSyncDuration).
 SLOW_FDATASYNC_S = 1.0
@@ -81,7 +86,8 @@ class Histogram:
         self.total += value
         self.count += 1
 
-    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative ``(le, count)`` pairs, ``+Inf`` last."""
         buckets: list[tuple[str, float]] = []
         acc = 0
         counts = list(self.counts)  # a consistent-enough copy (the writer may be adding)
@@ -89,19 +95,28 @@ class Histogram:
             acc += n
             buckets.append((_float_label(bound), acc))
         buckets.append(("+Inf", acc + counts[-1]))
+        return buckets
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
         fam = HistogramMetricFamily(name, doc)
-        fam.add_metric([], buckets, sum_value=self.total)
+        fam.add_metric([], self.buckets(), sum_value=self.total)
         return fam
 
 
 def _float_label(v: float) -> str:
-    return repr(round(v, 6))
+    """A bucket bound as Go's Prometheus client prints it: ``0.005``, ``1``, ``2.5``, ``10``."""
+    v = round(v, 6)
+    return str(int(v)) if v == int(v) else repr(v)
 
 
 class ServerStats:
-    """Counters the request path bumps. Event-loop owned except the histograms (writer thread)."""
+    """Counters the request path bumps. Event-loop owned except the disk histograms (writer thread).
 
-    def __init__(self) -> None:
+    ``extensive`` (``--metrics extensive``) adds ``grpc_server_handling_seconds`` histograms per method.
+    """
+
+    def __init__(self, extensive: bool = False) -> None:
+        self.extensive = extensive
         self.put = 0
         self.range = 0
         self.delete = 0
@@ -118,6 +133,12 @@ class ServerStats:
         self.started: dict[tuple[str, str, str], int] = {}
         #: (grpc_type, grpc_service, grpc_method, grpc_code) -> finished calls
         self.handled: dict[tuple[str, str, str, str], int] = {}
+        #: stream methods only (a unary call receives one message per start and sends one per OK answer):
+        #: (grpc_type, grpc_service, grpc_method) -> messages received / sent
+        self.stream_received: dict[tuple[str, str, str], int] = {}
+        self.stream_sent: dict[tuple[str, str, str], int] = {}
+        #: with ``extensive``: (grpc_type, grpc_service, grpc_method) -> handling time histogram
+        self.handling: dict[tuple[str, str, str], Histogram] = {}
         self.wal_fsync = Histogram(DISK_BUCKETS)
         self.backend_commit = Histogram(DISK_BUCKETS)
         self.slow_fdatasync_s = SLOW_FDATASYNC_S
@@ -239,9 +260,16 @@ def instrument_servicer(servicer: Any, service: str, stats: ServerStats) -> None
         stats.started.setdefault(base, 0)
         for code in GRPC_CODE_NAMES.values():
             stats.handled.setdefault((*base, code), 0)
-        if m.server_streaming:
+        if stats.extensive:
+            stats.handling.setdefault(base, Histogram(HANDLING_BUCKETS))
+        if m.server_streaming or m.client_streaming:
+            stats.stream_received.setdefault(base, 0)
+            stats.stream_sent.setdefault(base, 0)
             on_msg = _renewed_counter(stats) if m.name == "LeaseKeepAlive" else None
-            setattr(servicer, m.name, _wrap_stream(fn, base, stats, on_msg))
+            setattr(servicer, m.name, _wrap_stream(fn, base, stats, on_msg, m.client_streaming))
+        elif stats.extensive:
+            setattr(servicer, m.name, _wrap_unary_timed(fn, base, stats, on_ok_by_method.get(m.name),
+                                                        m.name in _WRITE_METHODS))
         else:
             setattr(servicer, m.name, _wrap_unary(fn, base, stats, on_ok_by_method.get(m.name),
                                                   m.name in _WRITE_METHODS))
@@ -281,18 +309,51 @@ def _wrap_unary(fn: Callable[[Any, Any], Awaitable[Any]], base: tuple[str, str, 
     return unary
 
 
+def _wrap_unary_timed(fn: Callable[[Any, Any], Awaitable[Any]], base: tuple[str, str, str], stats: ServerStats,
+                      on_ok: Callable[[Any, Any], None] | None,
+                      is_write: bool) -> Callable[[Any, Any], Awaitable[Any]]:
+    """:func:`_wrap_unary` plus the handling-time histogram (``--metrics extensive``)."""
+    inner = _wrap_unary(fn, base, stats, on_ok, is_write)
+    observe = stats.handling[base].observe
+    clock = time.perf_counter
+
+    async def unary(request: Any, context: Any) -> Any:
+        t0 = clock()
+        try:
+            return await inner(request, context)
+        finally:
+            observe(clock() - t0)
+
+    return unary
+
+
 def _wrap_stream(fn: Callable[[Any, Any], AsyncIterator[Any]], base: tuple[str, str, str], stats: ServerStats,
-                 on_msg: Callable[[Any], None] | None) -> Callable[[Any, Any], AsyncIterator[Any]]:
+                 on_msg: Callable[[Any], None] | None,
+                 client_streaming: bool = False) -> Callable[[Any, Any], AsyncIterator[Any]]:
     started = stats.started
     handled = stats.handled
+    received = stats.stream_received
+    sent = stats.stream_sent
+    histogram = stats.handling.get(base)
+
+    async def counted(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for req in requests:
+            received[base] += 1
+            yield req
 
     async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
         started[base] += 1
+        t0 = time.perf_counter()
         code = "OK"
+        if client_streaming:
+            request = counted(request)
+        else:
+            received[base] += 1  # the one request message of a server stream
         try:
             async for resp in fn(request, context):
                 if on_msg is not None:
                     on_msg(resp)
+                sent[base] += 1
                 yield resp
         except (asyncio.CancelledError, GeneratorExit):
             code = "Canceled"
@@ -306,6 +367,8 @@ def _wrap_stream(fn: Callable[[Any, Any], AsyncIterator[Any]], base: tuple[str, 
             if code == "OK" and _is_cancelled(context):
                 code = "Canceled"
             handled[(*base, code)] += 1
+            if histogram is not None:
+                histogram.observe(time.perf_counter() - t0)
 
     return stream
 
@@ -412,6 +475,35 @@ class EtcdCollector(Collector):
         for (gtype, service, method, code), n in sorted(st.handled.items()):
             handled.add_metric([code, method, service, gtype], n)
         yield handled
+        yield from _message_families(st)
+        if st.extensive:
+            handling = HistogramMetricFamily(
+                "grpc_server_handling_seconds",
+                "Histogram of response latency (seconds) of gRPC that had been application-level handled by the "
+                "server.", labels=["grpc_method", "grpc_service", "grpc_type"])
+            for (gtype, service, method), hist in sorted(st.handling.items()):
+                handling.add_metric([method, service, gtype], hist.buckets(), sum_value=hist.total)
+            yield handling
+
+
+def _message_families(st: ServerStats) -> Iterator[Metric]:
+    """go-grpc-prometheus's message counters. A unary call receives one message when it starts and sends one
+    when it succeeds, so those come from the started/handled counters; streams count every message."""
+    labels = ["grpc_method", "grpc_service", "grpc_type"]
+    received = CounterMetricFamily("grpc_server_msg_received",
+                                   "Total number of RPC stream messages received on the server.", labels=labels)
+    sent = CounterMetricFamily("grpc_server_msg_sent", "Total number of gRPC stream messages sent by the server.",
+                               labels=labels)
+    for base in sorted(st.started):
+        gtype, service, method = base
+        if gtype == "unary":
+            received.add_metric([method, service, gtype], st.started[base])
+            sent.add_metric([method, service, gtype], st.handled.get((*base, "OK"), 0))
+        else:
+            received.add_metric([method, service, gtype], st.stream_received.get(base, 0))
+            sent.add_metric([method, service, gtype], st.stream_sent.get(base, 0))
+    yield received
+    yield sent
 
 
 def _live_keys(server: Any) -> int:
@@ -481,7 +573,8 @@ def render(registry: CollectorRegistry) -> bytes:
 
 
 __all__ = [
-    "CONTENT_TYPE", "EtcdCollector", "Histogram", "ServerStats", "build_registry", "format_duration",
+    "CONTENT_TYPE", "HANDLING_BUCKETS", "EtcdCollector", "Histogram", "ServerStats", "build_registry",
+    "format_duration",
     "instrument_servicer", "render",
 ]
 

@@ -167,6 +167,8 @@ class HttpOptions:
     quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
     #: etcd's expected duration of one apply; slower applies log "apply request took too long".
     slow_apply_s: float = SLOW_APPLY_S
+    #: ``--metrics``: "basic", or "extensive" for the per-method grpc_server_handling_seconds histograms.
+    metrics: str = "basic"
 
     @classmethod
     def from_config(cls, cfg: Any) -> HttpOptions:
@@ -175,6 +177,7 @@ class HttpOptions:
             listen_client_http_urls=list(getattr(cfg, "listen_client_http_urls", []) or []),
             listen_metrics_urls=list(getattr(cfg, "listen_metrics_urls", []) or []),
             quota_backend_bytes=int(quota) or 2 * 1024 * 1024 * 1024,
+            metrics=str(getattr(cfg, "metrics", "basic") or "basic"),
         )
 
 
@@ -209,7 +212,7 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     """Open the data dir, start the member, its gRPC listeners and its HTTP listeners (``http``: metrics,
     health, JSON gateway); raise on any startup problem."""
     http = http or HttpOptions()
-    stats = ServerStats()
+    stats = ServerStats(extensive=http.metrics == "extensive")
     server = QuorumServer(settings, on_applied_hooks=[stats.on_applied], fsync_observer=stats.observe_commit)
     if server._node is not None:  # a joining member creates its node once it has joined
         server.node.slow_apply_s = http.slow_apply_s

@@ -131,8 +131,8 @@ class GoFlag:
             decls.append(f"-{self.short}")
         if self.kind == "bool":
             decls = [f"--{self.name}/--no-{self.name}"] + ([f"-{self.short}"] if self.short else [])
-            return click.Option(decls, self.dest, default=None, help=self.help, is_flag=True)
-        return click.Option(decls, self.dest, default=None, help=self.help, type=GoValue(self), multiple=True)
+            return click.Option([self.dest, *decls], default=None, help=self.help, is_flag=True)
+        return click.Option([self.dest, *decls], default=None, help=self.help, type=GoValue(self), multiple=True)
 
     def convert(self, raw: str) -> Any:
         try:
@@ -233,7 +233,7 @@ class CtlCommand(click.Command):
         self.long = long
         params: list[click.Parameter] = [flag.to_option() for flag in self.go_flags]
         params += [flag.to_option() for flag in (*GLOBAL_FLAGS, *self.inherited)]
-        params.append(click.Option(["--help", "-h"], "show_help", is_flag=True, default=False))
+        params.append(click.Option(["show_help", "--help", "-h"], is_flag=True, default=False))
         params.append(click.Argument(["args"], nargs=-1, type=click.UNPROCESSED))
         super().__init__(name, params=params, add_help_option=False, short_help=short, **kwargs)
         for flag in self.go_flags:
@@ -529,7 +529,7 @@ class Registry:
     def load(cls) -> None:
         if cls.loaded:
             return
-        from quorumkv.cli.ctl import cluster, kv, lease, maintenance, watch  # noqa: F401
+        from quorumkv.cli.ctl import check, cluster, kv, lease, maintenance, watch  # noqa: F401
 
         cls.loaded = True
 

@@ -27,7 +27,9 @@ __all__ = [
     "Client",
     "CtlError",
     "Settings",
+    "channel_credentials",
     "grpc_error_text",
+    "is_secure",
 ]
 
 # etcdctl's exit codes (etcdctl/ctlv3/command/error.go)
@@ -134,6 +136,27 @@ class Settings:
     cluster: bool = False
 
 
+def is_secure(settings: Settings, endpoint: str) -> bool:
+    """TLS when the endpoint says https/unixs or any of --cacert/--cert/--key is given (as etcdctl)."""
+    return endpoint.startswith(("https://", "unixs://")) or bool(settings.cacert or settings.cert or settings.key)
+
+
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials:
+    """TLS credentials from --cacert/--cert/--key; an unreadable file is a bad-arguments error."""
+
+    def read(path: str) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    try:
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(settings.cacert),
+            private_key=read(settings.key),
+            certificate_chain=read(settings.cert),
+        )
+    except OSError as exc:
+        raise CtlError(EXIT_BAD_ARGS, str(exc)) from None
+
+
 class Client:
     """One gRPC connection to one endpoint, with etcd's service stubs."""
 
@@ -149,11 +172,8 @@ class Client:
             ("grpc.enable_http_proxy", 0),
             ("grpc.max_receive_message_length", 2**31 - 1),
         ]
-        secure = self.endpoint.startswith(("https://", "unixs://")) or bool(
-            settings.cacert or settings.cert or settings.key
-        )
-        if secure:
-            self.channel = grpc.secure_channel(self.target, self._credentials(), options=options)
+        if is_secure(settings, self.endpoint):
+            self.channel = grpc.secure_channel(self.target, channel_credentials(settings), options=options)
         else:
             self.channel = grpc.insecure_channel(self.target, options=options)
         self.kv = _stub("KVStub", self.channel)
@@ -163,19 +183,6 @@ class Client:
         self.maintenance = _stub("MaintenanceStub", self.channel)
         self._metadata: list[tuple[str, str]] = []
         self._dialled = False
-
-    def _credentials(self) -> grpc.ChannelCredentials:
-        def read(path: str) -> bytes | None:
-            return Path(path).read_bytes() if path else None
-
-        try:
-            return grpc.ssl_channel_credentials(
-                root_certificates=read(self.settings.cacert),
-                private_key=read(self.settings.key),
-                certificate_chain=read(self.settings.cert),
-            )
-        except OSError as exc:
-            raise CtlError(EXIT_BAD_ARGS, str(exc)) from None
 
     def close(self) -> None:
         self.channel.close()
