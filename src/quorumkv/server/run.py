@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -288,6 +289,24 @@ async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TL
         await member.close()
 
 
+#: ``QUORUMKV_EVENT_LOOP``: ``uvloop`` (the default when the uvloop package is installed) or ``asyncio``.
+EVENT_LOOP_ENV = "QUORUMKV_EVENT_LOOP"
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The ``quorumkv`` command's event loop: uvloop's when installed (faster gRPC serving, see
+    docs/performance.md) unless ``QUORUMKV_EVENT_LOOP=asyncio``; else asyncio's own."""
+    choice = os.environ.get(EVENT_LOOP_ENV, "uvloop")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            log.debug("uvloop is not installed; using asyncio's event loop")
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def run_server(config: Any) -> int:
     """Blocking entry for the ``quorumkv`` command: returns the process exit code."""
     setup_logging(getattr(config, "log_level", "info"), getattr(config, "log_format", "json"))
@@ -296,7 +315,8 @@ def run_server(config: Any) -> int:
                    trusted_ca_file=getattr(config, "trusted_ca_file", ""),
                    client_cert_auth=bool(getattr(config, "client_cert_auth", False)))
     try:
-        asyncio.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config)))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config)))
     except (DataDirError, StorageError, ValueError, OSError) as exc:
         print(f"quorumkv: {exc}", file=sys.stderr)
         return 1

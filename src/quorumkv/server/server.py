@@ -32,6 +32,7 @@ from quorumkv.server.apply import (
     put_cost_bytes,
     txn_cost_bytes,
 )
+from quorumkv.server.applyproc import ProcessNode
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.errors import EtcdError
 from quorumkv.server.node import LocalNode
@@ -108,6 +109,8 @@ class ServerSettings:
     auto_compaction_mode: str = "periodic"
     #: Seconds (periodic) or revisions (revision); 0 disables auto-compaction.
     auto_compaction_retention: int = 0
+    #: Append/apply/commit in a child process (``quorumkv.server.applyproc``) instead of a thread of this one.
+    apply_process: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
@@ -126,6 +129,7 @@ class ServerSettings:
             quota_backend_bytes=cfg.effective_quota_backend_bytes,
             auto_compaction_mode=cfg.auto_compaction_mode,
             auto_compaction_retention=cfg.auto_compaction_retention_parsed(),
+            apply_process=bool(getattr(cfg, "experimental_apply_process", False)),
         )
 
     @property
@@ -150,8 +154,13 @@ class QuorumServer:
             self.backend = Backend(self.datadir.db_path)
             self.applier = Applier(self.backend.writer, min_lease_ttl_seconds=settings.min_lease_ttl_seconds)
             self._init_membership()
-            self.node = LocalNode(self.backend, self.applier, on_applied=self._on_applied,
-                                  fsync_observer=fsync_observer)
+            self.node: LocalNode | ProcessNode
+            if settings.apply_process:
+                self.node = ProcessNode(self.backend, self.applier, on_applied=self._on_applied,
+                                        fsync_observer=fsync_observer, lock_fd=self.datadir.lock_fd)
+            else:
+                self.node = LocalNode(self.backend, self.applier, on_applied=self._on_applied,
+                                      fsync_observer=fsync_observer)
         except BaseException:
             self.datadir.close()
             raise
