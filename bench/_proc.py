@@ -85,9 +85,12 @@ class ProcStats:
     peak_rss_mb: float
     #: The kernel's own high-water mark (VmHWM) at the end of the run: a cross-check of the sampled peak.
     hwm_mb: float
+    #: CPU of the process and its children (quorumkv's apply process).
     cpu_s: float
     wall_s: float
     samples: int
+    #: CPU of the process itself (the one serving gRPC), children excluded.
+    main_cpu_s: float = 0.0
 
     @property
     def cpu_percent(self) -> float:
@@ -108,6 +111,7 @@ class ProcSampler:
         self._peak_kb = 0
         self._samples = 0
         self._cpu0 = 0.0
+        self._main_cpu0 = 0.0
         self._t0 = 0.0
 
     def __enter__(self) -> ProcSampler:
@@ -121,6 +125,7 @@ class ProcSampler:
 
     def start(self) -> None:
         self._cpu0 = tree_cpu_seconds(self.pid)
+        self._main_cpu0 = read_cpu_seconds(self.pid)
         self._t0 = time.monotonic()
         self._thread.start()
 
@@ -142,6 +147,7 @@ class ProcSampler:
         self._thread.join(timeout=5.0)
         self._sample()
         cpu = tree_cpu_seconds(self.pid) - self._cpu0
+        main_cpu = read_cpu_seconds(self.pid) - self._main_cpu0
         hwm = (read_status_kb(self.pid, "VmHWM") or 0) + sum(
             read_status_kb(kid, "VmHWM") or 0 for kid in descendants(self.pid))
         return ProcStats(
@@ -150,6 +156,7 @@ class ProcSampler:
             cpu_s=round(cpu, 2),
             wall_s=round(time.monotonic() - self._t0, 2),
             samples=self._samples,
+            main_cpu_s=round(main_cpu, 2),
         )
 
 

@@ -259,6 +259,7 @@ def render(results: list[RunResult]) -> str:
         "peak RSS (MB)",
         "server CPU (s)",
         "server CPU %",
+        "main proc CPU %",
         "etcdctl CPU (s)",
         "other procs CPU %",
     ]
@@ -277,6 +278,7 @@ def render(results: list[RunResult]) -> str:
                 _fmt(s.peak_rss_mb if s else None, ".0f"),
                 _fmt(s.cpu_s if s else None, ".1f"),
                 _fmt(s.cpu_percent if s else None, ".0f"),
+                _fmt(100 * s.main_cpu_s / s.wall_s if s and s.wall_s else None, ".0f"),
                 f"{r.client_cpu_s:.1f}",
                 _fmt(r.other_cpu_percent, ".0f"),
             ]
