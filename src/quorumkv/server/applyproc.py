@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import logging
 import os
 import pickle
@@ -243,6 +244,12 @@ class _Child:
             return 1
         self.send(T_HELLO, _dumps(_state(writer)))
         from quorumkv.server.node import MAX_BATCH_ENTRIES
+
+        # as the serving process does (run.tune_gc): startup objects out of the collector's sight, rarer
+        # young collections
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, *gc.get_threshold()[1:])
 
         pending: list[tuple[int, bytes]] = []
         frames: collections.deque[tuple[int, bytes]] = collections.deque()
