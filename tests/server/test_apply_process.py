@@ -484,3 +484,34 @@ def test_commits_the_dead_child_never_reported_reach_watchers_and_leases(tmp_pat
             await srv.stop()
 
     asyncio.run(main())
+
+
+def test_a_stalled_child_makes_the_parent_buffer_not_block(tmp_path: Path) -> None:
+    """SIGSTOP the child while ~12 MiB of proposals are sent (more than the socket buffers hold): the event
+    loop keeps running (the rest waits in the node's write buffer), and after SIGCONT every put is answered."""
+
+    async def main() -> None:
+        srv = QuorumServer(_settings(tmp_path / "d"))
+        await srv.start()
+        node = srv.node
+        assert isinstance(node, ProcessNode) and node.child_pid is not None
+        try:
+            os.kill(node.child_pid, signal.SIGSTOP)
+            value = b"v" * 12_000
+            futs = [asyncio.ensure_future(srv.put(pb.PutRequest(key=b"s%d" % i, value=value))) for i in range(1000)]
+            ticks = 0
+            for _ in range(20):  # the loop is not blocked by the full socket
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert ticks == 20 and not any(f.done() for f in futs)
+            assert len(node._wbuf) > 0, "expected the socket to be full and the rest buffered"
+            os.kill(node.child_pid, signal.SIGCONT)
+            resps = await asyncio.wait_for(asyncio.gather(*futs), 30)
+            assert sorted(r.header.revision for r in resps) == list(range(2, 1002))
+            assert not node._wbuf
+        finally:
+            if node.child_pid is not None:
+                os.kill(node.child_pid, signal.SIGCONT)
+            await srv.stop()
+
+    asyncio.run(main())

@@ -103,6 +103,50 @@ def _dumps(obj: object) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+class _FrameReader:
+    """Frames out of a stream socket, read with ``recv_into`` into one reusable buffer (``recv(n)`` would
+    allocate, and for large ``n`` mmap and unmap, a fresh buffer per read)."""
+
+    def __init__(self, size: int = 1 << 20) -> None:
+        self.buf = bytearray(size)
+        self.start = 0
+        self.end = 0
+
+    @property
+    def buffered(self) -> int:
+        return self.end - self.start
+
+    def read_from(self, sock: socket.socket, flags: int = 0) -> int:
+        """One ``recv_into``; returns the byte count (0: EOF). Raises BlockingIOError if nothing is there."""
+        if self.end == len(self.buf):
+            if self.start:  # move the partial frame to the front
+                n = self.end - self.start
+                self.buf[:n] = self.buf[self.start:self.end]
+                self.start, self.end = 0, n
+            else:  # one frame larger than the buffer
+                self.buf.extend(bytes(len(self.buf)))
+        with memoryview(self.buf) as view:
+            n = sock.recv_into(view[self.end:], 0, flags)
+        self.end += n
+        return n
+
+    def next_frame(self) -> tuple[int, bytes] | None:
+        """The next complete frame as (type, body), or None."""
+        start = self.start
+        if self.end - start < FRAME.size:
+            return None
+        length, ftype = FRAME.unpack_from(self.buf, start)
+        body_at = start + FRAME.size
+        if self.end - body_at < length:
+            return None
+        with memoryview(self.buf) as view:
+            body = bytes(view[body_at:body_at + length])
+        self.start = body_at + length
+        if self.start == self.end:
+            self.start = self.end = 0
+        return ftype, body
+
+
 # -- the child ------------------------------------------------------------------------------------------------
 
 
@@ -179,47 +223,35 @@ class _Child:
         self.sock = sock
         self.db_path = db_path
         self.min_lease_ttl_seconds = min_lease_ttl_seconds
-        self.buf = bytearray()
-        self.pos = 0
+        self.reader = _FrameReader()
 
     def send(self, ftype: int, body: bytes = b"") -> None:
-        self.sock.sendall(_frame(ftype, body))
+        header = FRAME.pack(len(body), ftype)
+        sent = self.sock.sendmsg([header, body])
+        if sent < len(header) + len(body):  # interrupted: send the rest
+            self.sock.sendall((header + body)[sent:])
 
     def _fill(self, block: bool) -> bool:
         """Read more from the parent; False if nothing was available (non-blocking). EOFError on EOF."""
         try:
-            data = self.sock.recv(1 << 20, 0 if block else socket.MSG_DONTWAIT)
+            n = self.reader.read_from(self.sock, 0 if block else socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
-        if not data:
+        if not n:
             raise EOFError
-        if self.pos:
-            del self.buf[:self.pos]
-            self.pos = 0
-        self.buf += data
         return True
-
-    def _next_frame(self) -> tuple[int, bytes] | None:
-        buf, pos = self.buf, self.pos
-        if len(buf) - pos < FRAME.size:
-            return None
-        length, ftype = FRAME.unpack_from(buf, pos)
-        start = pos + FRAME.size
-        if len(buf) - start < length:
-            return None
-        self.pos = start + length
-        return ftype, bytes(buf[start:start + length])
 
     def frames(self) -> list[tuple[int, bytes]]:
         """Every complete frame: blocks for the first, then takes whatever else is already there."""
         out: list[tuple[int, bytes]] = []
+        reader = self.reader
         while True:
-            f = self._next_frame()
+            f = reader.next_frame()
             if f is not None:
                 out.append(f)
                 continue
             if out:
-                if len(self.buf) - self.pos > READ_AHEAD_BYTES or not self._fill(block=False):
+                if reader.buffered > READ_AHEAD_BYTES or not self._fill(block=False):
                     return out
             else:
                 self._fill(block=True)
@@ -436,7 +468,7 @@ class ProcessNode:
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._wbuf = bytearray()
-        self._rbuf = bytearray()
+        self._reader = _FrameReader()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._next_request_id = 1
@@ -475,7 +507,7 @@ class ProcessNode:
         finally:
             child_sock.close()
         self._sock = parent_sock
-        self._rbuf = bytearray()
+        self._reader = _FrameReader()
         self._wbuf = bytearray()
 
     def _handshake_sync(self, want: int) -> Any:
@@ -484,27 +516,23 @@ class ProcessNode:
         assert sock is not None
         sock.setblocking(True)
         sock.settimeout(HANDSHAKE_TIMEOUT_S)
-        buf = self._rbuf
+        reader = self._reader
         try:
             while True:
-                while len(buf) >= FRAME.size:
-                    length, ftype = FRAME.unpack_from(buf, 0)
-                    if len(buf) < FRAME.size + length:
-                        break
-                    body = bytes(buf[FRAME.size:FRAME.size + length])
-                    del buf[:FRAME.size + length]
-                    if ftype == want:
-                        return pickle.loads(body)
-                    if ftype == T_LOG:
-                        _emit(body)
-                    elif ftype == T_FATAL:
-                        raise StorageError(pickle.loads(body))
-                    else:
-                        raise StorageError(f"apply process: unexpected frame {ftype} while starting")
-                data = sock.recv(1 << 20)
-                if not data:
-                    raise StorageError(f"the apply process exited while starting (code {self._reap()})")
-                buf += data
+                frame = reader.next_frame()
+                if frame is None:
+                    if not reader.read_from(sock):
+                        raise StorageError(f"the apply process exited while starting (code {self._reap()})")
+                    continue
+                ftype, body = frame
+                if ftype == want:
+                    return pickle.loads(body)
+                if ftype == T_LOG:
+                    _emit(body)
+                elif ftype == T_FATAL:
+                    raise StorageError(pickle.loads(body))
+                else:
+                    raise StorageError(f"apply process: unexpected frame {ftype} while starting")
         except (TimeoutError, OSError) as exc:
             self._kill()
             raise StorageError(f"the apply process did not start: {exc!r}") from exc
@@ -639,12 +667,10 @@ class ProcessNode:
         while time.monotonic() < deadline:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
-                data = sock.recv(1 << 20)
+                if not self._reader.read_from(sock):
+                    break
             except (TimeoutError, OSError):
                 break
-            if not data:
-                break
-            self._rbuf += data
             self._parse()
         self._child_lost()
 
@@ -676,13 +702,13 @@ class ProcessNode:
             return
         body = b"".join(self._out)
         self._out.clear()
-        self._write(FRAME.pack(len(body), T_BATCH) + body)
+        self._write(FRAME.pack(len(body), T_BATCH), body)
 
     def _send_control(self, ftype: int, body: bytes) -> None:
         if self._sock is None or self._sock.fileno() < 0:
             return
         self._flush()
-        self._write(_frame(ftype, body))
+        self._write(FRAME.pack(len(body), ftype), body)
 
     def _resume(self) -> None:
         if self._restart_pending:  # the child died while paused: its successor may open the (new) file now
@@ -699,20 +725,22 @@ class ProcessNode:
         self._pause_waiters.append((done, outcome))
         self._send_control(T_PAUSE, b"")
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, header: bytes, body: bytes) -> None:
+        """Send one frame (or queue it behind what the socket did not take yet)."""
         sock = self._sock
         assert sock is not None and self._loop is not None
         if self._wbuf:
-            self._wbuf += data
+            self._wbuf += header
+            self._wbuf += body
             return
         try:
-            n = sock.send(data)
+            n = sock.sendmsg([header, body])
         except (BlockingIOError, InterruptedError):
             n = 0
         except OSError:  # the child is gone; the reader sees EOF and handles it
             return
-        if n < len(data):
-            self._wbuf += data[n:]
+        if n < len(header) + len(body):
+            self._wbuf += (header + body)[n:]
             self._loop.add_writer(sock.fileno(), self._on_writable)
 
     def _on_writable(self) -> None:
@@ -734,32 +762,20 @@ class ProcessNode:
         sock = self._sock
         assert sock is not None
         try:
-            data = sock.recv(1 << 20)
+            n = self._reader.read_from(sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self._child_lost()
             return
-        self._rbuf += data
         self._parse()
 
     def _parse(self) -> None:
-        buf = self._rbuf
-        off, n = 0, len(buf)
-        size = FRAME.size
-        try:
-            while n - off >= size:
-                length, ftype = FRAME.unpack_from(buf, off)
-                end = off + size + length
-                if end > n:
-                    break
-                body = bytes(buf[off + size:end])
-                off = end
-                self._dispatch(ftype, body)
-        finally:
-            del buf[:off]
+        next_frame = self._reader.next_frame
+        while (frame := next_frame()) is not None:
+            self._dispatch(*frame)
 
     def _dispatch(self, ftype: int, body: bytes) -> None:
         if ftype == T_RESULT:
@@ -912,7 +928,8 @@ class ProcessNode:
             result.events = self._read_events(before_rev + 1, m.revision)
         self._on_applied(result)
         slow = self.slow_apply_s if self.slow_apply_observer is not None else None
-        self._write(_frame(T_START, _dumps(slow)))
+        body = _dumps(slow)
+        self._write(FRAME.pack(len(body), T_START), body)
 
     def _read_events(self, low: int, high: int) -> list[tuple[int, list[Event]]]:
         by_rev: dict[int, list[Event]] = {}
