@@ -7,7 +7,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +26,37 @@ def read_cpu_seconds(pid: int) -> float:
     fields = text[text.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (from /proc/PID/task/*/children; empty if unreadable)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                kids = [int(x) for x in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` plus those of its live descendants (e.g. quorumkv's apply process)."""
+    total = read_cpu_seconds(pid)
+    for kid in descendants(pid):
+        try:
+            total += read_cpu_seconds(kid)
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def read_status_kb(pid: int, key: str = "VmRSS") -> int | None:
@@ -54,9 +85,12 @@ class ProcStats:
     peak_rss_mb: float
     #: The kernel's own high-water mark (VmHWM) at the end of the run: a cross-check of the sampled peak.
     hwm_mb: float
+    #: CPU of the process and its children (quorumkv's apply process).
     cpu_s: float
     wall_s: float
     samples: int
+    #: CPU of the process itself (the one serving gRPC), children excluded.
+    main_cpu_s: float = 0.0
 
     @property
     def cpu_percent(self) -> float:
@@ -77,6 +111,7 @@ class ProcSampler:
         self._peak_kb = 0
         self._samples = 0
         self._cpu0 = 0.0
+        self._main_cpu0 = 0.0
         self._t0 = 0.0
 
     def __enter__(self) -> ProcSampler:
@@ -89,13 +124,15 @@ class ProcSampler:
             self._thread.join(timeout=5.0)
 
     def start(self) -> None:
-        self._cpu0 = read_cpu_seconds(self.pid)
+        self._cpu0 = tree_cpu_seconds(self.pid)
+        self._main_cpu0 = read_cpu_seconds(self.pid)
         self._t0 = time.monotonic()
         self._thread.start()
 
     def _sample(self) -> None:
         rss = read_status_kb(self.pid, "VmRSS")
         if rss is not None:
+            rss += sum(read_status_kb(kid, "VmRSS") or 0 for kid in descendants(self.pid))
             self._peak_kb = max(self._peak_kb, rss)
             self._samples += 1
 
@@ -109,14 +146,17 @@ class ProcSampler:
         self._stop.set()
         self._thread.join(timeout=5.0)
         self._sample()
-        cpu = read_cpu_seconds(self.pid) - self._cpu0
-        hwm = read_status_kb(self.pid, "VmHWM") or 0
+        cpu = tree_cpu_seconds(self.pid) - self._cpu0
+        main_cpu = read_cpu_seconds(self.pid) - self._main_cpu0
+        hwm = (read_status_kb(self.pid, "VmHWM") or 0) + sum(
+            read_status_kb(kid, "VmHWM") or 0 for kid in descendants(self.pid))
         return ProcStats(
             peak_rss_mb=round(self._peak_kb / 1024, 1),
             hwm_mb=round(hwm / 1024, 1),
             cpu_s=round(cpu, 2),
             wall_s=round(time.monotonic() - self._t0, 2),
             samples=self._samples,
+            main_cpu_s=round(main_cpu, 2),
         )
 
 
@@ -127,12 +167,14 @@ def children_cpu_seconds() -> float:
 
 
 @contextmanager
-def running_server(kind: str, tmp_dir: Path) -> Iterator[ServerProcess]:
-    """A fresh single-member server of ``kind`` (data under ``tmp_dir``), stopped (only its pid) on exit."""
+def running_server(kind: str, tmp_dir: Path, quorumkv_args: Sequence[str] = (),
+                   quorumkv_env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A fresh single-member server of ``kind`` (data under ``tmp_dir``), stopped (only its pid) on exit.
+    ``quorumkv_args``/``quorumkv_env``: extra flags and environment for a quorumkv server."""
     if kind == "etcd":
         server = start_etcd(tmp_dir)
     elif kind == "quorumkv":
-        server = start_quorumkv(tmp_dir)
+        server = start_quorumkv(tmp_dir, extra_args=quorumkv_args, env=quorumkv_env)
     else:
         raise ValueError(f"unknown server kind {kind!r}")
     try:

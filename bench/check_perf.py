@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,11 +160,12 @@ class RunResult:
 
 
 def run_one(
-    kind: str, load: str, tmp_root: Path, timeout_s: float, py_spy_out: Path | None = None, wait_quiet_s: float = 0.0
+    kind: str, load: str, tmp_root: Path, timeout_s: float, py_spy_out: Path | None = None, wait_quiet_s: float = 0.0,
+    quorumkv_args: Sequence[str] = (), quorumkv_env: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Start a fresh ``kind`` server, run ``check perf --load=LOAD`` against it, stop it."""
     with tempfile.TemporaryDirectory(prefix=f"check-perf-{kind}-{load}-", dir=tmp_root) as tmp:
-        with running_server(kind, Path(tmp)) as server:
+        with running_server(kind, Path(tmp), quorumkv_args, quorumkv_env) as server:
             endpoint = f"127.0.0.1:{server.client_port}"
             command = ["etcdctl", "--endpoints", endpoint, "check", "perf", f"--load={load}"]
             log(f"{kind} pid {server.pid} on {endpoint}: {' '.join(command)}")
@@ -204,7 +206,8 @@ def run_one(
 
 def _start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """Profile ``pid`` with py-spy (a dev tool, not a dependency) for 20 s, as a flame graph + raw text."""
-    argv = ["py-spy", "record", "--pid", str(pid), "--duration", "20", "--rate", "100", "--function", "--format"]
+    argv = ["py-spy", "record", "--pid", str(pid), "--duration", "20", "--rate", "100", "--function",
+            "--subprocesses", "--format"]
     if out.suffix == ".svg":
         argv += ["flamegraph", "-o", str(out)]
     else:
@@ -256,6 +259,7 @@ def render(results: list[RunResult]) -> str:
         "peak RSS (MB)",
         "server CPU (s)",
         "server CPU %",
+        "main proc CPU %",
         "etcdctl CPU (s)",
         "other procs CPU %",
     ]
@@ -274,6 +278,7 @@ def render(results: list[RunResult]) -> str:
                 _fmt(s.peak_rss_mb if s else None, ".0f"),
                 _fmt(s.cpu_s if s else None, ".1f"),
                 _fmt(s.cpu_percent if s else None, ".0f"),
+                _fmt(100 * s.main_cpu_s / s.wall_s if s and s.wall_s else None, ".0f"),
                 f"{r.client_cpu_s:.1f}",
                 _fmt(r.other_cpu_percent, ".0f"),
             ]
@@ -313,7 +318,14 @@ def main(argv: list[str] | None = None) -> int:
         help="profile quorumkv with py-spy for 20 s of each run (.svg: flame graph, else raw collapsed stacks); "
         "skews the figures, so use it for profiling runs only",
     )
+    parser.add_argument("--quorumkv-arg", action="append", default=[], metavar="ARG",
+                        help="extra flag for the quorumkv server (repeatable), e.g. --quorumkv-arg=--log-level=warn")
+    parser.add_argument("--quorumkv-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment variable for the quorumkv server (repeatable)")
     args = parser.parse_args(argv)
+    qkv_env = dict(item.partition("=")[::2] for item in args.quorumkv_env)
+    if args.quorumkv_arg or qkv_env:
+        log(f"quorumkv extra args {args.quorumkv_arg}, env {qkv_env}")
     loads: list[str] = list(dict.fromkeys(args.load or ["l"]))
     kinds: list[str] = [k for k in SERVER_KINDS if k in (args.server or SERVER_KINDS)]
     info = machine_info()
@@ -323,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         for load in loads:
             for kind in kinds:  # strictly one server at a time
                 profile = args.py_spy_out if kind == "quorumkv" else None
-                result = run_one(kind, load, Path(tmp_root), args.timeout, profile, args.wait_quiet)
+                result = run_one(kind, load, Path(tmp_root), args.timeout, profile, args.wait_quiet,
+                                 args.quorumkv_arg, qkv_env or None)
                 log(
                     f"{kind} load {load}: {result.parsed.writes_per_s} writes/s, "
                     f"slowest {result.parsed.slowest_s}s, errors {result.parsed.errors}"
@@ -337,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "etcdctl check perf",
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": info,
+            "quorumkv_args": args.quorumkv_arg,
+            "quorumkv_env": qkv_env,
             "results": [r.as_dict() for r in results],
             "ratios": {load: ratio(results, load) for load in loads},
             "target": target_line(results),

@@ -95,6 +95,7 @@ FLAG_CASES: list[tuple[list[str], str, Any]] = [
     (["--cipher-suites", "A,B"], "cipher_suites", ["A", "B"]),
     (["--metrics", "extensive"], "metrics", "extensive"),
     (["--experimental-watch-progress-notify-interval", "10s"], "watch_progress_notify_interval_ms", 10_000),
+    (["--experimental-apply-process=true"], "experimental_apply_process", True),
     (["--client-cert-auth"], "client_cert_auth", True),
     (["--auto-tls"], "auto_tls", True),
     (["--peer-client-cert-auth"], "peer_client_cert_auth", True),

@@ -290,8 +290,35 @@ def add_servicers(grpc_server: grpc.aio.Server, server: QuorumServer,
         "Maintenance": MaintenanceServicer(server),
         "Cluster": ClusterServicer(server),
     }
+    table = _MethodTable()
     for name, servicer in servicers.items():
         if instrument is not None:
             instrument(servicer, name)
-        getattr(pb_grpc, f"add_{name}Servicer_to_server")(servicer, grpc_server)
+        getattr(pb_grpc, f"add_{name}Servicer_to_server")(servicer, table)
+    grpc_server.add_generic_rpc_handlers((table,))
     return servicers
+
+
+class _MethodTable:
+    """Every service's method handlers in one dict, registered as ONE generic handler.
+
+    The generated ``add_*Servicer_to_server`` also registers each method as a "registered method"; grpc.aio's
+    server then keeps one pending call future per method and runs ``asyncio.wait`` over all of them (about 30
+    for etcd's API) for every incoming call, which costs more Python time per RPC than the whole KV.Put
+    handler. With one generic handler it waits on a single future (see docs/performance.md).
+    """
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    # what the generated add_*Servicer_to_server functions call on their ``server`` argument
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the same handlers also arrive through add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        for method, handler in handlers.items():
+            self.handlers[f"/{service}/{method}"] = handler
+
+    def service(self, handler_call_details: Any) -> Any:
+        """grpc.GenericRpcHandler's one method: the handler of the called method, None if unknown."""
+        return self.handlers.get(handler_call_details.method)

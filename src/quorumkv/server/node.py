@@ -5,6 +5,9 @@ and queues ``(kind, request_id, payload)``; the writer thread drains everything 
 ``raft_log`` and applies them in ONE SQLite transaction, commits (fsync), and only then hands the results back
 to the event loop in one callback. Nothing is acknowledged before it is on stable storage.
 
+The writer's work (append, apply, trim, commit) is :class:`LogWriter`; :class:`LocalNode` runs it on a thread
+of the serving process, :class:`quorumkv.server.applyproc.ProcessNode` in a child process.
+
 A multi-member cluster replaces this class with a Raft-driven node offering the same ``propose`` surface.
 """
 
@@ -56,33 +59,24 @@ class BatchObserver:
         raise NotImplementedError
 
 
-class LocalNode:
-    """A cluster of one. ``propose`` is called on the event loop; apply runs on the writer thread."""
+class LogWriter:
+    """The writer's side of a node: appends entries to ``raft_log``, applies them and commits, one transaction
+    per batch. Used from one thread at a time (the writer thread, or the apply process's main thread).
 
-    def __init__(self, backend: Backend, applier: Applier, *, on_applied: Callable[[ApplyResult], None],
-                 fsync_observer: Callable[[float], None] | None = None) -> None:
+    A batch is a list of ``(kind, entry bytes)`` with the entry bytes as ``entries.encode_entry`` makes them.
+    """
+
+    def __init__(self, backend: Backend, applier: Applier) -> None:
         self.backend = backend
         self.applier = applier
-        self._on_applied = on_applied
-        self._fsync_observer = fsync_observer
-        #: Called on the writer thread, after the batch's commit, with (index, entry bytes, seconds) of each
-        #: entry whose apply took longer than ``slow_apply_s``; None: entries are not timed.
-        self.slow_apply_observer: Callable[[int, bytes, float], None] | None = None
-        self.slow_apply_s = SLOW_APPLY_S
-        self._slow_applies: list[tuple[int, bytes, float]] = []
-        self._queue: queue.SimpleQueue[tuple[int, int, bytes] | None] = queue.SimpleQueue()
-        self._waiters: dict[int, asyncio.Future[object]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._next_request_id = 1
-        self._stopped = False
-        self._fatal: BaseException | None = None
-        #: Held by the writer thread around each batch; holding it from elsewhere pauses the writer (defrag).
-        self.write_lock = threading.Lock()
         conn = backend.writer
         self.term = int(meta_get(conn, "term", 1))
         #: Entries at or above this index are never trimmed (set by an online defrag while it catches up).
         self.log_pin: int | None = None
+        #: Entries whose apply took longer than this are collected in ``slow_applies``; None: not timed.
+        self.slow_apply_s: float | None = None
+        #: (index, entry bytes, seconds) of the slow applies of the last committed batch.
+        self.slow_applies: list[tuple[int, bytes, float]] = []
         self._batches_committed = 0
         self._log_sizes: collections.deque[tuple[int, int]] = collections.deque()
         self._log_bytes = 0
@@ -91,13 +85,17 @@ class LocalNode:
         self.last_index = int(row[0]) if row[0] is not None else int(meta_get(conn, "log_trimmed_index", 0))
         self._replay()
 
-    # -- startup --------------------------------------------------------------------------------------------
-
     def _load_log_sizes(self) -> None:
         self._log_sizes = collections.deque(
             (int(i), int(n)) for i, n in self.backend.writer.execute(
                 "SELECT idx, length(data) FROM raft_log ORDER BY idx"))
         self._log_bytes = sum(n for _, n in self._log_sizes)
+
+    def reopen(self, backend: Backend) -> None:
+        """Continue on another backend holding the same content (after an online defrag swapped the file)."""
+        self.backend = backend
+        self.applier.reload(backend.writer)
+        self._load_log_sizes()
 
     def _replay(self) -> None:
         """Apply log entries that are durable but not yet applied (cannot happen on one member, where append
@@ -127,14 +125,145 @@ class LocalNode:
             self.applier.finish(c)
         log.info("replayed %d log entries", len(pending))
 
+    def begin_term(self) -> ApplyResult:
+        """Become leader of a one-member cluster: a new term and its no-op entry, durable on return."""
+        term = self.term + 1
+        result = ApplyResult()
+        with self.backend.write_txn() as conn:
+            meta_set(conn, "term", term)
+            self.term = term
+            try:
+                self._append_and_apply(conn, [(EntryKind.NOOP, encode_entry(EntryKind.NOOP, 0, b""))], result)
+            except BaseException:
+                self.term = term - 1
+                raise
+        return result
+
+    def _append_and_apply(self, conn: sqlite3.Connection, batch: list[tuple[int, bytes]],
+                          result: ApplyResult) -> None:
+        rows = []
+        index = self.last_index
+        term = self.term
+        applier = self.applier
+        for kind, data in batch:
+            index += 1
+            rows.append((index, term, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF))
+        insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
+        entries = [(row[0], row[3]) for row in rows]
+        threshold = self.slow_apply_s
+        if threshold is None:
+            applier.apply_many(conn, entries, result)
+        else:
+            # Runs of plain puts are applied together (Applier.apply_many), so timing is per batch: a slow batch
+            # is reported under its first entry, with the batch's duration.
+            t0 = time.perf_counter()
+            applier.apply_many(conn, entries, result)
+            took = time.perf_counter() - t0
+            if took > threshold and rows:
+                self.slow_applies.append((rows[0][0], rows[0][3], took))
+        applier.finish(conn)
+        self.last_index = index
+        sizes = self._log_sizes
+        for row in rows:
+            sizes.append((row[0], len(row[3])))
+            self._log_bytes += len(row[3])
+        pin = self.log_pin
+        trim_to = 0
+        while sizes and (len(sizes) > LOG_RETAIN_ENTRIES or self._log_bytes > LOG_RETAIN_BYTES):
+            idx, size = sizes[0]
+            if pin is not None and idx >= pin:
+                break
+            sizes.popleft()
+            self._log_bytes -= size
+            trim_to = idx
+        if trim_to:
+            conn.execute("DELETE FROM raft_log WHERE idx <= ?", (trim_to,))
+            meta_set(conn, "log_trimmed_index", trim_to)
+
+    def commit(self, batch: list[tuple[int, bytes]]) -> tuple[ApplyResult, float]:
+        """Append, apply and commit one batch; returns its results and the COMMIT's duration (with the fsync).
+
+        On a storage failure nothing of the batch is durable: the cached state is re-read and the error raised.
+        """
+        backend = self.backend
+        result = ApplyResult()
+        last_index = self.last_index
+        self.slow_applies = []
+        try:
+            with backend.write_txn() as conn:
+                self._append_and_apply(conn, batch, result)
+                started = time.perf_counter()
+            # COMMIT (with its fsync) happened when the block exited.
+            took = time.perf_counter() - started
+        except Exception:
+            self.slow_applies = []
+            self.last_index = last_index
+            try:
+                self.applier.reload(backend.writer)
+                self._load_log_sizes()
+            except Exception:  # pragma: no cover - storage gone entirely
+                log.exception("reloading applier state failed")
+            raise
+        self._batches_committed += 1
+        if self._batches_committed % WAL_CHECK_EVERY_BATCHES == 0:
+            self._maybe_truncate_wal()
+        return result, took
+
+    def _maybe_truncate_wal(self) -> None:
+        """Reset an oversized WAL. Passive auto-checkpoints copy frames into the database but cannot rewind the
+        WAL while readers come and go, so under steady load it only grows; a TRUNCATE checkpoint between two
+        batches waits for the (short) read transactions in flight and starts the WAL over."""
+        try:
+            if os.path.getsize(str(self.backend.db_path) + "-wal") > WAL_TRUNCATE_BYTES:
+                self.backend.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("WAL checkpoint failed: %r", exc)
+
+
+class LocalNode:
+    """A cluster of one. ``propose`` is called on the event loop; apply runs on the writer thread."""
+
+    def __init__(self, backend: Backend, applier: Applier, *, on_applied: Callable[[ApplyResult], None],
+                 fsync_observer: Callable[[float], None] | None = None) -> None:
+        self.backend = backend
+        self.applier = applier
+        self._on_applied = on_applied
+        self._fsync_observer = fsync_observer
+        #: Called on the writer thread, after the batch's commit, with (index, entry bytes, seconds) of each
+        #: entry whose apply took longer than ``slow_apply_s``; None: entries are not timed.
+        self.slow_apply_observer: Callable[[int, bytes, float], None] | None = None
+        self.slow_apply_s = SLOW_APPLY_S
+        self._queue: queue.SimpleQueue[tuple[int, int, bytes] | None] = queue.SimpleQueue()
+        self._waiters: dict[int, asyncio.Future[object]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._next_request_id = 1
+        self._stopped = False
+        #: Held by the writer thread around each batch; holding it from elsewhere pauses the writer (defrag).
+        self.write_lock = threading.Lock()
+        self.writer = LogWriter(backend, applier)
+
+    @property
+    def term(self) -> int:
+        return self.writer.term
+
+    @property
+    def last_index(self) -> int:
+        return self.writer.last_index
+
+    @property
+    def log_pin(self) -> int | None:
+        """Entries at or above this index are never trimmed (set by an online defrag while it catches up)."""
+        return self.writer.log_pin
+
+    @log_pin.setter
+    def log_pin(self, value: int | None) -> None:
+        self.writer.log_pin = value
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Become leader of a one-member cluster: a new term and its no-op entry, then serve proposals."""
         self._loop = loop
-        self.term += 1
-        result = ApplyResult()
-        with self.backend.write_txn() as conn:
-            meta_set(conn, "term", self.term)
-            self._append_and_apply(conn, [(EntryKind.NOOP, 0, b"")], result)
+        self.writer.begin_term()
         self._thread = threading.Thread(target=self._run, name="quorumkv-writer", daemon=True)
         self._thread.start()
 
@@ -176,61 +305,8 @@ class LocalNode:
 
     # -- the writer thread ----------------------------------------------------------------------------------
 
-    def _append_and_apply(self, conn: object, batch: list[tuple[int, int, bytes]], result: ApplyResult) -> None:
-        import sqlite3
-
-        assert isinstance(conn, sqlite3.Connection)
-        rows = []
-        index = self.last_index
-        term = self.term
-        applier = self.applier
-        for kind, request_id, payload in batch:
-            index += 1
-            data = encode_entry(kind, request_id, payload)
-            rows.append((index, term, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF))
-        insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
-        if self.slow_apply_observer is None:
-            applier.apply_many(conn, [(row[0], row[3]) for row in rows], result)
-        else:
-            self._apply_timed(conn, rows, result)
-        applier.finish(conn)
-        self.last_index = index
-        sizes = self._log_sizes
-        for row in rows:
-            sizes.append((row[0], len(row[3])))
-            self._log_bytes += len(row[3])
-        pin = self.log_pin
-        trim_to = 0
-        while sizes and (len(sizes) > LOG_RETAIN_ENTRIES or self._log_bytes > LOG_RETAIN_BYTES):
-            idx, size = sizes[0]
-            if pin is not None and idx >= pin:
-                break
-            sizes.popleft()
-            self._log_bytes -= size
-            trim_to = idx
-        if trim_to:
-            conn.execute("DELETE FROM raft_log WHERE idx <= ?", (trim_to,))
-            meta_set(conn, "log_trimmed_index", trim_to)
-
-    def _apply_timed(self, conn: object, rows: list[tuple[int, int, int, bytes, int]], result: ApplyResult) -> None:
-        import sqlite3
-
-        assert isinstance(conn, sqlite3.Connection)
-        # Runs of plain puts are applied together (Applier.apply_many), so timing is per run of entries: a slow
-        # run is reported under its first entry, with the run's duration. Other entries are timed one by one.
-        applier = self.applier
-        threshold = self.slow_apply_s
-        clock = time.perf_counter
-        slow = self._slow_applies
-        t0 = clock()
-        applier.apply_many(conn, [(row[0], row[3]) for row in rows], result)
-        took = clock() - t0
-        if took > threshold and rows:
-            slow.append((rows[0][0], rows[0][3], took))
-
-    def _report_slow_applies(self) -> None:
+    def _report_slow_applies(self, slow: list[tuple[int, bytes, float]]) -> None:
         observer = self.slow_apply_observer
-        slow, self._slow_applies = self._slow_applies, []
         if observer is not None:
             for index, data, took in slow:
                 try:
@@ -264,48 +340,24 @@ class LocalNode:
                 batch.append(nxt)
             with self.write_lock:
                 self._commit_batch(batch, loop)
-                self._batches_committed += 1
-                if self._batches_committed % WAL_CHECK_EVERY_BATCHES == 0:
-                    self._maybe_truncate_wal()
             if stop:
                 return
 
-    def _maybe_truncate_wal(self) -> None:
-        """Reset an oversized WAL. Passive auto-checkpoints copy frames into the database but cannot rewind the
-        WAL while readers come and go, so under steady load it only grows; a TRUNCATE checkpoint between two
-        batches waits for the (short) read transactions in flight and starts the WAL over."""
-        try:
-            if os.path.getsize(str(self.backend.db_path) + "-wal") > WAL_TRUNCATE_BYTES:
-                self.backend.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except (OSError, sqlite3.Error) as exc:
-            log.warning("WAL checkpoint failed: %r", exc)
-
     def _commit_batch(self, batch: list[tuple[int, int, bytes]], loop: asyncio.AbstractEventLoop) -> None:
         """Append, apply and commit one batch; hand the results (or the failure) to the event loop."""
-        backend = self.backend
-        result = ApplyResult()
-        last_index = self.last_index
+        writer = self.writer
+        writer.slow_apply_s = self.slow_apply_s if self.slow_apply_observer is not None else None
         try:
-            with backend.write_txn() as conn:
-                self._append_and_apply(conn, batch, result)
-                started = time.perf_counter()
-            # COMMIT (with its fsync) happened when the block exited.
-            if self._fsync_observer is not None:
-                self._fsync_observer(time.perf_counter() - started)
-            if self._slow_applies:
-                self._report_slow_applies()
+            result, took = writer.commit([(kind, encode_entry(kind, rid, payload)) for kind, rid, payload in batch])
         except Exception as exc:  # storage failure: nothing of this batch is durable
-            self._slow_applies.clear()
             log.error("group commit of %d entries failed: %r", len(batch), exc)
-            self.last_index = last_index
-            try:
-                self.applier.reload(backend.writer)
-                self._load_log_sizes()
-            except Exception:  # pragma: no cover - storage gone entirely
-                log.exception("reloading applier state failed")
             loop.call_soon_threadsafe(self._deliver, None, exc, [b[1] for b in batch])
-        else:
-            loop.call_soon_threadsafe(self._deliver, result, None, [])
+            return
+        if self._fsync_observer is not None:
+            self._fsync_observer(took)
+        if writer.slow_applies:
+            self._report_slow_applies(writer.slow_applies)
+        loop.call_soon_threadsafe(self._deliver, result, None, [])
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 

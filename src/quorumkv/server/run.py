@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -24,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from quorumkv.api.gateway import CORS_HEADERS, Gateway
 from quorumkv.api.http import HttpServer
 from quorumkv.api.servicers import add_servicers
+from quorumkv.server.applyproc import ProcessNode
 from quorumkv.server.errors import EtcdError
 from quorumkv.server.health import Health
 from quorumkv.server.metrics import ServerStats, build_registry, instrument_servicer, render, slow_apply_logger
@@ -283,6 +286,15 @@ async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TL
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+    tune_gc()
+    fatal: list[str] = []
+
+    def on_fatal(reason: str) -> None:  # the apply process cannot be restarted: exit, don't linger
+        fatal.append(reason)
+        stop.set()
+
+    if isinstance(member.server.node, ProcessNode):
+        member.server.node.on_fatal = on_fatal
     if on_ready is not None:
         on_ready(member)
     removed = member.server.removed_event
@@ -297,6 +309,46 @@ async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TL
     finally:
         log.info("stopping member")
         await member.close()
+    if fatal:
+        raise StorageError(f"stopped because writes cannot go on: {fatal[0]}")
+
+
+#: ``QUORUMKV_GC=default`` keeps CPython's collector settings in the ``quorumkv`` command (see tune_gc).
+GC_ENV = "QUORUMKV_GC"
+#: Allocations (minus deallocations) between two young-generation collections (CPython's default: 700).
+GC_THRESHOLD0 = 20_000
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a long-running server (the ``quorumkv`` command only, never
+    an embedding host): everything allocated during startup (modules, protobuf descriptors, gRPC objects) is
+    moved out of the collector's sight (``gc.freeze``), and young collections run every 20,000 net
+    allocations instead of 700. Under ``check perf`` load the collector otherwise held the GIL ~8 % of the
+    time (docs/performance.md). Reference cycles are still collected; only less often."""
+    if os.environ.get(GC_ENV) == "default":
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD0, gen1, gen2)
+
+
+#: ``QUORUMKV_EVENT_LOOP``: ``uvloop`` (the default when the uvloop package is installed) or ``asyncio``.
+EVENT_LOOP_ENV = "QUORUMKV_EVENT_LOOP"
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The ``quorumkv`` command's event loop: uvloop's when installed (faster gRPC serving, see
+    docs/performance.md) unless ``QUORUMKV_EVENT_LOOP=asyncio``; else asyncio's own."""
+    choice = os.environ.get(EVENT_LOOP_ENV, "uvloop")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            log.debug("uvloop is not installed; using asyncio's event loop")
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def run_server(config: Any) -> int:
@@ -307,7 +359,8 @@ def run_server(config: Any) -> int:
                    trusted_ca_file=getattr(config, "trusted_ca_file", ""),
                    client_cert_auth=bool(getattr(config, "client_cert_auth", False)))
     try:
-        asyncio.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config)))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config)))
     except (DataDirError, StorageError, ValueError, OSError) as exc:
         print(f"quorumkv: {exc}", file=sys.stderr)
         return 1

@@ -35,6 +35,7 @@ from quorumkv.server.apply import (
     put_cost_bytes,
     txn_cost_bytes,
 )
+from quorumkv.server.applyproc import ProcessNode
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.errors import EtcdError
 from quorumkv.server.node import LocalNode
@@ -129,6 +130,10 @@ class ServerSettings:
             return self.request_timeout_ms / 1000
         return 5.0 + 2 * self.election_timeout_ms / 1000
 
+    #: Append/apply/commit in a child process (``quorumkv.server.applyproc``) instead of a thread of this one
+    #: (a single member only; a Raft member always applies on its Raft thread).
+    apply_process: bool = False
+
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
         return cls(
@@ -153,6 +158,7 @@ class ServerSettings:
             peer_key_file=str(getattr(cfg, "peer_key_file", "") or ""),
             peer_trusted_ca_file=str(getattr(cfg, "peer_trusted_ca_file", "") or ""),
             peer_client_cert_auth=bool(getattr(cfg, "peer_client_cert_auth", False)),
+            apply_process=bool(getattr(cfg, "experimental_apply_process", False)),
         )
 
     @property
@@ -178,7 +184,7 @@ class QuorumServer:
             self.applier = Applier(self.backend.writer, min_lease_ttl_seconds=settings.min_lease_ttl_seconds)
             self._init_membership()
             self._fsync_observer = fsync_observer
-            self._node: LocalNode | RaftNode | None = None
+            self._node: LocalNode | ProcessNode | RaftNode | None = None
             if not self.joining:
                 self._node = self._make_node(fsync_observer)
         except BaseException:
@@ -268,8 +274,11 @@ class QuorumServer:
                             f"{self.settings.data_dir} cannot be used again: remove the data dir, add the member "
                             "again (member add) and start it with --initial-cluster-state existing")
 
-    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> LocalNode | RaftNode:
+    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> LocalNode | ProcessNode | RaftNode:
         if not self.clustered:
+            if self.settings.apply_process:
+                return ProcessNode(self.backend, self.applier, on_applied=self._on_applied,
+                                   fsync_observer=fsync_observer, lock_fd=self.datadir.lock_fd)
             return LocalNode(self.backend, self.applier, on_applied=self._on_applied, fsync_observer=fsync_observer)
         s = self.settings
         return RaftNode(
@@ -281,7 +290,7 @@ class QuorumServer:
             on_fatal=self._on_node_fatal)
 
     @property
-    def node(self) -> LocalNode | RaftNode:
+    def node(self) -> LocalNode | ProcessNode | RaftNode:
         if self._node is None:
             raise errors.STOPPED  # a joining member before it has joined
         return self._node
@@ -378,7 +387,7 @@ class QuorumServer:
         if len(payload) > self.settings.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
         node = self.node
-        if isinstance(node, LocalNode):
+        if isinstance(node, (LocalNode, ProcessNode)):
             return await node.propose(kind, payload)
         if node.is_learner:
             raise errors.NOT_SUPPORTED_FOR_LEARNER
@@ -403,7 +412,7 @@ class QuorumServer:
         """Before a linearizable read on a Raft member: wait until everything committed before now is applied
         here (ReadIndex). A cluster of one needs nothing: its reads see every acknowledged write."""
         node = self.node
-        if isinstance(node, LocalNode):
+        if isinstance(node, (LocalNode, ProcessNode)):
             return
         if node.is_learner:
             raise errors.NOT_SUPPORTED_FOR_LEARNER
@@ -572,7 +581,7 @@ class QuorumServer:
     @property
     def has_leader(self) -> bool:
         node = self._node
-        return isinstance(node, LocalNode) or (node is not None and node.lead != 0)
+        return isinstance(node, (LocalNode, ProcessNode)) or (node is not None and node.lead != 0)
 
     @property
     def is_leader(self) -> bool:
@@ -933,7 +942,7 @@ class QuorumServer:
         resp = pb.StatusResponse(
             version=ETCD_COMPAT_VERSION,
             dbSize=self.backend.size_bytes(),
-            leader=self.member_id if isinstance(self.node, LocalNode) else self.node.lead,
+            leader=self.member_id if isinstance(self.node, (LocalNode, ProcessNode)) else self.node.lead,
             raftIndex=st.commit_index,
             raftTerm=st.term,
             raftAppliedIndex=st.applied_index,
@@ -1035,7 +1044,7 @@ class QuorumServer:
         """etcd's MoveLeader: only the leader can hand over, to a voting member; waits for the new leader."""
         node = self.node
         resp = pb.MoveLeaderResponse()
-        if isinstance(node, LocalNode):
+        if isinstance(node, (LocalNode, ProcessNode)):
             if req.targetID != self.member_id:  # a single member is already leader
                 raise errors.BAD_LEADER_TRANSFEREE
             resp.header.revision = self.current_revision

@@ -36,6 +36,11 @@ class DataDir:
     def db_path(self) -> Path:
         return self.path / DB_FILE
 
+    @property
+    def lock_fd(self) -> int:
+        """The locked file's descriptor (a child process that inherits it holds the lock as long as it lives)."""
+        return self._lock_file.fileno()
+
     def close(self) -> None:
         """Release the lock; idempotent."""
         if not self._lock_file.closed:
