@@ -206,33 +206,38 @@ def test_follower_blackholed_until_it_needs_a_snapshot(tmp_path: Path) -> None:
 
 
 def test_membership_changes_while_clients_write(tmp_path: Path) -> None:
-    from quorumkv.testing.processes import free_port, start_quorumkv
+    from quorumkv.testing.processes import ServerProcess, free_port, start_quorumkv
 
+    m4: ServerProcess | None = None
     with cluster3(tmp_path) as cluster:
-        with Writers(cluster, "mw", max_ops=300) as w:
-            peer_url = f"http://127.0.0.1:{free_port()}"
-            r = cluster.etcdctl("member", "add", "m4", f"--peer-urls={peer_url}", "--learner")
-            assert r.returncode == 0, r.stderr
-            env = dict(line.split("=", 1) for line in r.stdout.splitlines() if line.startswith("ETCD_"))
-            m4 = start_quorumkv(tmp_path / "m4", name="m4", extra_args=(
-                "--initial-cluster", env["ETCD_INITIAL_CLUSTER"].strip('"'), "--initial-cluster-state", "existing",
-                "--initial-advertise-peer-urls", peer_url, "--listen-peer-urls", peer_url,
-                "--initial-cluster-token", cluster.token, "--heartbeat-interval", "50", "--election-timeout", "500"))
-            members = json.loads(cluster.etcdctl("member", "list", write_out="json").stdout)["members"]
-            m4_id = next(f"{m['ID']:x}" for m in members if m.get("isLearner"))
-            wait_until(lambda: cluster.etcdctl("member", "promote", m4_id).returncode == 0, 40, "promote m4")
-            leader = cluster.leader()
-            victim = next(n for n in cluster.names if n != leader)
-            victim_id = f"{cluster.member(victim).member_id:x}"
-            r = cluster.etcdctl("member", "remove", victim_id)
-            assert r.returncode == 0, r.stderr
-            time.sleep(1.0)
         try:
+            with Writers(cluster, "mw", max_ops=300) as w:
+                peer_url = f"http://127.0.0.1:{free_port()}"
+                r = cluster.etcdctl("member", "add", "m4", f"--peer-urls={peer_url}", "--learner")
+                assert r.returncode == 0, r.stderr
+                env = dict(line.split("=", 1) for line in r.stdout.splitlines() if line.startswith("ETCD_"))
+                m4 = start_quorumkv(tmp_path / "m4", name="m4", extra_args=(
+                    "--initial-cluster", env["ETCD_INITIAL_CLUSTER"].strip('"'),
+                    "--initial-cluster-state", "existing",
+                    "--initial-advertise-peer-urls", peer_url, "--listen-peer-urls", peer_url,
+                    "--initial-cluster-token", cluster.token, "--heartbeat-interval", "50",
+                    "--election-timeout", "500"))
+                members = json.loads(cluster.etcdctl("member", "list", write_out="json").stdout)["members"]
+                m4_id = next(f"{m['ID']:x}" for m in members if m.get("isLearner"))
+                wait_until(lambda: cluster.etcdctl("member", "promote", m4_id).returncode == 0, 40, "promote m4")
+                leader = cluster.leader()
+                victim = next(n for n in cluster.names if n != leader)
+                victim_id = f"{cluster.member(victim).member_id:x}"
+                r = cluster.etcdctl("member", "remove", victim_id)
+                assert r.returncode == 0, r.stderr
+                time.sleep(1.0)
             assert len(w.acked) > 20
             survivors = [n for n in cluster.names if n != victim]
             wait_until(lambda: all(set(w.acked) <= keys_on(cluster, n, "mw/") for n in survivors), 30,
                        "acknowledged writes on the remaining members")
-            assert set(w.acked) <= {k for k in run_etcdctl(m4.client_url, "get", "mw/", "--prefix", "--keys-only",
+            m4_url = m4.client_url
+            assert set(w.acked) <= {k for k in run_etcdctl(m4_url, "get", "mw/", "--prefix", "--keys-only",
                                                            "--consistency=s").stdout.splitlines() if k}
         finally:
-            m4.stop()
+            if m4 is not None:
+                m4.stop()
