@@ -80,6 +80,8 @@ class ApplyResult:
     leases_revoked: list[int] = field(default_factory=list)
     compacted_to: int = 0
     alarms_changed: bool = False
+    #: The store revision after the batch, set when ``events`` were left out because nobody watched (0: unset).
+    revision: int = 0
 
 
 class Applier:
