@@ -515,3 +515,45 @@ def test_a_stalled_child_makes_the_parent_buffer_not_block(tmp_path: Path) -> No
             await srv.stop()
 
     asyncio.run(main())
+
+
+def test_events_left_out_while_unwatched_are_read_back_for_a_new_watcher(tmp_path: Path) -> None:
+    """Without synced watchers batches go out as BATCH_QUIET (no events back). A watcher created while such a
+    batch is in flight (child stopped) still gets its events: they are read back from the database."""
+
+    async def main() -> None:
+        srv = QuorumServer(_settings(tmp_path / "d"))
+        await srv.start()
+        node = srv.node
+        assert isinstance(node, ProcessNode) and node.child_pid is not None and srv.hub is not None
+        try:
+            first = await srv.put(pb.PutRequest(key=b"q/0", value=b"unwatched"))
+            assert not srv.hub.has_synced_watchers
+            os.kill(node.child_pid, signal.SIGSTOP)
+            futs = [asyncio.ensure_future(srv.put(pb.PutRequest(key=b"q/%d" % i, value=b"v%d" % i)))
+                    for i in range(1, 6)]
+            await asyncio.sleep(0.05)  # sent (quietly) before anyone watches
+            stream = srv.hub.new_stream()
+            stream.create(pb.WatchCreateRequest(key=b"q/", range_end=b"q0"))
+            await stream.queue.get()
+            os.kill(node.child_pid, signal.SIGCONT)
+            resps = await asyncio.wait_for(asyncio.gather(*futs), 10)
+            rev0 = first.header.revision
+            assert [r.header.revision for r in resps] == [rev0 + i for i in range(1, 6)]
+            seen: list[tuple[int, bytes]] = []
+            while len(seen) < 5:
+                resp = await asyncio.wait_for(stream.queue.get(), 5)
+                assert resp is not None
+                seen.extend((e.kv.mod_revision, e.kv.value) for e in resp.events)
+            assert seen == [(rev0 + i, b"v%d" % i) for i in range(1, 6)]
+            assert srv.current_revision == rev0 + 5
+            # and while watched, events come with the results (a put right after is seen at once)
+            nxt = await srv.put(pb.PutRequest(key=b"q/next", value=b"n"))
+            resp = await asyncio.wait_for(stream.queue.get(), 5)
+            assert resp is not None and [e.kv.mod_revision for e in resp.events] == [nxt.header.revision]
+        finally:
+            if node.child_pid is not None:
+                os.kill(node.child_pid, signal.SIGCONT)
+            await srv.stop()
+
+    asyncio.run(main())

@@ -83,6 +83,8 @@ class ApplyResult:
     members_changed: bool = False
     #: A Raft snapshot replaced the state: the store moved without events.
     restored: bool = False
+    #: The store revision after the batch, set when ``events`` were left out because nobody watched (0: unset).
+    revision: int = 0
 
 
 class Applier:

@@ -8,14 +8,16 @@ quorumkv.server.applyproc``) owns the SQLite writer connection and runs :class:`
 Protocol, over a Unix socketpair; every frame is ``<u32 body length><u8 type><body>``:
 
 parent → child
-  BATCH   entries, each ``>u32 length`` + the entry bytes of ``entries.encode_entry`` (kind, request id, payload)
+  BATCH   entries, each ``>u32 length`` + the entry bytes of ``entries.encode_entry`` (kind, request id, payload);
+          BATCH_QUIET: the same, but no live watcher needs the watch events of these entries (not sent back)
   START   pickled ``slow_apply_s`` (or None): begin a new term with its no-op entry, then serve batches
   PAUSE / RESUME   close the writer connection and wait (online defrag swaps the file), then reopen it
   PIN     pickled log pin (or None)
   STOP    commit what was received, then exit
 child → parent (bodies pickled; plain tuples, no protobuf objects except serialized bytes)
   HELLO   the writer's state after opening the store (and replaying, if needed)
-  RESULT  one committed batch: indexes, revisions, compact responses, events, lease and alarm changes
+  RESULT  one committed batch: indexes, revisions, compact responses, events (unless every frame of the batch
+          was BATCH_QUIET), lease and alarm changes
   FAILED  one batch that failed to commit (nothing of it is durable): the error and its request ids
   PAUSED  the writer connection is closed; STARTED: the new term's no-op is durable
   LOG     a log record, re-emitted by the parent's logging (so the child logs as the parent does)
@@ -68,7 +70,7 @@ FRAME = struct.Struct("<IB")
 _ENTRY = struct.Struct(">IBQ")
 _U32 = struct.Struct(">I")
 
-T_BATCH, T_START, T_PAUSE, T_RESUME, T_STOP, T_PIN = 1, 2, 3, 4, 5, 6
+T_BATCH, T_START, T_PAUSE, T_RESUME, T_STOP, T_PIN, T_BATCH_QUIET = 1, 2, 3, 4, 5, 6, 7
 T_HELLO, T_RESULT, T_FAILED, T_PAUSED, T_STARTED, T_LOG, T_FATAL = 10, 11, 12, 13, 14, 15, 16
 
 #: Socket buffer size asked for on both ends (the kernel may cap it).
@@ -150,9 +152,9 @@ class _FrameReader:
 # -- the child ------------------------------------------------------------------------------------------------
 
 
-def encode_result(writer: Any, result: ApplyResult, took: float) -> bytes:
+def encode_result(writer: Any, result: ApplyResult, took: float, with_events: bool = True) -> bytes:
     """A committed batch as the RESULT body: responses of plain puts as (request id, revision) pairs, other
-    responses serialized, errors as (code, message), events as flat tuples."""
+    responses serialized, errors as (code, message), events as flat tuples (None: left out)."""
     applier = writer.applier
     puts: list[int] = []
     others: list[tuple[int, int, bytes]] = []
@@ -176,7 +178,7 @@ def encode_result(writer: Any, result: ApplyResult, took: float) -> bytes:
         (rev, [(e.type, e.kv.key, e.kv.create_revision, e.kv.mod_revision, e.kv.version, e.kv.value, e.kv.lease,
                 e.prev_mod_revision) for e in evs])
         for rev, evs in result.events
-    ]
+    ] if with_events else None
     alarms = sorted(applier.alarms) if result.alarms_changed else None
     return _dumps((
         writer.last_index, applier.applied_index, applier.revision, applier.compact_revision,
@@ -285,8 +287,11 @@ class _Child:
 
         pending: list[tuple[int, bytes]] = []
         frames: collections.deque[tuple[int, bytes]] = collections.deque()
+        want_events = False  # whether any frame of what is pending asked for the watch events
 
         def flush() -> None:
+            nonlocal want_events
+            with_events, want_events = want_events, False
             while pending:
                 chunk = pending[:MAX_BATCH_ENTRIES]
                 del pending[:MAX_BATCH_ENTRIES]
@@ -297,14 +302,15 @@ class _Child:
                     rids = [int.from_bytes(data[1:9], "big") for _, data in chunk]
                     self.send(T_FAILED, _dumps((repr(exc), rids)))
                     continue
-                self.send(T_RESULT, encode_result(writer, result, took))
+                self.send(T_RESULT, encode_result(writer, result, took, with_events))
 
         try:
             while True:
                 if not frames:
                     frames.extend(self.frames())
                 ftype, body = frames.popleft()
-                if ftype == T_BATCH:
+                if ftype == T_BATCH or ftype == T_BATCH_QUIET:
+                    want_events = want_events or ftype == T_BATCH
                     _split_batch(body, pending)
                     if not frames:
                         flush()
@@ -340,7 +346,7 @@ class _Child:
                 return True
             if ftype == T_STOP:
                 return False
-            if ftype == T_BATCH:
+            if ftype == T_BATCH or ftype == T_BATCH_QUIET:
                 _split_batch(body, pending)
 
 
@@ -460,6 +466,9 @@ class ProcessNode:
         self.slow_apply_s = SLOW_APPLY_S
         #: Called on the event loop once the node gave up (the child cannot be (re)started); writes then fail.
         self.on_fatal: Callable[[str], None] | None = None
+        #: Whether anyone needs live watch events (the server: "the hub has synced watchers"); when it says no,
+        #: batches are sent as BATCH_QUIET and their events never built. None: always wanted.
+        self.events_wanted: Callable[[], bool] | None = None
         self.write_lock = _PauseLock(self)
         self.term = 0
         self.last_index = 0
@@ -702,7 +711,9 @@ class ProcessNode:
             return
         body = b"".join(self._out)
         self._out.clear()
-        self._write(FRAME.pack(len(body), T_BATCH), body)
+        wanted = self.events_wanted
+        ftype = T_BATCH if wanted is None or wanted() else T_BATCH_QUIET
+        self._write(FRAME.pack(len(body), ftype), body)
 
     def _send_control(self, ftype: int, body: bytes) -> None:
         if self._sock is None or self._sock.fileno() < 0:
@@ -808,6 +819,7 @@ class ProcessNode:
         (last_index, applied_index, revision, compact_revision, puts, others, errs, events, granted, revoked,
          compacted_to, alarms, slow, took) = pickle.loads(body)
         m = self.applier
+        previous_revision = m.revision
         m.applied_index = applied_index
         m.revision = revision
         m.compact_revision = compact_revision
@@ -828,12 +840,17 @@ class ProcessNode:
                     self.slow_apply_observer(index, data, seconds)
                 except Exception:
                     log.exception("slow apply observer failed")
-        new_event = tuple.__new__
-        result = ApplyResult(
-            events=[(rev, [new_event(Event, (t, new_event(KeyValue, (k, c, mr, v, val, lease)), p))
-                           for t, k, c, mr, v, val, lease, p in evs]) for rev, evs in events],
-            leases_granted=granted, leases_revoked=revoked, compacted_to=compacted_to,
-            alarms_changed=alarms is not None)
+        result = ApplyResult(leases_granted=granted, leases_revoked=revoked, compacted_to=compacted_to,
+                             alarms_changed=alarms is not None)
+        if events is not None:
+            new_event = tuple.__new__
+            result.events = [(rev, [new_event(Event, (t, new_event(KeyValue, (k, c, mr, v, val, lease)), p))
+                                    for t, k, c, mr, v, val, lease, p in evs]) for rev, evs in events]
+        elif revision > previous_revision and self.events_wanted is not None and self.events_wanted():
+            # a watcher appeared while this batch was in flight without its events: read them back
+            result.events = self._read_events(previous_revision + 1, revision)
+        else:
+            result.revision = revision
         self._on_applied(result)
         waiters = self._waiters
         pop = waiters.pop

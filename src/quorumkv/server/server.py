@@ -310,6 +310,8 @@ class QuorumServer:
         self.hub = WatchHub(self.reader, rev, self._header_for, max_event_bytes=self.settings.max_request_bytes)
         self.hub.compact_rev = compact_rev
         self.hub.start()
+        if isinstance(self.node, ProcessNode):
+            self.node.events_wanted = lambda: self.hub is not None and self.hub.has_synced_watchers
         if not self.clustered:
             self.lessor.promote(dict(self.applier.leases))
         self.node.start(loop)
@@ -359,6 +361,8 @@ class QuorumServer:
         if hub is not None:
             if result.events:
                 hub.notify(result.events)
+            if result.revision:  # a batch whose events nobody needed
+                hub.advance(result.revision)
             if result.compacted_to:
                 hub.on_compacted(result.compacted_to)
         if result.alarms_changed:

@@ -154,6 +154,11 @@ class WatchHub:
         return sum(len(s) for s in self._by_key.values()) + len(self._ranges) + len(self._unsynced)
 
     @property
+    def has_synced_watchers(self) -> bool:
+        """Whether live events would reach anyone (unsynced watchers catch up from the database)."""
+        return bool(self._by_key or self._ranges)
+
+    @property
     def slow_watcher_count(self) -> int:
         return len(self._unsynced)
 

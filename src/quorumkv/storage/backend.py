@@ -76,10 +76,19 @@ class StorageError(Exception):
     """The stored data cannot be used as it is; the message says what and how to recover."""
 
 
+#: WAL pages after which a commit also checkpoints (SQLite's default is 1000 pages, 4 MiB). A put touches pages
+#: of five B-trees, so at 1000 the writer checkpointed every few batches; at 10,000 hot pages (meta, index
+#: interiors, the tails of kv and raft_log) are copied once per checkpoint instead of once per few batches:
+#: ~15 % less writer CPU per put, ~30 % more puts per second (docs/performance.md). The WAL is still reset
+#: when it passes node.WAL_TRUNCATE_BYTES.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+
+
 def _connect(path: Path, *, sync_full: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if sync_full else 'NORMAL'}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute("PRAGMA cache_size=-65536")
     conn.execute("PRAGMA temp_store=MEMORY")
     return conn
