@@ -391,7 +391,11 @@ def test_full_minute_beside_etcdctl_on_the_same_etcd(tmp_path: Path) -> None:
     # etcdctl draws its bar into the pipe too: drop the frames (a result line may follow a frame directly)
     pieces = (FRAME_RE.sub("", piece) for piece in re.split(r"[\r\n]", theirs.stdout))
     reference = _check_format("\n".join(piece for piece in pieces if piece.strip()))
-    assert mine[-1] == reference[-1] == "PASS" and ours.returncode == theirs.returncode == 0
+    for lines, out in ((mine, ours), (reference, theirs)):
+        assert out.returncode == (0 if lines[-1] == "PASS" else 1), (lines, out.returncode)
+    # 150 writes/s is easy for etcd and for both generators; the latency lines depend on the machine's other load
+    assert mine[0].startswith("PASS: Throughput is") and reference[0].startswith("PASS: Throughput is"), (
+        mine, reference)
     ours_rate = int(mine[0].split()[3])
     theirs_rate = int(reference[0].split()[3])
     assert abs(ours_rate - theirs_rate) <= 2, (mine, reference)
