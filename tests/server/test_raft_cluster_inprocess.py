@@ -262,3 +262,32 @@ def test_leases_live_on_the_leader_and_keepalive_forwards(tmp_path: Path) -> Non
             for s in servers:
                 await s.stop()
     run(body)
+
+
+def test_a_write_abandoned_while_waiting_for_a_leader_is_never_applied(tmp_path: Path) -> None:
+    """A proposal parked on a member that has no leader is dropped once its caller times out (as etcd drops a
+    proposal whose request context ends), so it cannot surface after the partition heals."""
+    async def body() -> None:
+        hub = Hub()
+        servers = [await start(hub, settings(tmp_path, n, NAMES, request_timeout_ms=700)) for n in NAMES]
+        try:
+            leader = await wait_leader(servers)
+            lonely = next(s for s in servers if s is not leader)
+            assert isinstance(lonely.node, RaftNode)
+            lonely.node.parked_timeout_s = 60.0  # only the caller giving up may drop it
+            hub.cut.add(lonely.member_id)
+            await wait_for(lambda: lonely.node.lead == 0, 10)  # it no longer knows a leader
+            with pytest.raises(EtcdError) as exc:
+                await lonely.put(pb.PutRequest(key=b"ghost", value=b"boo"))
+            assert "timed out" in exc.value.message
+            hub.cut.clear()
+            await wait_for(lambda: lonely.node.lead != 0, 10)
+            await leader.put(pb.PutRequest(key=b"after", value=b"heal"))
+            for s in servers:
+                await s.read_barrier()
+                assert get(s, b"after") == b"heal"
+                assert get(s, b"ghost") is None
+        finally:
+            for s in servers:
+                await s.stop()
+    run(body)

@@ -52,7 +52,7 @@ from quorumkv.raft.messages import (
 from quorumkv.raft.rawnode import RawNode, Ready
 from quorumkv.server import membership, state_snapshot
 from quorumkv.server.apply import Applier, ApplyResult
-from quorumkv.server.entries import EntryKind, encode_entry
+from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
 from quorumkv.server.errors import EtcdError
 from quorumkv.server.node import NodeStatus
 from quorumkv.storage.backend import Backend, StorageError, insert_rows, meta_get, meta_set
@@ -176,6 +176,10 @@ class RaftNode:
         self._stopped = False
         self.fatal: BaseException | None = None
         self._parked: list[tuple[float, bytes]] = []
+        #: Request IDs whose callers stopped waiting; their parked proposals are dropped, not proposed.
+        self._abandoned: set[int] = set()
+        #: A parked proposal older than this is dropped (its caller has timed out by then).
+        self.parked_timeout_s = 60.0
         self._reads: dict[bytes, PendingRead] = {}
         self._waiting_reads: list[PendingRead] = []
         self._read_seq = 0
@@ -287,8 +291,10 @@ class RaftNode:
         return fut
 
     def forget(self, request_id: int) -> None:
-        """The caller gave up waiting (timeout): drop its future (the entry may still be applied)."""
+        """The caller gave up waiting (timeout): drop its future, and its proposal if it is still parked here
+        waiting for a leader (then it is never proposed). One already handed to Raft may still be applied."""
         self._waiters.pop(request_id, None)
+        self._abandoned.add(request_id)
 
     def read_index(self) -> asyncio.Future[None]:
         """Resolves once this member has applied everything committed before the call (linearizable read)."""
@@ -425,9 +431,17 @@ class RaftNode:
     def _propose(self, proposals: list[bytes], now: float) -> None:
         raw = self.raw
         if self._parked and raw.raft.lead != NONE:
-            # proposals that waited for a leader; ones older than any request timeout are dropped
+            # proposals that waited for a leader, unless their caller gave up (timed out) meanwhile
             parked, self._parked = self._parked, []
-            proposals = [d for t, d in parked if now - t < 60] + proposals
+            abandoned = self._abandoned
+            kept = []
+            for t, d in parked:
+                request_id = decode_entry(d).request_id
+                if request_id in abandoned:
+                    abandoned.discard(request_id)
+                elif now - t < self.parked_timeout_s:
+                    kept.append(d)
+            proposals = kept + proposals
         if self._pending_cc and raw.raft.lead != NONE:
             pending, self._pending_cc = self._pending_cc, []
             for t, cc in pending:

@@ -281,13 +281,15 @@ class QuorumServer:
                                    fsync_observer=fsync_observer, lock_fd=self.datadir.lock_fd)
             return LocalNode(self.backend, self.applier, on_applied=self._on_applied, fsync_observer=fsync_observer)
         s = self.settings
-        return RaftNode(
+        node = RaftNode(
             self.backend, self.applier, member_id=self.member_id, on_applied=self._on_applied,
             send=self._send_raft_messages, bootstrap=self.bootstrap_members,
             heartbeat_interval_ms=s.heartbeat_interval_ms, election_timeout_ms=s.election_timeout_ms,
             snapshot_count=s.snapshot_count, fsync_observer=fsync_observer,
             on_leader_change=self._on_leader_change, on_conf_applied=self._on_conf_applied,
             on_fatal=self._on_node_fatal)
+        node.parked_timeout_s = s.request_timeout_s
+        return node
 
     @property
     def node(self) -> LocalNode | ProcessNode | RaftNode:
@@ -406,6 +408,10 @@ class QuorumServer:
         lead_before = node.lead
         try:
             return await asyncio.wait_for(asyncio.shield(fut), self.settings.request_timeout_s)
+        except asyncio.CancelledError:
+            # the client went away (deadline, cancel): as etcd, a proposal still waiting for a leader is dropped
+            node.forget(request_id)
+            raise
         except TimeoutError:
             node.forget(request_id)
             if node.lead != lead_before or node.lead == 0:
