@@ -11,7 +11,7 @@ class UserAddOptions(_message.Message):
     __slots__ = ("no_password",)
     NO_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     no_password: bool
-    def __init__(self, no_password: _Optional[bool] = ...) -> None: ...
+    def __init__(self, no_password: bool = ...) -> None: ...
 
 class User(_message.Message):
     __slots__ = ("name", "password", "roles", "options")

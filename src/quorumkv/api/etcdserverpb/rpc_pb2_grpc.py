@@ -5,7 +5,7 @@ import warnings
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as quorumkv_dot_api_dot_etcdserverpb_dot_rpc__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class KVStub:
+class KVStub(object):
     """Reads and writes of keys.
     """
 
@@ -62,7 +62,7 @@ class KVStub:
                 _registered_method=True)
 
 
-class KVServicer:
+class KVServicer(object):
     """Reads and writes of keys.
     """
 
@@ -132,7 +132,7 @@ def add_KVServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class KV:
+class KV(object):
     """Reads and writes of keys.
     """
 
@@ -272,7 +272,7 @@ class KV:
             _registered_method=True)
 
 
-class WatchStub:
+class WatchStub(object):
     """Change notification; one stream multiplexes many watchers.
     """
 
@@ -289,7 +289,7 @@ class WatchStub:
                 _registered_method=True)
 
 
-class WatchServicer:
+class WatchServicer(object):
     """Change notification; one stream multiplexes many watchers.
     """
 
@@ -315,7 +315,7 @@ def add_WatchServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Watch:
+class Watch(object):
     """Change notification; one stream multiplexes many watchers.
     """
 
@@ -347,7 +347,7 @@ class Watch:
             _registered_method=True)
 
 
-class LeaseStub:
+class LeaseStub(object):
     """Leases: TTL-bound handles that keys can be attached to.
     """
 
@@ -384,7 +384,7 @@ class LeaseStub:
                 _registered_method=True)
 
 
-class LeaseServicer:
+class LeaseServicer(object):
     """Leases: TTL-bound handles that keys can be attached to.
     """
 
@@ -454,7 +454,7 @@ def add_LeaseServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Lease:
+class Lease(object):
     """Leases: TTL-bound handles that keys can be attached to.
     """
 
@@ -594,7 +594,7 @@ class Lease:
             _registered_method=True)
 
 
-class ClusterStub:
+class ClusterStub(object):
     """Membership changes.
     """
 
@@ -631,7 +631,7 @@ class ClusterStub:
                 _registered_method=True)
 
 
-class ClusterServicer:
+class ClusterServicer(object):
     """Membership changes.
     """
 
@@ -701,7 +701,7 @@ def add_ClusterServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Cluster:
+class Cluster(object):
     """Membership changes.
     """
 
@@ -841,7 +841,7 @@ class Cluster:
             _registered_method=True)
 
 
-class MaintenanceStub:
+class MaintenanceStub(object):
     """Operator tooling: alarms, status, defrag, hashes, snapshots, leadership, downgrade.
     """
 
@@ -893,7 +893,7 @@ class MaintenanceStub:
                 _registered_method=True)
 
 
-class MaintenanceServicer:
+class MaintenanceServicer(object):
     """Operator tooling: alarms, status, defrag, hashes, snapshots, leadership, downgrade.
     """
 
@@ -996,7 +996,7 @@ def add_MaintenanceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Maintenance:
+class Maintenance(object):
     """Operator tooling: alarms, status, defrag, hashes, snapshots, leadership, downgrade.
     """
 
@@ -1217,7 +1217,7 @@ class Maintenance:
             _registered_method=True)
 
 
-class AuthStub:
+class AuthStub(object):
     """Authentication and role-based access control.
     """
 
@@ -1314,7 +1314,7 @@ class AuthStub:
                 _registered_method=True)
 
 
-class AuthServicer:
+class AuthServicer(object):
     """Authentication and role-based access control.
     """
 
@@ -1516,7 +1516,7 @@ def add_AuthServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Auth:
+class Auth(object):
     """Authentication and role-based access control.
     """
 

@@ -5,7 +5,7 @@ import warnings
 
 from quorumkv.api.quorumkvpb import peer_pb2 as quorumkv_dot_api_dot_quorumkvpb_dot_peer__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class PeerStub:
+class PeerStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -46,7 +46,7 @@ class PeerStub:
                 _registered_method=True)
 
 
-class PeerServicer:
+class PeerServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Stream(self, request_iterator, context):
@@ -88,7 +88,7 @@ def add_PeerServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Peer:
+class Peer(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
