@@ -135,3 +135,11 @@ def test_profile_top_self_and_total() -> None:
     assert hot[0].self_percent == 60.0 and hot[1].self_percent == 40.0
     by_total = profile_top.top_hotspots(text, n=1, by="total")
     assert by_total[0].total_percent == 100.0
+
+
+def test_writer_commit_measures_every_put(tmp_path: Path) -> None:
+    from bench import writer_commit
+
+    r = writer_commit.measure(300, 20, 40, seed=3, tmp_root=str(tmp_path))
+    assert r["puts"] == 300 and 300 / 40 <= r["batches"] <= 300 / 20 + 1
+    assert r["cpu_us_per_put"] > 0 and r["wall_us_per_put"] >= r["cpu_us_per_put"] * 0.5

@@ -22,7 +22,7 @@ from quorumkv.mvcc.store import Event, KeyValue, WriteTxn
 from quorumkv.server import errors, membership
 from quorumkv.server.entries import EntryKind, decode_entry
 from quorumkv.server.errors import EtcdError
-from quorumkv.storage.backend import insert_rows, meta_get, meta_set
+from quorumkv.storage.backend import insert_rows, meta_get
 
 #: etcd's lessor.MaxLeaseTTL (seconds).
 MAX_LEASE_TTL_SECONDS = 9_000_000_000
@@ -185,9 +185,8 @@ class Applier:
             sql = f"SELECT key, create_rev, mod_rev, version FROM live WHERE key IN ({','.join('?' * len(chunk))})"
             for key, create_rev, mod_rev, version in conn.execute(sql, chunk):
                 existing[key] = (create_rev, mod_rev, version)
-        next_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM kv").fetchone()[0]) + 1
         kv_rows = []
-        live_rows: dict[bytes, tuple[bytes, int, int, int, int, int]] = {}
+        first_rev = self.revision + 1
         rev = self.revision
         events = result.events
         responses = result.responses
@@ -200,26 +199,30 @@ class Applier:
             else:
                 create_rev, version, prev_mod = prev[0], prev[2] + 1, prev[1]
             value, lease = req.value, req.lease
-            kv_rows.append((next_id, rev, 0, key, value, create_rev, version, lease))
-            live_rows[key] = (key, create_rev, rev, version, lease, next_id)
+            kv_rows.append((rev, key, value, create_rev, version, lease))
             existing[key] = (create_rev, rev, version)
-            next_id += 1
             kv = KeyValue(key, create_rev, rev, version, value, lease)
             events.append((rev, [Event(store.EVENT_PUT, kv, prev_mod)]))
             if request_id:
                 resp = pb.PutResponse()
                 resp.header.revision = rev
                 responses[request_id] = resp
-        insert_rows(conn, "INSERT INTO kv(id, rev, sub, key, value, create_rev, version, lease) VALUES ", 8, kv_rows)
-        insert_rows(conn, "INSERT OR REPLACE INTO live(key, create_rev, mod_rev, version, lease, kv_id) VALUES ", 6,
-                    list(live_rows.values()))
+        # kv rows take the next rowids in order (max(id) + 1, as store.WriteTxn's single inserts do); each key's
+        # live row is then copied from its last kv row of the run, in SQL (no second binding of every value)
+        insert_rows(conn, "INSERT INTO kv(rev, sub, key, value, create_rev, version, lease) VALUES ", 6, kv_rows,
+                    row_sql="(?,0,?,?,?,?,?)")
+        conn.execute(
+            "INSERT OR REPLACE INTO live(key, create_rev, mod_rev, version, lease, kv_id) "
+            "SELECT key, create_rev, rev, version, lease, id FROM kv WHERE rev BETWEEN ? AND ? ORDER BY rev",
+            (first_rev, rev))
         self.revision = rev
         self.applied_index = run[-1][0]
 
     def finish(self, conn: sqlite3.Connection) -> None:
         """Record the applied index and store revision in the same transaction as the applied effects."""
-        meta_set(conn, "applied_index", self.applied_index)
-        meta_set(conn, "revision", self.revision)
+        conn.execute(
+            "INSERT INTO meta(name, value) VALUES ('applied_index', ?), ('revision', ?) "
+            "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (self.applied_index, self.revision))
 
     def _dispatch(self, conn: sqlite3.Connection, kind: int, payload: bytes, result: ApplyResult) -> object:
         if self.alarms and kind in _KV_KINDS:

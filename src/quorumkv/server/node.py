@@ -147,9 +147,11 @@ class LogWriter:
         applier = self.applier
         for kind, data in batch:
             index += 1
-            rows.append((index, term, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF))
-        insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
-        entries = [(row[0], row[3]) for row in rows]
+            rows.append((index, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF))
+        # the term is the same for the whole batch: written into the statement, not bound per row
+        insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 4, rows,
+                    row_sql=f"(?,{int(term)},?,?,?)")
+        entries = [(row[0], row[2]) for row in rows]
         threshold = self.slow_apply_s
         if threshold is None:
             applier.apply_many(conn, entries, result)
@@ -160,13 +162,13 @@ class LogWriter:
             applier.apply_many(conn, entries, result)
             took = time.perf_counter() - t0
             if took > threshold and rows:
-                self.slow_applies.append((rows[0][0], rows[0][3], took))
+                self.slow_applies.append((rows[0][0], rows[0][2], took))
         applier.finish(conn)
         self.last_index = index
         sizes = self._log_sizes
         for row in rows:
-            sizes.append((row[0], len(row[3])))
-            self._log_bytes += len(row[3])
+            sizes.append((row[0], len(row[2])))
+            self._log_bytes += len(row[2])
         pin = self.log_pin
         trim_to = 0
         while sizes and (len(sizes) > LOG_RETAIN_ENTRIES or self._log_bytes > LOG_RETAIN_BYTES):
