@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import pytest
 
 from quorumkv.cli.ctl import kv
@@ -81,3 +85,37 @@ def test_go_parsers() -> None:
     assert parse_go_int("ff", base=16) == 255
     with pytest.raises(ValueError, match=r'strconv\.ParseInt: parsing "z": invalid syntax'):
         parse_go_int("z")
+
+
+def _etcdctl(args: list[str]) -> subprocess.CompletedProcess[str]:
+    etcdctl = shutil.which("etcdctl")
+    if etcdctl is None:
+        pytest.skip("etcdctl 3.4 is not installed (scripts/test.sh installs it)")
+    return subprocess.run([etcdctl, *args], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "ETCDCTL_API": "3"})
+
+
+def test_root_help_and_unknown_root_flag_as_etcdctl(capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    ours_help, err = capfd.readouterr()
+    assert err == ""
+    real_help = _etcdctl(["--help"])
+    assert real_help.returncode == 0
+    # the same header and flag block; our command list is etcdctl's minus what quorumkvctl does not have
+    assert ours_help.split("COMMANDS:")[0] == real_help.stdout.split("COMMANDS:")[0]
+    assert ours_help.split("OPTIONS:")[1] == real_help.stdout.split("OPTIONS:")[1]
+
+    def listing(text: str) -> dict[str, str]:
+        block = text.split("COMMANDS:\n")[1].split("\n\nOPTIONS:")[0]
+        return {name: short.strip("\t") for name, short in
+                (line.strip("\t").split("\t", 1) for line in block.splitlines())}
+
+    ours, real = listing(ours_help), listing(real_help.stdout)
+    assert {"get", "put", "member add", "move-leader", "snapshot save", "check perf"} <= ours.keys()
+    assert {name: real.get(name) for name in ours} == ours  # same command names, same one-line help
+
+    assert main(["--no-such-flag"]) == 1
+    out, err = capfd.readouterr()
+    real_bad = _etcdctl(["--no-such-flag"])
+    assert (real_bad.returncode, err) == (1, real_bad.stderr)  # the error line twice, a blank line between
+    assert out == ours_help and real_bad.stdout == real_help.stdout  # and the usage on stdout

@@ -334,7 +334,30 @@ class CtlGroup(PrefixGroup):
         return super().invoke(ctx)
 
 
+def _command_listing(rows: Sequence[tuple[str, str]]) -> str:
+    """cobra's command list: a tab, the name, tabs up to a common tab stop, the short help."""
+    named = [(f"\t{name}", text) for name, text in rows]
+    width = max((len(name) for name, _ in named), default=0) + 1
+    width = (width + 7) // 8 * 8
+    return "".join(f"{name}{chr(9) * max(1, -(-(width - len(name)) // 8))}{text}\n" for name, text in named)
+
+
 class RootGroup(PrefixGroup):
+    def usage_text(self, ctx: click.Context) -> str:
+        """``etcdctl --help``: every command (a group's subcommands as "group sub") and the global flags."""
+        rows: list[tuple[str, str]] = []
+        for name, cmd in self.commands.items():
+            if isinstance(cmd, click.Group):
+                rows.extend((f"{name} {sub}", sub_cmd.short_help or "") for sub, sub_cmd in cmd.commands.items())
+            else:
+                rows.append((name, cmd.short_help or ""))
+        help_flag = GoFlag("help", "bool", False, f"help for {PROG}", short="h")
+        return (
+            f"NAME:\n\t{PROG} - A simple command line client for etcd3.\n\nUSAGE:\n\t{PROG} [flags]\n\n"
+            f"VERSION:\n\t{VERSION}\n\nAPI VERSION:\n\t{API_VERSION}\n\n\nCOMMANDS:\n{_command_listing(sorted(rows))}\n"
+            f"OPTIONS:\n{_flag_block([*GLOBAL_FLAGS, help_flag])}\n"
+        )
+
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
@@ -349,8 +372,13 @@ class RootGroup(PrefixGroup):
         try:
             return super().parse_args(ctx, args)
         except click.NoSuchOption as exc:
+            if exc.option_name in ("-h", "--help"):
+                write_out(self.usage_text(ctx))
+                raise CtlError(-1, "") from None
+            # as etcdctl 3.4: cobra's error line and a blank line, the usage on stdout, then etcdctl's own line
             message = f"unknown flag: {exc.option_name}"
-            write_err(f"Error: {message}\n")
+            write_err(f"Error: {message}\n\n")
+            write_out(self.usage_text(ctx))
             raise CtlError(EXIT_ERROR, message) from None
         except click.BadParameter as exc:
             write_err(f"Error: {exc.message}\n")
