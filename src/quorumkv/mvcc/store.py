@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from quorumkv.storage.backend import meta_get, meta_set
+from quorumkv.storage.backend import meta_get, meta_set, read_txn
 
 EVENT_PUT = 0
 EVENT_DELETE = 1
@@ -211,6 +211,18 @@ def events_between(conn: sqlite3.Connection, start_rev: int, end_rev: int, limit
         else:
             out.append(Event(EVENT_PUT, _kv(r), 0))
     return out
+
+
+def events_by_revision(conn: sqlite3.Connection, start_rev: int, end_rev: int) -> list[tuple[int, list[Event]]]:
+    """The changes of revisions start_rev..end_rev grouped by revision, in order (one read transaction)."""
+    by_rev: dict[int, list[Event]] = {}
+    with read_txn(conn):
+        at = start_rev
+        while at <= end_rev:
+            for ev in events_between(conn, at, end_rev, 1000):
+                by_rev.setdefault(ev.kv.mod_revision, []).append(ev)
+            at += 1000
+    return sorted(by_rev.items())
 
 
 def keys_with_lease(conn: sqlite3.Connection, lease_id: int) -> list[bytes]:

@@ -12,7 +12,7 @@ Rules:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
@@ -85,6 +85,9 @@ class ApplyResult:
     restored: bool = False
     #: The store revision after the batch, set when ``events`` were left out because nobody watched (0: unset).
     revision: int = 0
+    #: Nonzero: nobody watched when the batch began, so the events of revisions from this one on were not built
+    #: (``revision`` says where the batch ended; a watcher that appeared meanwhile gets them read back).
+    events_from: int = 0
 
 
 class Applier:
@@ -93,6 +96,8 @@ class Applier:
     def __init__(self, conn: sqlite3.Connection, *, min_lease_ttl_seconds: int = 2) -> None:
         store.ensure_schema(conn)
         self.min_lease_ttl_seconds = min_lease_ttl_seconds
+        #: Asked (on the writer thread) once per batch whether live events would reach anyone; None: always.
+        self.events_wanted: Callable[[], bool] | None = None
         self.reload(conn)
 
     def reload(self, conn: sqlite3.Connection) -> None:
@@ -152,6 +157,13 @@ class Applier:
         if request_id:
             result.responses[request_id] = response
 
+    def new_result(self) -> ApplyResult:
+        """An empty result for the next batch: without events if ``events_wanted`` says nobody needs them."""
+        wanted = self.events_wanted
+        if wanted is None or wanted():
+            return ApplyResult()
+        return ApplyResult(events_from=self.revision + 1)
+
     def apply_many(self, conn: sqlite3.Connection, entries: list[tuple[int, bytes]], result: ApplyResult) -> None:
         """Apply committed entries in order; runs of plain puts are written with one statement per table.
 
@@ -188,7 +200,7 @@ class Applier:
         kv_rows = []
         first_rev = self.revision + 1
         rev = self.revision
-        events = result.events
+        events = None if result.events_from else result.events
         responses = result.responses
         for _index, request_id, req in run:
             rev += 1
@@ -201,8 +213,9 @@ class Applier:
             value, lease = req.value, req.lease
             kv_rows.append((rev, key, value, create_rev, version, lease))
             existing[key] = (create_rev, rev, version)
-            kv = KeyValue(key, create_rev, rev, version, value, lease)
-            events.append((rev, [Event(store.EVENT_PUT, kv, prev_mod)]))
+            if events is not None:
+                events.append((rev, [Event(store.EVENT_PUT, KeyValue(key, create_rev, rev, version, value, lease),
+                                           prev_mod)]))
             if request_id:
                 resp = pb.PutResponse()
                 resp.header.revision = rev
@@ -218,8 +231,11 @@ class Applier:
         self.revision = rev
         self.applied_index = run[-1][0]
 
-    def finish(self, conn: sqlite3.Connection) -> None:
-        """Record the applied index and store revision in the same transaction as the applied effects."""
+    def finish(self, conn: sqlite3.Connection, result: ApplyResult | None = None) -> None:
+        """Record the applied index and store revision in the same transaction as the applied effects (and, in a
+        ``result`` without events, where the batch ended)."""
+        if result is not None and result.events_from:
+            result.revision = self.revision
         conn.execute(
             "INSERT INTO meta(name, value) VALUES ('applied_index', ?), ('revision', ?) "
             "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (self.applied_index, self.revision))
@@ -265,7 +281,8 @@ class Applier:
     def _end(self, txn: WriteTxn, result: ApplyResult) -> None:
         if txn.changes:
             self.revision = txn.end(persist_revision=False)
-            result.events.append((self.revision, txn.changes))
+            if not result.events_from:
+                result.events.append((self.revision, txn.changes))
 
     def _header(self, revision: int) -> pb.ResponseHeader:
         return pb.ResponseHeader(revision=revision)

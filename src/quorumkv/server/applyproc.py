@@ -61,7 +61,7 @@ from quorumkv.mvcc.store import Event, KeyValue
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.errors import EtcdError
-from quorumkv.storage.backend import Backend, StorageError, read_txn
+from quorumkv.storage.backend import Backend, StorageError
 
 log = logging.getLogger("quorumkv.node")
 
@@ -949,15 +949,8 @@ class ProcessNode:
         self._write(FRAME.pack(len(body), T_START), body)
 
     def _read_events(self, low: int, high: int) -> list[tuple[int, list[Event]]]:
-        by_rev: dict[int, list[Event]] = {}
-        with self.backend.temp_reader() as conn, read_txn(conn):
-            at = low
-            while at <= high:
-                events = store.events_between(conn, at, high, 1000)
-                for ev in events:
-                    by_rev.setdefault(ev.kv.mod_revision, []).append(ev)
-                at += 1000
-        return sorted(by_rev.items())
+        with self.backend.temp_reader() as conn:
+            return store.events_by_revision(conn, low, high)
 
     def _on_restarted_started(self, reply: tuple[Any, ...]) -> None:
         term, state, result_body = reply

@@ -163,7 +163,7 @@ class LogWriter:
             took = time.perf_counter() - t0
             if took > threshold and rows:
                 self.slow_applies.append((rows[0][0], rows[0][2], took))
-        applier.finish(conn)
+        applier.finish(conn, result)
         self.last_index = index
         sizes = self._log_sizes
         for row in rows:
@@ -188,7 +188,7 @@ class LogWriter:
         On a storage failure nothing of the batch is durable: the cached state is re-read and the error raised.
         """
         backend = self.backend
-        result = ApplyResult()
+        result = self.applier.new_result()
         last_index = self.last_index
         self.slow_applies = []
         try:

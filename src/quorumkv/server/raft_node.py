@@ -476,7 +476,7 @@ class RaftNode:
         raw = self.raw
         st = self.storage
         applier = self.applier
-        result = ApplyResult()
+        result = applier.new_result() if rd.committed_entries else ApplyResult()
         conf_changes: list[ConfChange] = []
         started = time.perf_counter()
         # Only what Raft needs durable before the messages go out is synced (new entries, term, vote, a
@@ -535,7 +535,7 @@ class RaftNode:
                 self._waiting_reads = [pr for pr in self._waiting_reads if pr not in ready]
                 futs = [f for pr in ready for f in pr.futures]
                 loop.call_soon_threadsafe(_release_reads, futs)
-        if result.responses or result.events or result.leases_granted or result.leases_revoked \
+        if result.responses or result.events or result.revision or result.leases_granted or result.leases_revoked \
                 or result.compacted_to or result.alarms_changed or result.members_changed or rd.snapshot:
             if rd.snapshot is not None:
                 result.members_changed = True
@@ -583,7 +583,7 @@ class RaftNode:
                 run.append((int(e.index), e.data or _NOOP_DATA))
         if run:
             applier.apply_many(conn, run, result)
-        applier.finish(conn)
+        applier.finish(conn, result)
 
     def _restore_snapshot(self, conn: sqlite3.Connection, snap: Snapshot) -> None:
         """Replace the state machine with a leader's snapshot (inside the Ready's transaction)."""

@@ -168,6 +168,15 @@ class ServerSettings:
         return max(1, math.ceil((3 * election_ticks // 2) * self.heartbeat_interval_ms / 1000))
 
 
+class _ProposalTimeout(Exception):
+    """A proposal's result did not arrive within ``--request-timeout`` (set on its future by a timer)."""
+
+
+def _expire_proposal(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(_ProposalTimeout())
+
+
 class QuorumServer:
     """One member. ``await start()`` after construction on the event loop; ``await stop()`` to close."""
 
@@ -314,6 +323,8 @@ class QuorumServer:
         self.hub.start()
         if isinstance(self.node, ProcessNode):
             self.node.events_wanted = lambda: self.hub is not None and self.hub.has_synced_watchers
+        else:  # the writer thread asks before each batch; a watcher added meanwhile gets the events read back
+            self.applier.events_wanted = lambda: self.hub is not None and self.hub.has_synced_watchers
         if not self.clustered:
             self.lessor.promote(dict(self.applier.leases))
         self.node.start(loop)
@@ -363,7 +374,9 @@ class QuorumServer:
         if hub is not None:
             if result.events:
                 hub.notify(result.events)
-            if result.revision:  # a batch whose events nobody needed
+            if result.revision:  # a batch whose events nobody needed when it was applied
+                if result.events_from and hub.has_synced_watchers:  # ... but someone has started watching since
+                    hub.notify(store.events_by_revision(self.reader, result.events_from, result.revision))
                 hub.advance(result.revision)
             if result.compacted_to:
                 hub.on_compacted(result.compacted_to)
@@ -406,17 +419,22 @@ class QuorumServer:
         node = self.node
         assert isinstance(node, RaftNode)
         lead_before = node.lead
+        # one timer on the proposal's own future (cheaper per request than wait_for + shield): on expiry it
+        # fails the future with _ProposalTimeout; a later result for it is dropped (the node checks done())
+        timer = asyncio.get_running_loop().call_later(self.settings.request_timeout_s, _expire_proposal, fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.settings.request_timeout_s)
+            return await fut
         except asyncio.CancelledError:
             # the client went away (deadline, cancel): as etcd, a proposal still waiting for a leader is dropped
             node.forget(request_id)
             raise
-        except TimeoutError:
+        except _ProposalTimeout:
             node.forget(request_id)
             if node.lead != lead_before or node.lead == 0:
                 raise errors.TIMEOUT_DUE_TO_LEADER_FAIL from None
             raise errors.TIMEOUT from None
+        finally:
+            timer.cancel()
 
     async def read_barrier(self) -> None:
         """Before a linearizable read on a Raft member: wait until everything committed before now is applied

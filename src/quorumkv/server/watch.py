@@ -222,6 +222,14 @@ class WatchHub:
 
     def notify(self, batches: Iterable[tuple[int, list[Event]]]) -> None:
         """Hand the events of newly applied revisions to synced watchers (called after commit)."""
+        if not self._by_key and not self._ranges:  # nobody to tell: only the revision moves
+            if isinstance(batches, list):
+                if batches:
+                    self.last_rev = batches[-1][0]
+            else:
+                for rev, _events in batches:
+                    self.last_rev = rev
+            return
         for rev, events in batches:
             per_watcher: dict[Watcher, list[Event]] = {}
             by_key = self._by_key
