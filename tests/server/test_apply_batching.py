@@ -119,3 +119,20 @@ def test_batched_apply_skips_already_applied_entries(tmp_path: Path) -> None:
     ).fetchall()
     assert rows == [(2, b"2")]
     backend.close()
+
+
+def test_put_responses_are_built_only_for_wanted_requests(tmp_path: Path) -> None:
+    """A Raft member answers only the requests it proposed: other members' puts get no response message here,
+    yet are applied the same (revisions, rows)."""
+    backend, applier = _fresh(tmp_path / "q.db")
+    mine = {3}
+    applier.response_wanted = mine.__contains__
+    entries = _entries([("put", pb.PutRequest(key=k, value=b"v")) for k in (b"a", b"b", b"c")], 2)  # ids 2, 3, 4
+    result = ApplyResult()
+    with backend.write_txn() as conn:
+        applier.apply_many(conn, entries, result)
+        applier.finish(conn)
+    assert list(result.responses) == [3]
+    assert result.responses[3].header.revision == 3  # type: ignore[attr-defined]
+    assert [rev for rev, _ in result.events] == [2, 3, 4] and applier.revision == 4
+    backend.close()

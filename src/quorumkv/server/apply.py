@@ -98,6 +98,9 @@ class Applier:
         self.min_lease_ttl_seconds = min_lease_ttl_seconds
         #: Asked (on the writer thread) once per batch whether live events would reach anyone; None: always.
         self.events_wanted: Callable[[], bool] | None = None
+        #: Asked (on the writer thread) whether a plain put's response would reach a waiting caller (a Raft member
+        #: answers only the requests it proposed itself); None: always. Only skips building the message.
+        self.response_wanted: Callable[[int], bool] | None = None
         self.reload(conn)
 
     def reload(self, conn: sqlite3.Connection) -> None:
@@ -202,6 +205,7 @@ class Applier:
         rev = self.revision
         events = None if result.events_from else result.events
         responses = result.responses
+        response_wanted = self.response_wanted
         for _index, request_id, req in run:
             rev += 1
             key = req.key
@@ -216,7 +220,7 @@ class Applier:
             if events is not None:
                 events.append((rev, [Event(store.EVENT_PUT, KeyValue(key, create_rev, rev, version, value, lease),
                                            prev_mod)]))
-            if request_id:
+            if request_id and (response_wanted is None or response_wanted(request_id)):
                 resp = pb.PutResponse()
                 resp.header.revision = rev
                 responses[request_id] = resp

@@ -54,7 +54,7 @@ from quorumkv.server import membership, state_snapshot
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
 from quorumkv.server.errors import EtcdError
-from quorumkv.server.node import NodeStatus
+from quorumkv.server.node import WAL_CHECK_EVERY_BATCHES, NodeStatus, maybe_truncate_wal
 from quorumkv.storage.backend import Backend, StorageError, insert_rows, meta_get, meta_set
 
 log = logging.getLogger("quorumkv.raft-node")
@@ -184,6 +184,7 @@ class RaftNode:
         self._waiting_reads: list[PendingRead] = []
         self._read_seq = 0
         self._pending_cc: list[tuple[float, ConfChange]] = []
+        self._readys_handled = 0
         # published state (read from the event loop)
         self.term = 0
         self.lead = 0
@@ -191,6 +192,8 @@ class RaftNode:
         self.commit_index = 0
         self.conf_state = ConfState()
         self.storage = StateMachineStorage(self._dump_state)
+        # a put proposed on another member is answered there: don't build its response here
+        applier.response_wanted = self._waiters.__contains__
         self._load(bootstrap)
         self.raw = RawNode(Config(
             id=NodeId(member_id), storage=self.storage, rng=rng or random.Random(member_id ^ time.time_ns()),
@@ -426,6 +429,9 @@ class RaftNode:
                     self._request_read(new_reads, now)
                 while raw.has_ready():
                     self._handle_ready(raw.ready())
+                    self._readys_handled += 1
+                    if self._readys_handled % WAL_CHECK_EVERY_BATCHES == 0:
+                        maybe_truncate_wal(self.backend)
                 self._maybe_compact_log()
 
     def _propose(self, proposals: list[bytes], now: float) -> None:
@@ -487,7 +493,8 @@ class RaftNode:
                 self._restore_snapshot(conn, rd.snapshot)
             if rd.entries:
                 first = rd.entries[0].index
-                conn.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
+                if first <= st.last_index():  # a conflicting suffix is replaced
+                    conn.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
                 rows = []
                 for e in rd.entries:
                     kind = _entry_kind(e)
