@@ -291,34 +291,3 @@ def test_a_write_abandoned_while_waiting_for_a_leader_is_never_applied(tmp_path:
             for s in servers:
                 await s.stop()
     run(body)
-
-
-def test_members_reset_an_oversized_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """As the single-member node, every Raft member resets its WAL once it passes WAL_TRUNCATE_BYTES (without,
-    the WAL holds everything written since the start)."""
-    import os
-
-    from quorumkv.server import node as node_module
-    from quorumkv.server import raft_node as raft_node_module
-
-    async def body(sub: str) -> list[int]:
-        hub = Hub()
-        servers = [await start(hub, settings(tmp_path / sub, n, NAMES)) for n in NAMES]
-        try:
-            leader = await wait_leader(servers)
-            for i in range(80):
-                await leader.put(pb.PutRequest(key=b"k%d" % i, value=b"v" * 4096))
-            for s in servers:
-                await s.read_barrier()
-            return [os.path.getsize(str(s.backend.db_path) + "-wal") for s in servers]
-        finally:
-            for s in servers:
-                await s.stop()
-
-    monkeypatch.setattr(raft_node_module, "WAL_CHECK_EVERY_BATCHES", 1)
-    monkeypatch.setattr(node_module, "WAL_TRUNCATE_BYTES", 1 << 40)
-    untouched = asyncio.run(body("untouched"))
-    monkeypatch.setattr(node_module, "WAL_TRUNCATE_BYTES", 64 * 1024)
-    truncated = asyncio.run(body("truncated"))
-    assert min(untouched) > 320 * 1024, untouched
-    assert max(truncated) < min(untouched) / 2, (truncated, untouched)

@@ -212,19 +212,14 @@ class LogWriter:
         return result, took
 
     def _maybe_truncate_wal(self) -> None:
-        maybe_truncate_wal(self.backend)
-
-
-def maybe_truncate_wal(backend: Backend) -> None:
-    """Reset an oversized WAL (call between two write transactions, on the writer's thread). Passive
-    auto-checkpoints copy frames into the database but cannot rewind the WAL while readers come and go, so under
-    steady load it only grows (and with it every page lookup in the WAL index); a TRUNCATE checkpoint waits for
-    the (short) read transactions in flight and starts the WAL over."""
-    try:
-        if os.path.getsize(str(backend.db_path) + "-wal") > WAL_TRUNCATE_BYTES:
-            backend.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except (OSError, sqlite3.Error) as exc:
-        log.warning("WAL checkpoint failed: %r", exc)
+        """Reset an oversized WAL. Passive auto-checkpoints copy frames into the database but cannot rewind the
+        WAL while readers come and go, so under steady load it only grows; a TRUNCATE checkpoint between two
+        batches waits for the (short) read transactions in flight and starts the WAL over."""
+        try:
+            if os.path.getsize(str(self.backend.db_path) + "-wal") > WAL_TRUNCATE_BYTES:
+                self.backend.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("WAL checkpoint failed: %r", exc)
 
 
 class LocalNode:

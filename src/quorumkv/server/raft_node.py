@@ -54,7 +54,7 @@ from quorumkv.server import membership, state_snapshot
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
 from quorumkv.server.errors import EtcdError
-from quorumkv.server.node import WAL_CHECK_EVERY_BATCHES, NodeStatus, maybe_truncate_wal
+from quorumkv.server.node import NodeStatus
 from quorumkv.storage.backend import Backend, StorageError, insert_rows, meta_get, meta_set
 
 log = logging.getLogger("quorumkv.raft-node")
@@ -184,7 +184,6 @@ class RaftNode:
         self._waiting_reads: list[PendingRead] = []
         self._read_seq = 0
         self._pending_cc: list[tuple[float, ConfChange]] = []
-        self._readys_handled = 0
         # published state (read from the event loop)
         self.term = 0
         self.lead = 0
@@ -429,9 +428,6 @@ class RaftNode:
                     self._request_read(new_reads, now)
                 while raw.has_ready():
                     self._handle_ready(raw.ready())
-                    self._readys_handled += 1
-                    if self._readys_handled % WAL_CHECK_EVERY_BATCHES == 0:
-                        maybe_truncate_wal(self.backend)
                 self._maybe_compact_log()
 
     def _propose(self, proposals: list[bytes], now: float) -> None:
