@@ -88,6 +88,9 @@ class ApplyResult:
     #: Nonzero: nobody watched when the batch began, so the events of revisions from this one on were not built
     #: (``revision`` says where the batch ended; a watcher that appeared meanwhile gets them read back).
     events_from: int = 0
+    #: The store's allocated bytes after the batch, measured by the writer (0: not measured); the quota check
+    #: uses it instead of asking SQLite from the event loop.
+    allocated_bytes: int = 0
 
 
 class Applier:

@@ -197,6 +197,7 @@ class LogWriter:
                 started = time.perf_counter()
             # COMMIT (with its fsync) happened when the block exited.
             took = time.perf_counter() - started
+            result.allocated_bytes = backend.allocated_bytes()
         except Exception:
             self.slow_applies = []
             self.last_index = last_index

@@ -501,6 +501,8 @@ class RaftNode:
             if rd.committed_entries:
                 self._apply(conn, rd.committed_entries, result, conf_changes)
             commit_started = time.perf_counter()
+        if rd.committed_entries:
+            result.allocated_bytes = self.backend.allocated_bytes()
         if self._fsync_observer is not None:
             self._fsync_observer(time.perf_counter() - commit_started)
         # durable: update the in-memory log, then send

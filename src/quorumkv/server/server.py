@@ -360,7 +360,8 @@ class QuorumServer:
     # -- after each durable batch ----------------------------------------------------------------------------
 
     def _on_applied(self, result: ApplyResult) -> None:
-        self._allocated_bytes = None  # the store changed: re-read its size on the next quota check
+        # the store changed: its size as the writer measured it, or re-read it on the next quota check
+        self._allocated_bytes = result.allocated_bytes or None
         for lid, ttl in result.leases_granted:
             self.lessor.granted(lid, ttl)
         for lid in result.leases_revoked:

@@ -173,9 +173,8 @@ class Backend:
         Committed WAL frames count (the size is the database as readers see it); the WAL file itself does not.
         """
         c = conn or self._writer
-        page_size = c.execute("PRAGMA page_size").fetchone()[0]
-        page_count = c.execute("PRAGMA page_count").fetchone()[0]
-        return int(page_size * page_count)
+        return int(c.execute("SELECT page_size * page_count FROM pragma_page_size(), pragma_page_count()")
+                   .fetchone()[0])
 
     @contextmanager
     def temp_reader(self) -> Iterator[sqlite3.Connection]:
