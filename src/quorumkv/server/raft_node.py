@@ -501,10 +501,10 @@ class RaftNode:
             if rd.committed_entries:
                 self._apply(conn, rd.committed_entries, result, conf_changes)
             commit_started = time.perf_counter()
-        if rd.committed_entries:
-            result.allocated_bytes = self.backend.allocated_bytes()
         if self._fsync_observer is not None:
             self._fsync_observer(time.perf_counter() - commit_started)
+        if rd.committed_entries:
+            result.allocated_bytes = self.backend.allocated_bytes()
         # durable: update the in-memory log, then send
         if rd.snapshot is not None:
             st.apply_snapshot(rd.snapshot)
