@@ -371,7 +371,9 @@ def test_child_log_records_and_slow_applies_reach_the_parent(tmp_path: Path,
 
     revision = asyncio.run(fill())
     with sqlite3.connect(tmp_path / "d" / DB_FILE) as conn:  # a durable but unapplied entry: replayed
-        last, term = conn.execute("SELECT idx, term FROM raft_log ORDER BY idx DESC LIMIT 1").fetchone()
+        # (the thread engine stores no log rows: the applied index is where its log ends)
+        last, term = (int(conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()[0])
+                      for name in ("applied_index", "term"))
         data = encode_entry(EntryKind.PUT, 0, pb.PutRequest(key=b"replayed", value=b"r").SerializeToString())
         conn.execute("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)",
                      (last + 1, term, int(EntryKind.PUT), data,

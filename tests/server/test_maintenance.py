@@ -316,7 +316,7 @@ def test_defrag_while_writing_loses_nothing_and_shrinks(tmp_path: Path) -> None:
         got = {kv[0]: kv[1] for kv in all_kvs(srv) if kv[0].startswith(b"w")}
         assert got == acked
         after = srv.backend.allocated_bytes(srv.reader)
-        assert after < before * 0.75, (before, after)  # the retained log entries still hold their values
+        assert after < before * 0.75, (before, after)
         assert srv.last_defrag_pause_s < 1.0
         # the member keeps working on the new file: writes, watch history, restart (checked by the caller)
         await put(srv, "final", b"1")

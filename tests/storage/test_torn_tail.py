@@ -223,19 +223,39 @@ def _stopped_data_dir(tmp_path: Path, puts: int) -> tuple[Path, int]:
     return server.data_dir, int(rev)
 
 
+def _append_unapplied(conn: sqlite3.Connection, n: int) -> list[int]:
+    """Store ``n`` put entries after the applied index without applying them: the state a crash leaves when log
+    rows are durable before their apply (a Raft member, or the apply process). A cluster of one applies every
+    entry in the transaction that stores it, so its own log never looks like this."""
+    (applied,) = conn.execute("SELECT value FROM meta WHERE name = 'applied_index'").fetchone()
+    (term,) = conn.execute("SELECT value FROM meta WHERE name = 'term'").fetchone()
+    indexes = []
+    for i in range(n):
+        idx = int(applied) + 1 + i
+        payload = pb.PutRequest(key=f"r/replayed-{i}".encode(), value=b"from the log").SerializeToString()
+        data = encode_entry(EntryKind.PUT, 0, payload)
+        crc = zlib.crc32(data, (int(term) << 8) ^ EntryKind.PUT) & 0xFFFFFFFF
+        conn.execute("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)",
+                     (idx, int(term), int(EntryKind.PUT), data, crc))
+        indexes.append(idx)
+    return indexes
+
+
+def _applied_index(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT value FROM meta WHERE name = 'applied_index'").fetchone()[0])
+
+
 @pytest.mark.timeout(60)
 def test_corrupt_log_entry_on_replay_refuses_to_start(tmp_path: Path) -> None:
     data_dir, revision = _stopped_data_dir(tmp_path, puts=6)
     db = data_dir / DB_FILE
     with sqlite3.connect(db) as conn:
-        (last,) = conn.execute("SELECT max(idx) FROM raft_log").fetchone()
-        rows = conn.execute("SELECT idx, kind, data FROM raft_log WHERE idx > ? ORDER BY idx", (last - 4,)).fetchall()
-        victim = next(idx for idx, kind, _ in rows if kind == EntryKind.PUT)
-        data = bytearray(next(d for idx, _, d in rows if idx == victim))
+        applied = _applied_index(conn)
+        victim = _append_unapplied(conn, 4)[1]
+        (stored,) = conn.execute("SELECT data FROM raft_log WHERE idx = ?", (victim,)).fetchone()
+        data = bytearray(stored)
         data[-1] ^= 0x40  # one flipped bit in the stored value; the stored crc is left as it was
         conn.execute("UPDATE raft_log SET data = ? WHERE idx = ?", (bytes(data), victim))
-        applied = victim - 2  # force replay of the entries from applied+1, the corrupt one among them
-        conn.execute("UPDATE meta SET value = ? WHERE name = 'applied_index'", (applied,))
     res = run_quorumkv_once(data_dir)
     output = res.stdout + res.stderr
     assert res.returncode != 0, f"started on a corrupt log:\n{output}"
@@ -244,7 +264,7 @@ def test_corrupt_log_entry_on_replay_refuses_to_start(tmp_path: Path) -> None:
     assert len(lines) == 1 and "checksum" in lines[0] and f"log entry {victim}" in lines[0], res.stderr
     print(lines[0])
     with sqlite3.connect(db) as conn:  # nothing of the replay was committed
-        assert conn.execute("SELECT value FROM meta WHERE name = 'applied_index'").fetchone()[0] == applied
+        assert _applied_index(conn) == applied
         assert conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0] == revision
 
 
@@ -253,11 +273,9 @@ def test_missing_log_entry_on_replay_refuses_to_start(tmp_path: Path) -> None:
     data_dir, revision = _stopped_data_dir(tmp_path, puts=6)
     db = data_dir / DB_FILE
     with sqlite3.connect(db) as conn:
-        (last,) = conn.execute("SELECT max(idx) FROM raft_log").fetchone()
-        missing = last - 2
+        applied = _applied_index(conn)
+        missing = _append_unapplied(conn, 4)[2]
         conn.execute("DELETE FROM raft_log WHERE idx = ?", (missing,))
-        applied = missing - 2
-        conn.execute("UPDATE meta SET value = ? WHERE name = 'applied_index'", (applied,))
     res = run_quorumkv_once(data_dir)
     output = res.stdout + res.stderr
     assert res.returncode != 0, f"replayed across a hole in the log:\n{output}"
@@ -265,7 +283,7 @@ def test_missing_log_entry_on_replay_refuses_to_start(tmp_path: Path) -> None:
     lines = [line for line in res.stderr.splitlines() if line.startswith("quorumkv: ")]
     assert len(lines) == 1 and f"log entry {missing} is missing" in lines[0], res.stderr
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE name = 'applied_index'").fetchone()[0] == applied
+        assert _applied_index(conn) == applied
         assert conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0] == revision
 
 
@@ -273,15 +291,10 @@ def test_missing_log_entry_on_replay_refuses_to_start(tmp_path: Path) -> None:
 def test_durable_unapplied_log_entry_is_applied_at_startup(tmp_path: Path) -> None:
     data_dir, revision = _stopped_data_dir(tmp_path, puts=2)
     with sqlite3.connect(data_dir / DB_FILE) as conn:
-        last, term = conn.execute("SELECT idx, term FROM raft_log ORDER BY idx DESC LIMIT 1").fetchone()
-        payload = pb.PutRequest(key=b"r/replayed", value=b"from the log").SerializeToString()
-        data = encode_entry(EntryKind.PUT, 0, payload)
-        crc = zlib.crc32(data, (term << 8) ^ EntryKind.PUT) & 0xFFFFFFFF
-        conn.execute("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)",
-                     (last + 1, term, int(EntryKind.PUT), data, crc))
+        (replayed,) = _append_unapplied(conn, 1)
     server = start_quorumkv(tmp_path, data_dir=data_dir)
     try:
-        got = server.etcdctl("get", "r/replayed", write_out="json")
+        got = server.etcdctl("get", "r/replayed-0", write_out="json")
         assert got.returncode == 0, got.stderr
         kv = json.loads(got.stdout)["kvs"][0]
         assert kv["mod_revision"] == revision + 1
@@ -290,5 +303,7 @@ def test_durable_unapplied_log_entry_is_applied_at_startup(tmp_path: Path) -> No
         assert server.stop() == 0
     with sqlite3.connect(data_dir / DB_FILE) as conn:
         assert int(conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]) == revision + 2
-        (applied,) = conn.execute("SELECT value FROM meta WHERE name = 'applied_index'").fetchone()
-        assert int(applied) == conn.execute("SELECT max(idx) FROM raft_log").fetchone()[0]
+        # then the new term's no-op and the put, numbered after the replayed entry
+        assert _applied_index(conn) == replayed + 2
+        # the replayed row went with the first batch after it: nothing needs it any more
+        assert conn.execute("SELECT count(*) FROM raft_log").fetchone()[0] == 0

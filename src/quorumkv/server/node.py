@@ -1,9 +1,13 @@
 """The single-member node: a one-member replicated log with group commit.
 
 Flow of a proposal (see docs/architecture.md): the asyncio side registers a future under a fresh request id
-and queues ``(kind, request_id, payload)``; the writer thread drains everything queued, appends the entries to
-``raft_log`` and applies them in ONE SQLite transaction, commits (fsync), and only then hands the results back
-to the event loop in one callback. Nothing is acknowledged before it is on stable storage.
+and queues ``(kind, request_id, payload)``; the writer thread drains everything queued, applies the entries in
+ONE SQLite transaction, commits (fsync), and only then hands the results back to the event loop in one
+callback. Nothing is acknowledged before it is on stable storage.
+
+Append and apply share that transaction, so on one member the applied state *is* the durable log: a
+:class:`LocalNode` stores ``raft_log`` rows only while an online defrag needs them (``log_pin``). The apply
+process keeps the log's tail (its defrag pin is set asynchronously).
 
 The writer's work (append, apply, trim, commit) is :class:`LogWriter`; :class:`LocalNode` runs it on a thread
 of the serving process, :class:`quorumkv.server.applyproc.ProcessNode` in a child process.
@@ -64,14 +68,21 @@ class LogWriter:
     per batch. Used from one thread at a time (the writer thread, or the apply process's main thread).
 
     A batch is a list of ``(kind, entry bytes)`` with the entry bytes as ``entries.encode_entry`` makes them.
+
+    ``keep_log``: keep the newest applied entries (``LOG_RETAIN_*``) in ``raft_log``. Without it, entries are
+    stored only while ``log_pin`` is set (an online defrag replays them into its copy); the rows left from a
+    pin are removed with the first batch after it is cleared. Either way an entry's row, if any, is written in
+    the transaction that applies it, so the applied index and ``meta`` say where the log ends.
     """
 
-    def __init__(self, backend: Backend, applier: Applier) -> None:
+    def __init__(self, backend: Backend, applier: Applier, *, keep_log: bool = True) -> None:
         self.backend = backend
         self.applier = applier
+        self.keep_log = keep_log
         conn = backend.writer
         self.term = int(meta_get(conn, "term", 1))
-        #: Entries at or above this index are never trimmed (set by an online defrag while it catches up).
+        #: Entries at or above this index are never trimmed (set by an online defrag while it catches up);
+        #: without ``keep_log``, entries are stored only while this is set.
         self.log_pin: int | None = None
         #: Entries whose apply took longer than this are collected in ``slow_applies``; None: not timed.
         self.slow_apply_s: float | None = None
@@ -82,7 +93,10 @@ class LogWriter:
         self._log_bytes = 0
         self._load_log_sizes()
         row = conn.execute("SELECT max(idx) FROM raft_log").fetchone()
-        self.last_index = int(row[0]) if row[0] is not None else int(meta_get(conn, "log_trimmed_index", 0))
+        # entries are applied in the transaction that stores them, so the applied index is never behind the
+        # log's end (it is ahead when rows are not kept); rows above it are durable, not yet applied entries
+        self.last_index = max(int(row[0]) if row[0] is not None else 0,
+                              int(meta_get(conn, "log_trimmed_index", 0)), applier.applied_index)
         self._replay()
 
     def _load_log_sizes(self) -> None:
@@ -141,17 +155,19 @@ class LogWriter:
 
     def _append_and_apply(self, conn: sqlite3.Connection, batch: list[tuple[int, bytes]],
                           result: ApplyResult) -> None:
-        rows = []
-        index = self.last_index
-        term = self.term
+        first = self.last_index + 1
+        index = first + len(batch) - 1
+        entries = [(first + i, data) for i, (_kind, data) in enumerate(batch)]
+        if self.keep_log or self.log_pin is not None:
+            term = self.term
+            rows = [(first + i, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF)
+                    for i, (kind, data) in enumerate(batch)]
+            # the term is the same for the whole batch: written into the statement, not bound per row
+            insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 4, rows,
+                        row_sql=f"(?,{int(term)},?,?,?)")
+        else:
+            rows = []
         applier = self.applier
-        for kind, data in batch:
-            index += 1
-            rows.append((index, kind, data, zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF))
-        # the term is the same for the whole batch: written into the statement, not bound per row
-        insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 4, rows,
-                    row_sql=f"(?,{int(term)},?,?,?)")
-        entries = [(row[0], row[2]) for row in rows]
         threshold = self.slow_apply_s
         if threshold is None:
             applier.apply_many(conn, entries, result)
@@ -161,8 +177,8 @@ class LogWriter:
             t0 = time.perf_counter()
             applier.apply_many(conn, entries, result)
             took = time.perf_counter() - t0
-            if took > threshold and rows:
-                self.slow_applies.append((rows[0][0], rows[0][2], took))
+            if took > threshold and entries:
+                self.slow_applies.append((entries[0][0], entries[0][1], took))
         applier.finish(conn, result)
         self.last_index = index
         sizes = self._log_sizes
@@ -171,7 +187,11 @@ class LogWriter:
             self._log_bytes += len(row[2])
         pin = self.log_pin
         trim_to = 0
-        while sizes and (len(sizes) > LOG_RETAIN_ENTRIES or self._log_bytes > LOG_RETAIN_BYTES):
+        if not self.keep_log and pin is None:  # rows left from a pin: all go
+            retain_entries, retain_bytes = 0, 0
+        else:
+            retain_entries, retain_bytes = LOG_RETAIN_ENTRIES, LOG_RETAIN_BYTES
+        while sizes and (len(sizes) > retain_entries or self._log_bytes > retain_bytes):
             idx, size = sizes[0]
             if pin is not None and idx >= pin:
                 break
@@ -244,7 +264,7 @@ class LocalNode:
         self._stopped = False
         #: Held by the writer thread around each batch; holding it from elsewhere pauses the writer (defrag).
         self.write_lock = threading.Lock()
-        self.writer = LogWriter(backend, applier)
+        self.writer = LogWriter(backend, applier, keep_log=False)
 
     @property
     def term(self) -> int:
@@ -262,6 +282,15 @@ class LocalNode:
     @log_pin.setter
     def log_pin(self, value: int | None) -> None:
         self.writer.log_pin = value
+
+    def pin_log(self) -> int:
+        """Store every entry from the next one on (until ``log_pin`` is cleared); returns the pin. Blocks until
+        the batch in flight, if any, is committed, so no entry after the returned pin - 1 goes unlogged. Call it
+        off the event loop."""
+        with self.write_lock:
+            pin = self.writer.last_index + 1
+            self.writer.log_pin = pin
+        return pin
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Become leader of a one-member cluster: a new term and its no-op entry, then serve proposals."""

@@ -1011,29 +1011,38 @@ class QuorumServer:
         async with self._file_lock:
             started = time.perf_counter()
             before = self.backend.size_bytes()
-            rebuild = await loop.run_in_executor(
-                None, defrag.Rebuild, self.datadir.db_path, self.applier.min_lease_ttl_seconds)
+            node = self.node
+            # a cluster of one stores log rows only on demand: from before the copy's snapshot on
+            local = node if isinstance(node, LocalNode) else None
+            if local is not None:
+                await loop.run_in_executor(None, local.pin_log)
             try:
-                for _ in range(defrag.MAX_ROUNDS):
-                    if await loop.run_in_executor(None, rebuild.catch_up) < defrag.SMALL_ROUND_ENTRIES:
-                        break
-                # checkpoint now, so closing the old file in the pause below has little WAL left to copy
-                await loop.run_in_executor(None, self.backend.checkpoint)
-                await loop.run_in_executor(None, rebuild.catch_up)
-                await loop.run_in_executor(None, self.node.write_lock.acquire)
-                paused = time.perf_counter()
+                rebuild = await loop.run_in_executor(
+                    None, defrag.Rebuild, self.datadir.db_path, self.applier.min_lease_ttl_seconds)
                 try:
-                    await loop.run_in_executor(None, rebuild.finish, self.applier.applied_index)
-                    old_file = self.backend.swap_file(rebuild.path)
-                    self.reader = self.backend.new_reader()
-                    if self.hub is not None:
-                        self.hub.reader = self.reader
-                finally:
-                    self.node.write_lock.release()
-                    self.last_defrag_pause_s = time.perf_counter() - paused
-            except BaseException:
-                rebuild.abort()
-                raise
+                    for _ in range(defrag.MAX_ROUNDS):
+                        if await loop.run_in_executor(None, rebuild.catch_up) < defrag.SMALL_ROUND_ENTRIES:
+                            break
+                    # checkpoint now, so closing the old file in the pause below has little WAL left to copy
+                    await loop.run_in_executor(None, self.backend.checkpoint)
+                    await loop.run_in_executor(None, rebuild.catch_up)
+                    await loop.run_in_executor(None, node.write_lock.acquire)
+                    paused = time.perf_counter()
+                    try:
+                        await loop.run_in_executor(None, rebuild.finish, self.applier.applied_index)
+                        old_file = self.backend.swap_file(rebuild.path)
+                        self.reader = self.backend.new_reader()
+                        if self.hub is not None:
+                            self.hub.reader = self.reader
+                    finally:
+                        node.write_lock.release()
+                        self.last_defrag_pause_s = time.perf_counter() - paused
+                except BaseException:
+                    rebuild.abort()
+                    raise
+            finally:
+                if local is not None:
+                    local.log_pin = None
             await loop.run_in_executor(None, old_file.unlink)
         log.info("defragmented", extra={"size-before-bytes": before, "size-after-bytes": self.backend.size_bytes(),
                                         "took-s": round(time.perf_counter() - started, 3),
