@@ -7,6 +7,7 @@ quorumkv/etcd writes/s ratio. Exit status 0 even when the targets are missed: th
 
     PYTHONPATH=src:. python3.11 -m bench.check_perf --load s --load l
     PYTHONPATH=src:. python3.11 -m bench.check_perf --load l --json > result.json
+    PYTHONPATH=src:. python3.11 -m bench.check_perf --load l --rounds 3   # median of 3 alternating pairs
 
 ``etcdctl`` (the Go load generator: 50/200/500/1000 clients for s/m/l/xl, 1 KiB values, rate-limited to
 150/1000/8000/15000 writes/s) runs on the same cores as the server, as in production ``check perf`` use.
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -230,13 +232,20 @@ def _fmt(value: float | int | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def round_ratios(results: list[RunResult], load: str) -> list[float]:
+    """quorumkv writes/s divided by etcd writes/s for ``load``, one per round: the n-th etcd run is paired with
+    the n-th quorumkv run (measured right after it); pairs with a missing or zero figure are left out."""
+    etcd = [r.parsed.writes_per_s for r in results if r.load == load and r.server == "etcd"]
+    qkv = [r.parsed.writes_per_s for r in results if r.load == load and r.server == "quorumkv"]
+    return [q / e for e, q in zip(etcd, qkv, strict=False) if e and q is not None]
+
+
 def ratio(results: list[RunResult], load: str) -> float | None:
-    """quorumkv writes/s divided by etcd writes/s for ``load`` (None if either is missing or zero)."""
-    by_kind = {r.server: r.parsed.writes_per_s for r in results if r.load == load}
-    etcd, qkv = by_kind.get("etcd"), by_kind.get("quorumkv")
-    if not etcd or qkv is None:
-        return None
-    return qkv / etcd
+    """The median of the rounds' ratios for ``load`` (None if no round has both figures). The machine's
+    speed drifts by 10-20 % between minutes, so one pair is a sample and the median of alternating pairs the
+    figure to compare with a target."""
+    ratios = round_ratios(results, load)
+    return statistics.median(ratios) if ratios else None
 
 
 def target_line(results: list[RunResult]) -> str:
@@ -286,7 +295,9 @@ def render(results: list[RunResult]) -> str:
     out = [format_table(headers, rows), ""]
     for load in dict.fromkeys(r.load for r in results):
         rt = ratio(results, load)
-        out.append(f"ratio quorumkv/etcd writes/s, load {load}: {'—' if rt is None else f'{rt:.2f}'}")
+        rounds = round_ratios(results, load)
+        each = f" (median of rounds: {', '.join(f'{x:.2f}' for x in rounds)})" if len(rounds) > 1 else ""
+        out.append(f"ratio quorumkv/etcd writes/s, load {load}: {'—' if rt is None else f'{rt:.2f}'}{each}")
     for r in results:
         if r.error:
             out.append(f"ERROR {r.server} load {r.load}: {r.error}")
@@ -303,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         "--server", action="append", choices=SERVER_KINDS, help="servers to measure (repeatable; default both)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout (the table goes to stderr)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every server this many times, alternating (etcd, quorumkv, etcd, ...); the "
+                        "ratio is the median of the rounds' ratios")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds before a check perf is killed")
     parser.add_argument("--tmp-dir", type=Path, default=None, help="parent of the servers' data dirs")
     parser.add_argument(
@@ -332,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {info}")
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="qkv-check-perf-", dir=args.tmp_dir) as tmp_root:
-        for load in loads:
+        for load, _round in ((load, n) for load in loads for n in range(max(1, args.rounds))):
             for kind in kinds:  # strictly one server at a time
                 profile = args.py_spy_out if kind == "quorumkv" else None
                 result = run_one(kind, load, Path(tmp_root), args.timeout, profile, args.wait_quiet,
@@ -354,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             "quorumkv_env": qkv_env,
             "results": [r.as_dict() for r in results],
             "ratios": {load: ratio(results, load) for load in loads},
+            "round_ratios": {load: round_ratios(results, load) for load in loads},
             "target": target_line(results),
         }
         print(json.dumps(document, indent=2))

@@ -98,6 +98,18 @@ def test_ratio_and_target_line() -> None:
     assert "| quorumkv | l" in table and "ratio quorumkv/etcd writes/s, load l: 0.40" in table
 
 
+def test_ratio_is_the_median_of_alternating_rounds() -> None:
+    results = [_result("etcd", "l", 5000), _result("quorumkv", "l", 2500),   # 0.50
+               _result("etcd", "l", 4000), _result("quorumkv", "l", 2800),   # 0.70
+               _result("etcd", "l", 5000), _result("quorumkv", "l", 3000),   # 0.60
+               _result("etcd", "l", 5000), _result("quorumkv", "l", None)]   # failed round: left out
+    assert [round(x, 2) for x in check_perf.round_ratios(results, "l")] == [0.5, 0.7, 0.6]
+    assert check_perf.ratio(results, "l") == 0.6
+    assert check_perf.target_line(results).endswith(": MET (ratio 0.60)")
+    assert "(median of rounds: 0.50, 0.70, 0.60)" in check_perf.render(results)
+    assert "NOT MET" in check_perf.target_line(results[:2])  # one round: that pair's ratio
+
+
 def test_proc_status_and_stat_parsing() -> None:
     status = "Name:\tpython3.11\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n"
     assert _proc.parse_status_kb(status, "VmRSS") == 102400
