@@ -5,7 +5,8 @@ writes them) straight into a ``LogWriter`` on a fresh data dir, no gRPC and no o
 writer's CPU time per put (``time.thread_time``) and wall time per put. ``--batch N`` fixes the batch size;
 ``--batch-min/--batch-max`` draw each batch's size at random (seeded), as under real load, which exercises the
 writer's statement cache (one multi-row INSERT text per row count). The writer is configured as a single member's
-(no ``raft_log`` rows unless pinned); ``--keep-log`` stores and trims the log's tail as the apply process does.
+(no ``raft_log`` rows unless pinned); ``--keep-log`` stores and trims the log's tail as the apply process does;
+``--unwatched`` applies as the server does when no watcher exists (no events, the quiet put path).
 
     PYTHONPATH=src:. python3 -m bench.writer_commit --puts 60000 --batch 110
     PYTHONPATH=src:. python3 -m bench.writer_commit --puts 60000 --batch-min 60 --batch-max 160
@@ -35,13 +36,16 @@ PREFIX = b"/etcdctl-check-perf/"
 
 
 def measure(puts: int, batch_min: int, batch_max: int, seed: int, tmp_root: str | None,
-            keep_log: bool = False) -> dict[str, float]:
+            keep_log: bool = False, unwatched: bool = False) -> dict[str, float]:
     rnd = random.Random(seed)
     value = os.urandom(1024)
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
         backend = Backend(Path(tmp) / "db")
         try:
-            writer = LogWriter(backend, Applier(backend.writer), keep_log=keep_log)
+            applier = Applier(backend.writer)
+            if unwatched:  # as in the server when no watcher exists: no events built, the quiet put path
+                applier.events_wanted = lambda: False
+            writer = LogWriter(backend, applier, keep_log=keep_log)
             writer.begin_term()
             request_id = 1
             done = 0
@@ -77,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmp-dir", help="parent of the data dir (default: the system's temp dir)")
     ap.add_argument("--keep-log", action="store_true",
                     help="keep the log's tail in raft_log (the apply process's writer), not only while pinned")
+    ap.add_argument("--unwatched", action="store_true",
+                    help="no watcher exists (the server then builds no events and takes the quiet put path)")
     args = ap.parse_args(argv)
     low, high = (args.batch, args.batch) if args.batch else (args.batch_min, args.batch_max)
     if not 1 <= low <= high:
         ap.error("batch sizes must satisfy 1 <= min <= max")
-    r = measure(args.puts, low, high, args.seed, args.tmp_dir, keep_log=args.keep_log)
+    r = measure(args.puts, low, high, args.seed, args.tmp_dir, keep_log=args.keep_log, unwatched=args.unwatched)
     print(f"{r['puts']:.0f} puts in {r['batches']:.0f} batches of {low}-{high}: "
           f"writer CPU {r['cpu_us_per_put']:.1f} us/put, wall {r['wall_us_per_put']:.1f} us/put")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -149,9 +151,10 @@ def test_profile_top_self_and_total() -> None:
     assert by_total[0].total_percent == 100.0
 
 
-def test_writer_commit_measures_every_put(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unwatched", [False, True])
+def test_writer_commit_measures_every_put(tmp_path: Path, unwatched: bool) -> None:
     from bench import writer_commit
 
-    r = writer_commit.measure(300, 20, 40, seed=3, tmp_root=str(tmp_path))
+    r = writer_commit.measure(300, 20, 40, seed=3, tmp_root=str(tmp_path), unwatched=unwatched)
     assert r["puts"] == 300 and 300 / 40 <= r["batches"] <= 300 / 20 + 1
     assert r["cpu_us_per_put"] > 0 and r["wall_us_per_put"] >= r["cpu_us_per_put"] * 0.5

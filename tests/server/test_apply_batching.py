@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,28 +77,34 @@ def _responses(result: ApplyResult) -> dict[int, str]:
             for rid, r in result.responses.items()}
 
 
+@pytest.mark.parametrize("watched", [True, False], ids=["watched", "unwatched"])
 @settings(max_examples=60, deadline=None)
 @given(batches=st.lists(ops, min_size=1, max_size=4))
-def test_batched_apply_equals_one_by_one(batches: list[list[tuple[str, object]]]) -> None:
+def test_batched_apply_equals_one_by_one(watched: bool, batches: list[list[tuple[str, object]]]) -> None:
+    """Unwatched batches (no events built) take the quiet put path whenever a run's keys are all different."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         one_backend, one = _fresh(Path(d) / "one.db")
         many_backend, many = _fresh(Path(d) / "many.db")
+        many.events_wanted = lambda: watched
         index = 2
         for batch in batches:
             entries = _entries(batch, index)
             index += len(entries)
-            r_one, r_many = ApplyResult(), ApplyResult()
+            r_one, r_many = ApplyResult(), many.new_result()
             with one_backend.write_txn() as c1:
                 for idx, data in entries:
                     one.apply(c1, idx, data, r_one)
                 one.finish(c1)
             with many_backend.write_txn() as c2:
                 many.apply_many(c2, entries, r_many)
-                many.finish(c2)
+                many.finish(c2, r_many)
             assert _responses(r_many) == _responses(r_one)
-            assert r_many.events == r_one.events
+            if watched:
+                assert r_many.events == r_one.events
+            else:
+                assert r_many.events == [] and r_many.revision == one.revision
             assert _state(many_backend.writer) == _state(one_backend.writer)
         one_backend.close()
         many_backend.close()
@@ -136,3 +143,41 @@ def test_put_responses_are_built_only_for_wanted_requests(tmp_path: Path) -> Non
     assert result.responses[3].header.revision == 3  # type: ignore[attr-defined]
     assert [rev for rev, _ in result.events] == [2, 3, 4] and applier.revision == 4
     backend.close()
+
+
+def test_unwatched_run_of_distinct_keys_takes_the_quiet_path_with_the_same_rows(tmp_path: Path) -> None:
+    """More distinct keys than one multi-row statement holds, new and existing ones, with and without a lease:
+    the quiet path (keys looked up inside the kv INSERT) gives the rows entry-by-entry apply gives."""
+    one_backend, one = _fresh(tmp_path / "one.db")
+    many_backend, many = _fresh(tmp_path / "many.db")
+    many.events_wanted = lambda: False
+    taken: list[int] = []
+    quiet = many._apply_quiet_put_run
+
+    def spy(conn: sqlite3.Connection, run: list[tuple[int, int, pb.PutRequest]], result: ApplyResult) -> None:
+        taken.append(len(run))
+        quiet(conn, run, result)
+
+    many._apply_quiet_put_run = spy  # type: ignore[method-assign]
+    first = [("put", pb.PutRequest(key=b"k%03d" % i, value=b"a")) for i in range(0, 600, 2)]
+    second = [("put", pb.PutRequest(key=b"k%03d" % i, value=b"b%d" % i, lease=LEASE_ID if i % 3 else 0))
+              for i in range(600)]
+    index = 2
+    for batch in (first, second):
+        entries = _entries(batch, index)  # type: ignore[arg-type]
+        index += len(entries)
+        r_one, r_many = ApplyResult(), many.new_result()
+        with one_backend.write_txn() as c1:
+            for idx, data in entries:
+                one.apply(c1, idx, data, r_one)
+            one.finish(c1)
+        with many_backend.write_txn() as c2:
+            many.apply_many(c2, entries, r_many)
+            many.finish(c2, r_many)
+        assert _responses(r_many) == _responses(r_one)
+    assert taken == [300, 600]
+    assert _state(many_backend.writer) == _state(one_backend.writer)
+    versions = dict(many_backend.writer.execute("SELECT key, version FROM live").fetchall())
+    assert versions[b"k000"] == 2 and versions[b"k001"] == 1
+    one_backend.close()
+    many_backend.close()

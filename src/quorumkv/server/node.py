@@ -217,7 +217,7 @@ class LogWriter:
                 started = time.perf_counter()
             # COMMIT (with its fsync) happened when the block exited.
             took = time.perf_counter() - started
-            result.allocated_bytes = backend.allocated_bytes()
+            result.allocated_bytes = backend.allocation_after_commit(sum(len(data) for _kind, data in batch))
         except Exception:
             self.slow_applies = []
             self.last_index = last_index

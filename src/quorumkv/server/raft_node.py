@@ -504,7 +504,8 @@ class RaftNode:
         if self._fsync_observer is not None:
             self._fsync_observer(time.perf_counter() - commit_started)
         if rd.committed_entries:
-            result.allocated_bytes = self.backend.allocated_bytes()
+            result.allocated_bytes = self.backend.allocation_after_commit(
+                sum(len(e.data) for e in rd.committed_entries))
         # durable: update the in-memory log, then send
         if rd.snapshot is not None:
             st.apply_snapshot(rd.snapshot)
@@ -602,6 +603,7 @@ class RaftNode:
         meta_set(conn, "raft_conf_state", encode_conf_state(meta.conf_state))
         meta_set(conn, "applied_index", int(meta.index))
         self.applier.reload(conn)
+        self.backend.forget_allocation()  # the store was replaced: measure it after the next batch
 
     def _dump_state(self) -> bytes:
         return state_snapshot.dump(self.backend.writer)

@@ -101,6 +101,13 @@ def _connect(path: Path, *, sync_full: bool, cached_statements: int = 128) -> sq
     return conn
 
 
+#: How often the writer re-measures the store's allocated bytes after a commit (``Backend.allocation_after_commit``):
+#: every this many batches or this many payload bytes, whichever comes first. Measuring is one more SQLite
+#: statement per batch, and each statement releases the GIL and has to win it back from the busy event loop.
+ALLOCATION_MEASURE_EVERY_BATCHES = 16
+ALLOCATION_MEASURE_EVERY_BYTES = 256 * 1024
+
+
 class Backend:
     """Owns the database file and hands out the writer and reader connections.
 
@@ -112,6 +119,8 @@ class Backend:
         self.db_path = db_path
         self._writer = _connect(db_path, sync_full=True, cached_statements=WRITER_CACHED_STATEMENTS)
         self._readers: list[sqlite3.Connection] = []
+        #: (allocated bytes when last measured, batches and payload bytes committed since); None: measure next.
+        self._allocation: tuple[int, int, int] | None = None
         version = self._writer.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             with self.write_txn() as conn:
@@ -176,6 +185,27 @@ class Backend:
         return int(c.execute("SELECT page_size * page_count FROM pragma_page_size(), pragma_page_count()")
                    .fetchone()[0])
 
+    def allocation_after_commit(self, payload_bytes: int) -> int:
+        """The allocated bytes after a batch that wrote ``payload_bytes`` of requests (writer thread only).
+
+        Measured (:meth:`allocated_bytes`) every ``ALLOCATION_MEASURE_EVERY_*``; in between, the last measurement
+        plus the payload bytes written since, so the estimate never falls behind the store's growth by more
+        than what the page overhead of those bytes adds. Swapping the file (defrag) forces a new measurement.
+        """
+        state = self._allocation
+        if state is not None:
+            measured, batches, written = state[0], state[1] + 1, state[2] + payload_bytes
+            if batches < ALLOCATION_MEASURE_EVERY_BATCHES and written < ALLOCATION_MEASURE_EVERY_BYTES:
+                self._allocation = (measured, batches, written)
+                return measured + written
+        measured = self.allocated_bytes()
+        self._allocation = (measured, 0, 0)
+        return measured
+
+    def forget_allocation(self) -> None:
+        """The store was replaced or rebuilt: the next ``allocation_after_commit`` measures it again."""
+        self._allocation = None
+
     @contextmanager
     def temp_reader(self) -> Iterator[sqlite3.Connection]:
         """A private read-only connection (for work off the event loop, e.g. hashing); closed on exit."""
@@ -212,6 +242,7 @@ class Backend:
         """
         from quorumkv.storage.datadir import fsync_dir
 
+        self.forget_allocation()
         for conn in self._readers:
             conn.close()
         self._readers.clear()
