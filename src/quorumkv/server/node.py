@@ -296,6 +296,7 @@ class LocalNode:
         """Become leader of a one-member cluster: a new term and its no-op entry, then serve proposals."""
         self._loop = loop
         self.writer.begin_term()
+        self.backend.start_checkpointer()
         self._thread = threading.Thread(target=self._run, name="quorumkv-writer", daemon=True)
         self._thread.start()
 

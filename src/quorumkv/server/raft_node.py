@@ -267,6 +267,7 @@ class RaftNode:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.backend.start_checkpointer()
         self._thread = threading.Thread(target=self._run, name="quorumkv-raft", daemon=True)
         self._thread.start()
 
