@@ -77,6 +77,20 @@ def _responses(result: ApplyResult) -> dict[int, str]:
             for rid, r in result.responses.items()}
 
 
+def _apply_both(one_backend: Backend, one: Applier, many_backend: Backend, many: Applier,
+                entries: list[tuple[int, bytes]]) -> tuple[ApplyResult, ApplyResult]:
+    """The same entries applied one by one (``one``) and batched (``many``, its own result kind)."""
+    r_one, r_many = ApplyResult(), many.new_result()
+    with one_backend.write_txn() as c1:
+        for idx, data in entries:
+            one.apply(c1, idx, data, r_one)
+        one.finish(c1)
+    with many_backend.write_txn() as c2:
+        many.apply_many(c2, entries, r_many)
+        many.finish(c2, r_many)
+    return r_one, r_many
+
+
 @pytest.mark.parametrize("watched", [True, False], ids=["watched", "unwatched"])
 @settings(max_examples=60, deadline=None)
 @given(batches=st.lists(ops, min_size=1, max_size=4))
@@ -92,14 +106,7 @@ def test_batched_apply_equals_one_by_one(watched: bool, batches: list[list[tuple
         for batch in batches:
             entries = _entries(batch, index)
             index += len(entries)
-            r_one, r_many = ApplyResult(), many.new_result()
-            with one_backend.write_txn() as c1:
-                for idx, data in entries:
-                    one.apply(c1, idx, data, r_one)
-                one.finish(c1)
-            with many_backend.write_txn() as c2:
-                many.apply_many(c2, entries, r_many)
-                many.finish(c2, r_many)
+            r_one, r_many = _apply_both(one_backend, one, many_backend, many, entries)
             assert _responses(r_many) == _responses(r_one)
             if watched:
                 assert r_many.events == r_one.events
@@ -166,14 +173,7 @@ def test_unwatched_run_of_distinct_keys_takes_the_quiet_path_with_the_same_rows(
     for batch in (first, second):
         entries = _entries(batch, index)  # type: ignore[arg-type]
         index += len(entries)
-        r_one, r_many = ApplyResult(), many.new_result()
-        with one_backend.write_txn() as c1:
-            for idx, data in entries:
-                one.apply(c1, idx, data, r_one)
-            one.finish(c1)
-        with many_backend.write_txn() as c2:
-            many.apply_many(c2, entries, r_many)
-            many.finish(c2, r_many)
+        r_one, r_many = _apply_both(one_backend, one, many_backend, many, entries)
         assert _responses(r_many) == _responses(r_one)
     assert taken == [300, 600]
     assert _state(many_backend.writer) == _state(one_backend.writer)
