@@ -98,3 +98,38 @@ def test_etcd_failover_and_range_smoke(capsys: pytest.CaptureFixture[str]) -> No
     assert all(0 < t < cluster_perf.FAILOVER_DEADLINE_S for t in etcd["failover"]["times_s"])
     assert [r["mode"] for r in etcd["range"]] == list(range_read.MODES)
     assert all(r["stats"]["reads_per_s"] > 0 and r["error"] is None for r in etcd["range"])
+
+
+def test_rounds_pair_in_order_and_the_ratio_is_their_median() -> None:
+    sides = [side_with_writes("etcd", "4000"), side_with_writes("quorumkv", "2000"),   # 0.50
+             side_with_writes("etcd", "2000"), side_with_writes("quorumkv", "1400"),   # 0.70
+             side_with_writes("etcd", "5000"), side_with_writes("quorumkv", "2000")]   # 0.40
+    assert cluster_perf.round_write_ratios(sides) == pytest.approx([0.5, 0.7, 0.4])
+    assert cluster_perf.write_ratio(sides) == pytest.approx(0.5)  # not the mean (0.53), not the last pair
+    assert cluster_perf.target_line(sides, "l").endswith(
+        ": MET (ratio 0.50; median of rounds: 0.50, 0.70, 0.40)")
+    failed = cluster_perf.SideResult("quorumkv", check_perf=cluster_perf.CheckPerfResult(
+        "quorumkv", "l", [], error="cluster did not start"))
+    assert cluster_perf.round_write_ratios([*sides[:2], side_with_writes("etcd", "3000"), failed]) == [0.5]
+    assert cluster_perf.parse_args(["--rounds", "3"]).rounds == 3
+    with pytest.raises(SystemExit):
+        cluster_perf.parse_args(["--rounds", "0"])
+
+
+def test_later_rounds_repeat_check_perf_only(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+                                             ) -> None:
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def fake_side(kind: str, args: object, tmp_root: Path) -> cluster_perf.SideResult:
+        calls.append((kind, tuple(args.parts)))  # type: ignore[attr-defined]
+        return side_with_writes(kind, "4000" if kind == "etcd" else "2200")
+
+    monkeypatch.setattr(cluster_perf, "run_side", fake_side)
+    assert cluster_perf.main(["--rounds", "3", "--part", "check_perf", "--part", "failover"]) == 0
+    both = ("check_perf", "failover")
+    assert calls == [("etcd", both), ("quorumkv", both), ("etcd", ("check_perf",)), ("quorumkv", ("check_perf",)),
+                     ("etcd", ("check_perf",)), ("quorumkv", ("check_perf",))]
+    assert "median of rounds: 0.55, 0.55, 0.55" in capsys.readouterr().out
+    calls.clear()
+    assert cluster_perf.main(["--rounds", "3", "--part", "failover"]) == 0  # nothing to repeat
+    assert calls == [("etcd", ("failover",)), ("quorumkv", ("failover",))]
