@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.mvcc import store
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, encode_entry
 from quorumkv.storage.backend import Backend
@@ -56,7 +57,7 @@ def _entries(batch: list[tuple[str, object]], start_index: int) -> list[tuple[in
 def _state(conn: sqlite3.Connection) -> tuple[list[tuple[object, ...]], ...]:
     return (
         conn.execute("SELECT id, rev, sub, key, value, create_rev, version, lease FROM kv ORDER BY id").fetchall(),
-        conn.execute("SELECT * FROM live ORDER BY key").fetchall(),
+        store.range_at(conn, b"\x00", b"\x00", 0).kvs,  # every existing key as the store reads it
         conn.execute("SELECT name, value FROM meta ORDER BY name").fetchall(),
     )
 
@@ -128,10 +129,8 @@ def test_batched_apply_skips_already_applied_entries(tmp_path: Path) -> None:
         applier.apply_many(conn, entries, again)  # a replay of the same indexes changes nothing
         applier.finish(conn)
     assert again.responses == {} and again.events == []
-    rows = backend.writer.execute(
-        "SELECT live.version, kv.value FROM live JOIN kv ON kv.id = live.kv_id WHERE live.key = ?", (b"a",)
-    ).fetchall()
-    assert rows == [(2, b"2")]
+    [kv] = store.range_at(backend.writer, b"a", b"", 0).kvs
+    assert (kv.version, kv.value) == (2, b"2")
     backend.close()
 
 
@@ -177,7 +176,7 @@ def test_unwatched_run_of_distinct_keys_takes_the_quiet_path_with_the_same_rows(
         assert _responses(r_many) == _responses(r_one)
     assert taken == [300, 600]
     assert _state(many_backend.writer) == _state(one_backend.writer)
-    versions = dict(many_backend.writer.execute("SELECT key, version FROM live").fetchall())
+    versions = {kv.key: kv.version for kv in store.range_at(many_backend.writer, b"\x00", b"\x00", 0).kvs}
     assert versions[b"k000"] == 2 and versions[b"k001"] == 1
     one_backend.close()
     many_backend.close()

@@ -25,7 +25,7 @@ def fresh(path: Path) -> Backend:
 
 def content(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
     return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
-            for t in ("kv", "live", "lease", "member", "alarm", "removed_member")}
+            for t in ("kv", "lease", "member", "alarm", "removed_member")}
 
 
 def fill(b: Backend, ops: list[tuple[int, bytes, bytes]]) -> None:

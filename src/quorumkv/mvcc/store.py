@@ -5,10 +5,10 @@ revision; its changes are numbered by a sub revision from 0. Every key has ``cre
 revision of the put that created its current incarnation), ``mod_revision`` (last change) and ``version``
 (number of puts since creation; a delete resets it to 0 by removing the key).
 
-Tables (see docs/storage.md):
-- ``kv``: every revision of every key; a tombstone row (value NULL) records a delete;
-- ``live``: the current incarnation of each existing key, pointing at its ``kv`` row. Reads at the current
-  revision use ``live``; reads at an older revision reconstruct from ``kv``.
+Table ``kv`` (see docs/storage.md) holds every revision of every key; a tombstone row (value NULL) records a
+delete. A key's state at revision R is its latest row at or before R by (rev, sub), found through the
+``kv_by_key`` index (key, rev); there is no separate table of current keys, so a put writes one row and two index
+entries, not a second key-ordered B-tree (docs/performance.md: that table cost a random page write per put).
 
 Compaction at revision C keeps, for each key, the latest revision at or before C unless it is a tombstone,
 and drops every other revision at or before C. Reads below C fail with ``CompactedError``.
@@ -24,19 +24,6 @@ from quorumkv.storage.backend import meta_get, meta_set, read_txn
 
 EVENT_PUT = 0
 EVENT_DELETE = 1
-
-_LIVE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS live (
-    key        BLOB PRIMARY KEY,
-    create_rev INTEGER NOT NULL,
-    mod_rev    INTEGER NOT NULL,
-    version    INTEGER NOT NULL,
-    lease      INTEGER NOT NULL,
-    kv_id      INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS live_by_lease ON live(lease) WHERE lease != 0;
-"""
-
 
 class KeyValue(NamedTuple):
     key: bytes
@@ -80,12 +67,6 @@ class FutureRevisionError(MVCCError):
         super().__init__("mvcc: required revision is a future revision")
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    for stmt in _LIVE_SCHEMA.split(";"):
-        if stmt.strip():
-            conn.execute(stmt)
-
-
 def current_revision(conn: sqlite3.Connection) -> int:
     return int(meta_get(conn, "revision", 1))
 
@@ -98,6 +79,26 @@ def compact_revision(conn: sqlite3.Connection) -> int:
 
 #: Orders kv rows by (rev, sub) in one integer (SQLite returns the other columns of the max() row).
 _REV_SUB = "rev * 4294967296 + sub"
+
+#: The id of the latest kv row of the key named by ``{key}`` at or before revision ``{rev}`` (an SQL expression):
+#: one descent of ``kv_by_key``; rows of one revision (a txn that deleted and re-put a key) are ordered by sub.
+_LATEST_ID = "(SELECT id FROM kv WHERE key = {key} AND rev <= {rev} ORDER BY rev DESC, sub DESC LIMIT 1)"
+
+#: The columns of a KeyValue, in ``_kv``'s order, from the kv row aliased ``l``.
+_KV_COLUMNS = "l.key, l.create_rev, l.rev, l.version, l.value, l.lease"
+
+
+def _latest_rows_sql(pred: str, columns: str = _KV_COLUMNS) -> str:
+    """SELECT of each key's latest row at or before revision ``?`` (the last parameter) among keys matching
+    ``pred`` (on column ``key``), deleted keys left out, sorted by key.
+
+    The inner GROUP BY reads only the ``kv_by_key`` index (key, rev); each key's row is then fetched once."""
+    return (
+        f"SELECT {columns} FROM (SELECT key AS k, max(rev) AS r FROM kv WHERE {pred} AND rev <= ?{{rev}} "
+        "GROUP BY key) AS m JOIN kv AS l ON l.id = "
+        "(SELECT id FROM kv WHERE key = m.k AND rev = m.r ORDER BY sub DESC LIMIT 1) "
+        "WHERE l.value IS NOT NULL ORDER BY l.key"
+    )
 
 
 def _bounds(key: bytes, range_end: bytes, column: str = "key") -> tuple[str, tuple[bytes, ...]]:
@@ -141,32 +142,21 @@ def range_at(
         raise FutureRevisionError()
     if rev < compact_revision(conn):
         raise CompactedError()
+    if not range_end:  # one key: one index descent
+        row = conn.execute(
+            "SELECT key, create_rev, rev, version, value, lease FROM kv WHERE key = ? AND rev <= ? "
+            "ORDER BY rev DESC, sub DESC LIMIT 1", (key, rev)).fetchone()
+        if row is None or row[4] is None:
+            return RangeResult([], 0, cur)
+        return RangeResult([] if count_only else [_kv(row)], 1, cur)
     pred, args = _bounds(key, range_end)
-    if rev == cur:
-        (count,) = conn.execute(f"SELECT count(*) FROM live WHERE {pred}", args).fetchone()
-        lpred, _ = _bounds(key, range_end, "live.key")
-        if count_only:
-            return RangeResult([], count, cur)
-        sql = (
-            "SELECT live.key, live.create_rev, live.mod_rev, live.version, kv.value, live.lease "
-            f"FROM live JOIN kv ON kv.id = live.kv_id WHERE {lpred} ORDER BY live.key"
-        )
-        if limit > 0:
-            sql += f" LIMIT {int(limit)}"
-        return RangeResult([_kv(r) for r in conn.execute(sql, args)], count, cur)
-    # Historical read: the latest row per key at or before rev, tombstones dropped. "Latest" is by (rev, sub):
-    # one txn may delete a key and put it again (a from-key delete next to a put), both at the same rev.
-    inner = (
-        f"SELECT key, create_rev, rev, version, value, lease, max({_REV_SUB}) FROM kv "
-        f"WHERE {pred} AND rev <= ? GROUP BY key"
-    )
     hargs = (*args, rev)
+    n = len(hargs)
     if count_only:
         (count,) = conn.execute(
-            f"SELECT count(*) FROM ({inner}) WHERE value IS NOT NULL", hargs
-        ).fetchone()
+            f"SELECT count(*) FROM ({_latest_rows_sql(pred, 'l.id').format(rev=n)})", hargs).fetchone()
         return RangeResult([], count, cur)
-    rows = [_kv(r) for r in conn.execute(inner + " ORDER BY key", hargs) if r[4] is not None]
+    rows = [_kv(r) for r in conn.execute(_latest_rows_sql(pred).format(rev=n), hargs)]
     count = len(rows)
     if limit > 0:
         rows = rows[:limit]
@@ -226,11 +216,19 @@ def events_by_revision(conn: sqlite3.Connection, start_rev: int, end_rev: int) -
 
 
 def keys_with_lease(conn: sqlite3.Connection, lease_id: int) -> list[bytes]:
-    return [r[0] for r in conn.execute("SELECT key FROM live WHERE lease = ? ORDER BY key", (lease_id,))]
+    """The existing keys attached to the lease, sorted: keys with a row of this lease (``kv_by_lease``) whose
+    latest row still carries it (a tombstone carries lease 0)."""
+    latest = _LATEST_ID.format(key="c.key", rev="9223372036854775807")
+    return [r[0] for r in conn.execute(
+        f"SELECT c.key FROM (SELECT DISTINCT key FROM kv WHERE lease = ?1 AND lease != 0) AS c "
+        f"JOIN kv AS l ON l.id = {latest} "
+        "WHERE l.lease = ?1 ORDER BY c.key", (lease_id,))]
 
 
 def live_key_count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM live").fetchone()[0])
+    """How many keys exist now (reads the whole ``kv_by_key`` index: for metrics, not for the request path)."""
+    sql = _latest_rows_sql("1", "l.id").format(rev=1)
+    return int(conn.execute(f"SELECT count(*) FROM ({sql})", (9223372036854775807,)).fetchone()[0])
 
 
 class WriteTxn:
@@ -252,11 +250,12 @@ class WriteTxn:
         return self.rev if self.changes else self.begin_rev
 
     def live_row(self, key: bytes) -> tuple[int, int, int, int, int] | None:
-        """(create_rev, mod_rev, version, lease, kv_id) of a live key."""
+        """(create_rev, mod_rev, version, lease, kv_id) of an existing key (its latest row unless a tombstone)."""
         row = self.conn.execute(
-            "SELECT create_rev, mod_rev, version, lease, kv_id FROM live WHERE key = ?", (key,)
+            "SELECT create_rev, rev, version, lease, id, value IS NULL FROM kv WHERE key = ? "
+            "ORDER BY rev DESC, sub DESC LIMIT 1", (key,)
         ).fetchone()
-        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
+        return None if row is None or row[5] else (row[0], row[1], row[2], row[3], row[4])
 
     def value_of(self, kv_id: int) -> bytes:
         row = self.conn.execute("SELECT value FROM kv WHERE id = ?", (kv_id,)).fetchone()
@@ -284,13 +283,9 @@ class WriteTxn:
                 value = self.value_of(prev[4])
             if lease is None:
                 lease = prev[3]
-        cur = conn.execute(
+        conn.execute(
             "INSERT INTO kv(rev, sub, key, value, create_rev, version, lease) VALUES (?,?,?,?,?,?,?)",
             (rev, len(self.changes), key, value, create_rev, version, lease),
-        )
-        conn.execute(
-            "INSERT OR REPLACE INTO live(key, create_rev, mod_rev, version, lease, kv_id) VALUES (?,?,?,?,?,?)",
-            (key, create_rev, rev, version, lease, cur.lastrowid),
         )
         kv = KeyValue(key, create_rev, rev, version, value, lease)
         self.changes.append(Event(EVENT_PUT, kv, 0 if prev is None else prev[1]))
@@ -299,13 +294,15 @@ class WriteTxn:
     def delete_range(self, key: bytes, range_end: bytes) -> list[KeyValue]:
         """Delete every live key in [key, range_end); returns their last values (for prev_kv)."""
         conn = self.conn
-        pred, args = _bounds(key, range_end)
-        lpred, _ = _bounds(key, range_end, "live.key")
-        rows = conn.execute(
-            "SELECT live.key, live.create_rev, live.mod_rev, live.version, kv.value, live.lease "
-            f"FROM live JOIN kv ON kv.id = live.kv_id WHERE {lpred} ORDER BY live.key",
-            args,
-        ).fetchall()
+        if range_end:
+            pred, args = _bounds(key, range_end)
+            rows = conn.execute(_latest_rows_sql(pred).format(rev=len(args) + 1),
+                                (*args, self.rev)).fetchall()
+        else:
+            row = conn.execute(
+                "SELECT key, create_rev, rev, version, value, lease FROM kv WHERE key = ? "
+                "ORDER BY rev DESC, sub DESC LIMIT 1", (key,)).fetchone()
+            rows = [] if row is None or row[4] is None else [row]
         if not rows:
             return []
         rev = self.rev
@@ -314,7 +311,6 @@ class WriteTxn:
             "INSERT INTO kv(rev, sub, key, value, create_rev, version, lease) VALUES (?,?,?,NULL,0,0,0)",
             [(rev, base + i, r[0]) for i, r in enumerate(rows)],
         )
-        conn.execute(f"DELETE FROM live WHERE {pred}", args)
         prevs = [_kv(r) for r in rows]
         for p in prevs:
             self.changes.append(Event(EVENT_DELETE, KeyValue(p.key, 0, rev, 0, b"", 0), p.mod_revision))

@@ -28,6 +28,9 @@ from quorumkv.storage.backend import MULTI_ROW_CHUNK, insert_rows, meta_get
 MAX_LEASE_TTL_SECONDS = 9_000_000_000
 
 _CMP = pb.Compare
+
+#: The id of the latest kv row of the key in column1 of a VALUES list aliased ``v`` (one ``kv_by_key`` descent).
+_LATEST_ID_OF_VALUE = "(SELECT id FROM kv WHERE key = v.column1 ORDER BY rev DESC, sub DESC LIMIT 1)"
 _RANGE = pb.RangeRequest
 
 #: etcd's quota cost estimates (etcdserver/quota.go): per put and per lease grant, in bytes.
@@ -97,7 +100,6 @@ class Applier:
     """Applies entries to the store. Owned by the node's writer thread; holds a cache of store metadata."""
 
     def __init__(self, conn: sqlite3.Connection, *, min_lease_ttl_seconds: int = 2) -> None:
-        store.ensure_schema(conn)
         self.min_lease_ttl_seconds = min_lease_ttl_seconds
         #: Asked (on the writer thread) once per batch whether live events would reach anyone; None: always.
         self.events_wanted: Callable[[], bool] | None = None
@@ -203,11 +205,11 @@ class Applier:
         existing: dict[bytes, tuple[int, int, int]] = {}  # key -> (create_rev, mod_rev, version)
         for at in range(0, len(keys), 500):
             chunk = keys[at:at + 500]
-            sql = f"SELECT key, create_rev, mod_rev, version FROM live WHERE key IN ({','.join('?' * len(chunk))})"
+            sql = (f"SELECT l.key, l.create_rev, l.rev, l.version FROM (VALUES {','.join(['(?)'] * len(chunk))}) AS v "
+                   f"JOIN kv AS l ON l.id = {_LATEST_ID_OF_VALUE} WHERE l.value IS NOT NULL")
             for key, create_rev, mod_rev, version in conn.execute(sql, chunk):
                 existing[key] = (create_rev, mod_rev, version)
         kv_rows = []
-        first_rev = self.revision + 1
         rev = self.revision
         events = None if result.events_from else result.events
         responses = result.responses
@@ -233,20 +235,20 @@ class Applier:
         # kv rows take the next rowids in order (max(id) + 1, as store.WriteTxn's single inserts do)
         insert_rows(conn, "INSERT INTO kv(rev, sub, key, value, create_rev, version, lease) VALUES ", 6, kv_rows,
                     row_sql="(?,0,?,?,?,?,?)")
-        self._copy_live_rows(conn, run, first_rev, rev)
+        self.revision = rev
+        self.applied_index = run[-1][0]
 
     def _apply_quiet_put_run(self, conn: sqlite3.Connection, run: list[tuple[int, int, pb.PutRequest]],
                              result: ApplyResult) -> None:
         """:meth:`_apply_put_run` for a run whose keys are all different, in a batch nobody watches.
 
-        No event needs a key's previous state, so SQLite looks each key up in ``live`` inside the ``kv`` INSERT
+        No event needs a key's previous state, so SQLite looks each key's latest row up inside the ``kv`` INSERT
         (create_rev and version computed there) instead of in a SELECT of its own: one statement fewer per
         batch. Each SQLite statement releases the GIL and must win it back from the busy event loop, which made
         the separate SELECT the writer's second-longest step under load (docs/performance.md). The rows are
         the same as the general path's (a test compares them); distinct keys mean no put depends on another
         put of the same run.
         """
-        first_rev = self.revision + 1
         rev = self.revision
         responses = result.responses
         response_wanted = self.response_wanted
@@ -266,18 +268,10 @@ class Applier:
                 "SELECT v.column1, 0, v.column2, v.column3, coalesce(l.create_rev, v.column1), "
                 "coalesce(l.version, 0) + 1, v.column4 "
                 f"FROM (VALUES {','.join(['(?,?,?,?)'] * len(chunk))}) AS v "
-                "LEFT JOIN live AS l ON l.key = v.column2 ORDER BY v.column1",
+                f"LEFT JOIN kv AS l ON l.id = {_LATEST_ID_OF_VALUE.replace('column1', 'column2')} "
+                "AND l.value IS NOT NULL ORDER BY v.column1",
                 [x for row in chunk for x in row])
-        self._copy_live_rows(conn, run, first_rev, rev)
-
-    def _copy_live_rows(self, conn: sqlite3.Connection, run: list[tuple[int, int, pb.PutRequest]],
-                        first_rev: int, last_rev: int) -> None:
-        """Each key's live row, copied from its last kv row of the run, in SQL (no second binding of every value)."""
-        conn.execute(
-            "INSERT OR REPLACE INTO live(key, create_rev, mod_rev, version, lease, kv_id) "
-            "SELECT key, create_rev, rev, version, lease, id FROM kv WHERE rev BETWEEN ? AND ? ORDER BY rev",
-            (first_rev, last_rev))
-        self.revision = last_rev
+        self.revision = rev
         self.applied_index = run[-1][0]
 
     def finish(self, conn: sqlite3.Connection, result: ApplyResult | None = None) -> None:

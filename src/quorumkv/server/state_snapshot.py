@@ -20,7 +20,7 @@ from typing import Any
 MAGIC = b"QKVS"
 VERSION = 1
 #: Replicated tables, in restore order. ``meta`` is filtered to ``REPLICATED_META``.
-TABLES = ("kv", "live", "lease", "member", "alarm", "removed_member", "meta")
+TABLES = ("kv", "lease", "member", "alarm", "removed_member", "meta")
 #: meta rows that belong to the replicated state (the rest are this member's: its ID, raft state, log bounds).
 REPLICATED_META = ("revision", "compact_revision", "cluster_id")
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 log = logging.getLogger("quorumkv.storage")
 
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS kv (
     lease      INTEGER NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS kv_by_rev ON kv(rev, sub);
-CREATE INDEX IF NOT EXISTS kv_by_key ON kv(key, rev);
+CREATE INDEX IF NOT EXISTS kv_by_key ON kv(key, rev, sub);
+CREATE INDEX IF NOT EXISTS kv_by_lease ON kv(lease) WHERE lease != 0;
 CREATE TABLE IF NOT EXISTS lease (
     id            INTEGER PRIMARY KEY,
     ttl           INTEGER NOT NULL,
@@ -74,6 +75,18 @@ CREATE TABLE IF NOT EXISTS removed_member (
     id INTEGER PRIMARY KEY
 );
 """
+
+
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
+    """Schema 1 kept a ``live`` table (each existing key's current row), derived from ``kv``; schema 2 reads the
+    current state from ``kv`` itself: ``kv_by_key`` gains ``sub`` (a key's latest row in one index descent) and
+    ``kv_by_lease`` finds a lease's keys. ``kv`` itself is unchanged."""
+    conn.execute("DROP TABLE IF EXISTS live")
+    conn.execute("DROP INDEX IF EXISTS kv_by_key")  # was (key, rev): a key's latest row now needs (key, rev, sub)
+    conn.execute("CREATE INDEX kv_by_key ON kv(key, rev, sub)")
+    conn.execute("CREATE INDEX IF NOT EXISTS kv_by_lease ON kv(lease) WHERE lease != 0")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    log.info("storage schema upgraded from version 1 to %d (the live table is gone)", SCHEMA_VERSION)
 
 
 class StorageError(Exception):
@@ -177,6 +190,9 @@ class Backend:
                     if stmt.strip():
                         conn.execute(stmt)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version == 1:
+            with self.write_txn() as conn:
+                _migrate_from_1(conn)
         elif version != SCHEMA_VERSION:
             raise StorageError(
                 f"{db_path} has schema version {version}, this quorumkv reads {SCHEMA_VERSION}; "
