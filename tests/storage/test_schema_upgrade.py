@@ -7,9 +7,11 @@ from pathlib import Path
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.mvcc import store
+from quorumkv.server import snapshot
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, encode_entry
 from quorumkv.storage.backend import SCHEMA_VERSION, Backend
+from quorumkv.storage.datadir import DB_FILE
 
 _V1_LIVE = """
 CREATE TABLE live (
@@ -86,3 +88,20 @@ def test_schema_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert reopened.writer.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         reopened.close()
+
+
+def test_a_schema_1_snapshot_restores_and_is_upgraded_when_opened(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    before = _fill(db)
+    _make_schema_1(db)
+    snap = tmp_path / "old.snapshot"
+    snapshot.save(db, snap)
+    status = snapshot.snapshot_status(snap)  # five puts and a delete from revision 1; five kv rows (one tombstone)
+    assert (status.revision, status.total_key) == (6, 5)
+    restored = snapshot.restore(snap, tmp_path / "restored")
+    backend = Backend(restored.data_dir / DB_FILE)
+    try:
+        assert backend.writer.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert store.range_at(backend.writer, b"\x00", b"\x00", 0).kvs == before
+    finally:
+        backend.close()

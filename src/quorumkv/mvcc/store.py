@@ -7,8 +7,8 @@ revision of the put that created its current incarnation), ``mod_revision`` (las
 
 Table ``kv`` (see docs/storage.md) holds every revision of every key; a tombstone row (value NULL) records a
 delete. A key's state at revision R is its latest row at or before R by (rev, sub), found through the
-``kv_by_key`` index (key, rev); there is no separate table of current keys, so a put writes one row and two index
-entries, not a second key-ordered B-tree (docs/performance.md: that table cost a random page write per put).
+``kv_by_key`` index (key, rev, sub); there is no separate table of current keys, so a put writes one row and its
+index entries, not a second key-ordered table (docs/performance.md: that table cost a random page write per put).
 
 Compaction at revision C keeps, for each key, the latest revision at or before C unless it is a tombstone,
 and drops every other revision at or before C. Reads below C fail with ``CompactedError``.
@@ -92,7 +92,8 @@ def _latest_rows_sql(pred: str, columns: str = _KV_COLUMNS) -> str:
     """SELECT of each key's latest row at or before revision ``?`` (the last parameter) among keys matching
     ``pred`` (on column ``key``), deleted keys left out, sorted by key.
 
-    The inner GROUP BY reads only the ``kv_by_key`` index (key, rev); each key's row is then fetched once."""
+    The inner GROUP BY reads only the ``kv_by_key`` index (every stored revision of the matching keys); each key's
+    latest row is then fetched once."""
     return (
         f"SELECT {columns} FROM (SELECT key AS k, max(rev) AS r FROM kv WHERE {pred} AND rev <= ?{{rev}} "
         "GROUP BY key) AS m JOIN kv AS l ON l.id = "

@@ -28,10 +28,10 @@ from quorumkv.storage.backend import MULTI_ROW_CHUNK, insert_rows, meta_get
 MAX_LEASE_TTL_SECONDS = 9_000_000_000
 
 _CMP = pb.Compare
+_RANGE = pb.RangeRequest
 
 #: The id of the latest kv row of the key in column1 of a VALUES list aliased ``v`` (one ``kv_by_key`` descent).
 _LATEST_ID_OF_VALUE = "(SELECT id FROM kv WHERE key = v.column1 ORDER BY rev DESC, sub DESC LIMIT 1)"
-_RANGE = pb.RangeRequest
 
 #: etcd's quota cost estimates (etcdserver/quota.go): per put and per lease grant, in bytes.
 KV_OVERHEAD_BYTES = 256

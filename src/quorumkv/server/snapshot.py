@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quorumkv.server import maintenance
-from quorumkv.storage.backend import SCHEMA_VERSION, meta_get, meta_set
+from quorumkv.storage.backend import SCHEMA_VERSION, UPGRADABLE_SCHEMA_VERSIONS, meta_get, meta_set
 from quorumkv.storage.datadir import DATA_FORMAT, DB_FILE, FORMAT_FILE, fsync_dir
 
 DIGEST_BYTES = hashlib.sha256().digest_size
@@ -161,7 +161,7 @@ def _open_content(path: Path, db: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(db, isolation_level=None)
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION and version not in UPGRADABLE_SCHEMA_VERSIONS:  # older: upgraded on first open
             raise SnapshotError(f"snapshot {path} has schema version {version}, this quorumkv reads "
                                 f"{SCHEMA_VERSION}; use the quorumkv version that wrote it")
         conn.execute("SELECT count(*) FROM kv").fetchone()

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 2
+#: Older schema versions that opening a data file upgrades in place (and that snapshot restore therefore accepts).
+UPGRADABLE_SCHEMA_VERSIONS = frozenset({1})
 
 log = logging.getLogger("quorumkv.storage")
 
