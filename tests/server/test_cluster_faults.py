@@ -221,10 +221,13 @@ def test_membership_changes_while_clients_write(tmp_path: Path) -> None:
                     "--initial-cluster-state", "existing",
                     "--initial-advertise-peer-urls", peer_url, "--listen-peer-urls", peer_url,
                     "--initial-cluster-token", cluster.token, "--heartbeat-interval", "50",
-                    "--election-timeout", "500"))
+                    "--election-timeout", "500"),
+                    # not a readiness probe: a learner refuses linearizable reads once it knows it is one
+                    ready_timeout_s=None)
                 members = json.loads(cluster.etcdctl("member", "list", write_out="json").stdout)["members"]
                 m4_id = next(f"{m['ID']:x}" for m in members if m.get("isLearner"))
                 wait_until(lambda: cluster.etcdctl("member", "promote", m4_id).returncode == 0, 40, "promote m4")
+                m4.wait_ready()  # a voting member now: it serves linearizable reads
                 leader = cluster.leader()
                 victim = next(n for n in cluster.names if n != leader)
                 victim_id = f"{cluster.member(victim).member_id:x}"

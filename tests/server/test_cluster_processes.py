@@ -150,10 +150,13 @@ def test_member_add_learner_promote_remove_with_etcdctl(tmp_path: Path) -> None:
             "--initial-cluster", initial_cluster, "--initial-cluster-state", "existing",
             "--initial-advertise-peer-urls", peer_url, "--listen-peer-urls", peer_url,
             "--initial-cluster-token", cluster.token,
-            "--heartbeat-interval", "50", "--election-timeout", "500"))
+            "--heartbeat-interval", "50", "--election-timeout", "500"),
+            ready_timeout_s=None)  # the readiness probe is a linearizable read, which a learner refuses
         try:
-            wait_until(lambda: get_value(m4.client_url, "k119", serializable=True) == "v119", 30,
-                       "learner caught up")
+            def caught_up() -> bool:
+                got = run_etcdctl(m4.client_url, "get", "k119", "--consistency=s", "--print-value-only")
+                return got.returncode == 0 and got.stdout.strip() == "v119"
+            wait_until(caught_up, 30, "learner caught up")
             lin = run_etcdctl(m4.client_url, "get", "k000")  # a learner serves only serializable reads
             assert lin.returncode != 0 and "rpc not supported for learner" in lin.stderr
             m4_id = _member_id(cluster, "m4", learner=True)
