@@ -80,11 +80,13 @@ class _Details:
 
 
 def test_all_methods_are_served_by_one_generic_handler() -> None:
-    fake = _FakeGrpcServer()
-    add_servicers(fake, server=object())  # type: ignore[arg-type]
+    fake, other = _FakeGrpcServer(), _FakeGrpcServer()
+    add_servicers([fake, other], server=object())  # type: ignore[list-item, arg-type]
     # no per-method registration: grpc.aio would keep a pending call per method and asyncio.wait on all of them
     assert fake.registered == [] and len(fake.generic) == 1
     table = fake.generic[0]
+    # every server that shares the port serves the same servicer objects (one hub, one set of counters)
+    assert other.registered == [] and other.generic == [table]
     expected = [f"/{svc.full_name}/{m.name}" for name in ("KV", "Watch", "Lease", "Maintenance", "Cluster")
                 for svc in [pb.DESCRIPTOR.services_by_name[name]] for m in svc.methods]
     assert len(expected) > 20

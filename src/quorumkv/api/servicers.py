@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -276,9 +276,10 @@ class ClusterServicer(pb_grpc.ClusterServicer):
         return resp
 
 
-def add_servicers(grpc_server: grpc.aio.Server, server: QuorumServer,
+def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: QuorumServer,
                   instrument: Callable[[Any, str], None] | None = None) -> dict[str, Any]:
-    """Register etcd's services on ``grpc_server``; returns the servicers by service name ("KV", ...).
+    """Register etcd's services on every server of ``grpc_servers`` (the same servicer objects on each);
+    returns the servicers by service name ("KV", ...).
 
     ``instrument(servicer, service_name)`` (metrics) may wrap a servicer's methods before registration; the
     JSON gateway calls the same servicer objects, so both paths behave (and count) alike.
@@ -295,7 +296,8 @@ def add_servicers(grpc_server: grpc.aio.Server, server: QuorumServer,
         if instrument is not None:
             instrument(servicer, name)
         getattr(pb_grpc, f"add_{name}Servicer_to_server")(servicer, table)
-    grpc_server.add_generic_rpc_handlers((table,))
+    for grpc_server in grpc_servers:
+        grpc_server.add_generic_rpc_handlers((table,))
     return servicers
 
 

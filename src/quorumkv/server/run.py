@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import gc
 import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -39,6 +41,13 @@ log = logging.getLogger("quorumkv")
 
 #: etcd adds this much to --max-request-bytes for the gRPC receive limit (grpcOverheadBytes).
 GRPC_OVERHEAD_BYTES = 512 * 1024
+#: gRPC servers listening on each client URL, sharing its port (SO_REUSEPORT: the kernel spreads the client
+#: connections over them). A grpc.aio server accepts one call at a time: it asks the core for the next call
+#: only once the previous one's arrival has passed through grpc's poller thread and the event loop, so with
+#: hundreds of concurrent clients calls wait to be *accepted* far longer than they take to handle. Each server
+#: accepts on its own, so several accept in parallel (+8 to +25 % writes/s under ``check perf --load=l``,
+#: docs/performance.md).
+CLIENT_GRPC_SERVERS = 4
 
 
 def _zap_ts(created: float) -> str:
@@ -140,12 +149,13 @@ def _credentials(tls: TLSFiles) -> grpc.ServerCredentials:
 class RunningMember:
     """A started member: its QuorumServer and gRPC server. ``await close()`` stops both."""
 
-    def __init__(self, server: QuorumServer, grpc_server: grpc.aio.Server, bound: list[str], *,
+    def __init__(self, server: QuorumServer, grpc_servers: list[grpc.aio.Server], bound: list[str], *,
                  stats: ServerStats | None = None, registry: CollectorRegistry | None = None,
                  http_servers: list[HttpServer] | None = None, metrics_urls: list[str] | None = None,
                  client_http_urls: list[str] | None = None) -> None:
         self.server = server
-        self.grpc_server = grpc_server
+        #: the client gRPC servers (``CLIENT_GRPC_SERVERS`` of them, sharing the client URLs' ports)
+        self.grpc_servers = grpc_servers
         self.bound = bound
         self.stats = stats
         self.registry = registry
@@ -157,7 +167,7 @@ class RunningMember:
     async def close(self, grace_s: float = 1.0) -> None:
         for srv in self.http_servers:
             await srv.close()
-        await self.grpc_server.stop(grace_s)
+        await _stop_grpc_servers(self.grpc_servers, grace_s)
         await self.server.stop()
 
 
@@ -197,6 +207,39 @@ def _http_ssl(tls: TLSFiles | None) -> ssl.SSLContext:
     return ctx
 
 
+def _refuse_busy_address(addr: str, url: str) -> None:
+    """Raise OSError naming ``url`` if a socket already listens on ``addr`` ("host:port").
+
+    The client servers bind with SO_REUSEPORT so that several can share a port; without this check a second
+    quorumkv (or embedded member) started on the same port would bind too and silently take part of the
+    connections. A plain bind (SO_REUSEADDR, as grpc binds) fails on a port something listens on.
+    """
+    host, _, port_text = addr.rpartition(":")
+    port = int(port_text)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # unresolvable: grpc's own bind reports it
+    for family, type_, proto, _, sockaddr in infos:
+        probe = socket.socket(family, type_, proto)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(f"cannot listen on {url}: address in use; choose another --listen-client-urls"
+                              ) from None
+            # an address family this host cannot bind (no IPv6, ...): grpc's own bind decides
+        finally:
+            probe.close()
+
+
+async def _stop_grpc_servers(grpc_servers: list[grpc.aio.Server], grace_s: float) -> None:
+    await asyncio.gather(*(s.stop(grace_s) for s in grpc_servers))
+
+
 async def _start_http(url: str, srv: HttpServer, tls: TLSFiles | None) -> str:
     listen_address(url)  # validates the URL
     parts = urlsplit(url)
@@ -223,7 +266,7 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     http_servers: list[HttpServer] = []
     metrics_urls: list[str] = []
     client_http_urls: list[str] = []
-    grpc_server: grpc.aio.Server | None = None
+    grpc_servers: list[grpc.aio.Server] = []
     try:
         await server.start()
         options = [
@@ -232,23 +275,28 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
             ("grpc.max_concurrent_streams", 2**31 - 1),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ("grpc.so_reuseport", 0),
+            # several servers share each port (CLIENT_GRPC_SERVERS); _refuse_busy_address keeps a port that
+            # something else listens on refused, as without SO_REUSEPORT
+            ("grpc.so_reuseport", 1),
         ]
-        grpc_server = grpc.aio.server(options=options)
-        servicers = add_servicers(grpc_server, server,
+        grpc_servers.extend(grpc.aio.server(options=options) for _ in range(CLIENT_GRPC_SERVERS))
+        servicers = add_servicers(grpc_servers, server,
                                   instrument=lambda servicer, name: instrument_servicer(servicer, name, stats))
         bound = []
         for url in listen_client_urls:
             addr, secure = listen_address(url)
-            if secure:
-                port = grpc_server.add_secure_port(addr, _credentials(tls or TLSFiles()))
-            else:
-                port = grpc_server.add_insecure_port(addr)
-            if port == 0:
-                raise OSError(f"cannot listen on {url}: address in use or not available; "
-                              "choose another --listen-client-urls")
+            _refuse_busy_address(addr, url)
+            creds = _credentials(tls or TLSFiles()) if secure else None
+            for grpc_server in grpc_servers:
+                port = (grpc_server.add_secure_port(addr, creds) if creds is not None
+                        else grpc_server.add_insecure_port(addr))
+                if port == 0:
+                    raise OSError(f"cannot listen on {url}: address in use or not available; "
+                                  "choose another --listen-client-urls")
+                addr = f"{addr.rsplit(':', 1)[0]}:{port}"  # port 0: the others join the port the first got
             bound.append(url)
-        await grpc_server.start()
+        for grpc_server in grpc_servers:
+            await grpc_server.start()
         registry = build_registry(server, stats, quota_backend_bytes=http.quota_backend_bytes)
         gateway = Gateway(servicers, Health(server, stats), lambda: render(registry))
         body_limit = 2 * settings.max_request_bytes + GRPC_OVERHEAD_BYTES  # base64 JSON of a maximal request
@@ -263,8 +311,7 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     except BaseException:
         for srv in http_servers:
             await srv.close()
-        if grpc_server is not None:
-            await grpc_server.stop(0)
+        await _stop_grpc_servers(grpc_servers, 0)
         await server.stop()
         raise
     log.info("serving client requests", extra={"listen-client-urls": bound, "member-id": f"{server.member_id:x}",
@@ -272,7 +319,7 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     if http_servers:
         log.info("serving HTTP", extra={"listen-metrics-urls": metrics_urls,
                                         "listen-client-http-urls": client_http_urls})
-    return RunningMember(server, grpc_server, bound, stats=stats, registry=registry, http_servers=http_servers,
+    return RunningMember(server, grpc_servers, bound, stats=stats, registry=registry, http_servers=http_servers,
                          metrics_urls=metrics_urls, client_http_urls=client_http_urls)
 
 
