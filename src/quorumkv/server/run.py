@@ -147,7 +147,7 @@ def _credentials(tls: TLSFiles) -> grpc.ServerCredentials:
 
 
 class RunningMember:
-    """A started member: its QuorumServer and gRPC server. ``await close()`` stops both."""
+    """A started member: its QuorumServer and client gRPC servers. ``await close()`` stops them all."""
 
     def __init__(self, server: QuorumServer, grpc_servers: list[grpc.aio.Server], bound: list[str], *,
                  stats: ServerStats | None = None, registry: CollectorRegistry | None = None,
