@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from quorumkv.testing.cluster import Cluster, start_quorumkv_cluster
+from quorumkv.testing.cluster import Cluster, patient_etcdctl, start_quorumkv_cluster
 from quorumkv.testing.processes import ETCD_BIN, ETCDCTL_BIN, run_etcdctl
 
 pytestmark = [
@@ -68,7 +68,7 @@ class Writers:
 
 
 def keys_on(cluster: Cluster, name: str, prefix: str) -> set[str]:
-    r = run_etcdctl(cluster.member(name).client_url, "get", prefix, "--prefix", "--keys-only", timeout_s=30)
+    r = patient_etcdctl(cluster.member(name).client_url, "get", prefix, "--prefix", "--keys-only")
     assert r.returncode == 0, r.stderr
     return {line for line in r.stdout.splitlines() if line}
 
@@ -83,12 +83,12 @@ def wait_until(cond: object, timeout_s: float, what: str) -> None:
 def hashes_at_common_revision(cluster: Cluster) -> set[int]:
     revs = []
     for n in cluster.names:
-        st = json.loads(run_etcdctl(cluster.member(n).client_url, "endpoint", "status", write_out="json").stdout)
+        st = json.loads(patient_etcdctl(cluster.member(n).client_url, "endpoint", "status", write_out="json").stdout)
         revs.append(st[0]["Status"]["header"]["revision"])
     rev = min(revs)
     out = set()
     for n in cluster.names:
-        r = run_etcdctl(cluster.member(n).client_url, "endpoint", "hashkv", f"--rev={rev}", write_out="json")
+        r = patient_etcdctl(cluster.member(n).client_url, "endpoint", "hashkv", f"--rev={rev}", write_out="json")
         out.add(json.loads(r.stdout)[0]["HashKV"]["hash"])
     return out
 
@@ -196,7 +196,7 @@ def test_follower_blackholed_until_it_needs_a_snapshot(tmp_path: Path) -> None:
         cluster.isolate(lagging)
         acked = []
         for i in range(150):  # far past --snapshot-count: the log the follower needs is compacted away
-            r = run_etcdctl(cluster.member(leader).client_url, "put", f"s/{i:04d}", "v")
+            r = patient_etcdctl(cluster.member(leader).client_url, "put", f"s/{i:04d}", "v")
             assert r.returncode == 0, r.stderr
             acked.append(f"s/{i:04d}")
         cluster.heal()
@@ -239,8 +239,8 @@ def test_membership_changes_while_clients_write(tmp_path: Path) -> None:
             wait_until(lambda: all(set(w.acked) <= keys_on(cluster, n, "mw/") for n in survivors), 30,
                        "acknowledged writes on the remaining members")
             m4_url = m4.client_url
-            assert set(w.acked) <= {k for k in run_etcdctl(m4_url, "get", "mw/", "--prefix", "--keys-only",
-                                                           "--consistency=s").stdout.splitlines() if k}
+            assert set(w.acked) <= {k for k in patient_etcdctl(m4_url, "get", "mw/", "--prefix", "--keys-only",
+                                                               "--consistency=s").stdout.splitlines() if k}
         finally:
             if m4 is not None:
                 m4.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from quorumkv.testing.cluster import Cluster, start_etcd_cluster, start_quorumkv_cluster
+from quorumkv.testing.cluster import Cluster, patient_etcdctl, start_etcd_cluster, start_quorumkv_cluster
 from quorumkv.testing.processes import (
     ETCD_BIN,
     ETCDCTL_BIN,
@@ -48,7 +48,7 @@ def member_put(cluster: Cluster, name: str, key: str, value: str, timeout: str =
 
 def get_value(endpoint: str, key: str, serializable: bool = False) -> str | None:
     args = ["get", key] + (["--consistency=s"] if serializable else [])
-    kvs = json.loads(ok(run_etcdctl(endpoint, *args, write_out="json"))).get("kvs", [])
+    kvs = json.loads(ok(patient_etcdctl(endpoint, *args, write_out="json"))).get("kvs", [])
     return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
 
 
@@ -63,13 +63,13 @@ def hashkv_all(cluster: Cluster, names: list[str]) -> dict[str, tuple[int, int]]
     """(revision, hash) per member at the same revision (the lowest current one)."""
     revs = {}
     for n in names:
-        st = json.loads(ok(run_etcdctl(cluster.member(n).client_url, "endpoint", "status", write_out="json")))
+        st = json.loads(ok(patient_etcdctl(cluster.member(n).client_url, "endpoint", "status", write_out="json")))
         revs[n] = st[0]["Status"]["header"]["revision"]
     rev = min(revs.values())
     out = {}
     for n in names:
-        res = json.loads(ok(run_etcdctl(cluster.member(n).client_url, "endpoint", "hashkv", f"--rev={rev}",
-                                        write_out="json")))
+        res = json.loads(ok(patient_etcdctl(cluster.member(n).client_url, "endpoint", "hashkv", f"--rev={rev}",
+                                            write_out="json")))
         out[n] = (rev, res[0]["HashKV"]["hash"])
     return out
 
@@ -86,7 +86,7 @@ def test_etcdctl_cluster_commands_on_quorumkv_as_on_etcd(tmp_path: Path) -> None
             health = cluster.etcdctl("endpoint", "health", "--cluster")
             leaders = {s["Status"]["leader"] for s in status}
             target = next(m for m in members if m["name"] != leader)
-            moved = ok(run_etcdctl(cluster.member(leader).client_url, "move-leader", f"{target['ID']:x}"))
+            moved = ok(patient_etcdctl(cluster.member(leader).client_url, "move-leader", f"{target['ID']:x}"))
             wait_until(lambda c=cluster, t=target: c.find_leader() == t["name"], what="leadership moved")
             not_leader = run_etcdctl(cluster.member(leader).client_url, "move-leader", f"{target['ID']:x}")
             shapes[kind] = {
@@ -117,7 +117,7 @@ def test_kill_leader_minority_majority(tmp_path: Path) -> None:
                    what="restarted member caught up")
         others = [n for n in cluster.names if n != new]
         cluster.kill(others[0])  # a minority down: writes go on
-        ok(run_etcdctl(cluster.member(new).client_url, "put", "c", "3"))
+        ok(patient_etcdctl(cluster.member(new).client_url, "put", "c", "3"))
         cluster.kill(others[1])  # a majority down: writes fail with an error, never a false success
         code, out = member_put(cluster, new, "d", "lost?", timeout="3s")
         assert code != 0 and ("timed out" in out or "deadline" in out or "no leader" in out), out
@@ -164,9 +164,9 @@ def test_member_add_learner_promote_remove_with_etcdctl(tmp_path: Path) -> None:
             def members_now() -> list[dict[str, object]]:
                 return json.loads(ok(cluster.etcdctl("member", "list", write_out="json")))["members"]  # type: ignore
             # member list is answered from the member's own applied state (as etcd 3.4): wait for it to apply
-            wait_until(lambda: not any(m.get("isLearner") for m in members_now()), 10, "promotion applied")
+            wait_until(lambda: not any(m.get("isLearner") for m in members_now()), 30, "promotion applied")
             assert sorted(str(m["name"]) for m in members_now()) == ["m1", "m2", "m3", "m4"]
-            ok(run_etcdctl(m4.client_url, "put", "from-m4", "yes"))
+            ok(patient_etcdctl(m4.client_url, "put", "from-m4", "yes"))
             victim = next(n for n in cluster.names if n != cluster.leader())
             victim_id = f"{cluster.member(victim).member_id:x}"
             removed = ok(cluster.etcdctl("member", "remove", victim_id))

@@ -75,7 +75,7 @@ def run_kill_cycles(tmp_path: Path, *, cycles: int, writers: int, seed: int, max
             assert server.returncode == -signal.SIGKILL, f"seed={seed}: server exited {server.returncode}"
             assert not load.early_failures, f"seed={seed}: requests failed before the kill: {load.early_failures}"
             assert not load.anomalies, f"seed={seed}: {load.anomalies}"
-            assert load.acked > 0, f"seed={seed}: nothing acknowledged in {delay:.2f}s of load"
+            assert load.acked > 0, f"seed={seed}: nothing acknowledged in {load.load_s:.1f}s of load"
             server = start(data_dir)
             res = asyncio.run(verify_restarted(server.client_url, ledger, cycle=cycle, since_revision=since, rng=rng))
             assert not res.problems, (
@@ -83,7 +83,7 @@ def run_kill_cycles(tmp_path: Path, *, cycles: int, writers: int, seed: int, max
                 + "\n".join(res.problems[:40])
             )
             line = (
-                f"cycle {cycle}: kill after {delay:.2f}s, {load.ops_sent} ops sent, {load.acked} acked, "
+                f"cycle {cycle}: kill {delay:.2f}s after the first ack, {load.ops_sent} ops sent, {load.acked} acked, "
                 f"{load.maybe} in flight ({res.maybe_landed} landed / {res.maybe_absent} absent), "
                 f"revisions {since + 1}..{res.revision} checked one by one, {res.history_points_checked} old "
                 f"revisions read back, probe put at {res.probe_revision}, {res.keys_served} keys served, "

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.mvcc import store
 from quorumkv.server import errors
 from quorumkv.server.compactor import PeriodicCompactor, RevisionCompactor, make_compactor
 from quorumkv.server.errors import EtcdError
@@ -382,10 +383,13 @@ def test_auto_compaction_runs_through_the_log(tmp_path: Path) -> None:
     async def body(srv: QuorumServer) -> None:
         for i in range(30):
             await put(srv, "k", str(i).encode())
-        for _ in range(400):  # bounded at 20 s: the compactor polls every 50 ms, but a busy machine is slow
-            if srv.applier.compact_revision == srv.current_revision - 5:
+        # Wait on what readers are served (the committed store), not on the applier's in-memory state: on a
+        # slow disk the compaction is applied well before its transaction commits.
+        for _ in range(600):  # bounded at 30 s: the compactor polls every 50 ms, but a busy machine is slow
+            if store.compact_revision(srv.reader) == srv.current_revision - 5:
                 break
             await asyncio.sleep(0.05)
+        assert store.compact_revision(srv.reader) == srv.current_revision - 5
         assert srv.applier.compact_revision == srv.current_revision - 5
         with pytest.raises(EtcdError, match="compacted"):
             srv.range(pb.RangeRequest(key=b"k", revision=srv.current_revision - 6))

@@ -28,11 +28,16 @@ def _wait_for(check: object, timeout_s: float = 10.0) -> bool:
 def test_frames_are_checkpointed_in_the_background_not_by_the_writer(tmp_path: Path) -> None:
     backend = Backend(tmp_path / "q.db")
     try:
-        backend.start_checkpointer(period_s=0.05)
+        # First a checkpointer that will not run for an hour: whatever reaches the file now, the writer put there
+        # (a short period would race with a slow COMMIT).
+        backend.start_checkpointer(period_s=3600)
         assert backend.writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
         before = os.path.getsize(tmp_path / "q.db")
         _fill(backend, 500)  # ~2 MB of frames, far below any auto-checkpoint threshold
         assert os.path.getsize(tmp_path / "q.db") == before  # the COMMIT did not checkpoint
+        assert backend.checkpointer_runs == 0
+        backend._stop_checkpointer()
+        backend.start_checkpointer(period_s=0.05)
         assert _wait_for(lambda: os.path.getsize(tmp_path / "q.db") > before + 1_000_000)
         # the file grows while the checkpoint runs; its count goes up when the statement has returned
         assert _wait_for(lambda: backend.checkpointer_runs > 0)

@@ -10,6 +10,7 @@ import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,11 @@ from quorumkv.testing.processes import (
     start_quorumkv,
 )
 from quorumkv.testing.recorder import RecorderConfig, record_history, record_history_sync
+
+
+#: For tests that expect every operation to complete: the operation count, not the clock, ends the run, and no
+#: operation times out on a slow disk (the recorder's defaults are 10 s and 2 s).
+PATIENT: dict[str, Any] = {"max_seconds": 120.0, "op_timeout_s": 15.0}
 
 
 def _need_etcd() -> None:
@@ -62,7 +68,7 @@ def _assert_complete_watch(history: History) -> None:
 @pytest.mark.interop
 def test_etcd_history_is_linearizable_and_a_planted_stale_read_is_not(etcd: ServerProcess) -> None:
     history = record_history_sync(
-        RecorderConfig([etcd.client_url], clients=10, keys=4, max_operations=1000, max_seconds=20, seed=1)
+        RecorderConfig([etcd.client_url], clients=10, keys=4, max_operations=1000, seed=1, **PATIENT)
     )
     assert len(history) == 1000
     assert {op.client for op in history} == set(range(10))
@@ -110,7 +116,7 @@ def test_quorumkv_history_is_linearizable(tmp_path: Path) -> None:
     server = start_quorumkv(tmp_path / "qkv")
     try:
         history = record_history_sync(
-            RecorderConfig([server.client_url], clients=10, keys=4, max_operations=600, max_seconds=20, seed=3)
+            RecorderConfig([server.client_url], clients=10, keys=4, max_operations=600, seed=3, **PATIENT)
         )
     finally:
         server.stop()

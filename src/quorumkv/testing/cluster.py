@@ -91,6 +91,8 @@ PEER_DIAL_MAP_ENV = "QUORUMKV_TEST_PEER_DIAL_MAP"
 #: etcd's defaults; tests usually pass shorter ones (faster elections).
 DEFAULT_HEARTBEAT_MS = 100
 DEFAULT_ELECTION_MS = 1000
+#: etcdctl --command-timeout for :meth:`Cluster.etcdctl` when the caller sets none (etcdctl's own is 5 s).
+CLUSTER_COMMAND_TIMEOUT = "30s"
 MAX_MEMBERS = 9
 _START_ATTEMPTS = 3
 _STATUS_TIMEOUT_S = 1.0
@@ -140,6 +142,18 @@ class MemberStatus:
     leader_id: int
     raft_term: int
     raft_index: int
+
+
+def patient_etcdctl(endpoint: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """:func:`run_etcdctl`, with ``--command-timeout`` = ``CLUSTER_COMMAND_TIMEOUT`` unless the caller sets one.
+
+    etcdctl's own 5 s is shorter than an election on a slow disk can take; cluster tests check behaviour, not
+    latency (tests that expect a timeout pass their own ``--command-timeout``).
+    """
+    if not any(a.startswith("--command-timeout") for a in args):
+        args = (f"--command-timeout={CLUSTER_COMMAND_TIMEOUT}", *args)
+        kwargs.setdefault("timeout_s", 60.0)
+    return run_etcdctl(endpoint, *args, **kwargs)
 
 
 @dataclass
@@ -229,8 +243,8 @@ class Cluster:
         return [m for m in self.members if m.alive]
 
     def etcdctl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        """:func:`run_etcdctl` with ``--endpoints`` = every member (running or not, as a client would)."""
-        return run_etcdctl(self.endpoints, *args, **kwargs)
+        """:func:`patient_etcdctl` with ``--endpoints`` = every member (running or not, as a client would)."""
+        return patient_etcdctl(self.endpoints, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------ processes
 

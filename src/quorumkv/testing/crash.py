@@ -49,6 +49,7 @@ ROOT_PREFIX = b"crash/"
 ROOT_END = b"crash0"
 #: Every RPC of the harness is bounded; a server that hangs fails the test instead of stalling it.
 RPC_TIMEOUT_S = 15.0
+FIRST_ACK_TIMEOUT_S = 30.0
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
@@ -167,6 +168,7 @@ class LoadResult:
 class _LoadState:
     def __init__(self) -> None:
         self.killed = False
+        self.first_ack = asyncio.Event()  # set by the first acknowledged request of the cycle
         self.early_failures: list[str] = []
         self.anomalies: list[str] = []
 
@@ -211,6 +213,7 @@ async def _writer(stub: Any, ledger: Ledger, cycle: int, writer: int, rng: rando
             return
         op.status = ACKED
         op.revision = int(resp.header.revision)
+        state.first_ack.set()
         if op.kind == DELETE and resp.deleted != len(op.keys):
             state.anomalies.append(f"{op.describe()}: deleted={resp.deleted}, expected {len(op.keys)}")
         if op.kind == TXN and not resp.succeeded:
@@ -222,8 +225,9 @@ async def _writer(stub: Any, ledger: Ledger, cycle: int, writer: int, rng: rando
 async def load_until_kill(client_url: str, ledger: Ledger, *, cycle: int, writers: int, rng: random.Random,
                           kill_after_s: float, kill: Callable[[], object], txn_share: float = 0.15,
                           delete_share: float = 0.12) -> LoadResult:
-    """Run ``writers`` concurrent writers; after ``kill_after_s`` call ``kill()`` (kill -9 the server) and
-    wait (bounded) until every writer has seen its in-flight RPC fail."""
+    """Run ``writers`` concurrent writers; ``kill_after_s`` after the first acknowledgement (waited for up to
+    ``FIRST_ACK_TIMEOUT_S``: a slow disk must not turn into a cycle that acknowledged nothing) call ``kill()``
+    (kill -9 the server) and wait (bounded) until every writer has seen its in-flight RPC fail."""
     started = time.monotonic()
     first = len(ledger.ops)
     state = _LoadState()
@@ -235,6 +239,10 @@ async def load_until_kill(client_url: str, ledger: Ledger, *, cycle: int, writer
             for w in range(writers)
         ]
         try:
+            try:
+                await asyncio.wait_for(state.first_ack.wait(), FIRST_ACK_TIMEOUT_S)
+            except TimeoutError:
+                pass  # the caller sees acked == 0 and says so
             await asyncio.sleep(kill_after_s)
             state.killed = True  # before the kill: a failure racing with it is the crash's, not a bug
             kill()
