@@ -28,7 +28,6 @@ from quorumkv.testing.processes import (
 )
 from quorumkv.testing.recorder import RecorderConfig, record_history, record_history_sync
 
-
 #: For tests that expect every operation to complete: the operation count, not the clock, ends the run, and no
 #: operation times out on a slow disk (the recorder's defaults are 10 s and 2 s).
 PATIENT: dict[str, Any] = {"max_seconds": 120.0, "op_timeout_s": 15.0}
