@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +91,7 @@ def settings(tmp: Path, name: str, names: list[str], **kw: Any) -> ServerSetting
         name=name, data_dir=str(tmp / name), initial_cluster=cluster,
         initial_advertise_peer_urls=[f"http://127.0.0.1:{7000 + i}"],
         advertise_client_urls=[f"http://127.0.0.1:{8000 + i}"],
-        heartbeat_interval_ms=50, election_timeout_ms=500, **kw)
+        **{"heartbeat_interval_ms": 50, "election_timeout_ms": 500, **kw})
 
 
 async def start(hub: Hub, s: ServerSettings) -> QuorumServer:
@@ -184,6 +187,46 @@ def test_leader_loss_new_leader_and_restart_catches_up(tmp_path: Path) -> None:
             assert get(back, b"a") == b"1" and get(back, b"b") == b"2"
         finally:
             for s in servers:
+                await s.stop()
+    run(body)
+
+
+def test_the_leader_sends_appends_before_its_own_fsync(tmp_path: Path) -> None:
+    """The leader's fsync of a new entry waits here until a follower has persisted that entry: that completes
+    only if the append went out before the leader's sync (as etcd's leader does), not after it."""
+    async def body() -> None:
+        hub = Hub()
+        # m1 leads: the others would wait 20 s before campaigning, so blocking its Raft thread below cannot
+        # cost it the leadership
+        servers = [await start(hub, settings(tmp_path, n, NAMES, request_timeout_ms=4000,
+                                             election_timeout_ms=500 if n == "m1" else 20_000)) for n in NAMES]
+        try:
+            leader = await wait_leader(servers)
+            assert leader is servers[0]
+            follower = servers[1]
+            node = leader.node
+            assert isinstance(node, RaftNode)
+            real_write_txn = node.backend.write_txn
+            target = node.last_index + 1
+            waited: list[bool] = []
+
+            @contextmanager
+            def gated_write_txn(sync: bool = True) -> Iterator[sqlite3.Connection]:
+                # on the leader's Raft thread: the Ready that persists ``target`` is being handled
+                if not waited and node.raw.raft.log.last_index() >= target:
+                    deadline = time.monotonic() + 2  # under the request timeout: the assertion speaks
+                    while follower.node.last_index < target and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                    waited.append(follower.node.last_index >= target)
+                with real_write_txn(sync=sync) as conn:
+                    yield conn
+
+            node.backend.write_txn = gated_write_txn  # type: ignore[method-assign]
+            await leader.put(pb.PutRequest(key=b"early", value=b"bird"))
+            assert waited == [True], "the follower had not received the entry while the leader synced it"
+            assert get(leader, b"early") == b"bird"
+        finally:
+            for s in reversed(servers):  # m1 last: a follower handing leadership over would wait 2 x 20 s
                 await s.stop()
     run(body)
 

@@ -6,7 +6,8 @@ on schedule, then handles each ``Ready`` as its contract says:
 
 1. in ONE SQLite transaction: the snapshot (if any), the new log entries (replacing a conflicting suffix), the
    hard state, and the committed entries applied with the applied index -- then COMMIT (fsync);
-2. only then the messages are handed to the transport (on the event loop);
+2. only then the messages are handed to the transport (on the event loop) -- except on a member that was
+   leader before this ``Ready`` and still is: it sends first and syncs meanwhile, as etcd's leader does;
 3. results are handed to the event loop (responses to waiting requests, watch events), read requests whose
    index is applied are released, and ``advance`` is called.
 
@@ -482,6 +483,16 @@ class RaftNode:
         result = applier.new_result() if rd.committed_entries else ApplyResult()
         conf_changes: list[ConfChange] = []
         started = time.perf_counter()
+        loop = self._loop
+        assert loop is not None
+        # A member that was already leader and stays leader hands its messages (appends, heartbeats) to the
+        # transport before its own fsync, as etcd's leader does and the Ready contract allows: the followers
+        # persist in parallel with it. Safe: its term and vote cannot change while it leads (they were synced
+        # before), and it applies -- so acknowledges -- an entry only in a later Ready, after this one is durable.
+        early = bool(rd.messages) and self.raft_state == StateType.LEADER and (
+            rd.soft_state is None or rd.soft_state.raft_state == StateType.LEADER)
+        if early:
+            loop.call_soon_threadsafe(self._send, rd.messages)
         # Only what Raft needs durable before the messages go out is synced (new entries, term, vote, a
         # snapshot); a Ready that only applies committed entries (and moves the commit index) commits without
         # an fsync: lost in a crash, it is redone from the synced log.
@@ -518,9 +529,7 @@ class RaftNode:
             self.term = int(rd.hard_state.term)
             self.commit_index = int(rd.hard_state.commit)
         st.set_applied(applier.applied_index, self.conf_state)
-        loop = self._loop
-        assert loop is not None
-        if rd.messages:
+        if rd.messages and not early:
             loop.call_soon_threadsafe(self._send, rd.messages)
         if rd.soft_state is not None:
             self.lead = int(rd.soft_state.lead)
