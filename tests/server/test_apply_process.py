@@ -270,6 +270,14 @@ def test_killed_child_fails_pending_restarts_and_loses_nothing(tmp_path: Path) -
         try:
             await asyncio.sleep(0.3)
             assert acked, "no write acknowledged before the kill"
+            # Freeze the child first, so that requests are surely in flight at the kill: the parent keeps
+            # sending the writers' puts, and none of those can be answered any more.
+            os.kill(first_pid, signal.SIGSTOP)
+            await asyncio.sleep(0.2)  # results the child wrote before it stopped are read meanwhile
+            deadline = time.monotonic() + 10
+            while node.pending_proposals == 0 or node._out:
+                assert time.monotonic() < deadline, "no request in flight to the stopped child"
+                await asyncio.sleep(0.01)
             os.kill(first_pid, signal.SIGKILL)
             deadline = time.monotonic() + 20
             while node.child_pid == first_pid or node.term == first_term:
