@@ -158,7 +158,8 @@ async def _before_kill(server: ServerProcess) -> dict[str, Any]:
 
         kept = await lease.LeaseGrant(pb.LeaseGrantRequest(TTL=300), timeout=RPC_TIMEOUT_S)
         revoked = await lease.LeaseGrant(pb.LeaseGrantRequest(TTL=300), timeout=RPC_TIMEOUT_S)
-        short = await lease.LeaseGrant(pb.LeaseGrantRequest(TTL=2), timeout=RPC_TIMEOUT_S)
+        # short enough to expire during the test, long enough to outlive a slow restart (its clock restarts)
+        short = await lease.LeaseGrant(pb.LeaseGrantRequest(TTL=8), timeout=RPC_TIMEOUT_S)
         out.update(kept=kept.ID, revoked=revoked.ID, short=short.ID, short_ttl=short.TTL)
         await put(b"lw/kept/1", kept.ID)
         await put(b"lw/kept/2", kept.ID)
@@ -240,7 +241,7 @@ async def _after_restart(server: ServerProcess, before: dict[str, Any]) -> None:
         call.cancel()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("engine", ["thread", "process"])
 def test_leases_and_watch_resume_survive_kill9(tmp_path: Path, engine: str) -> None:
     extra = ("--experimental-apply-process",) if engine == "process" else ()

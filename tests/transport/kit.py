@@ -28,7 +28,7 @@ def hb(frm: int, to: int, term: int = 1, commit: int = 0) -> Message:
     return Message(MessageType.HEARTBEAT, to=NodeId(to), frm=NodeId(frm), term=Term(term), commit=Index(commit))
 
 
-async def eventually(pred: Callable[[], bool], timeout_s: float = 3.0, what: str = "condition") -> None:
+async def eventually(pred: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
     """Poll ``pred`` every 5 ms; fail the test if it is not true within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not pred():
