@@ -293,8 +293,9 @@ def test_a_planted_slow_request_fails_the_slowest_line(planted: tuple[Planted, s
     assert out.returncode == 1 and lines[3] == "FAIL" and out.stderr == "", out
     slowest = re.fullmatch(r"Slowest request took too long: (\d+\.\d{6})s", lines[1])
     assert slowest is not None and 0.65 <= float(slowest.group(1)) < 5, lines
-    # on a quiet machine the other two lines pass (one slow write among ~450 barely moves the stddev)
-    assert 250 <= servicer.puts <= 455 and servicer.deleted_prefix == b"/etcdctl-check-perf/"
+    # on a quiet machine the other two lines pass (one slow write among ~450 barely moves the stddev); a noisy
+    # one sends fewer, never more than the rate allows
+    assert 100 <= servicer.puts <= 455 and servicer.deleted_prefix == b"/etcdctl-check-perf/"
 
 
 def test_planted_errors_are_listed_by_message(planted: tuple[Planted, str]) -> None:
@@ -311,7 +312,9 @@ def test_planted_errors_are_listed_by_message(planted: tuple[Planted, str]) -> N
 
 def test_clients_bound_the_requests_in_flight(planted: tuple[Planted, str]) -> None:
     servicer, endpoint = planted
-    servicer.every_delay_s = 0.5  # every write takes 0.5 s: 50 clients can do 100/s, below load s's 150/s
+    # every write takes 1.5 s: 50 clients can do 33/s, below load s's 150/s, and even a slow generator has
+    # all 50 in flight before the first returns
+    servicer.every_delay_s = 1.5
     out = ctl("--endpoints", endpoint, "check", "perf", duration=2.0)
     assert servicer.peak == 50, servicer.peak
     assert out.returncode == 1 and out.stdout.splitlines()[0].startswith("FAIL: Throughput too low: ")
