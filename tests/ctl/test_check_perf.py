@@ -295,7 +295,7 @@ def test_a_planted_slow_request_fails_the_slowest_line(planted: tuple[Planted, s
     assert slowest is not None and 0.65 <= float(slowest.group(1)) < 5, lines
     # on a quiet machine the other two lines pass (one slow write among ~450 barely moves the stddev); a noisy
     # one sends fewer, never more than the rate allows
-    assert 100 <= servicer.puts <= 455 and servicer.deleted_prefix == b"/etcdctl-check-perf/"
+    assert 20 <= servicer.puts <= 455 and servicer.deleted_prefix == b"/etcdctl-check-perf/"
 
 
 def test_planted_errors_are_listed_by_message(planted: tuple[Planted, str]) -> None:
@@ -345,7 +345,7 @@ def test_short_run_against_a_server(kind: str, tmp_path: Path) -> None:
         assert out.returncode == (0 if lines[-1] == "PASS" else 1) and out.stderr == ""
         compacted = int(out.stdout.split()[3])
         # one revision per put plus the clean-up delete: 2 s at 150/s (never more; fewer on a busy machine)
-        assert 150 <= compacted <= 305, compacted
+        assert 20 <= compacted <= 305, compacted
         left = server.etcdctl("get", "/etcdctl-check-perf/", "--prefix", "--keys-only")
         assert left.returncode == 0 and left.stdout == ""
         status = json.loads(server.etcdctl("endpoint", "status", "-w", "json").stdout)[0]["Status"]
