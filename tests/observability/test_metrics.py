@@ -57,7 +57,12 @@ async def test_put_range_delete_move_the_counters(member: Member) -> None:
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError):
         await member.kv.Put(pb.PutRequest(key=b"c", value=b"x", lease=12345))  # lease not found
-    after = await scrape(member.metrics_url)
+    # a failed call is counted once its status is sent, which may be just after the client has seen it
+    for _ in range(100):
+        after = await scrape(member.metrics_url)
+        if after.get(handled("Put", "NotFound"), 0) > before.get(handled("Put", "NotFound"), 0):
+            break
+        await asyncio.sleep(0.05)
 
     def delta(name: str) -> float:
         return after[name] - before.get(name, 0)
