@@ -95,7 +95,6 @@ FLAG_CASES: list[tuple[list[str], str, Any]] = [
     (["--cipher-suites", "A,B"], "cipher_suites", ["A", "B"]),
     (["--metrics", "extensive"], "metrics", "extensive"),
     (["--experimental-watch-progress-notify-interval", "10s"], "watch_progress_notify_interval_ms", 10_000),
-    (["--experimental-apply-process=true"], "experimental_apply_process", True),
     (["--client-cert-auth"], "client_cert_auth", True),
     (["--auto-tls"], "auto_tls", True),
     (["--peer-client-cert-auth"], "peer_client_cert_auth", True),
@@ -271,6 +270,14 @@ def test_subprocess_unknown_flag_has_no_traceback() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "quorumkv: unknown flag: --bogus (run 'quorumkv --help' to list flags)"
+
+
+def test_removed_flag_names_the_alternative() -> None:
+    proc = _subprocess("--experimental-apply-process")
+    assert (proc.returncode, "Traceback" in proc.stderr) == (2, False)
+    line = proc.stderr.strip()
+    assert line.startswith("quorumkv: unknown flag: --experimental-apply-process (removed in quorumkv 0.2"), line
+    assert "child-process mode" in line and "\n" not in line
 
 
 def test_subprocess_did_you_mean_and_version() -> None:

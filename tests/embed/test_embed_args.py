@@ -100,7 +100,6 @@ def configs(draw: st.DrawFn) -> ServerConfig:
         "log_level": draw(st.sampled_from(LOG_LEVELS)),
         "log_format": draw(st.sampled_from(LOG_FORMATS)),
         "watch_progress_notify_interval_ms": draw(st.integers(1, 10**9)),
-        "experimental_apply_process": draw(st.booleans()),
     }
     return ServerConfig(**kwargs)
 

@@ -54,7 +54,6 @@ QUORUMKV_DIFFERENCES: dict[str, Any] = {
     "pre_vote": True,  # etcd 3.4: false
     "logger": "zap",  # etcd 3.4: capnslog (deprecated)
     "log_format": "json",  # not an etcd 3.4 flag
-    "experimental_apply_process": False,  # not an etcd flag
 }
 
 

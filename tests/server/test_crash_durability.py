@@ -50,7 +50,7 @@ async def _current_revision(client_url: str) -> int:
 def run_kill_cycles(tmp_path: Path, *, cycles: int, writers: int, seed: int, max_kill_delay_s: float,
                     extra_args: tuple[str, ...] = ()) -> list[str]:
     """Run ``cycles`` load/kill -9/restart/verify cycles on one data dir; returns a summary line per cycle.
-    ``extra_args``: server flags (e.g. ``--experimental-apply-process``)."""
+    ``extra_args``: server flags (e.g. ``--snapshot-count 100``)."""
     print(f"\ncrash durability: seed={seed} cycles={cycles} writers={writers} {' '.join(extra_args)} "
           f"(rerun with {SEED_ENV}={seed})")
     rng = random.Random(seed)
@@ -120,21 +120,11 @@ def test_kill9_under_load_keeps_every_acknowledged_write(tmp_path: Path) -> None
     print(f"5 kill/restart cycles in {time.monotonic() - started:.1f}s")
 
 
-@pytest.mark.timeout(120)
-def test_kill9_under_load_with_the_apply_process(tmp_path: Path) -> None:
-    """The same with the writer in a child process: the kill takes the serving process; its apply process
-    dies with it (it may be mid-commit: nothing it commits was acknowledged)."""
-    run_kill_cycles(tmp_path, cycles=3, writers=24, seed=seed_from_env(), max_kill_delay_s=1.2,
-                    extra_args=("--experimental-apply-process",))
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("engine", ["thread", "process"])
-def test_kill9_under_load_many_cycles(tmp_path: Path, engine: str) -> None:
+def test_kill9_under_load_many_cycles(tmp_path: Path) -> None:
     started = time.monotonic()
-    extra = ("--experimental-apply-process",) if engine == "process" else ()
-    run_kill_cycles(tmp_path, cycles=50, writers=32, seed=seed_from_env(), max_kill_delay_s=2.5, extra_args=extra)
+    run_kill_cycles(tmp_path, cycles=50, writers=32, seed=seed_from_env(), max_kill_delay_s=2.5)
     print(f"50 kill/restart cycles in {time.monotonic() - started:.1f}s")
 
 
@@ -242,15 +232,13 @@ async def _after_restart(server: ServerProcess, before: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("engine", ["thread", "process"])
-def test_leases_and_watch_resume_survive_kill9(tmp_path: Path, engine: str) -> None:
-    extra = ("--experimental-apply-process",) if engine == "process" else ()
-    first = start_quorumkv(tmp_path, extra_args=extra)
+def test_leases_and_watch_resume_survive_kill9(tmp_path: Path) -> None:
+    first = start_quorumkv(tmp_path)
     servers = [first]
     try:
         before = asyncio.run(_before_kill(first))
         assert first.returncode == -signal.SIGKILL
-        second = start_quorumkv(tmp_path, data_dir=first.data_dir, extra_args=extra)
+        second = start_quorumkv(tmp_path, data_dir=first.data_dir)
         servers.append(second)
         asyncio.run(_after_restart(second, before))
     finally:

@@ -46,6 +46,7 @@ import pytest
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from quorumkv.server.entries import EntryKind, encode_entry
+from quorumkv.storage import schema
 from quorumkv.storage.datadir import DB_FILE
 from quorumkv.testing.crash import (
     ACKED,
@@ -225,10 +226,12 @@ def _stopped_data_dir(tmp_path: Path, puts: int) -> tuple[Path, int]:
 
 def _append_unapplied(conn: sqlite3.Connection, n: int) -> list[int]:
     """Store ``n`` put entries after the applied index without applying them: the state a crash leaves when log
-    rows are durable before their apply (a Raft member, or the apply process). A cluster of one applies every
-    entry in the transaction that stores it, so its own log never looks like this."""
+    rows are durable before their apply (a member of a larger cluster). A sole voter applies every entry in the
+    transaction that stores it, so its own log never looks like this; once it leads again it commits them."""
     (applied,) = conn.execute("SELECT value FROM meta WHERE name = 'applied_index'").fetchone()
-    (term,) = conn.execute("SELECT value FROM meta WHERE name = 'term'").fetchone()
+    hard_state = schema.hard_state(conn)
+    assert hard_state is not None
+    term = int(hard_state.term)
     indexes = []
     for i in range(n):
         idx = int(applied) + 1 + i
@@ -303,7 +306,7 @@ def test_durable_unapplied_log_entry_is_applied_at_startup(tmp_path: Path) -> No
         assert server.stop() == 0
     with sqlite3.connect(data_dir / DB_FILE) as conn:
         assert int(conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]) == revision + 2
-        # then the new term's no-op and the put, numbered after the replayed entry
-        assert _applied_index(conn) == replayed + 2
+        # then the new term's no-op, the member's published attributes and the put, after the replayed entry
+        assert _applied_index(conn) == replayed + 3
         # the replayed row went with the first batch after it: nothing needs it any more
         assert conn.execute("SELECT count(*) FROM raft_log").fetchone()[0] == 0

@@ -40,7 +40,7 @@ class KVServicer(pb_grpc.KVServicer):
     async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:
         try:
             validate.check_range(request)
-            if not request.serializable and self.s.clustered:
+            if not request.serializable:
                 await self.s.read_barrier()
             resp = self.s.range(request)
         except EtcdError as err:

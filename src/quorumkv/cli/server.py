@@ -118,10 +118,19 @@ def _normalize_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
+#: Flags earlier releases accepted, with what to do instead.
+REMOVED_FLAGS = {
+    "--experimental-apply-process": "removed in quorumkv 0.2 (it did not pay, docs/performance.md); for isolation "
+                                    "from a busy host embed quorumkv in child-process mode (docs/embedding.md)",
+}
+
+
 def _usage_message(exc: click.ClickException) -> str:
     """One line for a click parse error, in etcd's vocabulary ("unknown flag", "flag needs an argument")."""
     if isinstance(exc, click.NoSuchOption):
         name = exc.option_name
+        if name in REMOVED_FLAGS:
+            return f"unknown flag: {name} ({REMOVED_FLAGS[name]})"
         close = difflib.get_close_matches(name.lstrip("-"), _ALL_FLAGS, n=1, cutoff=0.7)
         hint = f"did you mean --{close[0]}?" if close else f"run '{_PROG} --help' to list flags"
         return f"unknown flag: {name} ({hint})"

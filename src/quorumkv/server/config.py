@@ -129,8 +129,6 @@ class ServerConfig:
     # Experimental
     #: ``--experimental-watch-progress-notify-interval`` (a Go duration such as ``10m``) in milliseconds.
     watch_progress_notify_interval_ms: int = 600_000
-    #: Not an etcd flag: run log append, apply and commit in a child process (see docs/performance.md).
-    experimental_apply_process: bool = False
 
     def __post_init__(self) -> None:
         hints = _field_types()

@@ -280,13 +280,6 @@ FLAG_SPECS: tuple[FlagSpec, ...] = (
         "10m",
         "Duration of periodical watch progress notification.",
     ),
-    _s(
-        "experimental-apply-process",
-        "experimental_apply_process",
-        "bool",
-        "false",
-        "Append, apply and commit writes in a child process instead of a thread (quorumkv flag).",
-    ),
 )
 
 

@@ -1,4 +1,10 @@
-"""The clustered node: the Raft core (``quorumkv.raft``) driven by one thread, persisting to SQLite.
+"""The node engine of every member: the Raft core (``quorumkv.raft``) driven by one thread, persisting to SQLite.
+
+A single member is a Raft cluster of one voter: it campaigns as soon as it starts, and since its own fsync is a
+majority, every entry is appended, committed and applied in ONE transaction with one fsync. While the
+configuration is a sole voter (no learner, no defrag pin) those entries need no ``raft_log`` rows: the applied
+state *is* the log, and ``log_trimmed_index``/``log_trimmed_term`` advance with it. ``member add`` turns it into
+a cluster like any other; a new member catches up from a state snapshot.
 
 One thread (``quorumkv-raft``) owns the ``RawNode``, its in-memory log and the SQLite writer. Each turn it takes
 everything queued (proposals, messages from peers, read requests, membership changes), steps the core, ticks it
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import random
 import sqlite3
@@ -46,9 +53,7 @@ from quorumkv.raft.messages import (
     SnapshotMetadata,
     StateType,
     decode_conf_change,
-    decode_hard_state,
     encode_conf_change,
-    encode_hard_state,
 )
 from quorumkv.raft.rawnode import RawNode, Ready
 from quorumkv.server import membership, state_snapshot
@@ -56,32 +61,24 @@ from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
 from quorumkv.server.errors import EtcdError
 from quorumkv.server.node import NodeStatus
-from quorumkv.storage.backend import Backend, StorageError, insert_rows, meta_get, meta_set
+from quorumkv.storage import schema
+from quorumkv.storage.backend import Backend, StorageError, insert_rows
 
 log = logging.getLogger("quorumkv.raft-node")
 
 #: ``raft_log.kind`` of a configuration-change entry (normal entries store their ``EntryKind``).
 KIND_CONF_CHANGE = 255
 _NOOP_DATA = encode_entry(EntryKind.NOOP, 0, b"")
-_CONF_STATE = struct.Struct("<II")
 #: Unanswered read-index requests are sent again after this long (a lost message must not stall reads).
 READ_INDEX_RETRY_S = 0.5
-MAX_PROPOSALS_PER_TURN = 4000
+PROPOSALS_PER_TURN_MAX = 4000
+#: The WAL is reset (TRUNCATE checkpoint) when it grows past this; checked every few committing turns.
+WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
+WAL_CHECK_EVERY_COMMITS = 32
 
 
 class NodeRemovedError(Exception):
     """This member was removed from the cluster."""
-
-
-def encode_conf_state(cs: ConfState) -> bytes:
-    return _CONF_STATE.pack(len(cs.voters), len(cs.learners)) + b"".join(
-        struct.pack("<Q", v) for v in (*cs.voters, *cs.learners))
-
-
-def decode_conf_state(buf: bytes) -> ConfState:
-    nv, nl = _CONF_STATE.unpack_from(buf)
-    ids = [struct.unpack_from("<Q", buf, _CONF_STATE.size + 8 * k)[0] for k in range(nv + nl)]
-    return ConfState(tuple(NodeId(i) for i in ids[:nv]), tuple(NodeId(i) for i in ids[nv:]))
 
 
 def conf_change_context(request_id: int, member: membership.Member | None) -> bytes:
@@ -185,6 +182,11 @@ class RaftNode:
         self._waiting_reads: list[PendingRead] = []
         self._read_seq = 0
         self._pending_cc: list[tuple[float, ConfChange]] = []
+        #: ``meta.log_trimmed_index`` as stored: ``raft_log`` rows cover (trimmed, last index].
+        self._trimmed_index = 0
+        #: Whether ``raft_log`` holds any row above the trimmed index.
+        self._rows_stored = False
+        self._commits = 0
         # published state (read from the event loop)
         self.term = 0
         self.lead = 0
@@ -207,26 +209,26 @@ class RaftNode:
     def _load(self, bootstrap: list[membership.Member] | None) -> None:
         """Rebuild the in-memory log and the hard state from SQLite (or bootstrap a new cluster)."""
         conn = self.backend.writer
-        hs_raw = meta_get(conn, "raft_hard_state")
-        cs_raw = meta_get(conn, "raft_conf_state")
-        if hs_raw is None:
+        if schema.hard_state(conn) is None:
             last = conn.execute("SELECT max(idx) FROM raft_log").fetchone()[0]
             if last is not None or self.applier.applied_index > 0:
-                # a data dir written by the single-member node: it was the only voter, its log is committed
-                last = int(last or 0)
-                hs = HardState(Term(int(meta_get(conn, "term", 1))), NONE, Index(max(last, self.applier.applied_index)))
-                cs = ConfState((NodeId(self.member_id),))
+                # A data dir written by the single-member node of release 0.1 (no Raft state): it was the only
+                # voter, and it applied each entry in the transaction that logged it, so every stored entry is
+                # applied. Upgrade in place: a sole-voter configuration whose log starts after the applied index.
+                end = max(int(last or 0), self.applier.applied_index)
+                term = Term(schema.legacy_term(conn))
                 with self.backend.write_txn() as c:
-                    meta_set(c, "raft_hard_state", encode_hard_state(hs))
-                    meta_set(c, "raft_conf_state", encode_conf_state(cs))
+                    c.execute("DELETE FROM raft_log")
+                    schema.save_log_start(c, end, term)
+                    schema.save_hard_state(c, HardState(term, NONE, Index(end)))
+                    schema.save_conf_state(c, ConfState((NodeId(self.member_id),)))
+                log.info("upgraded a single-member data dir to a Raft cluster of one",
+                         extra={"applied-index": end, "term": int(term)})
             elif bootstrap:
                 self._bootstrap(bootstrap)
-            hs_raw = meta_get(conn, "raft_hard_state")
-            cs_raw = meta_get(conn, "raft_conf_state")
-        hs = decode_hard_state(bytes(hs_raw)) if hs_raw is not None else HardState()
-        cs = decode_conf_state(bytes(cs_raw)) if cs_raw is not None else ConfState()
-        trimmed = int(meta_get(conn, "log_trimmed_index", 0))
-        trimmed_term = int(meta_get(conn, "log_trimmed_term", 0))
+        hs = schema.hard_state(conn) or HardState()
+        cs = schema.conf_state(conn) or ConfState()
+        trimmed, trimmed_term = schema.log_start(conn)
         st = self.storage
         st.apply_snapshot(Snapshot(b"", SnapshotMetadata(cs, Index(trimmed), Term(trimmed_term))))
         rows = conn.execute("SELECT idx, term, kind, data, crc FROM raft_log WHERE idx > ? ORDER BY idx",
@@ -248,6 +250,8 @@ class RaftNode:
                 entries.append(Entry(Term(term), Index(idx), EntryType.NORMAL, data))
         if entries:
             st.append(entries)
+        self._trimmed_index = trimmed
+        self._rows_stored = bool(entries)
         st.set_hard_state(hs)
         st.set_applied(self.applier.applied_index, cs)
         self.conf_state = cs
@@ -263,11 +267,15 @@ class RaftNode:
             rows.append((k, 1, KIND_CONF_CHANGE, data, _crc(1, KIND_CONF_CHANGE, data)))
         with self.backend.write_txn() as c:
             insert_rows(c, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
-            meta_set(c, "raft_hard_state", encode_hard_state(HardState(Term(1), NONE, Index(len(rows)))))
-            meta_set(c, "raft_conf_state", encode_conf_state(ConfState()))
+            schema.save_hard_state(c, HardState(Term(1), NONE, Index(len(rows))))
+            schema.save_conf_state(c, ConfState())
+        self._rows_stored = True
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the Raft thread. ``first_turn`` resolves once it has applied what the log already commits
+        and, as a sole voter, elected itself (so a cluster of one serves at once)."""
         self._loop = loop
+        self.first_turn: asyncio.Future[None] = loop.create_future()
         self.backend.start_checkpointer()
         self._thread = threading.Thread(target=self._run, name="quorumkv-raft", daemon=True)
         self._thread.start()
@@ -354,6 +362,21 @@ class RaftNode:
     def is_learner(self) -> bool:
         return self.member_id in self.conf_state.learners
 
+    @property
+    def is_sole_voter(self) -> bool:
+        """The configuration is this member alone (no other voter, no learner)."""
+        cs = self.conf_state
+        return cs.voters == (self.member_id,) and not cs.learners
+
+    def pin_log(self) -> int:
+        """Keep ``raft_log`` rows for every entry above the applied index (until ``log_pin`` is cleared), so an
+        online defrag can replay them into its copy; returns the pin. Blocks until the Raft thread's turn in
+        flight is done. Call it off the event loop."""
+        with self.write_lock:
+            pin = self.applier.applied_index + 1
+            self.log_pin = pin
+        return pin
+
     def status(self) -> NodeStatus:
         return NodeStatus(term=self.term, commit_index=self.commit_index, applied_index=self.applier.applied_index)
 
@@ -383,13 +406,25 @@ class RaftNode:
     def _loop_forever(self) -> None:
         q = self._queue
         raw = self.raw
+        with self.write_lock:
+            while raw.has_ready():  # a new cluster's bootstrap configuration is applied first
+                self._handle_ready(raw.ready())
+            if self.is_sole_voter and self.raft_state != StateType.LEADER:
+                # a cluster of one need not wait an election timeout to learn that nobody else leads (etcd
+                # advances its ticks for the same reason): it wins at once
+                raw.campaign()
+                while raw.has_ready():
+                    self._handle_ready(raw.ready())
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(_set_done, self.first_turn)
         next_tick = time.monotonic() + self.tick_s
         while True:
             timeout = max(0.0, next_tick - time.monotonic())
             items: list[tuple[object, ...]] = []
             try:
                 items.append(q.get(timeout=timeout))
-                while len(items) < MAX_PROPOSALS_PER_TURN:
+                while len(items) < PROPOSALS_PER_TURN_MAX:
                     items.append(q.get_nowait())
             except queue.Empty:
                 pass
@@ -500,16 +535,28 @@ class RaftNode:
             if rd.snapshot is not None:
                 self._restore_snapshot(conn, rd.snapshot)
             if rd.entries:
-                first = rd.entries[0].index
-                if first <= st.last_index():  # a conflicting suffix is replaced
-                    conn.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
-                rows = []
-                for e in rd.entries:
-                    kind = _entry_kind(e)
-                    rows.append((e.index, e.term, kind, e.data, _crc(e.term, kind, e.data)))
-                insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
+                last_entry = rd.entries[-1]
+                if (rd.committed_entries and rd.committed_entries[-1].index >= last_entry.index
+                        and self.log_pin is None and self.is_sole_voter):
+                    # a sole voter applies these entries in this very transaction: the applied state is the
+                    # log, so no rows; the log's durable start moves past them instead
+                    if self._rows_stored:
+                        conn.execute("DELETE FROM raft_log WHERE idx <= ?", (last_entry.index,))
+                        self._rows_stored = False
+                    schema.save_log_start(conn, last_entry.index, last_entry.term)
+                    self._trimmed_index = int(last_entry.index)
+                else:
+                    first = rd.entries[0].index
+                    if first <= st.last_index():  # a conflicting suffix is replaced
+                        conn.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
+                    rows = []
+                    for e in rd.entries:
+                        kind = _entry_kind(e)
+                        rows.append((e.index, e.term, kind, e.data, _crc(e.term, kind, e.data)))
+                    insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
+                    self._rows_stored = True
             if rd.hard_state is not None:
-                meta_set(conn, "raft_hard_state", encode_hard_state(rd.hard_state))
+                schema.save_hard_state(conn, rd.hard_state)
             if rd.committed_entries:
                 self._apply(conn, rd.committed_entries, result, conf_changes)
             commit_started = time.perf_counter()
@@ -560,6 +607,10 @@ class RaftNode:
         for cc in conf_changes:
             if self._on_conf_applied is not None:
                 loop.call_soon_threadsafe(self._on_conf_applied, cc)
+        if rd.committed_entries:
+            self._commits += 1
+            if self._commits % WAL_CHECK_EVERY_COMMITS == 0:
+                self._maybe_truncate_wal()
         took = time.perf_counter() - started
         if took > self.slow_apply_s and rd.committed_entries and self.slow_apply_observer is not None:
             e = rd.committed_entries[0]
@@ -589,7 +640,7 @@ class RaftNode:
                         response = self.conf_state
                     except ValueError as exc:
                         response = EtcdError("INVALID_ARGUMENT", f"etcdserver: {exc}")
-                    meta_set(conn, "raft_conf_state", encode_conf_state(self.conf_state))
+                    schema.save_conf_state(conn, self.conf_state)
                     applier.applied_index = int(e.index)
                     result.members_changed = True
                     conf_changes.append(cc_plain)
@@ -608,12 +659,23 @@ class RaftNode:
                                                                          "size-bytes": len(snap.data)})
         state_snapshot.restore(conn, snap.data)
         conn.execute("DELETE FROM raft_log")
-        meta_set(conn, "log_trimmed_index", int(meta.index))
-        meta_set(conn, "log_trimmed_term", int(meta.term))
-        meta_set(conn, "raft_conf_state", encode_conf_state(meta.conf_state))
-        meta_set(conn, "applied_index", int(meta.index))
+        schema.save_log_start(conn, meta.index, meta.term)
+        self._trimmed_index = int(meta.index)
+        self._rows_stored = False
+        schema.save_conf_state(conn, meta.conf_state)
+        schema.save_applied_index(conn, meta.index)
         self.applier.reload(conn)
         self.backend.forget_allocation()  # the store was replaced: measure it after the next batch
+
+    def _maybe_truncate_wal(self) -> None:
+        """Reset an oversized WAL. Passive checkpoints copy frames into the database but cannot rewind the WAL
+        while readers come and go, so under steady load it only grows; a TRUNCATE checkpoint between two turns
+        waits for the (short) read transactions in flight and starts the WAL over."""
+        try:
+            if os.path.getsize(str(self.backend.db_path) + "-wal") > WAL_TRUNCATE_BYTES:
+                self.backend.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("WAL checkpoint failed: %r", exc)
 
     def _dump_state(self) -> bytes:
         return state_snapshot.dump(self.backend.writer)
@@ -632,10 +694,17 @@ class RaftNode:
             return
         term = int(st.term(Index(upto)))
         st.compact(Index(upto))
+        if upto <= self._trimmed_index:  # no rows there (a sole voter's log): only memory is compacted
+            return
         with self.backend.write_txn(sync=False) as conn:  # losing a trim in a crash only keeps more log
             conn.execute("DELETE FROM raft_log WHERE idx <= ?", (upto,))
-            meta_set(conn, "log_trimmed_index", upto)
-            meta_set(conn, "log_trimmed_term", term)
+            schema.save_log_start(conn, upto, term)
+        self._trimmed_index = upto
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _release_reads(futures: list[asyncio.Future[None]]) -> None:

@@ -28,7 +28,6 @@ from prometheus_client import CollectorRegistry
 from quorumkv.api.gateway import CORS_HEADERS, Gateway
 from quorumkv.api.http import HttpServer
 from quorumkv.api.servicers import add_servicers
-from quorumkv.server.applyproc import ProcessNode
 from quorumkv.server.errors import EtcdError
 from quorumkv.server.health import Health
 from quorumkv.server.metrics import ServerStats, build_registry, instrument_servicer, render, slow_apply_logger
@@ -334,14 +333,6 @@ async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TL
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     tune_gc()
-    fatal: list[str] = []
-
-    def on_fatal(reason: str) -> None:  # the apply process cannot be restarted: exit, don't linger
-        fatal.append(reason)
-        stop.set()
-
-    if isinstance(member.server.node, ProcessNode):
-        member.server.node.on_fatal = on_fatal
     if on_ready is not None:
         on_ready(member)
     removed = member.server.removed_event
@@ -356,8 +347,6 @@ async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TL
     finally:
         log.info("stopping member")
         await member.close()
-    if fatal:
-        raise StorageError(f"stopped because writes cannot go on: {fatal[0]}")
 
 
 #: ``QUORUMKV_GC=default`` keeps CPython's collector settings in the ``quorumkv`` command (see tune_gc).

@@ -1,8 +1,10 @@
 """The member: storage, the node, watch, leases and membership behind one façade the API layer calls.
 
-Every method runs on the asyncio event loop. Writes become log entries (``node.propose``) and resolve once
-durable and applied; reads run against a read-only SQLite connection (a consistent snapshot of everything
-acknowledged so far, which on a single member makes them linearizable).
+Every method runs on the asyncio event loop. Every member runs the one node engine (``RaftNode``; a single
+member is a Raft cluster of one voter). Writes become log entries (``node.propose``) and resolve once durable
+and applied; reads run against a read-only SQLite connection (a consistent snapshot of everything applied so
+far); a linearizable read first waits for ReadIndex, except on a sole voter, whose applied state already holds
+every acknowledged write.
 """
 
 from __future__ import annotations
@@ -35,10 +37,8 @@ from quorumkv.server.apply import (
     put_cost_bytes,
     txn_cost_bytes,
 )
-from quorumkv.server.applyproc import ProcessNode
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.errors import EtcdError
-from quorumkv.server.node import LocalNode
 from quorumkv.server.raft_node import RaftNode
 from quorumkv.server.watch import WatchHub
 from quorumkv.storage.backend import Backend, meta_get, meta_set, read_txn
@@ -130,10 +130,6 @@ class ServerSettings:
             return self.request_timeout_ms / 1000
         return 5.0 + 2 * self.election_timeout_ms / 1000
 
-    #: Append/apply/commit in a child process (``quorumkv.server.applyproc``) instead of a thread of this one
-    #: (a single member only; a Raft member always applies on its Raft thread).
-    apply_process: bool = False
-
     @classmethod
     def from_config(cls, cfg: Any) -> ServerSettings:
         return cls(
@@ -158,7 +154,6 @@ class ServerSettings:
             peer_key_file=str(getattr(cfg, "peer_key_file", "") or ""),
             peer_trusted_ca_file=str(getattr(cfg, "peer_trusted_ca_file", "") or ""),
             peer_client_cert_auth=bool(getattr(cfg, "peer_client_cert_auth", False)),
-            apply_process=bool(getattr(cfg, "experimental_apply_process", False)),
         )
 
     @property
@@ -193,7 +188,7 @@ class QuorumServer:
             self.applier = Applier(self.backend.writer, min_lease_ttl_seconds=settings.min_lease_ttl_seconds)
             self._init_membership()
             self._fsync_observer = fsync_observer
-            self._node: LocalNode | ProcessNode | RaftNode | None = None
+            self._node: RaftNode | None = None
             if not self.joining:
                 self._node = self._make_node(fsync_observer)
         except BaseException:
@@ -203,11 +198,12 @@ class QuorumServer:
         self._allocated_bytes: int | None = None
         self.lessor = Lessor(self.clock)
         self.transport: Any = None
+        self._transport_starting: asyncio.Task[None] | None = None
         #: Builds the peer transport (tests inject an in-memory one); None: the gRPC ``PeerTransport``.
         self.transport_factory: Any = None
         #: Raft members: leader changes seen (etcd_server_leader_changes_seen_total) and leadership now.
         self.leader_changes = 0
-        self._is_leader = not self.clustered
+        self._is_leader = False
         self._peer_urls: dict[int, list[str]] = {}
         self._dial_map: dict[str, str] = dict(
             pair.split("=", 1) for pair in os.environ.get("QUORUMKV_TEST_PEER_DIAL_MAP", "").split(",")
@@ -226,14 +222,14 @@ class QuorumServer:
         self.compactor: compactor.Compactor | None = compactor.make_compactor(
             settings.auto_compaction_mode, settings.auto_compaction_retention, self.clock.monotonic())
 
-    # -- membership (a cluster of one for now) ---------------------------------------------------------------
+    # -- identity and bootstrap ------------------------------------------------------------------------------
 
     def _init_membership(self) -> None:
-        """Decide who this member is and how it runs: a cluster of one (``LocalNode``) or a Raft member.
+        """Decide who this member is: its ID, its cluster's ID, and whether it bootstraps, joins or restarts.
 
         A data dir that already has an identity keeps it, whatever the flags say (as etcd). A fresh one takes it
-        from ``--initial-cluster``: more than one member there bootstraps a new Raft cluster (every member
-        computes the same IDs from the peer URLs and ``--initial-cluster-token``)."""
+        from ``--initial-cluster`` and bootstraps a new Raft cluster of those members -- one member is a cluster
+        of one (every member computes the same IDs from the peer URLs and ``--initial-cluster-token``)."""
         conn = self.backend.writer
         s = self.settings
         stored = meta_get(conn, "member_id")
@@ -249,7 +245,6 @@ class QuorumServer:
             if s.initial_cluster_state == "existing":
                 # joining a running cluster: the cluster ID and the member list come from its members
                 self.joining = True
-                self.clustered = True
                 self.member_id = member_id
                 self.cluster_id = 0
                 self.join_peers = {name: urls for name, urls in peers.items() if name != s.name}
@@ -258,16 +253,10 @@ class QuorumServer:
             with self.backend.write_txn() as c:
                 meta_set(c, "member_id", f"{member_id:x}")
                 meta_set(c, "cluster_id", f"{cluster_id:x}")
-                if len(members) == 1:
-                    c.execute(
-                        "INSERT INTO member(id, name, peer_urls, client_urls, is_learner) VALUES (?,?,?,?,0)",
-                        (to_i64(member_id), s.name, ",".join(my_peers), ",".join(s.advertise_client_urls)),
-                    )
-            if len(members) > 1:
-                self.bootstrap_members = [
-                    membership.Member(mid, name, list(peers[name]), list(s.advertise_client_urls)
-                                      if name == s.name else [])
-                    for name, mid in members.items()]
+            self.bootstrap_members = [
+                membership.Member(mid, name, list(peers.get(name) or my_peers), list(s.advertise_client_urls)
+                                  if name == s.name else [])
+                for name, mid in members.items()]
         else:
             member_id = int(stored, 16)
             if meta_get(conn, "raft_hard_state") is None:
@@ -276,19 +265,13 @@ class QuorumServer:
                               (s.name, ",".join(s.advertise_client_urls), to_i64(member_id)))
         self.member_id = member_id
         self.cluster_id = int(meta_get(conn, "cluster_id"), 16)
-        self.clustered = self.bootstrap_members is not None or meta_get(conn, "raft_hard_state") is not None
         if membership.is_removed(conn, member_id):
             raise EtcdError("FAILED_PRECONDITION",
                             f"member {member_id:x} was removed from the cluster; its data dir "
                             f"{self.settings.data_dir} cannot be used again: remove the data dir, add the member "
                             "again (member add) and start it with --initial-cluster-state existing")
 
-    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> LocalNode | ProcessNode | RaftNode:
-        if not self.clustered:
-            if self.settings.apply_process:
-                return ProcessNode(self.backend, self.applier, on_applied=self._on_applied,
-                                   fsync_observer=fsync_observer, lock_fd=self.datadir.lock_fd)
-            return LocalNode(self.backend, self.applier, on_applied=self._on_applied, fsync_observer=fsync_observer)
+    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> RaftNode:
         s = self.settings
         node = RaftNode(
             self.backend, self.applier, member_id=self.member_id, on_applied=self._on_applied,
@@ -301,7 +284,7 @@ class QuorumServer:
         return node
 
     @property
-    def node(self) -> LocalNode | ProcessNode | RaftNode:
+    def node(self) -> RaftNode:
         if self._node is None:
             raise errors.STOPPED  # a joining member before it has joined
         return self._node
@@ -310,10 +293,10 @@ class QuorumServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.clustered:
-            if self._dial_map:
-                log.warning("QUORUMKV_TEST_PEER_DIAL_MAP is set: peers are dialled through the URLs it names "
-                            "(a test-only setting; unset it in production)", extra={"map": self._dial_map})
+        if self._dial_map:
+            log.warning("QUORUMKV_TEST_PEER_DIAL_MAP is set: peers are dialled through the URLs it names "
+                        "(a test-only setting; unset it in production)", extra={"map": self._dial_map})
+        if self.joining or self._has_other_members():
             await self._start_transport()
         with read_txn(self.reader):
             rev = store.current_revision(self.reader)
@@ -321,16 +304,15 @@ class QuorumServer:
         self.hub = WatchHub(self.reader, rev, self._header_for, max_event_bytes=self.settings.max_request_bytes)
         self.hub.compact_rev = compact_rev
         self.hub.start()
-        if isinstance(self.node, ProcessNode):
-            self.node.events_wanted = lambda: self.hub is not None and self.hub.has_synced_watchers
-        else:  # the writer thread asks before each batch; a watcher added meanwhile gets the events read back
-            self.applier.events_wanted = lambda: self.hub is not None and self.hub.has_synced_watchers
-        if not self.clustered:
-            self.lessor.promote(dict(self.applier.leases))
+        # the Raft thread asks before each batch; a watcher added meanwhile gets the events read back
+        self.applier.events_wanted = lambda: self.hub is not None and self.hub.has_synced_watchers
         self.node.start(loop)
+        # bounded: a member whose thread failed at once is reported by its fatal handler, not by hanging here
+        done, _ = await asyncio.wait([self.node.first_turn], timeout=self.settings.request_timeout_s)
+        if not done:
+            log.warning("the node's first turn did not finish in time", extra={"member-id": f"{self.member_id:x}"})
         self.hub.advance(self.applier.revision)
-        if self.clustered:
-            self._tasks.append(loop.create_task(self._publish_attributes(), name="publish-attributes"))
+        self._tasks.append(loop.create_task(self._publish_attributes(), name="publish-attributes"))
         self._tasks.append(loop.create_task(self._lease_expiry_loop(), name="lease-expiry"))
         self._tasks.append(loop.create_task(self._progress_notify_loop(), name="watch-progress"))
         if self.compactor is not None:
@@ -338,7 +320,7 @@ class QuorumServer:
         self.started = True
 
     async def stop(self) -> None:
-        if self.started and isinstance(self._node, RaftNode) and self._node.is_leader:
+        if self.started and self._node is not None and self._node.is_leader:
             await self._hand_over_leadership()
         for t in self._tasks:
             t.cancel()
@@ -407,8 +389,6 @@ class QuorumServer:
         if len(payload) > self.settings.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
         node = self.node
-        if isinstance(node, (LocalNode, ProcessNode)):
-            return await node.propose(kind, payload)
         if node.is_learner:
             raise errors.NOT_SUPPORTED_FOR_LEARNER
         request_id = self.ids.next()
@@ -418,7 +398,6 @@ class QuorumServer:
     async def _wait_applied(self, fut: asyncio.Future[Any], request_id: int) -> Any:
         """Wait a bounded time for a proposal: etcd's timeout errors, never a false success."""
         node = self.node
-        assert isinstance(node, RaftNode)
         lead_before = node.lead
         # one timer on the proposal's own future (cheaper per request than wait_for + shield): on expiry it
         # fails the future with _ProposalTimeout; a later result for it is dropped (the node checks done())
@@ -438,10 +417,11 @@ class QuorumServer:
             timer.cancel()
 
     async def read_barrier(self) -> None:
-        """Before a linearizable read on a Raft member: wait until everything committed before now is applied
-        here (ReadIndex). A cluster of one needs nothing: its reads see every acknowledged write."""
+        """Before a linearizable read: wait until everything committed before now is applied here (ReadIndex).
+        A sole voter that leads needs nothing: it applies each entry before acknowledging it, and no other member
+        can be elected while it is the only voter, so its reads see every acknowledged write."""
         node = self.node
-        if isinstance(node, (LocalNode, ProcessNode)):
+        if node.is_sole_voter and node.is_leader:
             return
         if node.is_learner:
             raise errors.NOT_SUPPORTED_FOR_LEARNER
@@ -499,8 +479,7 @@ class QuorumServer:
 
     async def txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
         if is_txn_read_only(req):
-            if self.clustered:
-                await self.read_barrier()
+            await self.read_barrier()
             with read_txn(self.reader):
                 return execute_read_only_txn(self.reader, req)
         await self._check_quota(txn_cost_bytes(req))
@@ -610,7 +589,7 @@ class QuorumServer:
     @property
     def has_leader(self) -> bool:
         node = self._node
-        return isinstance(node, (LocalNode, ProcessNode)) or (node is not None and node.lead != 0)
+        return node is not None and node.lead != 0
 
     @property
     def is_leader(self) -> bool:
@@ -618,11 +597,11 @@ class QuorumServer:
 
     @property
     def is_learner(self) -> bool:
-        return isinstance(self._node, RaftNode) and self._node.is_learner
+        return self._node is not None and self._node.is_learner
 
     @property
     def leader_changes_seen(self) -> int:
-        return self.leader_changes if self.clustered else 1
+        return self.leader_changes
 
     # -- Raft cluster plumbing (on the event loop) -----------------------------------------------------------
 
@@ -646,6 +625,20 @@ class QuorumServer:
         if self.joining:
             await self._join()
         self._sync_peers()
+
+    def _has_other_members(self) -> bool:
+        """Whether the configuration (or the one being bootstrapped) has a member besides this one."""
+        if self.bootstrap_members is not None and len(self.bootstrap_members) > 1:
+            return True
+        with read_txn(self.reader):
+            return any(mid != self.member_id for mid in membership.load_members(self.reader))
+
+    async def _start_transport_logged(self) -> None:
+        try:
+            await self._start_transport()
+        except Exception:
+            log.exception("could not open the peer listener on %s", ",".join(self.settings.listen_peer_urls))
+            self._transport_starting = None
 
     def _peer_credentials(self) -> dict[str, Any]:
         """gRPC credentials for the peer service from the --peer-* TLS flags (none: plaintext peers)."""
@@ -738,14 +731,14 @@ class QuorumServer:
 
     def _on_peer_messages(self, messages: list[Any]) -> None:
         if self._node is not None:
-            self._node.step(messages)  # type: ignore[union-attr]
+            self._node.step(messages)
 
     def _on_peer_unreachable(self, peer: int) -> None:
-        if isinstance(self._node, RaftNode):
+        if self._node is not None:
             self._node.report_unreachable(peer)
 
     def _on_snapshot_status(self, peer: int, ok: bool) -> None:
-        if isinstance(self._node, RaftNode):
+        if self._node is not None:
             self._node.report_snapshot(peer, ok)
 
     def _on_leader_change(self, lead: int, is_leader: bool) -> None:
@@ -763,7 +756,13 @@ class QuorumServer:
     def _on_conf_applied(self, cc: Any) -> None:
         from quorumkv.raft.messages import ConfChangeType
 
-        self._sync_peers()
+        if self.transport is None:
+            if self._has_other_members() and self._transport_starting is None:
+                # a cluster of one grew: open the peer listener and dial the new member
+                self._transport_starting = asyncio.get_running_loop().create_task(
+                    self._start_transport_logged(), name="peer-transport")
+        else:
+            self._sync_peers()
         if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id == self.member_id:
             log.warning("this member was removed from the cluster; stopping",
                         extra={"member-id": f"{self.member_id:x}"})
@@ -803,7 +802,6 @@ class QuorumServer:
     async def _call_leader(self, method: str, payload: bytes) -> bytes:
         """Run ``method`` on the leader (lease clocks live there) and return its answer."""
         node = self.node
-        assert isinstance(node, RaftNode)
         lead = node.lead
         if lead == 0:
             raise errors.NO_LEADER
@@ -857,10 +855,7 @@ class QuorumServer:
         return out
 
     def _raft_node(self) -> RaftNode:
-        node = self.node
-        if not isinstance(node, RaftNode):
-            raise errors.MEMBERSHIP_NOT_SUPPORTED
-        return node
+        return self.node
 
     async def _propose_conf_change(self, cc_type: Any, node_id: int, member: membership.Member | None) -> None:
         node = self._raft_node()
@@ -971,12 +966,12 @@ class QuorumServer:
         resp = pb.StatusResponse(
             version=ETCD_COMPAT_VERSION,
             dbSize=self.backend.size_bytes(),
-            leader=self.member_id if isinstance(self.node, (LocalNode, ProcessNode)) else self.node.lead,
+            leader=self.node.lead,
             raftIndex=st.commit_index,
             raftTerm=st.term,
             raftAppliedIndex=st.applied_index,
             dbSizeInUse=self.backend.size_in_use_bytes(self.reader),
-            isLearner=isinstance(self.node, RaftNode) and self.node.is_learner,
+            isLearner=self.node.is_learner,
         )
         resp.errors.extend(alarm_text(a) for a in self.applier.alarm_members())
         resp.header.revision = self.current_revision
@@ -1012,10 +1007,9 @@ class QuorumServer:
             started = time.perf_counter()
             before = self.backend.size_bytes()
             node = self.node
-            # a cluster of one stores log rows only on demand: from before the copy's snapshot on
-            local = node if isinstance(node, LocalNode) else None
-            if local is not None:
-                await loop.run_in_executor(None, local.pin_log)
+            # the copy catches up from raft_log rows: keep them from before the copy's snapshot on (a sole
+            # voter stores rows only while pinned)
+            await loop.run_in_executor(None, node.pin_log)
             try:
                 rebuild = await loop.run_in_executor(
                     None, defrag.Rebuild, self.datadir.db_path, self.applier.min_lease_ttl_seconds)
@@ -1041,8 +1035,7 @@ class QuorumServer:
                     rebuild.abort()
                     raise
             finally:
-                if local is not None:
-                    local.log_pin = None
+                node.log_pin = None
             await loop.run_in_executor(None, old_file.unlink)
         log.info("defragmented", extra={"size-before-bytes": before, "size-after-bytes": self.backend.size_bytes(),
                                         "took-s": round(time.perf_counter() - started, 3),
@@ -1082,11 +1075,6 @@ class QuorumServer:
         """etcd's MoveLeader: only the leader can hand over, to a voting member; waits for the new leader."""
         node = self.node
         resp = pb.MoveLeaderResponse()
-        if isinstance(node, (LocalNode, ProcessNode)):
-            if req.targetID != self.member_id:  # a single member is already leader
-                raise errors.BAD_LEADER_TRANSFEREE
-            resp.header.revision = self.current_revision
-            return resp
         if not node.is_leader:
             raise errors.NOT_LEADER
         if req.targetID not in node.conf_state.voters:
@@ -1100,7 +1088,6 @@ class QuorumServer:
         """Graceful stop of a leader: hand leadership to the most caught-up voter first (as etcd on SIGTERM),
         so the cluster does not wait an election timeout. Best effort, bounded by an election timeout."""
         node = self.node
-        assert isinstance(node, RaftNode)
         progress = node.raw.status().progress
         voters = [v for v in node.conf_state.voters if v != self.member_id and v in progress]
         if not voters:
@@ -1114,7 +1101,6 @@ class QuorumServer:
 
     async def _transfer_leadership(self, target: int, timeout_s: float) -> None:
         node = self.node
-        assert isinstance(node, RaftNode)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         node.transfer_leadership(target)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quorumkv.server import maintenance
-from quorumkv.storage.backend import SCHEMA_VERSION, UPGRADABLE_SCHEMA_VERSIONS, meta_get, meta_set
+from quorumkv.storage import schema
+from quorumkv.storage.backend import SCHEMA_VERSION, UPGRADABLE_SCHEMA_VERSIONS, meta_get
 from quorumkv.storage.datadir import DATA_FORMAT, DB_FILE, FORMAT_FILE, fsync_dir
 
 DIGEST_BYTES = hashlib.sha256().digest_size
@@ -198,7 +199,8 @@ def restore(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, n
 
     Membership is replaced by ``initial_cluster`` (default ``name=<initial_advertise_peer_urls>``) with
     member and cluster IDs computed as etcd does; the log starts empty and alarms are cleared (a new
-    cluster). ``data_dir`` must not exist or be empty. Raises SnapshotError (file) or ValueError (arguments).
+    cluster whose members all start from the same Raft state: see ``schema.reset_raft_state``).
+    ``data_dir`` must not exist or be empty. Raises SnapshotError (file) or ValueError (arguments).
     """
     from quorumkv.server.server import compute_cluster_id, compute_member_id, parse_initial_cluster, to_i64
 
@@ -232,11 +234,11 @@ def restore(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, n
             for n, urls in members.items():
                 conn.execute("INSERT INTO member(id, name, peer_urls, client_urls, is_learner) VALUES (?,?,?,'',0)",
                              (to_i64(ids[n]), n, ",".join(urls)))
-            meta_set(conn, "member_id", f"{ids[name]:x}")
-            meta_set(conn, "cluster_id", f"{cluster_id:x}")
-            for key in ("applied_index", "log_trimmed_index"):
-                meta_set(conn, key, 0)
-            meta_set(conn, "term", 1)
+            schema.save_identity(conn, ids[name], cluster_id)
+            # as etcd's restore: a new cluster of exactly these members, its state machine at index N (the
+            # number of members), committed and applied, at term 1 -- every restored member starts from the same
+            # Raft state, so they form one cluster and none of them leads without a quorum
+            schema.reset_raft_state(conn, list(ids.values()), index=len(ids))
             revision = int(meta_get(conn, "revision", 1))
             conn.execute("COMMIT")
             conn.execute("PRAGMA journal_mode=WAL")

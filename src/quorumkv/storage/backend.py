@@ -99,7 +99,7 @@ class StorageError(Exception):
 #: of five B-trees, so at 1000 the writer checkpointed every few batches; at 10,000 hot pages (meta, index
 #: interiors, the tails of kv and raft_log) are copied once per checkpoint instead of once per few batches:
 #: ~15 % less writer CPU per put, ~30 % more puts per second (docs/performance.md). The WAL is still reset
-#: when it passes node.WAL_TRUNCATE_BYTES. A running node turns it off for the background checkpointer
+#: when it passes raft_node.WAL_TRUNCATE_BYTES. A running node turns it off for the background checkpointer
 #: (``Backend.start_checkpointer``); it applies to tools and tests that open a Backend without one.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 
