@@ -27,10 +27,10 @@ if __package__ in (None, ""):  # run as a file: make ``quorumkv`` importable fro
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
-from quorumkv.server import membership
 from quorumkv.server.apply import Applier
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.raft_node import RaftNode
+from quorumkv.storage import membership
 from quorumkv.storage.backend import Backend
 
 PREFIX = b"/etcdctl-check-perf/"

@@ -23,7 +23,7 @@ import pytest
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from quorumkv.api.mvccpb import kv_pb2
-from quorumkv.server.run import RunningMember, start_member
+from quorumkv.app import RunningMember, start_member
 from quorumkv.server.server import ServerSettings
 from quorumkv.testing import model
 from quorumkv.testing.model import Model
@@ -470,8 +470,8 @@ def test_compact_zero_on_a_never_compacted_store_succeeds_once(tmp_path: Path) -
     """etcd's compact revision starts at -1: Compact(0) is accepted once, then it is 'already compacted'."""
     import asyncio
 
-    from quorumkv.server import errors
-    from quorumkv.server.errors import EtcdError
+    from quorumkv import errors
+    from quorumkv.errors import EtcdError
     from quorumkv.server.server import QuorumServer, ServerSettings
 
     async def main() -> None:

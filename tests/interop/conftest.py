@@ -14,7 +14,7 @@ from quorumkv.testing.processes import ETCD_BIN, ETCDCTL_BIN, ServerProcess, sta
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 #: The module whose existence means "the quorumkv server is built"; until then quorumkv candidates skip.
-QUORUMKV_SERVER_MODULE = REPO_ROOT / "src" / "quorumkv" / "server" / "run.py"
+QUORUMKV_SERVER_MODULE = REPO_ROOT / "src" / "quorumkv" / "app.py"
 CANDIDATE_ENV = "QUORUMKV_DIFF_CANDIDATE"
 CANDIDATE_KINDS = ("etcd", "quorumkv")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from quorumkv import errors
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.mvccpb import kv_pb2
-from quorumkv.server import errors
-from quorumkv.server.errors import EtcdError
+from quorumkv.errors import EtcdError
 from quorumkv.server.server import QuorumServer, ServerSettings
 from quorumkv.testing.clock import FakeClock
 

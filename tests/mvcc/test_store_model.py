@@ -26,13 +26,13 @@ from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
+from quorumkv import errors
 from quorumkv.api import validate
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.errors import EtcdError
 from quorumkv.mvcc import store
-from quorumkv.server import errors
 from quorumkv.server.apply import Applier, ApplyResult, execute_range, execute_read_only_txn
 from quorumkv.server.entries import EntryKind, encode_entry
-from quorumkv.server.errors import EtcdError
 from quorumkv.server.server import is_txn_read_only
 from quorumkv.storage.backend import Backend, read_txn
 from quorumkv.testing.model import Model, ModelError

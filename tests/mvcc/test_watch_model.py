@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
-from quorumkv.mvcc import store
-from quorumkv.server import watch
+from quorumkv.mvcc import store, watch
+from quorumkv.mvcc.watch import WatchStream
 from quorumkv.server.server import QuorumServer, ServerSettings
-from quorumkv.server.watch import WatchStream
 from quorumkv.testing.model import KV, Event, Model, in_range
 
 KEYS = [b"a", b"a1", b"a2", b"b", b"b1", b"c", b"d"]

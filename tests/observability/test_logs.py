@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
-from quorumkv.server.metrics import ServerStats, request_summary
-from quorumkv.server.run import ConsoleLogFormatter, JsonLogFormatter
+from quorumkv.app import ConsoleLogFormatter, JsonLogFormatter
+from quorumkv.observability.metrics import ServerStats, request_summary
 
 from .obskit import scrape, start_test_member
 

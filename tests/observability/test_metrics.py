@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
-from quorumkv.server.metrics import Histogram, ServerStats, format_duration
+from quorumkv.observability.metrics import Histogram, ServerStats, format_duration
 
 from .obskit import Member, scrape, start_test_member
 
@@ -189,8 +189,8 @@ async def test_extensive_metrics_add_handling_time_histograms(tmp_path: Path) ->
 
 
 def test_metrics_flag_reaches_the_http_options() -> None:
+    from quorumkv.app import HttpOptions
     from quorumkv.server.config import ServerConfig
-    from quorumkv.server.run import HttpOptions
 
     assert HttpOptions.from_config(ServerConfig(metrics="extensive")).metrics == "extensive"
     assert HttpOptions.from_config(ServerConfig()).metrics == "basic"

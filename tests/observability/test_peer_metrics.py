@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from quorumkv.server.metrics import PeerNetworkCollector
+from quorumkv.observability.metrics import PeerNetworkCollector
 from quorumkv.transport.base import PeerStats
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from quorumkv import errors
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.errors import EtcdError
 from quorumkv.mvcc import store
-from quorumkv.server import errors
 from quorumkv.server.compactor import PeriodicCompactor, RevisionCompactor, make_compactor
-from quorumkv.server.errors import EtcdError
 from quorumkv.server.server import QuorumServer, ServerSettings
 from quorumkv.server.snapshot import SnapshotError, restore, save, snapshot_status
 from quorumkv.testing.clock import FakeClock

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from quorumkv import errors
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.errors import EtcdError
 from quorumkv.raft.messages import Message, decode_message, encode_message
-from quorumkv.server import errors
-from quorumkv.server.errors import EtcdError
 from quorumkv.server.raft_node import RaftNode
 from quorumkv.server.server import QuorumServer, ServerSettings
 

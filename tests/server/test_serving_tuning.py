@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from quorumkv import app as run
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.servicers import add_servicers
-from quorumkv.server import run
 
 
 @pytest.fixture

@@ -25,8 +25,9 @@ from google.protobuf.message import Message
 from quorumkv import ETCD_CLUSTER_VERSION, ETCD_COMPAT_VERSION
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.http import HttpError, Request, Response, StreamResponse
-from quorumkv.server.health import Health
-from quorumkv.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from quorumkv.observability.health import Health
+from quorumkv.observability.health import Response as HealthAnswer
+from quorumkv.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 #: grpc-gateway v1 runtime.HTTPStatusFromCode.
 HTTP_STATUS: dict[int, int] = {
@@ -222,9 +223,9 @@ class Gateway:
         if path == "/metrics":
             return Response(200, self.render_metrics(), METRICS_CONTENT_TYPE)
         if path == "/health":
-            return await self.health.handle_health(req)
+            return _http_response(await self.health.handle_health(req))
         if path in ("/livez", "/readyz") or path.startswith(("/livez/", "/readyz/")):
-            return await self.health.handle_probe(req)
+            return _http_response(await self.health.handle_probe(req))
         return None
 
     # -- /v3 ----------------------------------------------------------------------------------------------
@@ -324,3 +325,7 @@ def _stream_error(code: int, message: str) -> bytes:
 
     return dumps({"error": {"grpc_code": code, "http_code": status, "message": message,
                             "http_status": REASONS.get(status, "Unknown")}}) + b"\n"
+
+
+def _http_response(answer: HealthAnswer) -> Response:
+    return Response(answer.status, answer.body, headers=list(answer.headers))

@@ -15,7 +15,7 @@ import grpc
 from quorumkv.api import validate
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from quorumkv.server.errors import EtcdError
+from quorumkv.errors import EtcdError
 from quorumkv.server.server import QuorumServer
 
 log = logging.getLogger("quorumkv.api")

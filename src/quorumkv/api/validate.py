@@ -7,8 +7,8 @@ covered by a delete range; puts in the ``success`` and ``failure`` lists of one 
 
 from __future__ import annotations
 
+from quorumkv import errors
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
-from quorumkv.server import errors
 
 _SORT_ORDERS = frozenset(pb.RangeRequest.SortOrder.values())
 _SORT_TARGETS = frozenset(pb.RangeRequest.SortTarget.values())

@@ -141,7 +141,7 @@ def _usage_message(exc: click.ClickException) -> str:
 
 def _default_runner(config: ServerConfig) -> int:
     """Start the real server; imported lazily because the runtime is heavy and owned by another module."""
-    module = importlib.import_module("quorumkv.server.run")
+    module = importlib.import_module("quorumkv.app")
     run_server = cast(Runner, module.run_server)
     return run_server(config)
 
@@ -191,7 +191,7 @@ def main(
     try:
         return _default_runner(loaded.config)
     except ModuleNotFoundError as exc:
-        if exc.name != "quorumkv.server.run":
+        if exc.name != "quorumkv.app":
             raise
-        click.echo(f"{_PROG}: the server runtime (quorumkv.server.run) is not part of this build", err=True)
+        click.echo(f"{_PROG}: the server runtime (quorumkv.app) is not part of this build", err=True)
         return 1

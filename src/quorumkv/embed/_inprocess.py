@@ -9,9 +9,9 @@ import asyncio
 import logging
 import threading
 
+from quorumkv.app import HttpOptions, RunningMember, TLSFiles, start_member
 from quorumkv.embed._handle import EmbedError, Handle, Isolation
 from quorumkv.server.config import ServerConfig
-from quorumkv.server.run import HttpOptions, RunningMember, TLSFiles, start_member
 from quorumkv.server.server import ServerSettings
 
 __all__ = ["InProcessHandle"]

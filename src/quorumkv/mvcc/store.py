@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from quorumkv.storage.backend import meta_get, meta_set, read_txn
+from quorumkv.storage.backend import MULTI_ROW_CHUNK, insert_rows, meta_get, meta_set, read_txn
 
 EVENT_PUT = 0
 EVENT_DELETE = 1
@@ -354,3 +354,52 @@ def all_revisions(conn: sqlite3.Connection) -> Iterable[tuple[int, int, bytes, b
     return conn.execute(
         "SELECT rev, sub, key, value, create_rev, version, lease FROM kv ORDER BY rev, sub"
     )
+
+
+# -- the applier's batched put path ------------------------------------------------------------------------------
+
+#: The newest ``kv`` row of the key in the first column of a ``VALUES`` list.
+_LATEST_ID_OF_VALUE = "(SELECT id FROM kv WHERE key = v.column1 ORDER BY rev DESC, sub DESC LIMIT 1)"
+
+
+def latest_of_keys(conn: sqlite3.Connection, keys: Sequence[bytes]) -> dict[bytes, tuple[int, int, int]]:
+    """``key -> (create_rev, mod_rev, version)`` of each key of ``keys`` that exists now (few statements)."""
+    existing: dict[bytes, tuple[int, int, int]] = {}
+    for at in range(0, len(keys), 500):
+        chunk = keys[at:at + 500]
+        sql = (f"SELECT l.key, l.create_rev, l.rev, l.version FROM (VALUES {','.join(['(?)'] * len(chunk))}) AS v "
+               f"JOIN kv AS l ON l.id = {_LATEST_ID_OF_VALUE} WHERE l.value IS NOT NULL")
+        for key, create_rev, mod_rev, version in conn.execute(sql, chunk):
+            existing[key] = (create_rev, mod_rev, version)
+    return existing
+
+
+def insert_put_rows(conn: sqlite3.Connection, rows: Sequence[tuple[int, bytes, bytes, int, int, int]]) -> None:
+    """Rows ``(rev, key, value, create_rev, version, lease)`` of plain puts (sub revision 0), in order: they take
+    the next rowids in revision order, as ``WriteTxn``'s single inserts do."""
+    insert_rows(conn, "INSERT INTO kv(rev, sub, key, value, create_rev, version, lease) VALUES ", 6, rows,
+                row_sql="(?,0,?,?,?,?,?)")
+
+
+def insert_distinct_puts(conn: sqlite3.Connection, rows: Sequence[tuple[int, bytes, bytes, int]]) -> None:
+    """Rows ``(rev, key, value, lease)`` of plain puts of all-different keys: SQLite looks each key's latest row
+    up inside the INSERT (create_rev and version computed there), one statement per chunk -- the same rows as
+    :func:`insert_put_rows` would write after :func:`latest_of_keys`."""
+    for at in range(0, len(rows), MULTI_ROW_CHUNK):
+        chunk = rows[at:at + MULTI_ROW_CHUNK]
+        # column1..4 of the VALUES list: rev, key, value, lease; ORDER BY keeps rowids in revision order
+        conn.execute(
+            "INSERT INTO kv(rev, sub, key, value, create_rev, version, lease) "
+            "SELECT v.column1, 0, v.column2, v.column3, coalesce(l.create_rev, v.column1), "
+            "coalesce(l.version, 0) + 1, v.column4 "
+            f"FROM (VALUES {','.join(['(?,?,?,?)'] * len(chunk))}) AS v "
+            f"LEFT JOIN kv AS l ON l.id = {_LATEST_ID_OF_VALUE.replace('column1', 'column2')} "
+            "AND l.value IS NOT NULL ORDER BY v.column1",
+            [x for row in chunk for x in row])
+
+
+def save_applied(conn: sqlite3.Connection, applied_index: int, revision: int) -> None:
+    """The applied index and the store revision, in one statement (the applier's last write of each batch)."""
+    conn.execute(
+        "INSERT INTO meta(name, value) VALUES ('applied_index', ?), ('revision', ?) "
+        "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (applied_index, revision))

@@ -15,23 +15,21 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from quorumkv import errors
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.mvccpb import kv_pb2
+from quorumkv.errors import EtcdError
 from quorumkv.mvcc import store
 from quorumkv.mvcc.store import Event, KeyValue, WriteTxn
-from quorumkv.server import errors, membership
 from quorumkv.server.entries import EntryKind, decode_entry
-from quorumkv.server.errors import EtcdError
-from quorumkv.storage.backend import MULTI_ROW_CHUNK, insert_rows, meta_get
+from quorumkv.storage import leases, membership, schema
+from quorumkv.storage.backend import release, rollback_to, savepoint
 
 #: etcd's lessor.MaxLeaseTTL (seconds).
 MAX_LEASE_TTL_SECONDS = 9_000_000_000
 
 _CMP = pb.Compare
 _RANGE = pb.RangeRequest
-
-#: The id of the latest kv row of the key in column1 of a VALUES list aliased ``v`` (one ``kv_by_key`` descent).
-_LATEST_ID_OF_VALUE = "(SELECT id FROM kv WHERE key = v.column1 ORDER BY rev DESC, sub DESC LIMIT 1)"
 
 #: etcd's quota cost estimates (etcdserver/quota.go): per put and per lease grant, in bytes.
 KV_OVERHEAD_BYTES = 256
@@ -52,14 +50,6 @@ def txn_cost_bytes(req: pb.TxnRequest) -> int:
     def branch(ops: Iterable[pb.RequestOp]) -> int:
         return sum(put_cost_bytes(op.request_put) for op in ops if op.WhichOneof("request") == "request_put")
     return max(branch(req.success), branch(req.failure))
-
-
-def _i64(u: int) -> int:
-    return u - (1 << 64) if u >= (1 << 63) else u
-
-
-def _u64(i: int) -> int:
-    return i + (1 << 64) if i < 0 else i
 
 
 def to_pb_kv(kv: KeyValue, *, keys_only: bool = False) -> kv_pb2.KeyValue:
@@ -112,11 +102,10 @@ class Applier:
         """Re-read cached metadata (after a failed commit, the cache may be ahead of the disk)."""
         self.revision = store.current_revision(conn)
         self.compact_revision = store.compact_revision(conn)
-        self.applied_index = int(meta_get(conn, "applied_index", 0))
-        self.leases: dict[int, int] = {int(r[0]): int(r[1]) for r in conn.execute("SELECT id, ttl FROM lease")}
+        self.applied_index = schema.applied_index(conn)
+        self.leases: dict[int, int] = leases.load_leases(conn)
         #: Raised alarms as (member ID (uint64), AlarmType); persisted in the ``alarm`` table.
-        self.alarms: set[tuple[int, int]] = {
-            (_u64(int(r[0])), int(r[1])) for r in conn.execute("SELECT member_id, alarm FROM alarm")}
+        self.alarms: set[tuple[int, int]] = leases.load_alarms(conn)
 
     def has_alarm(self, alarm_type: int) -> bool:
         return any(a == alarm_type for _, a in self.alarms)
@@ -144,7 +133,7 @@ class Applier:
             if request_id:
                 result.responses[request_id] = response
             return
-        conn.execute("SAVEPOINT entry")
+        savepoint(conn, "entry")
         saved = (self.revision, self.compact_revision, dict(self.leases) if kind >= EntryKind.LEASE_GRANT else None,
                  set(self.alarms))
         n_events = len(result.events)
@@ -153,14 +142,14 @@ class Applier:
         except EtcdError as exc:
             response = exc
         except Exception as exc:  # a bug or a storage error: undo this entry only, answer with an error
-            conn.execute("ROLLBACK TO entry")
+            rollback_to(conn, "entry")
             self.revision, self.compact_revision = saved[0], saved[1]
             if saved[2] is not None:
                 self.leases = saved[2]
             self.alarms = saved[3]
             del result.events[n_events:]
             response = EtcdError("INTERNAL", f"quorumkv: applying entry {index} failed: {exc!r}")
-        conn.execute("RELEASE entry")
+        release(conn, "entry")
         self.applied_index = index
         if request_id:
             result.responses[request_id] = response
@@ -202,13 +191,7 @@ class Applier:
         if result.events_from and len(keys) == len(run):
             self._apply_quiet_put_run(conn, run, result)
             return
-        existing: dict[bytes, tuple[int, int, int]] = {}  # key -> (create_rev, mod_rev, version)
-        for at in range(0, len(keys), 500):
-            chunk = keys[at:at + 500]
-            sql = (f"SELECT l.key, l.create_rev, l.rev, l.version FROM (VALUES {','.join(['(?)'] * len(chunk))}) AS v "
-                   f"JOIN kv AS l ON l.id = {_LATEST_ID_OF_VALUE} WHERE l.value IS NOT NULL")
-            for key, create_rev, mod_rev, version in conn.execute(sql, chunk):
-                existing[key] = (create_rev, mod_rev, version)
+        existing = store.latest_of_keys(conn, keys)  # key -> (create_rev, mod_rev, version)
         kv_rows = []
         rev = self.revision
         events = None if result.events_from else result.events
@@ -232,9 +215,7 @@ class Applier:
                 resp = pb.PutResponse()
                 resp.header.revision = rev
                 responses[request_id] = resp
-        # kv rows take the next rowids in order (max(id) + 1, as store.WriteTxn's single inserts do)
-        insert_rows(conn, "INSERT INTO kv(rev, sub, key, value, create_rev, version, lease) VALUES ", 6, kv_rows,
-                    row_sql="(?,0,?,?,?,?,?)")
+        store.insert_put_rows(conn, kv_rows)
         self.revision = rev
         self.applied_index = run[-1][0]
 
@@ -260,17 +241,7 @@ class Applier:
                 resp = pb.PutResponse()
                 resp.header.revision = rev
                 responses[request_id] = resp
-        for at in range(0, len(rows), MULTI_ROW_CHUNK):
-            chunk = rows[at:at + MULTI_ROW_CHUNK]
-            # column1..4 of the VALUES list: rev, key, value, lease; ORDER BY keeps rowids in revision order
-            conn.execute(
-                "INSERT INTO kv(rev, sub, key, value, create_rev, version, lease) "
-                "SELECT v.column1, 0, v.column2, v.column3, coalesce(l.create_rev, v.column1), "
-                "coalesce(l.version, 0) + 1, v.column4 "
-                f"FROM (VALUES {','.join(['(?,?,?,?)'] * len(chunk))}) AS v "
-                f"LEFT JOIN kv AS l ON l.id = {_LATEST_ID_OF_VALUE.replace('column1', 'column2')} "
-                "AND l.value IS NOT NULL ORDER BY v.column1",
-                [x for row in chunk for x in row])
+        store.insert_distinct_puts(conn, rows)
         self.revision = rev
         self.applied_index = run[-1][0]
 
@@ -279,9 +250,7 @@ class Applier:
         ``result`` without events, where the batch ended)."""
         if result is not None and result.events_from:
             result.revision = self.revision
-        conn.execute(
-            "INSERT INTO meta(name, value) VALUES ('applied_index', ?), ('revision', ?) "
-            "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (self.applied_index, self.revision))
+        store.save_applied(conn, self.applied_index, self.revision)
 
     def _dispatch(self, conn: sqlite3.Connection, kind: int, payload: bytes, result: ApplyResult) -> object:
         if self.alarms and kind in _KV_KINDS:
@@ -448,13 +417,13 @@ class Applier:
             resp.alarms.extend(self.alarm_members(req.alarm))
         elif req.action == pb.AlarmRequest.ACTIVATE:
             if req.alarm != pb.AlarmType.NONE and key not in self.alarms:
-                conn.execute("INSERT INTO alarm(member_id, alarm) VALUES (?, ?)", (_i64(key[0]), key[1]))
+                leases.insert_alarm(conn, key[0], key[1])
                 self.alarms.add(key)
                 result.alarms_changed = True
                 resp.alarms.add(memberID=req.memberID, alarm=req.alarm)
         elif req.action == pb.AlarmRequest.DEACTIVATE:
             if key in self.alarms:
-                conn.execute("DELETE FROM alarm WHERE member_id = ? AND alarm = ?", (_i64(key[0]), key[1]))
+                leases.delete_alarm(conn, key[0], key[1])
                 self.alarms.discard(key)
                 result.alarms_changed = True
                 resp.alarms.add(memberID=req.memberID, alarm=req.alarm)
@@ -485,7 +454,7 @@ class Applier:
         if req.TTL > MAX_LEASE_TTL_SECONDS:
             raise errors.LEASE_TTL_TOO_LARGE
         ttl = max(req.TTL, self.min_lease_ttl_seconds)
-        conn.execute("INSERT INTO lease(id, ttl, remaining_ttl) VALUES (?, ?, 0)", (req.ID, ttl))
+        leases.insert_lease(conn, req.ID, ttl)
         self.leases[req.ID] = ttl
         result.leases_granted.append((req.ID, ttl))
         return pb.LeaseGrantResponse(header=self._header(self.revision), ID=req.ID, TTL=ttl)
@@ -498,7 +467,7 @@ class Applier:
         for key in store.keys_with_lease(conn, req.ID):  # sorted: deterministic sub revisions
             txn.delete_range(key, b"")
         self._end(txn, result)
-        conn.execute("DELETE FROM lease WHERE id = ?", (req.ID,))
+        leases.delete_lease(conn, req.ID)
         del self.leases[req.ID]
         result.leases_revoked.append(req.ID)
         return pb.LeaseRevokeResponse(header=self._header(self.revision))

@@ -38,6 +38,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from quorumkv.errors import EtcdError
 from quorumkv.raft.core import Config, ProposalDroppedError
 from quorumkv.raft.ids import NONE, Index, NodeId, Term
 from quorumkv.raft.memory_storage import MemoryStorage
@@ -56,12 +57,10 @@ from quorumkv.raft.messages import (
     encode_conf_change,
 )
 from quorumkv.raft.rawnode import RawNode, Ready
-from quorumkv.server import membership, state_snapshot
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
-from quorumkv.server.errors import EtcdError
 from quorumkv.server.node import NodeStatus
-from quorumkv.storage import schema
+from quorumkv.storage import membership, schema, state_snapshot
 from quorumkv.storage.backend import Backend, StorageError, insert_rows
 
 log = logging.getLogger("quorumkv.raft-node")

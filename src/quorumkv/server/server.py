@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quorumkv import ETCD_COMPAT_VERSION
+from quorumkv import ETCD_COMPAT_VERSION, errors
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.errors import EtcdError
 from quorumkv.lease.lessor import Clock, Lessor, SystemClock
-from quorumkv.mvcc import store
-from quorumkv.server import compactor, defrag, errors, maintenance, membership, snapshot
+from quorumkv.mvcc import hashing, store
+from quorumkv.mvcc.watch import WatchHub
+from quorumkv.server import compactor, defrag, snapshot
 from quorumkv.server.apply import (
     LEASE_OVERHEAD_BYTES,
     Applier,
@@ -38,9 +40,8 @@ from quorumkv.server.apply import (
     txn_cost_bytes,
 )
 from quorumkv.server.entries import EntryKind
-from quorumkv.server.errors import EtcdError
 from quorumkv.server.raft_node import RaftNode
-from quorumkv.server.watch import WatchHub
+from quorumkv.storage import leases, membership, schema
 from quorumkv.storage.backend import Backend, meta_get, meta_set, read_txn
 from quorumkv.storage.datadir import DataDir, open_data_dir
 
@@ -259,10 +260,10 @@ class QuorumServer:
                 for name, mid in members.items()]
         else:
             member_id = int(stored, 16)
-            if meta_get(conn, "raft_hard_state") is None:
-                with self.backend.write_txn() as c:  # publish this start's name and client URLs, as etcd does
-                    c.execute("UPDATE member SET name=?, client_urls=? WHERE id=?",
-                              (s.name, ",".join(s.advertise_client_urls), to_i64(member_id)))
+            if schema.hard_state(conn) is None:  # a release-0.1 single member: this start's name and client URLs
+                with self.backend.write_txn() as c:
+                    membership.apply_attributes(
+                        c, membership.Member(member_id, s.name, [], list(s.advertise_client_urls)))
         self.member_id = member_id
         self.cluster_id = int(meta_get(conn, "cluster_id"), 16)
         if membership.is_removed(conn, member_id):
@@ -777,7 +778,7 @@ class QuorumServer:
                     extra={"member-id": f"{self.member_id:x}", "peer": f"{peer:x}"})
         try:
             with self.backend.write_txn() as c:
-                c.execute("INSERT OR IGNORE INTO removed_member(id) VALUES (?)", (to_i64(self.member_id),))
+                membership.mark_removed(c, self.member_id)
         except Exception as exc:  # the refusal on restart is a convenience; stopping is what matters
             log.warning("could not record the removal: %r", exc)
         self._removed.set()
@@ -848,8 +849,9 @@ class QuorumServer:
 
     def _member_pbs(self) -> list[pb.Member]:
         out = []
-        for mid in sorted(self._members()):
-            m = self._members()[mid]
+        members = self._members()
+        for mid in sorted(members):
+            m = members[mid]
             out.append(pb.Member(ID=mid, name=m.name, peerURLs=m.peer_urls, clientURLs=m.client_urls,
                                  isLearner=m.is_learner))
         return out
@@ -1045,14 +1047,14 @@ class QuorumServer:
         return resp
 
     async def hash(self) -> pb.HashResponse:
-        """etcd's Hash: a hash of the whole replicated content (see quorumkv.server.maintenance)."""
+        """etcd's Hash: a hash of the whole replicated content (see quorumkv.mvcc.hashing)."""
         async with self._file_lock:
             return await asyncio.get_running_loop().run_in_executor(None, self._hash_work)
 
     def _hash_work(self) -> pb.HashResponse:
         with self.backend.temp_reader() as conn, read_txn(conn):
             return pb.HashResponse(header=pb.ResponseHeader(revision=store.current_revision(conn)),
-                                   hash=maintenance.hash_backend(conn))
+                                   hash=hashing.hash_backend(conn))
 
     async def hash_kv(self, req: pb.HashKVRequest) -> pb.HashKVResponse:
         """etcd's HashKV: the key revisions up to ``req.revision`` (0: current); compact_revision -1 if none."""
@@ -1066,7 +1068,7 @@ class QuorumServer:
                     raise errors.FUTURE_REV
                 rev = req.revision or current
                 return pb.HashKVResponse(header=pb.ResponseHeader(revision=current),
-                                         hash=maintenance.hash_kv(conn, rev),
+                                         hash=hashing.hash_kv(conn, rev),
                                          compact_revision=compacted if compacted > 0 else -1)
         async with self._file_lock:
             return await asyncio.get_running_loop().run_in_executor(None, work)
@@ -1112,18 +1114,11 @@ class QuorumServer:
     def active_alarms(self) -> list[tuple[int, int]]:
         """The raised alarms as (member ID, ``pb.AlarmType`` value), for health checks and metrics."""
         with read_txn(self.reader):
-            rows = self.reader.execute("SELECT member_id, alarm FROM alarm").fetchall()
-        return sorted((to_u64(int(mid)), int(alarm)) for mid, alarm in rows)
+            return sorted(leases.load_alarms(self.reader))
 
     def member_list(self) -> pb.MemberListResponse:
         resp = pb.MemberListResponse()
-        with read_txn(self.reader):
-            rows = self.reader.execute(
-                "SELECT id, name, peer_urls, client_urls, is_learner FROM member").fetchall()
-        rows.sort(key=lambda r: to_u64(r[0]))
-        for mid, name, peers, clients, learner in rows:
-            resp.members.add(ID=to_u64(mid), name=name, peerURLs=[u for u in peers.split(",") if u],
-                             clientURLs=[u for u in clients.split(",") if u], isLearner=bool(learner))
+        resp.members.extend(self._member_pbs())
         return resp
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from quorumkv.server import maintenance
+from quorumkv.mvcc import hashing
 from quorumkv.storage import schema
 from quorumkv.storage.backend import SCHEMA_VERSION, UPGRADABLE_SCHEMA_VERSIONS, meta_get
 from quorumkv.storage.datadir import DATA_FORMAT, DB_FILE, FORMAT_FILE, fsync_dir
@@ -183,7 +183,7 @@ def snapshot_status(path: str | os.PathLike[str]) -> SnapshotStatus:
         try:
             conn.execute("BEGIN")
             return SnapshotStatus(
-                hash=maintenance.hash_backend(conn),
+                hash=hashing.hash_backend(conn),
                 revision=int(meta_get(conn, "revision", 1)),
                 total_key=int(conn.execute("SELECT count(*) FROM kv").fetchone()[0]),
                 total_size=content,

@@ -409,3 +409,16 @@ def meta_set(conn: sqlite3.Connection, name: str, value: Any) -> None:
         "INSERT INTO meta(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
         (name, value),
     )
+
+
+def savepoint(conn: sqlite3.Connection, name: str) -> None:
+    """Open a savepoint inside the current transaction (undo one entry's effects with :func:`rollback_to`)."""
+    conn.execute(f"SAVEPOINT {name}")
+
+
+def rollback_to(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(f"ROLLBACK TO {name}")
+
+
+def release(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(f"RELEASE {name}")

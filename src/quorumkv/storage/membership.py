@@ -57,6 +57,11 @@ def load_members(conn: sqlite3.Connection) -> dict[int, Member]:
     return out
 
 
+def mark_removed(conn: sqlite3.Connection, member_id: int) -> None:
+    """Remember that ``member_id`` left the cluster (its data dir must not be used again)."""
+    conn.execute("INSERT OR IGNORE INTO removed_member(id) VALUES (?)", (to_i64(member_id),))
+
+
 def is_removed(conn: sqlite3.Connection, member_id: int) -> bool:
     return conn.execute("SELECT 1 FROM removed_member WHERE id=?", (to_i64(member_id),)).fetchone() is not None
 
@@ -74,7 +79,7 @@ def apply_conf_change(conn: sqlite3.Connection, cc: ConfChange) -> None:
     """Record a committed membership change (deterministic; the Raft core is told separately)."""
     if cc.type == ConfChangeType.REMOVE_NODE:
         conn.execute("DELETE FROM member WHERE id=?", (to_i64(cc.node_id),))
-        conn.execute("INSERT OR IGNORE INTO removed_member(id) VALUES (?)", (to_i64(cc.node_id),))
+        mark_removed(conn, cc.node_id)
         return
     m = Member.from_json(cc.context) if cc.context else Member(cc.node_id)
     existing = load_members(conn).get(cc.node_id)

@@ -73,10 +73,3 @@ NOT_SUPPORTED_FOR_LEARNER = _e("FAILED_PRECONDITION", "etcdserver: rpc not suppo
 BAD_LEADER_TRANSFEREE = _e("FAILED_PRECONDITION", "etcdserver: bad leader transferee")
 
 AUTH_NOT_ENABLED = _e("FAILED_PRECONDITION", "etcdserver: authentication is not enabled")
-
-#: Membership changes need the Raft cluster (a later issue); a single member says so plainly.
-MEMBERSHIP_NOT_SUPPORTED = _e(
-    "UNIMPLEMENTED",
-    "quorumkv: membership changes are not supported until clustering; this member runs as a single-node "
-    "cluster",
-)

@@ -16,15 +16,32 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
-from quorumkv.api.http import Request, Response
-from quorumkv.server.metrics import ServerStats
+from quorumkv.observability.metrics import ServerStats
 
 log = logging.getLogger("quorumkv.health")
 
 Check = Callable[[], str | None]  # None: ok; otherwise the failure text
+
+
+@dataclass(frozen=True)
+class Response:
+    """What an HTTP endpoint answers (the API layer writes it out)."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Request(Protocol):
+    """What the health endpoints read of an HTTP request."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
 
 
 def _alarm_name(alarm: int) -> str:

@@ -28,9 +28,9 @@ from prometheus_client import CollectorRegistry
 from quorumkv.api.gateway import CORS_HEADERS, Gateway
 from quorumkv.api.http import HttpServer
 from quorumkv.api.servicers import add_servicers
-from quorumkv.server.errors import EtcdError
-from quorumkv.server.health import Health
-from quorumkv.server.metrics import ServerStats, build_registry, instrument_servicer, render, slow_apply_logger
+from quorumkv.errors import EtcdError
+from quorumkv.observability.health import Health
+from quorumkv.observability.metrics import ServerStats, build_registry, instrument_servicer, render, slow_apply_logger
 from quorumkv.server.node import SLOW_APPLY_S
 from quorumkv.server.server import QuorumServer, ServerSettings
 from quorumkv.storage.backend import StorageError

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.mvcc import store
-from quorumkv.server import state_snapshot
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, encode_entry
+from quorumkv.storage import state_snapshot
 from quorumkv.storage.backend import Backend, meta_get
 
 
