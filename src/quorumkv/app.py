@@ -32,7 +32,8 @@ from quorumkv.errors import EtcdError
 from quorumkv.observability.health import Health
 from quorumkv.observability.metrics import ServerStats, build_registry, instrument_servicer, render, slow_apply_logger
 from quorumkv.server.node import SLOW_APPLY_S
-from quorumkv.server.server import QuorumServer, ServerSettings
+from quorumkv.server.server import QuorumServer
+from quorumkv.server.settings import ServerSettings
 from quorumkv.storage.backend import StorageError
 from quorumkv.storage.datadir import DataDirError
 

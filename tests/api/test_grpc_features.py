@@ -24,7 +24,7 @@ from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from quorumkv.api.mvccpb import kv_pb2
 from quorumkv.app import RunningMember, start_member
-from quorumkv.server.server import ServerSettings
+from quorumkv.server.settings import ServerSettings
 from quorumkv.testing import model
 from quorumkv.testing.model import Model
 from quorumkv.testing.processes import free_port, start_etcd
@@ -472,7 +472,8 @@ def test_compact_zero_on_a_never_compacted_store_succeeds_once(tmp_path: Path) -
 
     from quorumkv import errors
     from quorumkv.errors import EtcdError
-    from quorumkv.server.server import QuorumServer, ServerSettings
+    from quorumkv.server.server import QuorumServer
+    from quorumkv.server.settings import ServerSettings
 
     async def main() -> None:
         srv = QuorumServer(ServerSettings(data_dir=str(tmp_path / "d")))

@@ -12,7 +12,8 @@ from quorumkv import errors
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.mvccpb import kv_pb2
 from quorumkv.errors import EtcdError
-from quorumkv.server.server import QuorumServer, ServerSettings
+from quorumkv.server.server import QuorumServer
+from quorumkv.server.settings import ServerSettings
 from quorumkv.testing.clock import FakeClock
 
 TIMEOUT_S = 5.0

@@ -33,7 +33,7 @@ from quorumkv.errors import EtcdError
 from quorumkv.mvcc import store
 from quorumkv.server.apply import Applier, ApplyResult, execute_range, execute_read_only_txn
 from quorumkv.server.entries import EntryKind, encode_entry
-from quorumkv.server.server import is_txn_read_only
+from quorumkv.server.kv import is_txn_read_only
 from quorumkv.storage.backend import Backend, read_txn
 from quorumkv.testing.model import Model, ModelError
 

@@ -20,7 +20,8 @@ import pytest
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.mvcc import store, watch
 from quorumkv.mvcc.watch import WatchStream
-from quorumkv.server.server import QuorumServer, ServerSettings
+from quorumkv.server.server import QuorumServer
+from quorumkv.server.settings import ServerSettings
 from quorumkv.testing.model import KV, Event, Model, in_range
 
 KEYS = [b"a", b"a1", b"a2", b"b", b"b1", b"c", b"d"]

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from quorumkv.app import HttpOptions, RunningMember, start_member
-from quorumkv.server.server import ServerSettings
+from quorumkv.server.settings import ServerSettings
 from quorumkv.testing.processes import free_port
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.server import raft_node as node_module
-from quorumkv.server.server import QuorumServer, ServerSettings
+from quorumkv.server.server import QuorumServer
+from quorumkv.server.settings import ServerSettings
 
 
 def _log_stats(srv: QuorumServer) -> tuple[int, int, int]:

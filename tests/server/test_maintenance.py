@@ -18,7 +18,8 @@ from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.errors import EtcdError
 from quorumkv.mvcc import store
 from quorumkv.server.compactor import PeriodicCompactor, RevisionCompactor, make_compactor
-from quorumkv.server.server import QuorumServer, ServerSettings
+from quorumkv.server.server import QuorumServer
+from quorumkv.server.settings import ServerSettings
 from quorumkv.server.snapshot import SnapshotError, restore, save, snapshot_status
 from quorumkv.testing.clock import FakeClock
 from quorumkv.testing.processes import start_quorumkv

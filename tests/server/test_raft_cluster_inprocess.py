@@ -22,7 +22,8 @@ from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.errors import EtcdError
 from quorumkv.raft.messages import Message, decode_message, encode_message
 from quorumkv.server.raft_node import RaftNode
-from quorumkv.server.server import QuorumServer, ServerSettings
+from quorumkv.server.server import QuorumServer
+from quorumkv.server.settings import ServerSettings
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, encode_entry
-from quorumkv.server.server import QuorumServer, ServerSettings
+from quorumkv.server.server import QuorumServer
+from quorumkv.server.settings import ServerSettings
 from quorumkv.storage.backend import Backend
 
 

@@ -16,7 +16,14 @@ from quorumkv.api import validate
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from quorumkv.errors import EtcdError
-from quorumkv.server.server import QuorumServer
+from quorumkv.server.interfaces import (
+    ClusterService,
+    KVService,
+    LeaseService,
+    MaintenanceService,
+    Member,
+    WatchService,
+)
 
 log = logging.getLogger("quorumkv.api")
 
@@ -34,7 +41,7 @@ async def abort_unexpected(context: Any, exc: BaseException) -> NoReturn:
 
 
 class KVServicer(pb_grpc.KVServicer):
-    def __init__(self, server: QuorumServer) -> None:
+    def __init__(self, server: KVService) -> None:
         self.s = server
 
     async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:
@@ -69,7 +76,7 @@ class KVServicer(pb_grpc.KVServicer):
 
     async def Txn(self, request: pb.TxnRequest, context: Any) -> pb.TxnResponse:
         try:
-            validate.check_txn(request, self.s.settings.max_txn_ops)
+            validate.check_txn(request, self.s.max_txn_ops)
             validate.check_txn_intervals(request)
             resp = await self.s.txn(request)
         except EtcdError as err:
@@ -88,7 +95,7 @@ class KVServicer(pb_grpc.KVServicer):
 
 
 class WatchServicer(pb_grpc.WatchServicer):
-    def __init__(self, server: QuorumServer) -> None:
+    def __init__(self, server: WatchService) -> None:
         self.s = server
 
     async def Watch(self, request_iterator: AsyncIterator[pb.WatchRequest], context: Any
@@ -127,7 +134,7 @@ class WatchServicer(pb_grpc.WatchServicer):
 
 
 class LeaseServicer(pb_grpc.LeaseServicer):
-    def __init__(self, server: QuorumServer) -> None:
+    def __init__(self, server: LeaseService) -> None:
         self.s = server
 
     async def LeaseGrant(self, request: pb.LeaseGrantRequest, context: Any
@@ -177,7 +184,7 @@ class LeaseServicer(pb_grpc.LeaseServicer):
 
 
 class MaintenanceServicer(pb_grpc.MaintenanceServicer):
-    def __init__(self, server: QuorumServer) -> None:
+    def __init__(self, server: MaintenanceService) -> None:
         self.s = server
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
@@ -231,7 +238,7 @@ class MaintenanceServicer(pb_grpc.MaintenanceServicer):
 
 
 class ClusterServicer(pb_grpc.ClusterServicer):
-    def __init__(self, server: QuorumServer) -> None:
+    def __init__(self, server: ClusterService) -> None:
         self.s = server
 
     async def MemberList(self, request: pb.MemberListRequest, context: Any
@@ -276,7 +283,7 @@ class ClusterServicer(pb_grpc.ClusterServicer):
         return resp
 
 
-def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: QuorumServer,
+def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
                   instrument: Callable[[Any, str], None] | None = None) -> dict[str, Any]:
     """Register etcd's services on every server of ``grpc_servers`` (the same servicer objects on each);
     returns the servicers by service name ("KV", ...).

@@ -12,7 +12,7 @@ import threading
 from quorumkv.app import HttpOptions, RunningMember, TLSFiles, start_member
 from quorumkv.embed._handle import EmbedError, Handle, Isolation
 from quorumkv.server.config import ServerConfig
-from quorumkv.server.server import ServerSettings
+from quorumkv.server.settings import ServerSettings
 
 __all__ = ["InProcessHandle"]
 

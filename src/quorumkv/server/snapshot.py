@@ -202,7 +202,8 @@ def restore(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, n
     cluster whose members all start from the same Raft state: see ``schema.reset_raft_state``).
     ``data_dir`` must not exist or be empty. Raises SnapshotError (file) or ValueError (arguments).
     """
-    from quorumkv.server.server import compute_cluster_id, compute_member_id, parse_initial_cluster, to_i64
+    from quorumkv.server.identity import compute_cluster_id, compute_member_id, parse_initial_cluster
+    from quorumkv.storage.membership import to_i64
 
     src = Path(path)
     target = Path(data_dir)

@@ -1,0 +1,79 @@
+"""The KV side of a member (etcd's ``RaftKV``): ranges, puts, deletes, txns, compaction.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from quorumkv import errors
+from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.mvcc import store
+from quorumkv.server.apply import (
+    execute_range,
+    execute_read_only_txn,
+    put_cost_bytes,
+    txn_cost_bytes,
+)
+from quorumkv.server.entries import EntryKind
+from quorumkv.server.member import MemberCore
+from quorumkv.storage.backend import read_txn
+
+log = logging.getLogger("quorumkv.server")
+
+
+class MemberKV(MemberCore):
+    """Range/Put/DeleteRange/Txn/Compact."""
+
+    @property
+    def max_txn_ops(self) -> int:
+        """``--max-txn-ops``: the most operations a txn may hold (validated before it is proposed)."""
+        return self.settings.max_txn_ops
+
+    def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
+        if self.alarms and any(a == pb.AlarmType.CORRUPT for _, a in self.alarms):
+            raise errors.CORRUPT
+        reader = self.reader
+        try:
+            with read_txn(reader):
+                return execute_range(
+                    lambda rev, limit, count_only: store.range_at(
+                        reader, req.key, req.range_end, rev, limit=limit, count_only=count_only),
+                    req,
+                )
+        except store.CompactedError as exc:
+            raise errors.COMPACTED from exc
+        except store.FutureRevisionError as exc:
+            raise errors.FUTURE_REV from exc
+
+    async def put(self, req: pb.PutRequest) -> pb.PutResponse:
+        await self._check_quota(put_cost_bytes(req))
+        resp: pb.PutResponse = await self._propose(EntryKind.PUT, req.SerializeToString())
+        return resp
+
+    async def delete_range(self, req: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+        resp: pb.DeleteRangeResponse = await self._propose(EntryKind.DELETE_RANGE, req.SerializeToString())
+        return resp
+
+    async def txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
+        if is_txn_read_only(req):
+            await self.read_barrier()
+            with read_txn(self.reader):
+                return execute_read_only_txn(self.reader, req)
+        await self._check_quota(txn_cost_bytes(req))
+        resp: pb.TxnResponse = await self._propose(EntryKind.TXN, req.SerializeToString())
+        return resp
+
+    async def compact(self, req: pb.CompactionRequest) -> pb.CompactionResponse:
+        resp: pb.CompactionResponse = await self._propose(EntryKind.COMPACTION, req.SerializeToString())
+        return resp
+
+
+def is_txn_read_only(req: pb.TxnRequest) -> bool:
+    for ops in (req.success, req.failure):
+        for op in ops:
+            which = op.WhichOneof("request")
+            if which in ("request_put", "request_delete_range"):
+                return False
+            if which == "request_txn" and not is_txn_read_only(op.request_txn):
+                return False
+    return True

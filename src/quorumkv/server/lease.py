@@ -1,0 +1,100 @@
+"""The lease side of a member (etcd's ``Lessor`` front): grants and revokes through the log, clocks on the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from quorumkv import errors
+from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.errors import EtcdError
+from quorumkv.mvcc import store
+from quorumkv.server.apply import LEASE_OVERHEAD_BYTES
+from quorumkv.server.cluster import wrap_error
+from quorumkv.server.entries import EntryKind
+from quorumkv.server.member import MemberCore
+from quorumkv.storage.backend import read_txn
+
+log = logging.getLogger("quorumkv.server")
+
+
+class MemberLeases(MemberCore):
+    """LeaseGrant/Revoke/KeepAlive/TimeToLive/Leases, and expiry."""
+
+    async def lease_grant(self, req: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
+        await self._check_quota(LEASE_OVERHEAD_BYTES)
+        lease_id = req.ID or (self.ids.next() & ((1 << 63) - 1))
+        r = pb.LeaseGrantRequest(TTL=req.TTL, ID=lease_id)
+        resp: pb.LeaseGrantResponse = await self._propose(EntryKind.LEASE_GRANT, r.SerializeToString())
+        return resp
+
+    async def lease_revoke(self, req: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
+        resp: pb.LeaseRevokeResponse = await self._propose(EntryKind.LEASE_REVOKE, req.SerializeToString())
+        return resp
+
+    async def lease_renew(self, lease_id: int) -> int:
+        """KeepAlive: the lease's TTL after renewal, or 0 if it does not exist (etcd answers TTL 0).
+        Only the leader keeps lease clocks: a follower forwards the renewal to it."""
+        if not self._is_leader:
+            data = await self._call_leader("lease_renew", lease_id.to_bytes(8, "big", signed=True))
+            return int.from_bytes(data, "big", signed=True)
+        ttl = self.lessor.renew(lease_id)
+        return 0 if ttl is None else ttl
+
+    async def lease_time_to_live(self, req: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+        if not self._is_leader:
+            data = await self._call_leader("lease_ttl", req.SerializeToString())
+            resp = pb.LeaseTimeToLiveResponse.FromString(data)
+            resp.header.revision = max(resp.header.revision, self.current_revision)
+            return resp
+        return self._lease_time_to_live_here(req)
+
+    def _lease_time_to_live_here(self, req: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+        ttl = self.applier.leases.get(req.ID)
+        remaining = self.lessor.remaining_s(req.ID)
+        if ttl is None or remaining is None:
+            return pb.LeaseTimeToLiveResponse(header=pb.ResponseHeader(revision=self.current_revision),
+                                              ID=req.ID, TTL=-1)
+        resp = pb.LeaseTimeToLiveResponse(ID=req.ID, TTL=remaining, grantedTTL=ttl)
+        if req.keys:
+            with read_txn(self.reader):
+                resp.keys.extend(store.keys_with_lease(self.reader, req.ID))
+        resp.header.revision = self.current_revision
+        return resp
+
+    def lease_leases(self) -> pb.LeaseLeasesResponse:
+        resp = pb.LeaseLeasesResponse()
+        for lid in sorted(self.applier.leases):
+            resp.leases.add(ID=lid)
+        resp.header.revision = self.current_revision
+        return resp
+
+    async def _lease_expiry_loop(self) -> None:
+        """Revoke expired leases through the log (the decision uses the clock; the deletion does not)."""
+        while True:
+            await asyncio.sleep(0.5)
+            if not self._is_leader:
+                continue
+            for lid in self.lessor.expired():
+                asyncio.get_running_loop().create_task(self._revoke_expired(lid))
+
+    async def _revoke_expired(self, lease_id: int) -> None:
+        try:
+            await self._propose(EntryKind.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=lease_id).SerializeToString())
+        except EtcdError as exc:
+            if exc.message != errors.LEASE_NOT_FOUND.message:
+                self.lessor.revoke_failed(lease_id)
+
+    async def _handle_lease_renew(self, payload: bytes) -> bytes:
+        if not self._is_leader:
+            return wrap_error(errors.NOT_LEADER)
+        lease_id = int.from_bytes(payload, "big", signed=True)
+        ttl = self.lessor.renew(lease_id)
+        return b"\x00" + (0 if ttl is None else ttl).to_bytes(8, "big", signed=True)
+
+    async def _handle_lease_ttl(self, payload: bytes) -> bytes:
+        if not self._is_leader:
+            return wrap_error(errors.NOT_LEADER)
+        resp = self._lease_time_to_live_here(pb.LeaseTimeToLiveRequest.FromString(payload))
+        return b"\x00" + resp.SerializeToString()

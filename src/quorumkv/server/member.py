@@ -1,0 +1,184 @@
+"""The state every part of a member shares, and what they all use: the node, headers, proposals, reads.
+
+``QuorumServer`` is assembled from one class per etcd interface (``MemberKV``, ``MemberLeases``,
+``MemberCluster``, ``MemberMaintenance``, in ``server/kv.py`` …), as etcd's ``EtcdServer`` is one struct whose
+methods live in several files. Each of them derives from ``MemberCore``, which declares the shared attributes
+(set by ``QuorumServer.__init__``) and the methods one part calls on another. Everything runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from quorumkv import errors
+from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.errors import EtcdError
+from quorumkv.lease.lessor import Clock, Lessor
+from quorumkv.mvcc.watch import WatchHub
+from quorumkv.server.apply import Applier
+from quorumkv.server.entries import EntryKind
+from quorumkv.server.identity import IdGenerator
+from quorumkv.server.raft_node import RaftNode
+from quorumkv.server.settings import ServerSettings
+from quorumkv.storage import membership
+from quorumkv.storage.backend import Backend
+from quorumkv.storage.datadir import DataDir
+
+log = logging.getLogger("quorumkv.server")
+
+
+class _ProposalTimeout(Exception):
+    """A proposal's result did not arrive within ``--request-timeout`` (set on its future by a timer)."""
+
+
+def _expire_proposal(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(_ProposalTimeout())
+
+
+class MemberCore:
+    """Shared state and helpers of a member (see the module docstring)."""
+
+    settings: ServerSettings
+    clock: Clock
+    datadir: DataDir
+    backend: Backend
+    applier: Applier
+    reader: Any
+    lessor: Lessor
+    hub: WatchHub | None
+    ids: IdGenerator
+    member_id: int
+    cluster_id: int
+    alarms: frozenset[tuple[int, int]]
+    transport: Any
+    transport_factory: Any
+    joining: bool
+    join_peers: dict[str, list[str]]
+    bootstrap_members: list[membership.Member] | None
+    leader_changes: int
+    last_defrag_pause_s: float
+    _node: RaftNode | None
+    _allocated_bytes: int | None
+    _file_lock: asyncio.Lock
+    _is_leader: bool
+    _peer_urls: dict[int, list[str]]
+    _dial_map: dict[str, str]
+    _removed: asyncio.Event
+    _transport_starting: asyncio.Task[None] | None
+    _fsync_observer: Callable[[float], None] | None
+
+    # implemented by QuorumServer and the other parts
+    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> RaftNode:
+        raise NotImplementedError
+
+    async def _handle_lease_renew(self, payload: bytes) -> bytes:
+        raise NotImplementedError
+
+    async def _handle_lease_ttl(self, payload: bytes) -> bytes:
+        raise NotImplementedError
+
+    async def member_promote(self, req: pb.MemberPromoteRequest) -> pb.MemberPromoteResponse:
+        raise NotImplementedError
+
+    async def _call_leader(self, method: str, payload: bytes) -> bytes:
+        raise NotImplementedError
+
+    async def _transfer_leadership(self, target: int, timeout_s: float) -> None:
+        raise NotImplementedError
+
+    async def compact(self, req: pb.CompactionRequest) -> pb.CompactionResponse:
+        raise NotImplementedError
+
+    @property
+    def node(self) -> RaftNode:
+        if self._node is None:
+            raise errors.STOPPED  # a joining member before it has joined
+        return self._node
+
+    @property
+    def raft_term(self) -> int:
+        return self.node.term
+
+    def _header_for(self, revision: int) -> pb.ResponseHeader:
+        return pb.ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id, revision=revision,
+                                 raft_term=self.node.term)
+
+    def fill_header(self, header: pb.ResponseHeader) -> None:
+        header.cluster_id = self.cluster_id
+        header.member_id = self.member_id
+        header.raft_term = self.node.term
+
+    async def _propose(self, kind: int, payload: bytes) -> Any:
+        if len(payload) > self.settings.max_request_bytes:
+            raise errors.REQUEST_TOO_LARGE
+        node = self.node
+        if node.is_learner:
+            raise errors.NOT_SUPPORTED_FOR_LEARNER
+        request_id = self.ids.next()
+        fut = node.propose(kind, payload, request_id)
+        return await self._wait_applied(fut, request_id)
+
+    async def _wait_applied(self, fut: asyncio.Future[Any], request_id: int) -> Any:
+        """Wait a bounded time for a proposal: etcd's timeout errors, never a false success."""
+        node = self.node
+        lead_before = node.lead
+        # one timer on the proposal's own future (cheaper per request than wait_for + shield): on expiry it
+        # fails the future with _ProposalTimeout; a later result for it is dropped (the node checks done())
+        timer = asyncio.get_running_loop().call_later(self.settings.request_timeout_s, _expire_proposal, fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # the client went away (deadline, cancel): as etcd, a proposal still waiting for a leader is dropped
+            node.forget(request_id)
+            raise
+        except _ProposalTimeout:
+            node.forget(request_id)
+            if node.lead != lead_before or node.lead == 0:
+                raise errors.TIMEOUT_DUE_TO_LEADER_FAIL from None
+            raise errors.TIMEOUT from None
+        finally:
+            timer.cancel()
+
+    async def read_barrier(self) -> None:
+        """Before a linearizable read: wait until everything committed before now is applied here (ReadIndex).
+        A sole voter that leads needs nothing: it applies each entry before acknowledging it, and no other member
+        can be elected while it is the only voter, so its reads see every acknowledged write."""
+        node = self.node
+        if node.is_sole_voter and node.is_leader:
+            return
+        if node.is_learner:
+            raise errors.NOT_SUPPORTED_FOR_LEARNER
+        lead_before = node.lead
+        try:
+            await asyncio.wait_for(node.read_index(), self.settings.request_timeout_s)
+        except TimeoutError:
+            if node.lead == 0:
+                raise errors.NO_LEADER from None
+            if node.lead != lead_before:
+                raise errors.LEADER_CHANGED from None
+            raise errors.TIMEOUT from None
+
+    async def _check_quota(self, cost_bytes: int) -> None:
+        """etcd's quotaAlarmer: a write that would grow the store past the quota raises NOSPACE and fails."""
+        allocated = self._allocated_bytes
+        if allocated is None:  # at most once per applied batch, not once per request
+            allocated = self._allocated_bytes = self.backend.allocated_bytes(self.reader)
+        if allocated + cost_bytes < self.settings.quota_backend_bytes:
+            return
+        req = pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.AlarmType.NOSPACE)
+        if (self.member_id, pb.AlarmType.NOSPACE) not in self.alarms:
+            log.warning("database space exceeded: raising the NOSPACE alarm",
+                        extra={"quota-size-bytes": self.settings.quota_backend_bytes})
+            try:
+                await self._propose(EntryKind.ALARM, req.SerializeToString())
+            except EtcdError as exc:  # the write is refused either way
+                log.warning("raising NOSPACE failed: %s", exc.message)
+        raise errors.NO_SPACE
+
+    @property
+    def current_revision(self) -> int:
+        return self.hub.last_rev if self.hub is not None else self.applier.revision

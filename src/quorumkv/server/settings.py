@@ -1,0 +1,77 @@
+"""What a member needs from its configuration (a subset of ``ServerConfig``, units last)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ServerSettings:
+    """What the member needs from its configuration (a subset of ServerConfig, units last)."""
+
+    name: str = "default"
+    data_dir: str = "default.quorumkv"
+    advertise_client_urls: list[str] = field(default_factory=lambda: ["http://localhost:2379"])
+    initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
+    initial_cluster: str = ""
+    initial_cluster_token: str = "etcd-cluster"
+    max_request_bytes: int = 1572864
+    max_txn_ops: int = 128
+    election_timeout_ms: int = 1000
+    heartbeat_interval_ms: int = 100
+    watch_progress_notify_interval_ms: int = 600_000
+    #: etcd's --quota-backend-bytes after defaulting (0 on the command line means 2 GiB).
+    quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
+    auto_compaction_mode: str = "periodic"
+    #: Seconds (periodic) or revisions (revision); 0 disables auto-compaction.
+    auto_compaction_retention: int = 0
+    initial_cluster_state: str = "new"
+    listen_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
+    snapshot_count: int = 10_000
+    #: How long a write or linearizable read waits for the cluster; 0: etcd's 5 s plus two election timeouts.
+    request_timeout_ms: int = 0
+    #: Peer TLS (etcd's --peer-* flags): the peer service serves and dials TLS when cert and key are given.
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    peer_client_cert_auth: bool = False
+
+    @property
+    def request_timeout_s(self) -> float:
+        if self.request_timeout_ms > 0:
+            return self.request_timeout_ms / 1000
+        return 5.0 + 2 * self.election_timeout_ms / 1000
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ServerSettings:
+        return cls(
+            name=cfg.name,
+            data_dir=str(cfg.data_dir),
+            advertise_client_urls=list(cfg.advertise_client_urls),
+            initial_advertise_peer_urls=list(cfg.initial_advertise_peer_urls),
+            initial_cluster=cfg.initial_cluster,
+            initial_cluster_token=cfg.initial_cluster_token,
+            max_request_bytes=cfg.max_request_bytes,
+            max_txn_ops=cfg.max_txn_ops,
+            election_timeout_ms=cfg.election_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            watch_progress_notify_interval_ms=getattr(cfg, "watch_progress_notify_interval_ms", 600_000),
+            quota_backend_bytes=cfg.effective_quota_backend_bytes,
+            auto_compaction_mode=cfg.auto_compaction_mode,
+            auto_compaction_retention=cfg.auto_compaction_retention_parsed(),
+            initial_cluster_state=getattr(cfg, "initial_cluster_state", "new"),
+            listen_peer_urls=list(getattr(cfg, "listen_peer_urls", ["http://localhost:2380"])),
+            snapshot_count=int(getattr(cfg, "snapshot_count", 10_000)),
+            peer_cert_file=str(getattr(cfg, "peer_cert_file", "") or ""),
+            peer_key_file=str(getattr(cfg, "peer_key_file", "") or ""),
+            peer_trusted_ca_file=str(getattr(cfg, "peer_trusted_ca_file", "") or ""),
+            peer_client_cert_auth=bool(getattr(cfg, "peer_client_cert_auth", False)),
+        )
+
+    @property
+    def min_lease_ttl_seconds(self) -> int:
+        """etcd: ceil(1.5 x election timeout), in whole seconds."""
+        election_ticks = max(1, self.election_timeout_ms // max(1, self.heartbeat_interval_ms))
+        return max(1, math.ceil((3 * election_ticks // 2) * self.heartbeat_interval_ms / 1000))
