@@ -187,6 +187,20 @@ def test_real_etcd_snapshot_restores_into_quorumkv(tmp_path: Path) -> None:
     finally:
         qkv.stop()
 
+    # the stopped etcd's own database file (no SHA-256 trailer) restores with --skip-hash-check, as in etcdctl
+    raw = source.data_dir / "member" / "snap" / "db"
+    refused = quorumkvctl("snapshot", "restore", str(raw), "--data-dir", str(tmp_path / "raw-refused"))
+    assert refused.returncode != 0 and "--skip-hash-check" in refused.stderr
+    assert _status("quorumkvctl", raw) == _status("etcdctl", raw)
+    restored = quorumkvctl("snapshot", "restore", str(raw), "--data-dir", str(tmp_path / "raw-restored"),
+                           "--skip-hash-check")
+    assert restored.returncode == 0, restored.stderr
+    qkv = start_quorumkv(tmp_path / "qkv-raw", data_dir=tmp_path / "raw-restored")
+    try:
+        assert read_everything(qkv, marks["final"], marks["lease"]) == expected
+    finally:
+        qkv.stop()
+
 
 def test_damaged_etcd_snapshot_is_refused_by_restore(tmp_path: Path) -> None:
     """A file with a valid SHA-256 trailer over damaged bbolt content: one clear error, no data dir left."""

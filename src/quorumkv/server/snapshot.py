@@ -137,23 +137,36 @@ def save(db_path: Path, dest: Path, *, snapshot_format: str = FORMAT_ETCD) -> in
     return dest.stat().st_size
 
 
-def verify(path: Path) -> int:
-    """Check the framing and digest of a snapshot file; returns the content size. Raises SnapshotError."""
+def verify(path: Path, *, skip_hash_check: bool = False, accept_raw_etcd_db: bool = False) -> int:
+    """Check the framing and digest of a snapshot file; returns the content size. Raises SnapshotError.
+
+    ``skip_hash_check``: the trailing SHA-256 is not compared (etcdctl's ``--skip-hash-check``).
+    ``accept_raw_etcd_db`` (implied by ``skip_hash_check``): an etcd database without the digest (e.g. etcd's
+    ``member/snap/db``) is accepted as it is; its content is the whole file."""
     try:
         size = path.stat().st_size
+        with open(path, "rb") as fh:
+            start = fh.read(64)
     except OSError as exc:
         raise SnapshotError(f"cannot read snapshot {path}: {exc.strerror}") from None
     if size < DIGEST_BYTES + 512 or (size - DIGEST_BYTES) % 512 != 0:
+        raw_etcd = size >= 1024 and size % 512 == 0 and _content_format(start) == FORMAT_ETCD
+        if raw_etcd and (skip_hash_check or accept_raw_etcd_db):
+            return size
+        hint = " (an etcd database file without its hash needs --skip-hash-check)" if raw_etcd else ""
         raise SnapshotError(
             f"snapshot {path} is truncated or not a snapshot ({size} bytes; a snapshot is a whole number of "
-            "512-byte blocks plus a 32-byte SHA-256): save it again"
+            f"512-byte blocks plus a 32-byte SHA-256): save it again{hint}"
         )
     content = size - DIGEST_BYTES
+    if _content_format(start) is None:
+        raise SnapshotError(f"snapshot {path} holds neither an etcd (bbolt) database nor a quorumkv (SQLite) "
+                            "store: not a snapshot")
+    if skip_hash_check:
+        return content
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        head = fh.read(min(content, 1 << 20))
-        h.update(head)
-        left = content - len(head)
+        left = content
         while left > 0:
             chunk = fh.read(min(left, 1 << 20))
             if not chunk:
@@ -166,9 +179,6 @@ def verify(path: Path) -> int:
             f"snapshot {path} fails its SHA-256 integrity check (the file is corrupt or truncated): "
             "save a new snapshot"
         )
-    if _content_format(head) is None:
-        raise SnapshotError(f"snapshot {path} holds neither an etcd (bbolt) database nor a quorumkv (SQLite) "
-                            "store: not a snapshot")
     return content
 
 
@@ -183,7 +193,7 @@ def _content_format(head: bytes) -> str | None:
 def snapshot_format(path: str | os.PathLike[str]) -> str:
     """``etcd`` or ``sqlite``: the content format of a snapshot file (after ``verify``). Raises SnapshotError."""
     p = Path(path)
-    verify(p)
+    verify(p, accept_raw_etcd_db=True)
     return _file_format(p)
 
 
@@ -241,7 +251,7 @@ def snapshot_status(path: str | os.PathLike[str]) -> SnapshotStatus:
     bucket name, key and value; the last revision in the ``key`` bucket; keys in all buckets; database size).
     SQLite format: hash as the Hash RPC computes it, store revision, stored key revisions, content size."""
     p = Path(path)
-    content = verify(p)
+    content = verify(p, accept_raw_etcd_db=True)  # etcdctl reads a bare etcd database file too
     if _file_format(p) == FORMAT_ETCD:
         try:
             st = etcd_db.db_status(p)
@@ -266,12 +276,14 @@ def snapshot_status(path: str | os.PathLike[str]) -> SnapshotStatus:
 
 def restore(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, name: str = "default",
             initial_cluster: str = "", initial_cluster_token: str = "etcd-cluster",
-            initial_advertise_peer_urls: list[str] | None = None) -> RestoreResult:
+            initial_advertise_peer_urls: list[str] | None = None, skip_hash_check: bool = False) -> RestoreResult:
     """Build a new data dir from a snapshot: every key revision, lease and the store revision as saved.
 
     Membership is replaced by ``initial_cluster`` (default ``name=<initial_advertise_peer_urls>``) with
     member and cluster IDs computed as etcd does; the log starts empty and alarms are cleared (a new
-    cluster). ``data_dir`` must not exist or be empty. Raises SnapshotError (file) or ValueError (arguments).
+    cluster). ``data_dir`` must not exist or be empty. ``skip_hash_check``: as etcdctl's flag, the digest is not
+    checked and an etcd database without one (etcd's ``member/snap/db``) is accepted. Raises SnapshotError
+    (file) or ValueError (arguments).
     """
     from quorumkv.server.server import compute_cluster_id, compute_member_id, parse_initial_cluster, to_i64
 
@@ -288,7 +300,7 @@ def restore(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, n
                          f"--initial-advertise-peer-urls is {','.join(peer_urls)}: make them agree")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"data-dir {str(target)!r} exists: restore into a new (or empty) directory")
-    content = verify(src)
+    content = verify(src, skip_hash_check=skip_hash_check)
     ids = {n: compute_member_id(urls, initial_cluster_token) for n, urls in members.items()}
     cluster_id = compute_cluster_id(list(ids.values()))
     target.parent.mkdir(parents=True, exist_ok=True)
