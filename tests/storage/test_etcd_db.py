@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quorumkv.api.mvccpb import kv_pb2
@@ -185,5 +185,31 @@ def test_an_interrupted_compaction_is_finished_by_the_import(tmp_path: Path) -> 
             summary = etcd_db.import_db(path, conn)
         assert (summary.revision, summary.compact_revision) == (4, 3)
         assert [r for (r,) in target.writer.execute("SELECT rev FROM kv ORDER BY rev")] == [3, 4]
+    finally:
+        target.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(st.tuples(st.integers(min_value=0, max_value=1 << 20), st.integers(min_value=1, max_value=255)),
+                      min_size=1, max_size=3))
+def test_damaged_etcd_databases_import_or_fail_clearly(tmp_path: Path, flips: list[tuple[int, int]]) -> None:
+    good = tmp_path / "good-etcd.db"
+    if not good.exists():
+        _fill(tmp_path / "src.db").close()
+        with open(good, "wb+") as fh:
+            etcd_db.export_store(tmp_path / "src.db", fh)
+    data = bytearray(good.read_bytes())
+    for at, xor in flips:
+        data[at % len(data)] ^= xor
+    bad = tmp_path / "bad-etcd.db"
+    bad.write_bytes(bytes(data))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path / 'out.db'}{suffix}").unlink(missing_ok=True)
+    target = Backend(tmp_path / "out.db")
+    try:
+        with target.write_txn() as conn:
+            etcd_db.import_db(bad, conn)
+    except etcd_db.EtcdDbError as exc:
+        assert str(bad) in str(exc)
     finally:
         target.close()

@@ -61,6 +61,8 @@ _META_SUMMED_BYTES = _META.size - 8
 #: A bucket is written inline (inside its parent's leaf) when its page would be at most page_size / 4 bytes.
 _INLINE_RATIO = 4
 _MIN_PAGE_SIZE_BYTES = 512
+#: Branch levels a reader follows at most (a bbolt tree of 2^64 keys is far shallower; more means a damaged file).
+_MAX_TREE_DEPTH = 64
 _MAX_PAGE_SIZE_BYTES = 65536
 
 _FNV64_OFFSET = 0xCBF29CE484222325
@@ -373,15 +375,19 @@ class BboltFile:
                 raise self._error(f"has {where} whose element {i} points outside the page (damaged)")
             yield flags, bytes(buf[key_at:key_at + ksize]), bytes(buf[key_at + ksize:key_at + ksize + vsize])
 
-    def _walk(self, pgid: int, where: str, seen: set[int] | None, low: bytes | None, high: bytes | None
-              ) -> Iterator[tuple[int, bytes, bytes]]:
-        """Elements of the tree rooted at ``pgid`` in key order; keys must lie in [low, high)."""
+    def _walk(self, pgid: int, where: str, seen: set[int] | None, low: bytes | None, high: bytes | None,
+              depth: int = 0) -> Iterator[tuple[int, bytes, bytes]]:
+        """Elements of the tree rooted at ``pgid`` in key order; keys must lie in [low, high). ``seen``: pages
+        already reached (a fresh set when None), so a damaged file with a cycle is refused, not looped over."""
+        if depth > _MAX_TREE_DEPTH:
+            raise self._error(f"has a tree in {where} deeper than {_MAX_TREE_DEPTH} levels (damaged)")
         start, flags, count, end = self._page(pgid, FLAG_BRANCH | FLAG_LEAF)
-        if seen is not None:
-            span = set(self._span(pgid))
-            if span & seen:
-                raise self._error(f"has page {pgid} reachable twice in {where} (damaged)")
-            seen |= span
+        if seen is None:
+            seen = set()
+        span = set(self._span(pgid))
+        if span & seen:
+            raise self._error(f"has page {pgid} reachable twice in {where} (damaged)")
+        seen |= span
         page_where = f"{where}, page {pgid}"
         if flags & FLAG_LEAF:
             previous = low
@@ -412,7 +418,7 @@ class BboltFile:
             raise self._error(f"has keys out of order in {page_where} (damaged)")
         for i, (key, child) in enumerate(children):
             child_high = children[i + 1][0] if i + 1 < len(children) else high
-            yield from self._walk(child, where, seen, key if i else low, child_high)
+            yield from self._walk(child, where, seen, key if i else low, child_high, depth + 1)
 
     def _buckets(self, seen: set[int] | None) -> Iterator[tuple[bytes, bytes]]:
         for eflags, name, value in self._walk(self.meta.root_pgid, "the root bucket", seen, None, None):

@@ -311,9 +311,9 @@ def _import(src: Path, db: BboltFile, conn: sqlite3.Connection) -> ImportSummary
         max_rev = max(max_rev, main)
         count += 1
         if len(rows) >= 4096:
-            _insert_kv(conn, rows)
+            _insert_kv(src, conn, rows)
             rows = []
-    _insert_kv(conn, rows)
+    _insert_kv(src, conn, rows)
 
     meta = dict(db.items(BUCKET_META))
     compacted = {}
@@ -321,6 +321,8 @@ def _import(src: Path, db: BboltFile, conn: sqlite3.Connection) -> ImportSummary
         if name in meta:
             try:
                 compacted[name] = parse_revision_key(meta[name])[0]
+                if compacted[name] >= 1 << 63:
+                    raise ValueError("out of range")
             except ValueError:
                 raise EtcdDbError(f"{src} has a damaged meta.{name.decode()}: {meta[name].hex()}") from None
     compact_rev = compacted.get(b"finishedCompactRev", -1)
@@ -351,12 +353,12 @@ def _import(src: Path, db: BboltFile, conn: sqlite3.Connection) -> ImportSummary
             conn.execute("INSERT INTO member(id, name, peer_urls, client_urls, is_learner) VALUES (?,?,?,?,?)",
                          (member_id, str(doc.get("name", "")), ",".join(doc.get("peerURLs") or []),
                           ",".join(doc.get("clientURLs") or []), int(bool(doc.get("isLearner", False)))))
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise EtcdDbError(f"{src} has a damaged member {raw_id!r}: {exc}") from None
     for raw_id, _ in _bucket(db, names, BUCKET_MEMBERS_REMOVED):
         try:
             conn.execute("INSERT OR IGNORE INTO removed_member(id) VALUES (?)", (_signed(int(raw_id, 16)),))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise EtcdDbError(f"{src} has a damaged removed member {raw_id!r}") from None
     for raw_alarm, _ in _bucket(db, names, BUCKET_ALARM):
         try:
@@ -368,11 +370,12 @@ def _import(src: Path, db: BboltFile, conn: sqlite3.Connection) -> ImportSummary
     return ImportSummary(revision=revision, compact_revision=compact_rev, key_revisions=count, leases=leases)
 
 
-def _insert_kv(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes, bytes | None, int, int, int]]) -> None:
+def _insert_kv(src: Path, conn: sqlite3.Connection,
+               rows: list[tuple[int, int, bytes, bytes | None, int, int, int]]) -> None:
     try:
         insert_rows(conn, "INSERT INTO kv(rev, sub, key, value, create_rev, version, lease) VALUES ", 7, rows)
-    except sqlite3.IntegrityError as exc:
-        raise EtcdDbError(f"revision stored twice in the 'key' bucket ({exc})") from None
+    except (sqlite3.IntegrityError, OverflowError) as exc:
+        raise EtcdDbError(f"{src} has a revision stored twice or out of range in the 'key' bucket ({exc})") from None
 
 
 # -- status --------------------------------------------------------------------------------------------------------
