@@ -209,7 +209,7 @@ def store_buckets(conn: sqlite3.Connection) -> dict[bytes, Iterable[tuple[bytes,
     from it)."""
     meta = [(b"consistent_index", _u64(int(meta_get(conn, "applied_index", 0))))]
     compacted = int(meta_get(conn, "compact_revision", -1))
-    if compacted >= 1:
+    if compacted >= 0:  # etcd records a Compact(0) too
         meta += [(b"finishedCompactRev", revision_key(compacted, 0)),
                  (b"scheduledCompactRev", revision_key(compacted, 0))]
     leases = sorted((_u64(lease_id), encode_lease(lease_id, ttl, remaining))
