@@ -24,7 +24,14 @@ import pytest
 
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from quorumkv.testing.processes import ServerProcess, etcdctl_env, run_etcdctl, start_etcd, start_quorumkv
+from quorumkv.testing.processes import (
+    ETCDCTL_BIN,
+    ServerProcess,
+    etcdctl_env,
+    run_etcdctl,
+    start_etcd,
+    start_quorumkv,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("require_etcd_binaries")]
 
@@ -41,7 +48,7 @@ def quorumkvctl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def etcdctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["etcdctl", *args], capture_output=True, text=True, timeout=120, env=etcdctl_env(),
+    return subprocess.run([ETCDCTL_BIN, *args], capture_output=True, text=True, timeout=120, env=etcdctl_env(),
                           check=False)
 
 
