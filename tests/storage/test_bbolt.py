@@ -226,3 +226,13 @@ def test_damaged_bytes_are_refused_or_read_never_crash(tmp_path: Path, flips: li
         assert str(bad) in str(exc)
     else:  # damage that bbolt's layout cannot notice (inside a value, a shortened inline bucket) reads as data
         assert all(isinstance(k, bytes) and isinstance(v, bytes) for items in got.values() for k, v in items)
+
+
+def test_keys_bigger_than_a_page_make_overflowing_branch_pages(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    items = [(bytes([i]) * bbolt.MAX_KEY_BYTES, b"v%d" % i) for i in range(1, 6)]
+    write_db(path, {b"b": items}, page_size_bytes=512)
+    assert read_db(path) == {b"b": items}
+    assert bbolt.FLAG_BRANCH in _page_types(path)
+    with pytest.raises(BboltError, match="key of 32769 bytes"):
+        write_db(tmp_path / "too-big.db", {b"b": [(b"k" * (bbolt.MAX_KEY_BYTES + 1), b"")]})

@@ -174,7 +174,8 @@ class _PageWriter:
             used = 0
             for child in level:
                 size = _BRANCH_ELEMENT.size + len(child[0])
-                if group and used + size > capacity:
+                if len(group) >= 2 and used + size > capacity:  # two at least (overflowing if keys are big):
+                    # every level has at most half as many pages as the one below, so the loop ends
                     parents.append((group[0][0], self.write_page(FLAG_BRANCH, len(group), _branch_body(group))))
                     group, used = [], 0
                 group.append(child)
