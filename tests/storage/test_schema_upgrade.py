@@ -95,7 +95,7 @@ def test_a_schema_1_snapshot_restores_and_is_upgraded_when_opened(tmp_path: Path
     before = _fill(db)
     _make_schema_1(db)
     snap = tmp_path / "old.snapshot"
-    snapshot.save(db, snap)
+    snapshot.save(db, snap, snapshot_format=snapshot.FORMAT_SQLITE)  # the format quorumkv wrote with schema 1
     status = snapshot.snapshot_status(snap)  # five puts and a delete from revision 1; five kv rows (one tombstone)
     assert (status.revision, status.total_key) == (6, 5)
     restored = snapshot.restore(snap, tmp_path / "restored")

@@ -58,7 +58,7 @@ class MemberMaintenance(MemberCore):
         tmp = self.datadir.path / f"snapshot-{uuid.uuid4().hex}.tmp"
         try:
             async with self._file_lock:
-                size = await loop.run_in_executor(None, snapshot.copy_database, self.datadir.db_path, tmp)
+                size = await loop.run_in_executor(None, snapshot.export_etcd_database, self.datadir.db_path, tmp)
             log.info("sending database snapshot", extra={"size-bytes": size})
             for remaining, blob in snapshot.iter_chunks(tmp):
                 yield pb.SnapshotResponse(remaining_bytes=remaining, blob=blob)

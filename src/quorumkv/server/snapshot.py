@@ -1,14 +1,20 @@
 """Snapshot files: a point-in-time copy of the whole store, its status, and restoring a data dir from one.
 
-File format (``quorumkv-snapshot``): the bytes of a SQLite database holding the store (the data dir's schema,
-``PRAGMA user_version`` = schema version, rollback-journal mode), a whole number of pages, followed by the
-32-byte SHA-256 of those bytes. This is etcd's framing (``etcdctl snapshot save`` checks that the size is
-``n * 512 + 32`` and the Maintenance/Snapshot stream sends the digest as its last chunk), so real etcdctl can
-save a quorumkv snapshot; the content is SQLite, not bbolt, so only quorumkv can read it back.
+Two formats, both framed as etcd frames them (content, then the 32-byte SHA-256 of the content; the size is
+``n * 512 + 32``, which ``etcdctl snapshot save`` checks, and the Maintenance/Snapshot stream sends the digest
+as its last chunk):
+
+- ``etcd`` (written by ``save`` and the Snapshot stream): an etcd 3.4 backend database, bbolt with etcd's
+  buckets (``quorumkv.mvcc.etcd_db``). Real ``etcdctl snapshot status|restore`` read it, and quorumkv
+  restores snapshots saved from real etcd the same way: the migration path in both directions;
+- ``sqlite`` (what quorumkv wrote before; still restored, and written by ``save(..., snapshot_format="sqlite")``):
+  the bytes of a SQLite database holding the store (the data dir's schema, ``PRAGMA user_version`` = schema
+  version, rollback-journal mode), a whole number of pages.
 
 Invariants:
-- ``copy_database`` reads one consistent snapshot of the source (SQLite's backup API in a single step from a
-  private connection: a WAL read transaction, writers are not blocked);
+- a snapshot holds one revision: the etcd export reads everything in one SQLite read transaction;
+  ``copy_database`` uses SQLite's backup API in a single step (also one read transaction); writers are not
+  blocked by either;
 - ``verify`` is called before anything reads a snapshot's content; a truncated or altered file fails it with
   a message naming the file and the problem;
 - ``restore`` never touches an existing data dir: it builds the new one beside it and renames it into place.
@@ -25,9 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from quorumkv.mvcc import hashing
+from quorumkv.mvcc import etcd_db, hashing
 from quorumkv.storage import schema
-from quorumkv.storage.backend import SCHEMA_VERSION, UPGRADABLE_SCHEMA_VERSIONS, meta_get
+from quorumkv.storage.backend import SCHEMA_VERSION, UPGRADABLE_SCHEMA_VERSIONS, Backend, meta_get
 from quorumkv.storage.datadir import DATA_FORMAT, DB_FILE, FORMAT_FILE, fsync_dir
 
 DIGEST_BYTES = hashlib.sha256().digest_size
@@ -35,6 +41,10 @@ DIGEST_BYTES = hashlib.sha256().digest_size
 CHUNK_BYTES = 32 * 1024
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BBOLT_MAGIC = 0xED0CDAED
+#: Snapshot content formats (see the module docstring).
+FORMAT_ETCD = "etcd"
+FORMAT_SQLITE = "sqlite"
+SNAPSHOT_FORMATS = (FORMAT_ETCD, FORMAT_SQLITE)
 
 
 class SnapshotError(Exception):
@@ -75,6 +85,16 @@ def copy_database(db_path: Path, dest: Path) -> int:
     return dest.stat().st_size
 
 
+def export_etcd_database(db_path: Path, dest: Path) -> int:
+    """Write the store at ``db_path`` as an etcd 3.4 backend database (bbolt, no digest) to ``dest``, read in
+    one transaction; returns its size in bytes (a whole number of 4 KiB pages). The Snapshot stream's content."""
+    with open(dest, "wb+") as fh:
+        size = etcd_db.export_store(db_path, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return size
+
+
 def file_digest(path: Path, chunk_bytes: int = 1 << 20) -> bytes:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -99,10 +119,16 @@ def iter_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[in
     yield 0, h.digest()
 
 
-def save(db_path: Path, dest: Path) -> int:
-    """Write a snapshot file (content + digest) of the database at ``db_path``; returns its size in bytes."""
+def save(db_path: Path, dest: Path, *, snapshot_format: str = FORMAT_ETCD) -> int:
+    """Write a snapshot file (content + digest) of the database at ``db_path``; returns its size in bytes.
+    ``snapshot_format``: ``etcd`` (default) or ``sqlite`` (the format older quorumkv wrote)."""
+    if snapshot_format not in SNAPSHOT_FORMATS:
+        raise ValueError(f"unknown snapshot format {snapshot_format!r} (expected one of {SNAPSHOT_FORMATS})")
     part = dest.with_name(dest.name + ".part")
-    copy_database(db_path, part)
+    if snapshot_format == FORMAT_ETCD:
+        export_etcd_database(db_path, part)
+    else:
+        copy_database(db_path, part)
     with open(part, "ab") as fh:
         fh.write(file_digest(part))
         fh.flush()
@@ -111,23 +137,36 @@ def save(db_path: Path, dest: Path) -> int:
     return dest.stat().st_size
 
 
-def verify(path: Path) -> int:
-    """Check the framing and digest of a snapshot file; returns the content size. Raises SnapshotError."""
+def verify(path: Path, *, skip_hash_check: bool = False, accept_raw_etcd_db: bool = False) -> int:
+    """Check the framing and digest of a snapshot file; returns the content size. Raises SnapshotError.
+
+    ``skip_hash_check``: the trailing SHA-256 is not compared (etcdctl's ``--skip-hash-check``).
+    ``accept_raw_etcd_db`` (implied by ``skip_hash_check``): an etcd database without the digest (e.g. etcd's
+    ``member/snap/db``) is accepted as it is; its content is the whole file."""
     try:
         size = path.stat().st_size
+        with open(path, "rb") as fh:
+            start = fh.read(64)
     except OSError as exc:
         raise SnapshotError(f"cannot read snapshot {path}: {exc.strerror}") from None
     if size < DIGEST_BYTES + 512 or (size - DIGEST_BYTES) % 512 != 0:
+        raw_etcd = size >= 1024 and size % 512 == 0 and _content_format(start) == FORMAT_ETCD
+        if raw_etcd and (skip_hash_check or accept_raw_etcd_db):
+            return size
+        hint = " (an etcd database file without its hash needs --skip-hash-check)" if raw_etcd else ""
         raise SnapshotError(
             f"snapshot {path} is truncated or not a snapshot ({size} bytes; a snapshot is a whole number of "
-            "512-byte blocks plus a 32-byte SHA-256): save it again"
+            f"512-byte blocks plus a 32-byte SHA-256): save it again{hint}"
         )
     content = size - DIGEST_BYTES
+    if _content_format(start) is None:
+        raise SnapshotError(f"snapshot {path} holds neither an etcd (bbolt) database nor a quorumkv (SQLite) "
+                            "store: not a snapshot")
+    if skip_hash_check:
+        return content
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        head = fh.read(min(content, 1 << 20))
-        h.update(head)
-        left = content - len(head)
+        left = content
         while left > 0:
             chunk = fh.read(min(left, 1 << 20))
             if not chunk:
@@ -140,11 +179,34 @@ def verify(path: Path) -> int:
             f"snapshot {path} fails its SHA-256 integrity check (the file is corrupt or truncated): "
             "save a new snapshot"
         )
-    if not head.startswith(_SQLITE_MAGIC):
-        kind = "an etcd (bbolt) snapshot" if len(head) > 20 and int.from_bytes(head[16:20], "little") == \
-            _BBOLT_MAGIC else "not a quorumkv snapshot"
-        raise SnapshotError(f"snapshot {path} is {kind}: quorumkv restores only snapshots taken from quorumkv")
     return content
+
+
+def _content_format(head: bytes) -> str | None:
+    if head.startswith(_SQLITE_MAGIC):
+        return FORMAT_SQLITE
+    if len(head) >= 20 and int.from_bytes(head[16:20], "little") == _BBOLT_MAGIC:
+        return FORMAT_ETCD
+    return None
+
+
+def snapshot_format(path: str | os.PathLike[str]) -> str:
+    """``etcd`` or ``sqlite``: the content format of a snapshot file (after ``verify``). Raises SnapshotError."""
+    p = Path(path)
+    verify(p, accept_raw_etcd_db=True)
+    return _file_format(p)
+
+
+def _file_format(path: Path) -> str:
+    """The content format of a snapshot ``verify`` accepted."""
+    try:
+        with open(path, "rb") as fh:
+            kind = _content_format(fh.read(64))
+    except OSError as exc:
+        raise SnapshotError(f"cannot read snapshot {path}: {exc.strerror}") from None
+    if kind is None:
+        raise SnapshotError(f"snapshot {path} changed while being read")
+    return kind
 
 
 def _extract(path: Path, content_bytes: int, dest: Path) -> None:
@@ -156,6 +218,18 @@ def _extract(path: Path, content_bytes: int, dest: Path) -> None:
             left -= len(chunk)
         dst.flush()
         os.fsync(dst.fileno())
+
+
+def _import_etcd(path: Path, db: Path) -> None:
+    """A new quorumkv store at ``db`` holding the etcd database in snapshot ``path``."""
+    backend = Backend(db)
+    try:
+        with backend.write_txn() as conn:
+            etcd_db.import_db(path, conn)
+    except etcd_db.EtcdDbError as exc:
+        raise SnapshotError(f"snapshot {path} cannot be restored: {exc}") from None
+    finally:
+        backend.close()
 
 
 def _open_content(path: Path, db: Path) -> sqlite3.Connection:
@@ -173,9 +247,17 @@ def _open_content(path: Path, db: Path) -> sqlite3.Connection:
 
 
 def snapshot_status(path: str | os.PathLike[str]) -> SnapshotStatus:
-    """Hash (as the Hash RPC computes it), revision, stored key revisions and content size of a snapshot."""
+    """What ``etcdctl snapshot status`` prints. etcd format: exactly etcdctl 3.4's numbers (CRC-32C of every
+    bucket name, key and value; the last revision in the ``key`` bucket; keys in all buckets; database size).
+    SQLite format: hash as the Hash RPC computes it, store revision, stored key revisions, content size."""
     p = Path(path)
-    content = verify(p)
+    content = verify(p, accept_raw_etcd_db=True)  # etcdctl reads a bare etcd database file too
+    if _file_format(p) == FORMAT_ETCD:
+        try:
+            st = etcd_db.db_status(p)
+        except etcd_db.EtcdDbError as exc:
+            raise SnapshotError(f"snapshot {p} is damaged: {exc}") from None
+        return SnapshotStatus(hash=st.hash, revision=st.revision, total_key=st.total_key, total_size=st.total_size)
     with tempfile.TemporaryDirectory(prefix="quorumkv-snapshot-status-") as tmp:
         db = Path(tmp) / DB_FILE
         _extract(p, content, db)
@@ -194,13 +276,15 @@ def snapshot_status(path: str | os.PathLike[str]) -> SnapshotStatus:
 
 def restore(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, name: str = "default",
             initial_cluster: str = "", initial_cluster_token: str = "etcd-cluster",
-            initial_advertise_peer_urls: list[str] | None = None) -> RestoreResult:
+            initial_advertise_peer_urls: list[str] | None = None, skip_hash_check: bool = False) -> RestoreResult:
     """Build a new data dir from a snapshot: every key revision, lease and the store revision as saved.
 
     Membership is replaced by ``initial_cluster`` (default ``name=<initial_advertise_peer_urls>``) with
     member and cluster IDs computed as etcd does; the log starts empty and alarms are cleared (a new
     cluster whose members all start from the same Raft state: see ``schema.reset_raft_state``).
-    ``data_dir`` must not exist or be empty. Raises SnapshotError (file) or ValueError (arguments).
+    ``data_dir`` must not exist or be empty. ``skip_hash_check``: as etcdctl's flag, the digest is not checked
+    and an etcd database without one (etcd's ``member/snap/db``) is accepted. Raises SnapshotError (file) or
+    ValueError (arguments).
     """
     from quorumkv.server.identity import compute_cluster_id, compute_member_id, parse_initial_cluster
     from quorumkv.storage.membership import to_i64
@@ -218,14 +302,17 @@ def restore(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, n
                          f"--initial-advertise-peer-urls is {','.join(peer_urls)}: make them agree")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"data-dir {str(target)!r} exists: restore into a new (or empty) directory")
-    content = verify(src)
+    content = verify(src, skip_hash_check=skip_hash_check)
     ids = {n: compute_member_id(urls, initial_cluster_token) for n, urls in members.items()}
     cluster_id = compute_cluster_id(list(ids.values()))
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.restore-", dir=target.parent))
     try:
         db = work / DB_FILE
-        _extract(src, content, db)
+        if _file_format(src) == FORMAT_ETCD:
+            _import_etcd(src, db)
+        else:
+            _extract(src, content, db)
         conn = _open_content(src, db)
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -516,14 +516,17 @@ def start_etcd(
     extra_args: Sequence[str] = (),
     *,
     ready_timeout_s: float | None = 30.0,
+    data_dir: Path | None = None,
 ) -> ServerProcess:
     """Start a real single-member etcd on free loopback ports, data and log under ``tmp_dir``.
 
     Waits until it serves reads unless ``ready_timeout_s`` is None (then call
-    :meth:`ServerProcess.wait_ready` yourself).
+    :meth:`ServerProcess.wait_ready` yourself). ``data_dir`` (default: a fresh directory under ``tmp_dir``)
+    reuses an existing data dir, e.g. one made by ``etcdctl snapshot restore``.
     """
     etcd = shutil.which(ETCD_BIN) or ETCD_BIN
-    return _start("etcd", Path(tmp_dir), name, [etcd], extra_args, _clean_env(), ready_timeout_s)
+    return _start("etcd", Path(tmp_dir), name, [etcd], extra_args, _clean_env(), ready_timeout_s,
+                  data_dir=data_dir)
 
 
 def quorumkv_src_dir() -> Path:

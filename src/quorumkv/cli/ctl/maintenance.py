@@ -1,4 +1,8 @@
-"""``alarm list|disarm``, ``defrag``, ``snapshot save``, ``move-leader`` and ``version``."""
+"""``alarm list|disarm``, ``defrag``, ``snapshot save|status|restore``, ``move-leader`` and ``version``.
+
+Snapshots: ``save`` streams the server's snapshot (etcd's format: a bbolt database plus its SHA-256);
+``status`` and ``restore`` read etcd-format snapshots (from quorumkv or a real etcd) and quorumkv's older SQLite
+snapshots, printing what etcdctl 3.4 prints."""
 
 from __future__ import annotations
 
@@ -228,12 +232,16 @@ def snapshot_restore_cmd(settings: Settings, args: list[str], data_dir: str, ini
         raise CtlError(EXIT_BAD_ARGS, "snapshot restore requires exactly one argument")
     target = data_dir or f"{name}.quorumkv"
     peers = [u.strip() for u in initial_advertise_peer_urls.split(",") if u.strip()]
+    # etcdctl 3.4 logs "restoring snapshot" before and "restored snapshot" after (both etcd and SQLite snapshots)
+    write_err(zap_line("info", "snapshot/v3_snapshot.go:296", "restoring snapshot", path=args[0],
+                       **{"data-dir": target}) + "\n")
     try:
         result = restore(args[0], target, name=name, initial_cluster=initial_cluster,
-                         initial_cluster_token=initial_cluster_token, initial_advertise_peer_urls=peers)
+                         initial_cluster_token=initial_cluster_token, initial_advertise_peer_urls=peers,
+                         skip_hash_check=skip_hash_check)
     except (SnapshotError, ValueError, OSError) as exc:
         raise CtlError(EXIT_ERROR, str(exc)) from exc
-    write_err(zap_line("info", "snapshot/v3_snapshot.go:296", "restored snapshot", path=args[0],
+    write_err(zap_line("info", "snapshot/v3_snapshot.go:309", "restored snapshot", path=args[0],
                        **{"data-dir": str(result.data_dir), "revision": result.revision,
                           "member-id": f"{result.member_id:x}", "cluster-id": f"{result.cluster_id:x}"}) + "\n")
 
