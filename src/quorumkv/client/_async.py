@@ -253,6 +253,13 @@ class AsyncWatch:
             for event in response.events:
                 yield event
 
+    async def request_progress(self) -> None:
+        """Ask the server for a progress notification on the current stream (no-op before it exists)."""
+        from quorumkv.api.etcdserverpb import rpc_pb2
+
+        if self._call is not None:
+            await self._call.write(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+
     def close(self) -> None:
         """Cancel the stream; idempotent."""
         self._closed = True

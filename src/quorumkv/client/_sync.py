@@ -226,6 +226,7 @@ class Watch:
         self._closed = threading.Event()
         self._call: Any = None
         self._call_lock = threading.Lock()
+        self._outbox: queue.Queue[rpc_pb2.WatchRequest] = queue.Queue()
         self.created = threading.Event()
         self.reconnects = 0
         self._thread = threading.Thread(target=self._run, name="quorumkv-watch", daemon=True)
@@ -236,19 +237,27 @@ class Watch:
         """The revision the watch delivers next (0 until the first stream was created)."""
         return self._cursor.next_rev
 
-    def _requests(self, stop: threading.Event) -> Iterator[rpc_pb2.WatchRequest]:
+    def _requests(self, stop: threading.Event, outbox: queue.Queue[rpc_pb2.WatchRequest]) -> Iterator[Any]:
         yield self._cursor.create_request()
-        while not stop.wait(0.5) and not self._closed.is_set():
-            pass
+        while not stop.is_set() and not self._closed.is_set():
+            try:
+                yield outbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def request_progress(self) -> None:
+        """Ask the server for a progress notification (a response with no events once the watch caught up)."""
+        self._outbox.put(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
 
     def _run(self) -> None:
         broken_since: float | None = None
         while not self._closed.is_set():
             ep = self._transport.current
             stop = threading.Event()
+            self._outbox = queue.Queue()
             error: BaseException | None = None
             try:
-                call = self._transport.stub(ep, "Watch").Watch(self._requests(stop),
+                call = self._transport.stub(ep, "Watch").Watch(self._requests(stop, self._outbox),
                                                                  metadata=self._transport.metadata())
                 with self._call_lock:
                     self._call = call
