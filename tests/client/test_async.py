@@ -1,0 +1,66 @@
+"""The asyncio client against etcd 3.4 and quorumkv (watches are in test_watch.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from quorumkv.client import (
+    AsyncClient,
+    FutureRevisionError,
+    GetResult,
+    LeaseExpiredError,
+    PutResult,
+    create_revision,
+    get,
+    put,
+    value,
+)
+from quorumkv.testing.processes import ServerProcess
+
+
+async def test_async_kv_txn_and_maintenance(server: ServerProcess, ns: str) -> None:
+    async with AsyncClient([server.client_url]) as c:
+        put_result = await c.put(ns + "a", b"1")
+        assert isinstance(put_result, PutResult)
+        kv = await c.get(ns + "a")
+        assert kv is not None and kv.value == b"1"
+        await c.put(ns + "b", "2")
+        assert (await c.get_prefix(ns)).count == 2
+        assert [x.key for x in (await c.get_range(ns + "a", ns + "b")).kvs] == [(ns + "a").encode()]
+        r = await c.txn().if_(value(ns + "a") == "1").then(put(ns + "a", "x"), get(ns + "a")).commit()
+        assert r.succeeded and isinstance(r.responses[1], GetResult) and r.responses[1].kvs[0].value == b"x"
+        r2 = await c.txn().if_(create_revision(ns + "a") == 0).then(put(ns + "a", "y")).commit()
+        assert not r2.succeeded
+        with pytest.raises(FutureRevisionError):
+            await c.get(ns + "a", revision=put_result.header.revision + 10_000)
+        assert (await c.delete_prefix(ns)).deleted == 2
+        status = await c.status()
+        assert status.leader == status.header.member_id
+        assert len(await c.members()) == 1
+        assert await c.alarms() == ()
+
+
+async def test_async_managed_lease(server: ServerProcess, ns: str) -> None:
+    async with AsyncClient(server.client_url) as c:
+        async with c.lease(ttl=2) as managed:
+            await c.put(ns + "k", "v", lease=managed.id)
+            for _ in range(100):
+                if managed.keepalives >= 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert managed.keepalives >= 3 and managed.alive
+            assert await c.get(ns + "k") is not None
+        assert await c.get(ns + "k") is None
+        assert (await c.lease_time_to_live(managed.id)).ttl == -1
+
+        errors: list[object] = []
+        lost = await c.lease(ttl=2, on_error=errors.append).grant()
+        await c.lease_revoke(lost.id)
+        for _ in range(100):
+            if lost.error is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert isinstance(lost.error, LeaseExpiredError) and errors == [lost.error] and not lost.alive
+        await lost.close()
