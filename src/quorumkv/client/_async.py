@@ -22,6 +22,7 @@ from quorumkv.client._conn import (
     channel_credentials,
     channel_options,
     is_auth_expired,
+    not_sent,
     parse_endpoints,
     should_failover,
     status_name,
@@ -35,7 +36,7 @@ from quorumkv.client._errors import (
     UnavailableError,
     from_rpc_error,
 )
-from quorumkv.client._sync import _STUBS
+from quorumkv.client._sync import _RETIRED_KEPT, _STUBS
 from quorumkv.client._txn import (
     Compare,
     KeyLike,
@@ -84,6 +85,7 @@ class _AsyncTransport:
         self._user, self._password = user, password
         self._token: str | None = None
         self._channels: dict[str, Any] = {}
+        self._retired: list[Any] = []
         self._stubs: dict[tuple[str, str], Any] = {}
         self._index = 0
         self.closed = False
@@ -110,6 +112,16 @@ class _AsyncTransport:
                 self._channels[endpoint] = channel
             found = self._stubs[(endpoint, service)] = _STUBS[service](channel)
         return found
+
+    async def renew_channel(self, endpoint: str) -> None:
+        """See ``_sync._Transport.renew_channel``."""
+        old = self._channels.pop(endpoint, None)
+        for service in _STUBS:
+            self._stubs.pop((endpoint, service), None)
+        if old is not None:
+            self._retired.append(old)
+        while len(self._retired) > _RETIRED_KEPT:
+            await self._retired.pop(0).close()
 
     async def metadata(self, call_method: str = "") -> tuple[tuple[str, str], ...] | None:
         if self._user is None or call_method == "Authenticate":
@@ -153,6 +165,8 @@ class _AsyncTransport:
                     reauthed = True
                     await self._authenticate()
                     continue
+                if not_sent(code, details):
+                    await self.renew_channel(ep)
                 if endpoint is None and attempt < self.max_retries and should_failover(code, details, call.idempotent):
                     attempt += 1
                     self.rotate(ep)
@@ -164,8 +178,9 @@ class _AsyncTransport:
 
     async def close(self) -> None:
         self.closed = True
-        channels = list(self._channels.values())
+        channels = list(self._channels.values()) + self._retired
         self._channels.clear()
+        self._retired = []
         self._stubs.clear()
         for channel in channels:
             await channel.close()
@@ -243,6 +258,8 @@ class AsyncWatch:
                                            "UNAVAILABLE")
                 self.reconnects += 1
                 self._cursor.on_reconnect()
+                if error is not None and not_sent(*status_name(error)):
+                    await self._transport.renew_channel(ep)
                 self._transport.rotate(ep)
                 await asyncio.sleep(min(0.05 * self.reconnects, 0.5))
         finally:

@@ -33,10 +33,11 @@ _NOT_SENT_MARKERS = (
 #: Stream errors after which a watch or keep-alive reconnects (anything else is raised to the caller).
 RESUMABLE_CODES = frozenset({"UNAVAILABLE", "INTERNAL", "UNKNOWN", "CANCELLED", "DEADLINE_EXCEEDED"})
 
+#: Quick reconnects to a member that comes back. (Not ``grpc.min_reconnect_backoff_ms``: gRPC also uses it as the
+#: connect timeout, and a TLS handshake on a busy host can take longer than a short one.)
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.enable_http_proxy", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.max_receive_message_length", 2**31 - 1),
     ("grpc.max_send_message_length", 2**31 - 1),

@@ -23,6 +23,7 @@ from quorumkv.client._conn import (
     channel_credentials,
     channel_options,
     is_auth_expired,
+    not_sent,
     parse_endpoints,
     should_failover,
     status_name,
@@ -80,6 +81,10 @@ _STUBS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+#: Replaced channels kept open (a call may still be starting on one) before they are closed.
+_RETIRED_KEPT = 8
+
+
 class _Transport:
     """Channels to every endpoint, the current endpoint, auth token, and the retry loop (see ``_conn``)."""
 
@@ -95,6 +100,7 @@ class _Transport:
         self._token: str | None = None
         self._lock = threading.Lock()
         self._channels: dict[str, Any] = {}
+        self._retired: list[Any] = []
         self._stubs: dict[tuple[str, str], Any] = {}
         self._index = 0
         self.closed = False
@@ -124,6 +130,20 @@ class _Transport:
                     self._channels[endpoint] = channel
                 found = self._stubs[(endpoint, service)] = _STUBS[service](channel)
             return found
+
+    def renew_channel(self, endpoint: str) -> None:
+        """Replace the channel to an endpoint that could not be reached: a fresh channel dials at once instead of
+        waiting out gRPC's reconnect backoff. The old one is closed later (a call may still be starting on it)."""
+        with self._lock:
+            old = self._channels.pop(endpoint, None)
+            for service in _STUBS:
+                self._stubs.pop((endpoint, service), None)
+            if old is not None:
+                self._retired.append(old)
+            stale = self._retired[:-_RETIRED_KEPT] if len(self._retired) > _RETIRED_KEPT else []
+            del self._retired[: len(stale)]
+        for channel in stale:
+            channel.close()
 
     def metadata(self, call_method: str = "") -> tuple[tuple[str, str], ...] | None:
         if self._user is None or call_method == "Authenticate":
@@ -168,6 +188,8 @@ class _Transport:
                     reauthed = True
                     self._authenticate()
                     continue
+                if not_sent(code, details):
+                    self.renew_channel(ep)
                 if endpoint is None and attempt < self.max_retries and should_failover(code, details, call.idempotent):
                     attempt += 1
                     self.rotate(ep)
@@ -180,8 +202,9 @@ class _Transport:
     def close(self) -> None:
         with self._lock:
             self.closed = True
-            channels = list(self._channels.values())
+            channels = list(self._channels.values()) + self._retired
             self._channels.clear()
+            self._retired = []
             self._stubs.clear()
         for channel in channels:
             channel.close()
@@ -289,6 +312,8 @@ class Watch:
                 return
             self.reconnects += 1
             self._cursor.on_reconnect()
+            if error is not None and not_sent(*status_name(error)):
+                self._transport.renew_channel(ep)
             self._transport.rotate(ep)
             self._closed.wait(min(0.05 * self.reconnects, 0.5))
         self._queue.put(_END)
