@@ -5,6 +5,7 @@ One cluster serves the module; each test restarts the member it killed.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from quorumkv.client import Client, EtcdError, Event, create_revision, put
+from quorumkv.client import AsyncClient, Client, EtcdError, Event, create_revision, put
 from quorumkv.testing.cluster import Cluster, start_quorumkv_cluster
 
 pytestmark = [pytest.mark.timeout(240)]
@@ -107,3 +108,41 @@ def test_lease_keepalive_survives_a_leader_change(cluster: Cluster) -> None:
             assert client.get("lease-lc/k") is not None
             assert client.lease_time_to_live(managed.id).ttl > 0
     cluster.restart(old)
+
+
+async def test_async_watch_resumes_when_the_connected_member_is_killed(cluster: Cluster) -> None:
+    cluster.wait_ready(timeout_s=WAIT_S)
+    victim = cluster.members[1].name
+    writes, kill_at = 100, 30
+    async with AsyncClient(endpoints_starting_with(cluster, victim), timeout=20.0) as client:
+        start = (await client.put("afo/start", "x")).header.revision
+        watch = client.watch_prefix("afo/k/", start_revision=start + 1)
+
+        async def write_all() -> None:
+            for i in range(writes):
+                if i == kill_at:
+                    await asyncio.to_thread(cluster.kill, victim)
+                key = f"afo/k/{i:04d}"
+                for attempt in range(60):
+                    try:
+                        await client.txn().if_(create_revision(key) == 0).then(put(key, str(i))).commit()
+                        break
+                    except EtcdError:
+                        await asyncio.sleep(0.1 * min(attempt + 1, 5))
+                else:
+                    raise AssertionError(f"write {i} did not succeed in 60 attempts")
+
+        async def collect() -> list[Event]:
+            out: list[Event] = []
+            async for event in watch:
+                out.append(event)
+                if len(out) == writes:
+                    break
+            return out
+
+        collector = asyncio.ensure_future(collect())
+        await asyncio.wait_for(write_all(), 120)
+        events = await asyncio.wait_for(collector, 60)
+        assert watch.reconnects >= 1
+    assert [e.kv.key.decode() for e in events] == [f"afo/k/{i:04d}" for i in range(writes)]
+    cluster.restart(victim)

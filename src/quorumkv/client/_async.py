@@ -174,6 +174,8 @@ class _AsyncTransport:
                     left = deadline.remaining()
                     await asyncio.sleep(pause if left is None else min(pause, left))
                     continue
+                if endpoint is None and code == "UNAVAILABLE":
+                    self.rotate(ep)  # not resent, but the next call goes elsewhere
                 raise from_rpc_error(err) from None
 
     async def close(self) -> None:

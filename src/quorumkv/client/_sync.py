@@ -197,6 +197,8 @@ class _Transport:
                     left = deadline.remaining()
                     time.sleep(pause if left is None else min(pause, left))
                     continue
+                if endpoint is None and code == "UNAVAILABLE":
+                    self.rotate(ep)  # not resent, but the next call goes elsewhere
                 raise from_rpc_error(err) from None
 
     def close(self) -> None:
