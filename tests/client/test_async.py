@@ -8,6 +8,7 @@ import pytest
 
 from quorumkv.client import (
     AsyncClient,
+    DeadlineExceededError,
     FutureRevisionError,
     GetResult,
     LeaseExpiredError,
@@ -64,3 +65,58 @@ async def test_async_managed_lease(server: ServerProcess, ns: str) -> None:
             await asyncio.sleep(0.1)
         assert isinstance(lost.error, LeaseExpiredError) and errors == [lost.error] and not lost.alive
         await lost.close()
+
+
+async def test_async_lock_excludes_and_times_out(server: ServerProcess, ns: str) -> None:
+    inside = 0
+    peak = 0
+
+    async def worker(client: AsyncClient) -> None:
+        nonlocal inside, peak
+        async with client.lock(ns + "mutex", ttl=10, timeout=30):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.05)
+            inside -= 1
+
+    clients = [AsyncClient(server.client_url) for _ in range(3)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(worker(c) for c in clients)), 60)
+        assert peak == 1
+        holder = clients[0].lock(ns + "m", ttl=10)
+        await holder.acquire()
+        with pytest.raises(DeadlineExceededError):
+            await clients[1].lock(ns + "m", ttl=10, timeout=0.5).acquire()
+        await holder.release()
+        async with clients[1].lock(ns + "m", ttl=10, timeout=10) as got:
+            assert got.key is not None
+        assert (await clients[2].get_prefix(ns)).count == 0
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_async_election(server: ServerProcess, ns: str) -> None:
+    async with AsyncClient(server.client_url) as a, AsyncClient(server.client_url) as b:
+        first, second = a.election(ns + "e", ttl=10), b.election(ns + "e", ttl=10)
+        await first.campaign("one", timeout=10)
+        seen: list[bytes] = []
+
+        async def observe() -> None:
+            async for kv in b.election(ns + "e").observe():
+                seen.append(kv.value)
+                if kv.value == b"two":
+                    return
+
+        observer = asyncio.ensure_future(observe())
+        contender = asyncio.ensure_future(second.campaign("two", timeout=30))
+        await asyncio.sleep(0.5)
+        assert not contender.done() and first.is_leader
+        await first.resign()
+        await asyncio.wait_for(contender, 15)
+        await asyncio.wait_for(observer, 15)
+        assert second.is_leader and seen == [b"one", b"two"]
+        leader = await second.leader()
+        assert leader is not None and leader.value == b"two"
+        await second.resign()
+        assert await second.leader() is None

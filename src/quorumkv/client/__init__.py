@@ -16,6 +16,7 @@ write twice; watches resume from the next revision; managed leases report keep-a
 from __future__ import annotations
 
 from quorumkv.client._async import AsyncClient, AsyncLease, AsyncTxn, AsyncWatch
+from quorumkv.client._async_recipes import AsyncElection, AsyncLock
 from quorumkv.client._errors import (
     AuthenticationError,
     CompactedError,
@@ -75,7 +76,9 @@ from quorumkv.client._types import (
 __all__ = [
     "Alarm",
     "AsyncClient",
+    "AsyncElection",
     "AsyncLease",
+    "AsyncLock",
     "AsyncTxn",
     "AsyncWatch",
     "AuthenticationError",

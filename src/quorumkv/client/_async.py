@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -65,6 +65,9 @@ from quorumkv.client._types import (
     TxnResult,
     WatchResponse,
 )
+
+if TYPE_CHECKING:
+    from quorumkv.client._async_recipes import AsyncElection, AsyncLock
 
 __all__ = ["AsyncClient", "AsyncLease", "AsyncTxn", "AsyncWatch"]
 
@@ -508,6 +511,18 @@ class AsyncClient:
                      progress_notify: bool = False, reconnect_timeout: float = 60.0) -> AsyncWatch:  # fmt: skip
         return self.watch(prefix, prefix=True, start_revision=start_revision, prev_kv=prev_kv,
                           progress_notify=progress_notify, reconnect_timeout=reconnect_timeout)
+
+    def lock(self, name: KeyLike, *, ttl: int = 60, timeout: float | None = None) -> AsyncLock:
+        """A distributed mutex: ``async with client.lock("name"): ...``."""
+        from quorumkv.client._async_recipes import AsyncLock
+
+        return AsyncLock(self, name, ttl=ttl, timeout=timeout)
+
+    def election(self, name: KeyLike, *, ttl: int = 60) -> AsyncElection:
+        """A leader election (``await e.campaign(v)``, ``await e.leader()``, ``async for kv in e.observe()``)."""
+        from quorumkv.client._async_recipes import AsyncElection
+
+        return AsyncElection(self, name, ttl=ttl)
 
     async def close(self) -> None:
         for w in self._watches:
