@@ -8,7 +8,7 @@ import time
 import pytest
 
 from quorumkv.client import Client, DeadlineExceededError, EtcdError, KeyValue, LeaseExpiredError
-from quorumkv.testing.processes import ServerProcess
+from quorumkv.testing.processes import ServerProcess, start_etcdctl
 
 WAIT_S = 15.0
 
@@ -135,3 +135,20 @@ def test_election_campaign_leader_observe_resign(client: Client, server: ServerP
         assert now is not None and now.value == b"beta"
         second.resign()
     assert client.get_prefix(name + "/").count == 0
+
+
+def test_lock_interoperates_with_etcdctl_lock(client: Client, server: ServerProcess, ns: str) -> None:
+    with client.lock(ns + "shared", ttl=10, timeout=10):
+        other = start_etcdctl(server.client_url, "lock", ns + "shared", "echo", "etcdctl-got-it")
+        try:
+            assert not other.wait_lines(1, timeout_s=1.5)  # blocked behind our key
+            assert client.get_prefix(ns + "shared/").count == 2
+        except BaseException:
+            other.stop()
+            raise
+    try:
+        assert other.wait_lines(1, timeout_s=WAIT_S), other.stderr
+        assert "etcdctl-got-it" in other.stdout
+        assert other.wait_exit(WAIT_S) == 0
+    finally:
+        other.stop()
