@@ -152,3 +152,12 @@ def test_lock_interoperates_with_etcdctl_lock(client: Client, server: ServerProc
         assert other.wait_exit(WAIT_S) == 0
     finally:
         other.stop()
+
+
+def test_closing_the_client_revokes_its_managed_leases(client: Client, server: ServerProcess) -> None:
+    other = Client(server.client_url)
+    managed = other.lease(ttl=30).grant()
+    assert client.lease_time_to_live(managed.id).ttl > 0
+    other.close()
+    assert not managed.alive
+    assert client.lease_time_to_live(managed.id).ttl == -1

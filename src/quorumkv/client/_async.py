@@ -320,6 +320,7 @@ class AsyncLease:
             granted = await self._client.lease_grant(self.granted_ttl)
             self.id, self.granted_ttl = granted.id, granted.ttl
             self._task = asyncio.get_running_loop().create_task(self._run())
+            self._client._leases = [x for x in self._client._leases if not x._stopped] + [self]
         return self
 
     def _fail(self, err: EtcdError) -> None:
@@ -382,6 +383,7 @@ class AsyncClient:
                                           cert=cert, key=key, server_name=server_name, user=user,
                                           password=password)
         self._watches: list[AsyncWatch] = []
+        self._leases: list[AsyncLease] = []
 
     @property
     def endpoint(self) -> str:
@@ -525,9 +527,15 @@ class AsyncClient:
         return AsyncElection(self, name, ttl=ttl)
 
     async def close(self) -> None:
+        """Cancel open watches, stop and revoke managed leases, close every channel; idempotent."""
         for w in self._watches:
             w.close()
         self._watches.clear()
+        leases, self._leases = self._leases, []
+        for managed in leases:
+            if not managed._stopped:
+                with contextlib.suppress(EtcdError):
+                    await managed.close()
         await self._transport.close()
 
     async def __aenter__(self) -> AsyncClient:

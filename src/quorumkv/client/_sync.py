@@ -395,6 +395,7 @@ class Lease:
             self.id, self.granted_ttl = granted.id, granted.ttl
             self._thread = threading.Thread(target=self._run, name=f"quorumkv-lease-{self.id:x}", daemon=True)
             self._thread.start()
+            self._client._leases = [x for x in self._client._leases if not x._stop.is_set()] + [self]
         return self
 
     def _fail(self, err: EtcdError) -> None:
@@ -465,6 +466,7 @@ class Client:
         self._transport = _Transport(endpoints, timeout=timeout, max_retries=max_retries, ca_cert=ca_cert,
                                      cert=cert, key=key, server_name=server_name, user=user, password=password)
         self._watches: list[Watch] = []
+        self._leases: list[Lease] = []
 
     @property
     def endpoint(self) -> str:
@@ -637,10 +639,17 @@ class Client:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Cancel open watches and close every channel; idempotent."""
+        """Cancel open watches, stop and revoke managed leases, close every channel; idempotent."""
         for w in self._watches:
             w.close()
         self._watches.clear()
+        leases, self._leases = self._leases, []
+        for managed in leases:
+            if not managed._stop.is_set():
+                try:
+                    managed.close()
+                except EtcdError:
+                    pass  # the server is gone: the lease expires on its own
         self._transport.close()
 
     def __enter__(self) -> Client:
