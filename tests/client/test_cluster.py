@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_kv import check_membership_calls
 
 from quorumkv.client import AsyncClient, Client, EtcdError, Event, create_revision, put
 from quorumkv.testing.cluster import Cluster, start_quorumkv_cluster
@@ -87,6 +88,13 @@ def test_watch_resumes_exactly_once_when_the_connected_member_is_killed(cluster:
     assert revisions == sorted(set(revisions))
     assert watch_reconnects >= 1
     cluster.restart(victim)
+
+
+def test_membership_calls_on_a_cluster(cluster: Cluster) -> None:
+    cluster.wait_ready(timeout_s=WAIT_S)
+    with Client([m.grpc_target for m in cluster.members], timeout=20.0) as client:
+        check_membership_calls(client)
+        assert len(client.members()) == 3
 
 
 def test_lease_keepalive_survives_a_leader_change(cluster: Cluster) -> None:

@@ -11,9 +11,11 @@ from quorumkv.client import (
     CompactedError,
     DeleteResult,
     EmptyKeyError,
+    EtcdError,
     FutureRevisionError,
     GetResult,
     LeaseNotFoundError,
+    MemberNotFoundError,
     PutResult,
     create_revision,
     delete,
@@ -24,7 +26,7 @@ from quorumkv.client import (
     value,
     version,
 )
-from quorumkv.testing.processes import ServerProcess
+from quorumkv.testing.processes import ServerProcess, free_port
 
 
 def test_put_get_delete_str_and_bytes(client: Client, ns: str) -> None:
@@ -161,3 +163,30 @@ def test_client_accepts_many_endpoint_forms(server: ServerProcess) -> None:
         kv = by_target.get("endpoint-forms")
         assert kv is not None and kv.value == b"1"
     assert by_url._transport.closed
+
+
+def check_membership_calls(client: Client) -> None:
+    """Add a learner (never started), update its URLs, fail to promote it, remove it."""
+    before = len(client.members())
+    added = client.member_add([f"http://127.0.0.1:{free_port()}"], is_learner=True)
+    assert added.member is not None and added.member.is_learner and len(added.members) == before + 1
+    new_url = f"http://127.0.0.1:{free_port()}"
+    updated = client.member_update(added.member.id, [new_url])
+    assert any(m.peer_urls == (new_url,) for m in updated.members)
+    with pytest.raises(EtcdError) as not_ready:
+        client.member_promote(added.member.id)
+    assert not_ready.value.code == "FAILED_PRECONDITION" and "learner" in not_ready.value.message
+    assert len(client.member_remove(added.member.id).members) == before
+    with pytest.raises(MemberNotFoundError):
+        client.member_remove(added.member.id)
+
+
+def test_membership_calls(client: Client, server: ServerProcess) -> None:
+    if server.kind == "quorumkv":
+        # A single quorumkv member says plainly that it cannot change membership (the cluster test runs the
+        # same calls against a 3-member quorumkv cluster).
+        with pytest.raises(EtcdError) as unsupported:
+            client.member_add([f"http://127.0.0.1:{free_port()}"], is_learner=True)
+        assert unsupported.value.code == "UNIMPLEMENTED"
+        return
+    check_membership_calls(client)
