@@ -141,8 +141,9 @@ def test_lock_interoperates_with_etcdctl_lock(client: Client, server: ServerProc
     with client.lock(ns + "shared", ttl=10, timeout=10):
         other = start_etcdctl(server.client_url, "lock", ns + "shared", "echo", "etcdctl-got-it")
         try:
-            assert not other.wait_lines(1, timeout_s=1.5)  # blocked behind our key
-            assert client.get_prefix(ns + "shared/").count == 2
+            # etcdctl queued its own key behind ours and waits
+            assert wait_for(lambda: client.get_prefix(ns + "shared/").count == 2), other.stderr
+            assert not other.wait_lines(1, timeout_s=1.0)
         except BaseException:
             other.stop()
             raise
