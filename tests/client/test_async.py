@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from quorumkv.client import (
     FutureRevisionError,
     GetResult,
     LeaseExpiredError,
+    LeaseNotFoundError,
     PutResult,
     create_revision,
     get,
@@ -120,3 +122,21 @@ async def test_async_election(server: ServerProcess, ns: str) -> None:
         assert leader is not None and leader.value == b"two"
         await second.resign()
         assert await second.leader() is None
+
+
+async def test_async_leases_and_maintenance(server: ServerProcess, ns: str, tmp_path: Path) -> None:
+    async with AsyncClient(server.client_url) as c:
+        granted = await c.lease_grant(30)
+        await c.put(ns + "k", "v", lease=granted.id)
+        assert granted.id in await c.leases()
+        info = await c.lease_time_to_live(granted.id, keys=True)
+        assert info.granted_ttl == 30 and info.keys == ((ns + "k").encode(),)
+        assert await c.lease_keep_alive_once(granted.id) == 30
+        await c.lease_revoke(granted.id)
+        with pytest.raises(LeaseNotFoundError):
+            await c.lease_revoke(granted.id)
+        assert (await c.hash_kv()).hash != 0
+        await c.defragment()
+        size = await c.snapshot(tmp_path / "snap.db")
+        assert size > 0 and (tmp_path / "snap.db").stat().st_size == size
+        assert (await c.status(endpoint=c.endpoint)).version.startswith("3.")

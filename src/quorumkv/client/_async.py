@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -469,16 +470,24 @@ class AsyncClient:
         tmp = target.with_name(target.name + ".part")
         stream = self._transport.stub(endpoint or self.endpoint, "Maintenance").Snapshot(
             rpc_pb2.SnapshotRequest(), metadata=await self._transport.metadata())
-        chunks: list[bytes] = []
+        size = 0
+        fh = await asyncio.to_thread(open, tmp, "wb")
         try:
-            async for chunk in stream:
-                chunks.append(bytes(chunk.blob))
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-        data = b"".join(chunks)
-        await asyncio.to_thread(tmp.write_bytes, data)
+            try:
+                async for chunk in stream:
+                    await asyncio.to_thread(fh.write, chunk.blob)
+                    size += len(chunk.blob)
+            except grpc.RpcError as err:
+                raise from_rpc_error(err) from None
+            await asyncio.to_thread(fh.flush)
+            await asyncio.to_thread(os.fsync, fh.fileno())
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        fh.close()
         tmp.replace(target)
-        return len(data)
+        return size
 
     async def lease_grant(self, ttl: int, lease_id: int = 0) -> LeaseGrant:
         return await self._transport.run(codec.lease_grant_call(ttl, lease_id))
