@@ -28,6 +28,7 @@ from quorumkv.client._conn import (
     should_failover,
     status_name,
     watch_failed,
+    with_require_leader,
 )
 from quorumkv.client._errors import (
     DeadlineExceededError,
@@ -239,7 +240,7 @@ class AsyncWatch:
                 error: BaseException | None = None
                 try:
                     call = self._call = self._transport.stub(ep, "Watch").Watch(
-                        metadata=await self._transport.metadata())
+                        metadata=with_require_leader(await self._transport.metadata()))
                     await call.write(self._cursor.create_request())
                     while True:
                         m = await call.read()
@@ -335,6 +336,7 @@ class AsyncLease:
         expires_at = time.monotonic() + self.granted_ttl
         while not self._stopped:
             await asyncio.sleep(interval)
+            endpoint = self._client._transport.current
             try:
                 ttl = await self._client._transport.run(
                     Call("Lease", "LeaseKeepAlive", codec.keepalive_request(self.id), lambda m: int(m.TTL), True),
@@ -347,6 +349,8 @@ class AsyncLease:
                     self._fail(LeaseExpiredError(f"lease {self.id:x} could not be renewed before it expired: "
                                                  f"{err.message}", err.code))
                     return
+                if isinstance(err, DeadlineExceededError):
+                    self._client._transport.rotate(endpoint)  # idempotent: try a member that answers
                 interval = 0.2
                 continue
             if ttl <= 0:

@@ -44,6 +44,15 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+#: etcd's "require leader" metadata: a member without a leader cancels the watch stream ("etcdserver: no
+#: leader", UNAVAILABLE) instead of keeping it open silently, so the watch resumes on another member.
+REQUIRE_LEADER = (("hasleader", "true"),)
+
+
+def with_require_leader(md: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...]:
+    return (md or ()) + REQUIRE_LEADER
+
+
 def parse_endpoints(endpoints: str | Sequence[str]) -> tuple[tuple[str, ...], bool]:
     """``host:port`` targets and whether any endpoint said ``https://``; accepts a comma-separated string."""
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)

@@ -28,6 +28,7 @@ from quorumkv.client._conn import (
     should_failover,
     status_name,
     watch_failed,
+    with_require_leader,
 )
 from quorumkv.client._errors import (
     DeadlineExceededError,
@@ -283,7 +284,7 @@ class Watch:
             error: BaseException | None = None
             try:
                 call = self._transport.stub(ep, "Watch").Watch(self._requests(stop, self._outbox),
-                                                                 metadata=self._transport.metadata())
+                                                                 metadata=with_require_leader(self._transport.metadata()))
                 with self._call_lock:
                     self._call = call
                 if self._closed.is_set():
@@ -411,6 +412,7 @@ class Lease:
         expires_at = time.monotonic() + self.granted_ttl
         transport = self._client._transport
         while not self._stop.wait(interval):
+            endpoint = transport.current
             try:
                 ttl = transport.run(Call("Lease", "LeaseKeepAlive", codec.keepalive_request(self.id),
                                          lambda m: int(m.TTL), True), timeout=max(min(interval, 5.0), 1.0))
@@ -422,6 +424,8 @@ class Lease:
                     self._fail(LeaseExpiredError(f"lease {self.id:x} could not be renewed before it expired: "
                                                  f"{err.message}", err.code))
                     return
+                if isinstance(err, DeadlineExceededError):
+                    transport.rotate(endpoint)  # a keep-alive is idempotent: try a member that answers
                 interval = 0.2
                 continue
             if ttl <= 0:
