@@ -5,7 +5,10 @@ from __future__ import annotations
 import abc
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from quorumkv.client import AsyncClient, Client
 
 __all__ = ["EmbedError", "Handle", "Isolation"]
 
@@ -65,6 +68,20 @@ class Handle(abc.ABC):
     def restarts(self) -> int:
         """How many times the supervisor restarted a crashed child (always 0 in-process)."""
         return 0
+
+    def client(self, **options: Any) -> Client:
+        """A :class:`quorumkv.client.Client` for this member's client endpoints (close it yourself, or use
+        ``with handle.client() as c:``). ``options`` go to the client (``timeout``, ``ca_cert``, ``user``, ...);
+        for https listeners pass the TLS options the member expects."""
+        from quorumkv.client import Client
+
+        return Client(self.client_endpoints, **options)
+
+    def async_client(self, **options: Any) -> AsyncClient:
+        """An :class:`quorumkv.client.AsyncClient` for this member (create it inside the event loop that uses it)."""
+        from quorumkv.client import AsyncClient
+
+        return AsyncClient(self.client_endpoints, **options)
 
     @abc.abstractmethod
     def wait_ready(self, timeout_s: float = 30.0) -> None:
