@@ -403,3 +403,8 @@ def save_applied(conn: sqlite3.Connection, applied_index: int, revision: int) ->
     conn.execute(
         "INSERT INTO meta(name, value) VALUES ('applied_index', ?), ('revision', ?) "
         "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (applied_index, revision))
+
+
+def stored_revision_count(conn: sqlite3.Connection) -> int:
+    """How many key revisions are stored (tombstones included): ``snapshot status``'s total for a SQLite file."""
+    return int(conn.execute("SELECT count(*) FROM kv").fetchone()[0])

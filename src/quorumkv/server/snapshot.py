@@ -31,9 +31,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from quorumkv.mvcc import etcd_db, hashing
-from quorumkv.storage import schema
-from quorumkv.storage.backend import SCHEMA_VERSION, UPGRADABLE_SCHEMA_VERSIONS, Backend, meta_get
+from quorumkv.mvcc import etcd_db, hashing, store
+from quorumkv.storage import leases, membership, schema
+from quorumkv.storage.backend import (
+    SCHEMA_VERSION,
+    UPGRADABLE_SCHEMA_VERSIONS,
+    Backend,
+    copy_database,
+    immediate_txn,
+    open_store_file,
+    read_txn,
+    set_wal_mode,
+)
 from quorumkv.storage.datadir import DATA_FORMAT, DB_FILE, FORMAT_FILE, fsync_dir
 
 DIGEST_BYTES = hashlib.sha256().digest_size
@@ -67,22 +76,6 @@ class RestoreResult:
     member_id: int
     cluster_id: int
     revision: int
-
-
-def copy_database(db_path: Path, dest: Path) -> int:
-    """Write a consistent copy of the database at ``db_path`` to ``dest``; returns its size in bytes."""
-    src = sqlite3.connect(db_path, isolation_level=None, timeout=30.0)
-    try:
-        src.execute("PRAGMA query_only=1")
-        dst = sqlite3.connect(dest, isolation_level=None)
-        try:
-            src.backup(dst)  # pages=-1: one step, one read transaction on the source
-            dst.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            dst.close()
-    finally:
-        src.close()
-    return dest.stat().st_size
 
 
 def export_etcd_database(db_path: Path, dest: Path) -> int:
@@ -233,16 +226,14 @@ def _import_etcd(path: Path, db: Path) -> None:
 
 
 def _open_content(path: Path, db: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(db, isolation_level=None)
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION and version not in UPGRADABLE_SCHEMA_VERSIONS:  # older: upgraded on first open
-            raise SnapshotError(f"snapshot {path} has schema version {version}, this quorumkv reads "
-                                f"{SCHEMA_VERSION}; use the quorumkv version that wrote it")
-        conn.execute("SELECT count(*) FROM kv").fetchone()
+        conn, version = open_store_file(db)
     except sqlite3.DatabaseError as exc:
-        conn.close()
         raise SnapshotError(f"snapshot {path} does not hold a quorumkv store ({exc})") from None
+    if version != SCHEMA_VERSION and version not in UPGRADABLE_SCHEMA_VERSIONS:  # older: upgraded on first open
+        conn.close()
+        raise SnapshotError(f"snapshot {path} has schema version {version}, this quorumkv reads "
+                            f"{SCHEMA_VERSION}; use the quorumkv version that wrote it")
     return conn
 
 
@@ -263,13 +254,13 @@ def snapshot_status(path: str | os.PathLike[str]) -> SnapshotStatus:
         _extract(p, content, db)
         conn = _open_content(p, db)
         try:
-            conn.execute("BEGIN")
-            return SnapshotStatus(
-                hash=hashing.hash_backend(conn),
-                revision=int(meta_get(conn, "revision", 1)),
-                total_key=int(conn.execute("SELECT count(*) FROM kv").fetchone()[0]),
-                total_size=content,
-            )
+            with read_txn(conn):
+                return SnapshotStatus(
+                    hash=hashing.hash_backend(conn),
+                    revision=store.current_revision(conn),
+                    total_key=store.stored_revision_count(conn),
+                    total_size=content,
+                )
         finally:
             conn.close()
 
@@ -287,7 +278,6 @@ def restore(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, n
     ValueError (arguments).
     """
     from quorumkv.server.identity import compute_cluster_id, compute_member_id, parse_initial_cluster
-    from quorumkv.storage.membership import to_i64
 
     src = Path(path)
     target = Path(data_dir)
@@ -315,21 +305,17 @@ def restore(path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, n
             _extract(src, content, db)
         conn = _open_content(src, db)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM member")
-            conn.execute("DELETE FROM alarm")
-            conn.execute("DELETE FROM raft_log")
-            for n, urls in members.items():
-                conn.execute("INSERT INTO member(id, name, peer_urls, client_urls, is_learner) VALUES (?,?,?,'',0)",
-                             (to_i64(ids[n]), n, ",".join(urls)))
-            schema.save_identity(conn, ids[name], cluster_id)
-            # as etcd's restore: a new cluster of exactly these members, its state machine at index N (the
-            # number of members), committed and applied, at term 1 -- every restored member starts from the same
-            # Raft state, so they form one cluster and none of them leads without a quorum
-            schema.reset_raft_state(conn, list(ids.values()), index=len(ids))
-            revision = int(meta_get(conn, "revision", 1))
-            conn.execute("COMMIT")
-            conn.execute("PRAGMA journal_mode=WAL")
+            with immediate_txn(conn):
+                membership.replace_members(
+                    conn, [membership.Member(ids[n], n, list(urls)) for n, urls in members.items()])
+                leases.clear_alarms(conn)
+                schema.save_identity(conn, ids[name], cluster_id)
+                # as etcd's restore: a new cluster of exactly these members, its state machine at index N (the
+                # number of members), committed and applied, at term 1 -- every restored member starts from the
+                # same Raft state, so they form one cluster and none of them leads without a quorum
+                schema.reset_raft_state(conn, list(ids.values()), index=len(ids))
+                revision = store.current_revision(conn)
+            set_wal_mode(conn)
         finally:
             conn.close()
         with open(work / FORMAT_FILE, "w", encoding="utf-8") as fh:

@@ -422,3 +422,50 @@ def rollback_to(conn: sqlite3.Connection, name: str) -> None:
 
 def release(conn: sqlite3.Connection, name: str) -> None:
     conn.execute(f"RELEASE {name}")
+
+
+@contextmanager
+def immediate_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction on a private connection (tools: restore, offline rewrites): committed on success,
+    rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def set_wal_mode(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+
+
+def copy_database(db_path: Path, dest: Path) -> int:
+    """Write a consistent copy of the database at ``db_path`` to ``dest`` (rollback-journal mode, one read
+    transaction on the source: writers are not blocked); returns its size in bytes."""
+    src = sqlite3.connect(db_path, isolation_level=None, timeout=30.0)
+    try:
+        src.execute("PRAGMA query_only=1")
+        dst = sqlite3.connect(dest, isolation_level=None)
+        try:
+            src.backup(dst)  # pages=-1: one step, one read transaction on the source
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    return dest.stat().st_size
+
+
+def open_store_file(db: Path) -> tuple[sqlite3.Connection, int]:
+    """Open a store file that is not a running member's (a snapshot's content): the connection and its schema
+    version. Raises ``sqlite3.DatabaseError`` if it is not a quorumkv store."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        conn.execute("SELECT count(*) FROM kv").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    return conn, version

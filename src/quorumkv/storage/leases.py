@@ -34,3 +34,7 @@ def insert_alarm(conn: sqlite3.Connection, member_id: int, alarm: int) -> None:
 
 def delete_alarm(conn: sqlite3.Connection, member_id: int, alarm: int) -> None:
     conn.execute("DELETE FROM alarm WHERE member_id = ? AND alarm = ?", (to_i64(member_id), alarm))
+
+
+def clear_alarms(conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM alarm")

@@ -101,3 +101,10 @@ def apply_attributes(conn: sqlite3.Connection, m: Member) -> None:
 def apply_peer_urls(conn: sqlite3.Connection, m: Member) -> None:
     """MemberUpdate: new peer URLs for an existing member."""
     conn.execute("UPDATE member SET peer_urls=? WHERE id=?", (",".join(m.peer_urls), to_i64(m.id)))
+
+
+def replace_members(conn: sqlite3.Connection, members: list[Member]) -> None:
+    """The member list becomes exactly ``members`` (a restored cluster's)."""
+    conn.execute("DELETE FROM member")
+    for m in members:
+        upsert_member(conn, m)
