@@ -253,11 +253,22 @@ async def _start_http(url: str, srv: HttpServer, tls: TLSFiles | None) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
+#: Test-only: ``advertisedPeerURL=dialURL,...`` (set by ``quorumkv.testing.cluster`` to route links through fault
+#: proxies); malformed pairs are ignored.
+PEER_DIAL_MAP_ENV = "QUORUMKV_TEST_PEER_DIAL_MAP"
+
+
+def peer_dial_map_from_env(text: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
+
+
 async def start_member(settings: ServerSettings, listen_client_urls: list[str],
                        tls: TLSFiles | None = None, http: HttpOptions | None = None) -> RunningMember:
     """Open the data dir, start the member, its gRPC listeners and its HTTP listeners (``http``: metrics,
     health, JSON gateway); raise on any startup problem."""
     http = http or HttpOptions()
+    if not settings.peer_dial_map:
+        settings.peer_dial_map = peer_dial_map_from_env(os.environ.get(PEER_DIAL_MAP_ENV, ""))
     stats = ServerStats(extensive=http.metrics == "extensive")
     server = QuorumServer(settings, on_applied_hooks=[stats.on_applied], fsync_observer=stats.observe_commit)
     if server._node is not None:  # a joining member creates its node once it has joined

@@ -49,6 +49,8 @@ class MemTransport:
         self.hub, self.member_id, self.cluster_id, self.on_messages = hub, member_id, cluster_id, on_messages
         self.handlers: dict[str, Callable[[bytes], Awaitable[bytes]]] = {}
         self.peers: dict[int, list[str]] = {}
+        self.open_methods: set[str] = set()
+        self.on_removed: Callable[[int], None] | None = None
 
     def register_handler(self, method: str, fn: Callable[[bytes], Awaitable[bytes]]) -> None:
         self.handlers[method] = fn

@@ -21,6 +21,12 @@ from quorumkv.storage.backend import meta_set, read_txn
 
 log = logging.getLogger("quorumkv.server")
 
+#: etcd promotes a learner once its match index is at least this fraction of the leader's last index.
+LEARNER_READY_FRACTION = 0.9
+#: Publishing this member's attributes is retried after this long (after a failure; as a learner).
+PUBLISH_RETRY_S = 0.5
+PUBLISH_RETRY_LEARNER_S = 1.0
+
 
 class MemberCluster(MemberCore):
     """Peers, leadership and MemberAdd/Remove/Update/Promote/List."""
@@ -60,9 +66,8 @@ class MemberCluster(MemberCore):
         self.transport.register_handler("lease_ttl", self._handle_lease_ttl)
         self.transport.register_handler("member_promote", self._handle_member_promote)
         self.transport.register_handler("cluster_info", self._handle_cluster_info)
-        if hasattr(self.transport, "open_methods"):
-            self.transport.open_methods.add("cluster_info")
-            self.transport.on_removed = self._on_refused_as_removed
+        self.transport.open_methods.add("cluster_info")
+        self.transport.on_removed = self._on_refused_as_removed
         await self.transport.start(list(self.settings.listen_peer_urls))
         if self.joining:
             await self._join()
@@ -143,10 +148,11 @@ class MemberCluster(MemberCore):
                         + "; ".join(errors_seen))
 
     def _dial_urls(self, urls: list[str]) -> list[str]:
-        """Peer URLs to dial: as advertised, unless the test-only ``QUORUMKV_TEST_PEER_DIAL_MAP``
+        """Peer URLs to dial: as advertised, unless the test-only ``settings.peer_dial_map`` (from
+        ``QUORUMKV_TEST_PEER_DIAL_MAP``
         (``advertisedURL=dialURL,...``, set by ``quorumkv.testing.cluster`` to route links through fault proxies)
         says otherwise."""
-        return [self._dial_map.get(u, u) for u in urls]
+        return [self.settings.peer_dial_map.get(u, u) for u in urls]
 
     def _sync_peers(self) -> None:
         """Point the transport at the current member list (after start and after each membership change)."""
@@ -233,10 +239,10 @@ class MemberCluster(MemberCore):
                 return
             except EtcdError as exc:
                 if exc is errors.NOT_SUPPORTED_FOR_LEARNER or exc.message == errors.NOT_SUPPORTED_FOR_LEARNER.message:
-                    await asyncio.sleep(1.0)  # a learner cannot propose; wait for promotion
+                    await asyncio.sleep(PUBLISH_RETRY_LEARNER_S)  # a learner cannot propose; wait for promotion
                     continue
                 log.info("publishing member attributes failed, retrying: %s", exc.message)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(PUBLISH_RETRY_S)
 
     async def _call_leader(self, method: str, payload: bytes) -> bytes:
         """Run ``method`` on the leader (lease clocks live there) and return its answer."""
@@ -246,6 +252,8 @@ class MemberCluster(MemberCore):
             raise errors.NO_LEADER
         if lead == self.member_id:
             raise errors.LEADER_CHANGED  # leadership is moving to us right now: the client retries
+        if self.transport is None:  # another member leads, so the peer listener is opening right now
+            raise errors.LEADER_CHANGED
         try:
             data: bytes = await self.transport.call(lead, method, payload, self.settings.request_timeout_s)
         except Exception as exc:
@@ -364,7 +372,7 @@ class MemberCluster(MemberCore):
         progress = node.raw.status().progress.get(req.ID)  # type: ignore[call-overload]
         last = node.last_index
         # etcd: a learner is ready once its match index is at least 90 % of the leader's
-        if progress is None or progress.match < last * 0.9:
+        if progress is None or progress.match < last * LEARNER_READY_FRACTION:
             raise errors.LEARNER_NOT_READY
         m = members[req.ID]
         m.is_learner = False

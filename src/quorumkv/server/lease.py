@@ -18,6 +18,9 @@ from quorumkv.storage.backend import read_txn
 
 log = logging.getLogger("quorumkv.server")
 
+#: How often the leader looks for expired leases (etcd checks every 500 ms as well).
+LEASE_EXPIRY_CHECK_S = 0.5
+
 
 class MemberLeases(MemberCore):
     """LeaseGrant/Revoke/KeepAlive/TimeToLive/Leases, and expiry."""
@@ -73,7 +76,7 @@ class MemberLeases(MemberCore):
     async def _lease_expiry_loop(self) -> None:
         """Revoke expired leases through the log (the decision uses the clock; the deletion does not)."""
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(LEASE_EXPIRY_CHECK_S)
             if not self._is_leader:
                 continue
             for lid in self.lessor.expired():

@@ -26,6 +26,7 @@ from quorumkv.server.settings import ServerSettings
 from quorumkv.storage import membership
 from quorumkv.storage.backend import Backend
 from quorumkv.storage.datadir import DataDir
+from quorumkv.transport.base import Transport
 
 log = logging.getLogger("quorumkv.server")
 
@@ -54,7 +55,7 @@ class MemberCore:
     member_id: int
     cluster_id: int
     alarms: frozenset[tuple[int, int]]
-    transport: Any
+    transport: Transport | None
     transport_factory: Any
     joining: bool
     join_peers: dict[str, list[str]]
@@ -66,7 +67,6 @@ class MemberCore:
     _file_lock: asyncio.Lock
     _is_leader: bool
     _peer_urls: dict[int, list[str]]
-    _dial_map: dict[str, str]
     _removed: asyncio.Event
     _transport_starting: asyncio.Task[None] | None
     _fsync_observer: Callable[[float], None] | None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from quorumkv.server.settings import ServerSettings
 from quorumkv.storage import membership, schema
 from quorumkv.storage.backend import Backend, meta_get, meta_set, read_txn
 from quorumkv.storage.datadir import DataDir, open_data_dir
+from quorumkv.transport.base import Transport
 
 log = logging.getLogger("quorumkv.server")
 
@@ -66,7 +66,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance):
         self.reader = self.backend.new_reader()
         self._allocated_bytes: int | None = None
         self.lessor = Lessor(self.clock)
-        self.transport: Any = None
+        self.transport: Transport | None = None
         self._transport_starting: asyncio.Task[None] | None = None
         #: Builds the peer transport (tests inject an in-memory one); None: the gRPC ``PeerTransport``.
         self.transport_factory: Any = None
@@ -74,9 +74,6 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance):
         self.leader_changes = 0
         self._is_leader = False
         self._peer_urls: dict[int, list[str]] = {}
-        self._dial_map: dict[str, str] = dict(
-            pair.split("=", 1) for pair in os.environ.get("QUORUMKV_TEST_PEER_DIAL_MAP", "").split(",")
-            if "=" in pair)
         self._removed = asyncio.Event()
         self.hub: WatchHub | None = None
         self.ids = IdGenerator(self.member_id, int(time.time() * 1000))
@@ -152,9 +149,9 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._dial_map:
+        if self.settings.peer_dial_map:
             log.warning("QUORUMKV_TEST_PEER_DIAL_MAP is set: peers are dialled through the URLs it names "
-                        "(a test-only setting; unset it in production)", extra={"map": self._dial_map})
+                        "(a test-only setting; unset it in production)", extra={"map": self.settings.peer_dial_map})
         if self.joining or self._has_other_members():
             await self._start_transport()
         with read_txn(self.reader):

@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+#: etcd's default --max-request-bytes (1.5 MiB).
+DEFAULT_MAX_REQUEST_BYTES = 1572864
+
 
 @dataclass
 class ServerSettings:
@@ -17,7 +20,7 @@ class ServerSettings:
     initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
     initial_cluster: str = ""
     initial_cluster_token: str = "etcd-cluster"
-    max_request_bytes: int = 1572864
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = 128
     election_timeout_ms: int = 1000
     heartbeat_interval_ms: int = 100
@@ -37,6 +40,9 @@ class ServerSettings:
     peer_key_file: str = ""
     peer_trusted_ca_file: str = ""
     peer_client_cert_auth: bool = False
+    #: Test-only: ``advertised peer URL -> URL to dial`` (``quorumkv.testing.cluster`` routes links through fault
+    #: proxies; the composition root reads it from ``QUORUMKV_TEST_PEER_DIAL_MAP``).
+    peer_dial_map: dict[str, str] = field(default_factory=dict)
 
     @property
     def request_timeout_s(self) -> float:

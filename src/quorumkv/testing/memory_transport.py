@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -181,6 +181,8 @@ class MemoryTransport:
         self.hub = hub
         self.member_id = member_id
         self.cluster_id = cluster_id
+        self.open_methods: set[str] = set()
+        self.on_removed: Callable[[int], None] | None = None
         self._on_messages = on_messages
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status

@@ -104,6 +104,10 @@ class Transport(Protocol):
 
     member_id: int
     cluster_id: int
+    #: Call methods served to senders that are not (yet) members of this cluster (a joiner's ``cluster_info``).
+    open_methods: set[str]
+    #: Called with a peer's ID when that peer refuses us as a removed member.
+    on_removed: Callable[[int], None] | None
 
     async def start(self, listen_urls: Sequence[str]) -> list[str]:
         """Start serving on ``listen_urls``; return the bound URLs (port 0 resolved), in the same order."""
