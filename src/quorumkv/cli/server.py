@@ -157,6 +157,10 @@ def main(
     Returns 0 after ``--version``/``--help``, :data:`EXIT_USAGE` on any flag or configuration error.
     """
     args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] == "etcd-snapshot":  # K3s's subcommand; the server's own flags are untouched
+        from quorumkv.cli.etcd_snapshot import main as etcd_snapshot_main
+
+        return etcd_snapshot_main(args[1:])
     command = _build_command()
     try:
         result = command.main(_normalize_argv(args), prog_name=_PROG, standalone_mode=False)
