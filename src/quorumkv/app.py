@@ -173,6 +173,8 @@ class RunningMember:
 
     async def close(self, grace_s: float = 1.0) -> None:
         if self._snapshot_task is not None:
+            if self.snapshot_scheduler is not None:
+                await self.snapshot_scheduler.stop()
             self._snapshot_task.cancel()
             try:
                 await self._snapshot_task

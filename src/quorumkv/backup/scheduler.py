@@ -74,6 +74,13 @@ class SnapshotScheduler:
         self.schedule = schedule or cron_schedule(manager.options.cron)
         self.taken: list[SnapshotRecord] = []
         self.skipped = 0
+        self._current: asyncio.Future[SnapshotRecord] | None = None
+
+    async def stop(self, timeout: float = 120.0) -> None:
+        """Let a snapshot in progress finish (bounded by ``timeout``) so none is left half-recorded; the
+        caller then cancels :meth:`run`."""
+        if self._current is not None and not self._current.done():
+            await asyncio.wait([self._current], timeout=timeout)
 
     async def run(self) -> None:
         while True:
@@ -84,8 +91,9 @@ class SnapshotScheduler:
                 self.skipped += 1
                 log.debug("scheduled snapshot skipped: not the leader")
                 continue
+            self._current = asyncio.ensure_future(self.take(fire))
             try:
-                self.taken.append(await self.take(fire))
+                self.taken.append(await asyncio.shield(self._current))
             except Exception as exc:  # recorded and counted by the manager; the schedule goes on
                 log.error("scheduled snapshot failed", extra={"error": str(exc)})
 
