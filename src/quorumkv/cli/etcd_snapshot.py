@@ -155,7 +155,7 @@ def save(prefix: str, **local: Any) -> None:
     endpoints = str(s["endpoints"]).split(",")
     with Progress(f"saving snapshot {name}", total=None) as bar, Client(endpoints, timeout=None) as client:
         bar.advance(client.snapshot(to=part))
-    with Progress(f"finishing snapshot {name}", total=None) as bar:
+    with Progress(f"verifying{' and uploading' if manager.s3 else ''} snapshot {name}") as bar:
         record = manager.complete(part, name, created, prefix=prefix, prune=False, upload_progress=bar.advance)
     click.echo(f"Snapshot {record.name} saved.")
     if record.upload_status == "failed":

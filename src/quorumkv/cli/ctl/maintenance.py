@@ -243,7 +243,13 @@ def snapshot_restore_cmd(settings: Settings, args: list[str], data_dir: str, ini
         # a .zip (--etcd-snapshot-compress) or s3://bucket/folder/name is fetched and verified first
         Path(target).absolute().parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".restore-source-", dir=Path(target).absolute().parent) as work:
-            source = resolve_restore_source(args[0], work_dir=work, skip_hash_check=skip_hash_check)
+            if args[0].startswith("s3://") and sys.stdout.isatty():  # plain output stays etcdctl's
+                from quorumkv.backup.progress import Progress
+
+                with Progress(f"downloading {args[0]}") as bar:
+                    source = resolve_restore_source(args[0], work_dir=work, progress=bar.advance)
+            else:
+                source = resolve_restore_source(args[0], work_dir=work, skip_hash_check=skip_hash_check)
             result = restore(source, target, name=name, initial_cluster=initial_cluster,
                              initial_cluster_token=initial_cluster_token, initial_advertise_peer_urls=peers,
                              skip_hash_check=skip_hash_check)
