@@ -116,3 +116,20 @@ def test_argument_errors_match_etcdctl(servers: tuple[ServerProcess, ServerProce
         theirs = run_etcdctl(_ep(etcd), *args)
         ours = run_etcdctl(_ep(etcd), *args, client="quorumkvctl")
         assert (ours.returncode, ours.stderr.strip()) == (theirs.returncode, theirs.stderr.strip())
+
+
+def test_real_etcdctl_make_mirror_reads_from_quorumkv(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    """The runbook's other tool: etcdctl 3.4's own make-mirror with quorumkv as the source."""
+    etcd, qkv = servers
+    with Client(_ep(qkv)) as c:
+        for i in range(10):
+            c.put(f"/e/{i}", f"v{i}")
+    mirror = start_etcdctl(_ep(qkv), "make-mirror", "--prefix", "/e/", _ep(etcd))
+    try:
+        _wait_equal(_ep(qkv), "/e/", _ep(etcd), "/e/")
+        with Client(_ep(qkv)) as c:
+            c.put("/e/new", "x")
+            c.delete("/e/0")
+        assert len(_wait_equal(_ep(qkv), "/e/", _ep(etcd), "/e/")) == 10
+    finally:
+        mirror.stop()

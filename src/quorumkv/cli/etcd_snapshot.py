@@ -25,6 +25,7 @@ from quorumkv.backup.local import ON_DEMAND_NAME, SnapshotRecord
 from quorumkv.backup.manager import BackupOptions, SnapshotManager
 from quorumkv.backup.progress import Progress
 from quorumkv.backup.s3 import S3Config, S3Error
+from quorumkv.client import Client, EtcdError
 from quorumkv.server.durations import DurationError, parse_duration_ns
 from quorumkv.server.snapshot import SnapshotError
 
@@ -35,6 +36,9 @@ _PROG = "quorumkv etcd-snapshot"
 #: (parameter name, option spellings, is_flag, help)
 _COMMON: list[tuple[str, list[str], bool, str]] = [
     ("endpoints", ["--endpoints"], False, "Member to snapshot (host:port; default 127.0.0.1:2379)."),
+    ("cacert", ["--cacert"], False, "CA bundle to verify a TLS member."),
+    ("cert", ["--cert"], False, "Client certificate for a TLS member."),
+    ("key", ["--key"], False, "Client key for a TLS member."),
     ("node_name", ["--node-name"], False, "Node name in snapshot names (default: the member's name)."),
     ("data_dir", ["--data-dir"], False, "The member's data dir (default default.quorumkv)."),
     ("dir", ["--dir", "--etcd-snapshot-dir"], False, "Snapshot directory (default <data-dir>/snapshots)."),
@@ -110,13 +114,16 @@ def _s3_config(s: dict[str, Any]) -> S3Config | None:
                     retention=_int(str(s["s3_retention"]), "--s3-retention"))
 
 
+def _client(s: dict[str, Any], timeout: float | None) -> Client:
+    return Client(str(s["endpoints"]).split(","), timeout=timeout, ca_cert=s["cacert"] or None,
+                  cert=s["cert"] or None, key=s["key"] or None)
+
+
 def _node_name(s: dict[str, Any]) -> str:
     if s["node_name"]:
         return str(s["node_name"])
-    from quorumkv.client import Client, EtcdError
-
     try:
-        with Client(str(s["endpoints"]).split(","), timeout=5.0) as client:
+        with _client(s, 5.0) as client:
             me = client.status().header.member_id
             for member in client.members():
                 if member.id == me and member.name:
@@ -146,14 +153,11 @@ def cli(ctx: click.Context, /, **options: Any) -> None:
 def save(prefix: str, **local: Any) -> None:
     """Take an on-demand snapshot of a running member."""
     s = _settings(local)
-    from quorumkv.client import Client
-
     manager = _manager(s, _node_name(s))
     created = time.time()
     name = manager.new_name(prefix, created)
     part = manager.local.part_path(name)
-    endpoints = str(s["endpoints"]).split(",")
-    with Progress(f"saving snapshot {name}", total=None) as bar, Client(endpoints, timeout=None) as client:
+    with Progress(f"saving snapshot {name}", total=None) as bar, _client(s, None) as client:
         bar.advance(client.snapshot(to=part))
     with Progress(f"verifying{' and uploading' if manager.s3 else ''} snapshot {name}") as bar:
         record = manager.complete(part, name, created, prefix=prefix, prune=False, upload_progress=bar.advance)
@@ -247,17 +251,14 @@ def main(argv: list[str]) -> int:
     except (SnapshotError, S3Error, ValueError, OSError) as exc:
         click.echo(f"quorumkv: {exc}", err=True)
         return 1
+    except EtcdError as exc:
+        click.echo(f"quorumkv: the member at --endpoints did not answer ({exc}): check --endpoints and TLS flags",
+                   err=True)
+        return 1
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:
         return 130
-    except Exception as exc:
-        from quorumkv.client import EtcdError
-
-        if isinstance(exc, EtcdError):
-            click.echo(f"quorumkv: cannot take a snapshot from {exc}: check --endpoints", err=True)
-            return 1
-        raise
     finally:
         sys.stdout.flush()
     return 0

@@ -89,7 +89,8 @@ def _build_command() -> click.Command:
         _PROG,
         params=params,
         callback=callback,
-        help="Start a quorumkv server (etcd 3.4 compatible flags).",
+        help="Start a quorumkv server (etcd 3.4 compatible flags). "
+        "Snapshots: 'quorumkv etcd-snapshot --help' (save, ls, delete, prune).",
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     )
 
