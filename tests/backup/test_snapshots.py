@@ -182,6 +182,17 @@ def test_progress_plain_lines_when_not_a_terminal() -> None:
         "uploading x: done (10 bytes)"]
 
 
+def test_progress_bar_on_a_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    with Progress("uploading x", total=10, stream=out) as p:
+        p.advance(10)
+    assert "10/10 bytes" in out.getvalue() and "started" not in out.getvalue()
+
+
 async def test_etcd_snapshot_cli_save_ls_delete_prune_and_ctl_restore_zip(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     member, endpoint = await _member(tmp_path)
@@ -200,6 +211,7 @@ async def test_etcd_snapshot_cli_save_ls_delete_prune_and_ctl_restore_zip(
         await member.close()
     out = capsys.readouterr().out
     assert "Snapshot on-demand-m1-" in out and ".zip saved." in out
+    assert "saving snapshot on-demand-m1-" in out and ": done (" in out  # plain progress lines (not a terminal)
     assert await run("ls", "--dir", str(snaps), "-o", "json") == 0
     listed = json.loads(capsys.readouterr().out)
     assert len(listed) == 3 and {r["status"] for r in listed} == {"success"}
