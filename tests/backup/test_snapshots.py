@@ -125,6 +125,28 @@ async def test_only_the_leader_takes_scheduled_snapshots(tmp_path: Path) -> None
     assert sched.taken == [] and not (tmp_path / "snaps").exists()
 
 
+class BrokenStream:
+    is_leader = True
+
+    async def snapshot(self) -> AsyncIterator[Any]:
+        yield type("Chunk", (), {"blob": b"partial"})()
+        raise RuntimeError("stream broke")
+
+
+async def test_a_failed_scheduled_snapshot_is_recorded_and_the_schedule_goes_on(tmp_path: Path) -> None:
+    opts = BackupOptions(directory=str(tmp_path / "snaps"), node="b1")
+    sched = SnapshotScheduler(BrokenStream(), SnapshotManager(opts), clock=FakeClock(1_800_000_000.0))
+    task = asyncio.create_task(sched.run())
+    local = LocalSnapshots(opts.directory)
+    await _wait(lambda: len(local.records()) >= 2, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    recs = local.records()
+    assert {(r.status, r.message) for r in recs} == {("failed", "stream broke")}
+    assert not any(p.name.endswith(".part") for p in Path(opts.directory).iterdir())
+
+
 async def test_real_time_schedule_with_seconds_field(tmp_path: Path) -> None:
     """The documented test hook: a six-field cron (seconds) fires every second on the real clock."""
     opts = BackupOptions(directory=str(tmp_path / "snaps"), node="m1", retention=2, cron="* * * * * */1")

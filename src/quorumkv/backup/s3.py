@@ -106,9 +106,13 @@ class S3Snapshots:
                 aws_access_key_id=c.access_key or None,
                 aws_secret_access_key=c.secret_key or None,
                 config=Config(connect_timeout=min(c.timeout_s, 30.0), read_timeout=c.timeout_s,
-                              retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
+                              retries={"max_attempts": 1}, s3={"addressing_style": self._addressing()}),
             )
         return self._client
+
+    def _addressing(self) -> str:
+        """Path-style URLs for S3-compatible servers (MinIO, moto, ...), boto3's choice on AWS itself."""
+        return "auto" if self.config.endpoint.rstrip("/").endswith("amazonaws.com") else "path"
 
     def _once(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError

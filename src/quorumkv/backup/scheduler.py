@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from quorumkv.backup.local import SnapshotRecord
+from quorumkv.backup.local import SnapshotRecord, rfc3339
 from quorumkv.backup.manager import SnapshotManager
 
 __all__ = ["Clock", "SnapshotScheduler", "SystemClock", "cron_schedule"]
@@ -108,6 +108,14 @@ class SnapshotScheduler:
             with open(part, "wb") as fh:
                 async for chunk in self.member.snapshot():
                     fh.write(chunk.blob)
+        except Exception as exc:  # the stream or the disk failed: recorded like any failed snapshot
+            part.unlink(missing_ok=True)
+            mgr.local.write_record(SnapshotRecord(
+                name=name, location=(mgr.local.dir / name).resolve().as_uri(), node=mgr.options.node,
+                created_at=rfc3339(created_unix), created_unix=created_unix, status="failed", message=str(exc)))
+            if mgr.stats is not None:
+                mgr.stats.snapshots_failed += 1
+            raise
         except BaseException:
             part.unlink(missing_ok=True)
             raise
