@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -264,7 +264,3 @@ def _verify_zip(path: Path, member: str) -> None:
             verify_stream(fh, info.file_size, f"{path}:{member}")
             if fh.read(1):
                 raise SnapshotError(f"snapshot {path}:{member} is longer than recorded")
-
-
-def iter_names(records: list[SnapshotRecord]) -> Iterator[str]:
-    return (r.name for r in records)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +130,6 @@ class SnapshotManager:
             out += remote
             for rec in self.local.records():
                 if rec.upload_status == "failed" and rec.name not in names:
-                    from dataclasses import replace
-
                     out.append(replace(rec, location=self.s3.config.location(rec.name), status="failed",
                                        message=f"upload failed: {rec.upload_message}"))
         return out

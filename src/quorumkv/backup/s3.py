@@ -210,12 +210,14 @@ class S3Snapshots:
     def download(self, name: str, dest: Path, progress: Callable[[int], None] | None = None) -> Path:
         """Fetch ``name`` to ``dest`` and check it against its record's SHA-256 (when recorded)."""
         c = self.config
+        from botocore.exceptions import BotoCoreError, ClientError
+
         expected = ""
         try:
             raw = self.client.get_object(Bucket=c.bucket, Key=c.meta_key(name))["Body"].read()
             expected = SnapshotRecord.from_json(raw).checksum
-        except Exception:  # no record (uploaded by hand): the snapshot's own trailer is checked later
-            expected = ""
+        except (BotoCoreError, ClientError, ValueError, TypeError):
+            expected = ""  # no record (uploaded by hand): the snapshot's own trailer is checked after download
         part = dest.with_name(dest.name + ".part")
         self._once("download", self.client.download_file, c.bucket, c.key(name), str(part), Callback=progress)
         if expected:
