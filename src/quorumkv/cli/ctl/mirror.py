@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -172,4 +171,3 @@ def _tick(bar: object, counter: _Counter, stop: threading.Event) -> None:
         now = counter.total
         bar.advance(now - seen)  # type: ignore[attr-defined]
         seen = now
-    time.sleep(0)
