@@ -28,6 +28,8 @@ from prometheus_client import CollectorRegistry
 from quorumkv.api.gateway import CORS_HEADERS, Gateway
 from quorumkv.api.http import HttpServer
 from quorumkv.api.servicers import add_servicers
+from quorumkv.backup.manager import BackupOptions, SnapshotManager
+from quorumkv.backup.scheduler import Clock, SnapshotScheduler
 from quorumkv.errors import EtcdError
 from quorumkv.observability.health import Health
 from quorumkv.observability.metrics import ServerStats, build_registry, instrument_servicer, render, slow_apply_logger
@@ -152,7 +154,9 @@ class RunningMember:
     def __init__(self, server: QuorumServer, grpc_servers: list[grpc.aio.Server], bound: list[str], *,
                  stats: ServerStats | None = None, registry: CollectorRegistry | None = None,
                  http_servers: list[HttpServer] | None = None, metrics_urls: list[str] | None = None,
-                 client_http_urls: list[str] | None = None) -> None:
+                 client_http_urls: list[str] | None = None,
+                 snapshot_scheduler: SnapshotScheduler | None = None,
+                 snapshot_task: asyncio.Task[None] | None = None) -> None:
         self.server = server
         #: the client gRPC servers (``CLIENT_GRPC_SERVERS`` of them, sharing the client URLs' ports)
         self.grpc_servers = grpc_servers
@@ -163,8 +167,19 @@ class RunningMember:
         #: the metrics and client HTTP URLs actually bound (port 0 resolved), in listen URL order
         self.metrics_urls = metrics_urls or []
         self.client_http_urls = client_http_urls or []
+        #: the scheduled snapshots (``--etcd-snapshot-schedule-cron``), None when disabled
+        self.snapshot_scheduler = snapshot_scheduler
+        self._snapshot_task = snapshot_task
 
     async def close(self, grace_s: float = 1.0) -> None:
+        if self._snapshot_task is not None:
+            if self.snapshot_scheduler is not None:
+                await self.snapshot_scheduler.stop()
+            self._snapshot_task.cancel()
+            try:
+                await self._snapshot_task
+            except asyncio.CancelledError:
+                pass
         for srv in self.http_servers:
             await srv.close()
         await _stop_grpc_servers(self.grpc_servers, grace_s)
@@ -263,9 +278,11 @@ def peer_dial_map_from_env(text: str) -> dict[str, str]:
 
 
 async def start_member(settings: ServerSettings, listen_client_urls: list[str],
-                       tls: TLSFiles | None = None, http: HttpOptions | None = None) -> RunningMember:
+                       tls: TLSFiles | None = None, http: HttpOptions | None = None, *,
+                       backups: BackupOptions | None = None, snapshot_clock: Clock | None = None) -> RunningMember:
     """Open the data dir, start the member, its gRPC listeners and its HTTP listeners (``http``: metrics,
-    health, JSON gateway); raise on any startup problem."""
+    health, JSON gateway) and, with ``backups`` not disabled, the snapshot schedule (``snapshot_clock``: tests'
+    fake clock); raise on any startup problem."""
     http = http or HttpOptions()
     if not settings.peer_dial_map:
         settings.peer_dial_map = peer_dial_map_from_env(os.environ.get(PEER_DIAL_MAP_ENV, ""))
@@ -330,15 +347,24 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     if http_servers:
         log.info("serving HTTP", extra={"listen-metrics-urls": metrics_urls,
                                         "listen-client-http-urls": client_http_urls})
+    scheduler: SnapshotScheduler | None = None
+    task: asyncio.Task[None] | None = None
+    if backups is not None and not backups.disabled:
+        scheduler = SnapshotScheduler(server, SnapshotManager(backups, stats=stats), clock=snapshot_clock)
+        task = asyncio.get_running_loop().create_task(scheduler.run(), name="etcd-snapshot-schedule")
+        log.info("scheduled snapshots", extra={"cron": backups.cron, "dir": backups.directory,
+                                               "retention": backups.retention, "s3": backups.s3 is not None})
     return RunningMember(server, grpc_servers, bound, stats=stats, registry=registry, http_servers=http_servers,
-                         metrics_urls=metrics_urls, client_http_urls=client_http_urls)
+                         metrics_urls=metrics_urls, client_http_urls=client_http_urls,
+                         snapshot_scheduler=scheduler, snapshot_task=task)
 
 
 async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TLSFiles | None = None,
                 *, on_ready: Callable[[RunningMember], None] | None = None,
-                stop_event: asyncio.Event | None = None, http: HttpOptions | None = None) -> None:
+                stop_event: asyncio.Event | None = None, http: HttpOptions | None = None,
+                backups: BackupOptions | None = None) -> None:
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT when it is None)."""
-    member = await start_member(settings, listen_client_urls, tls, http)
+    member = await start_member(settings, listen_client_urls, tls, http, backups=backups)
     stop = stop_event or asyncio.Event()
     if stop_event is None:
         loop = asyncio.get_running_loop()
@@ -408,7 +434,9 @@ def run_server(config: Any) -> int:
                    client_cert_auth=bool(getattr(config, "client_cert_auth", False)))
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config)))
+            runner.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config),
+                             backups=BackupOptions.from_config(config) if hasattr(config, "etcd_snapshot_dir")
+                             else None))
     except (DataDirError, StorageError, ValueError, OSError) as exc:
         print(f"quorumkv: {exc}", file=sys.stderr)
         return 1

@@ -103,6 +103,22 @@ FLAG_CASES: list[tuple[list[str], str, Any]] = [
     (["--force-new-cluster"], "force_new_cluster", True),
     (["--pre-vote=false"], "pre_vote", False),
     (["--strict-reconfig-check=false"], "strict_reconfig_check", False),
+    (["--etcd-snapshot-schedule-cron", "0 */5 * * *"], "etcd_snapshot_schedule_cron", "0 */5 * * *"),
+    (["--etcd-snapshot-retention", "9"], "etcd_snapshot_retention", 9),
+    (["--etcd-snapshot-dir", "/snaps"], "etcd_snapshot_dir", "/snaps"),
+    (["--etcd-snapshot-compress"], "etcd_snapshot_compress", True),
+    (["--etcd-disable-snapshots"], "etcd_disable_snapshots", True),
+    (["--etcd-snapshot-name", "nightly"], "etcd_snapshot_name", "nightly"),
+    (["--etcd-s3", "--etcd-s3-bucket", "b"], "etcd_s3", True),
+    (["--etcd-s3-endpoint", "127.0.0.1:9000"], "etcd_s3_endpoint", "127.0.0.1:9000"),
+    (["--etcd-s3-bucket", "backups"], "etcd_s3_bucket", "backups"),
+    (["--etcd-s3-folder", "k3s"], "etcd_s3_folder", "k3s"),
+    (["--etcd-s3-access-key", "AK"], "etcd_s3_access_key", "AK"),
+    (["--etcd-s3-secret-key", "SK"], "etcd_s3_secret_key", "SK"),
+    (["--etcd-s3-region", "eu-west-1"], "etcd_s3_region", "eu-west-1"),
+    (["--etcd-s3-insecure"], "etcd_s3_insecure", True),
+    (["--etcd-s3-timeout", "30s"], "etcd_s3_timeout_ms", 30_000),
+    (["--etcd-s3-retention", "12"], "etcd_s3_retention", 12),
 ]
 
 

@@ -55,12 +55,31 @@ QUORUMKV_DIFFERENCES: dict[str, Any] = {
     "logger": "zap",  # etcd 3.4: capnslog (deprecated)
     "log_format": "json",  # not an etcd 3.4 flag
 }
+# K3s's snapshot and S3 flags (not etcd's): K3s's defaults, the snapshot dir under the data dir.
+K3S_SNAPSHOT_DEFAULTS: dict[str, Any] = {
+    "etcd_snapshot_schedule_cron": "0 */12 * * *",
+    "etcd_snapshot_retention": 5,
+    "etcd_snapshot_dir": "default.quorumkv/snapshots",
+    "etcd_snapshot_compress": False,
+    "etcd_disable_snapshots": False,
+    "etcd_snapshot_name": "etcd-snapshot",
+    "etcd_s3": False,
+    "etcd_s3_endpoint": "s3.amazonaws.com",
+    "etcd_s3_bucket": "",
+    "etcd_s3_folder": "",
+    "etcd_s3_access_key": "",
+    "etcd_s3_secret_key": "",
+    "etcd_s3_region": "us-east-1",
+    "etcd_s3_insecure": False,
+    "etcd_s3_timeout_ms": 300_000,
+    "etcd_s3_retention": 5,
+}
 
 
 def test_defaults_are_etcds() -> None:
     config = ServerConfig()
     actual = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    assert actual == {**ETCD_34_DEFAULTS, **QUORUMKV_DIFFERENCES}
+    assert actual == {**ETCD_34_DEFAULTS, **QUORUMKV_DIFFERENCES, **K3S_SNAPSHOT_DEFAULTS}
 
 
 def test_derived_fields_follow_name() -> None:

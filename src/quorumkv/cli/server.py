@@ -89,7 +89,8 @@ def _build_command() -> click.Command:
         _PROG,
         params=params,
         callback=callback,
-        help="Start a quorumkv server (etcd 3.4 compatible flags).",
+        help="Start a quorumkv server (etcd 3.4 compatible flags). "
+        "Snapshots: 'quorumkv etcd-snapshot --help' (save, ls, delete, prune).",
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     )
 
@@ -157,6 +158,10 @@ def main(
     Returns 0 after ``--version``/``--help``, :data:`EXIT_USAGE` on any flag or configuration error.
     """
     args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] == "etcd-snapshot":  # K3s's subcommand; the server's own flags are untouched
+        from quorumkv.cli.etcd_snapshot import main as etcd_snapshot_main
+
+        return etcd_snapshot_main(args[1:])
     command = _build_command()
     try:
         result = command.main(_normalize_argv(args), prog_name=_PROG, standalone_mode=False)

@@ -129,6 +129,12 @@ class ServerStats:
         self.health_success = 0
         self.health_failures = 0
         self.slow_fsyncs = 0
+        #: etcd-snapshot (quorumkv.backup): snapshots saved/failed, S3 uploads done/failed (each attempt that
+        #: gave up counts once)
+        self.snapshots_saved = 0
+        self.snapshots_failed = 0
+        self.snapshot_uploads = 0
+        self.snapshot_uploads_failed = 0
         #: (grpc_type, grpc_service, grpc_method) -> started calls
         self.started: dict[tuple[str, str, str], int] = {}
         #: (grpc_type, grpc_service, grpc_method, grpc_code) -> finished calls
@@ -418,6 +424,11 @@ class EtcdCollector(Collector):
                        st.health_success, total=False)
         yield _counter("etcd_server_health_failures", "The total number of failed health checks",
                        st.health_failures, total=False)
+        yield _counter("quorumkv_snapshots_saved", "Snapshots (etcd-snapshot) saved and verified.", st.snapshots_saved)
+        yield _counter("quorumkv_snapshots_failed", "Snapshots (etcd-snapshot) that failed.", st.snapshots_failed)
+        yield _counter("quorumkv_snapshot_uploads", "Snapshots uploaded to S3 and verified.", st.snapshot_uploads)
+        yield _counter("quorumkv_snapshot_uploads_failed",
+                       "Snapshot uploads to S3 that failed after every retry.", st.snapshot_uploads_failed)
         v = GaugeMetricFamily("etcd_server_version",
                               "Which version is running. 1 for 'server_version' label with current version.",
                               labels=["server_version"])

@@ -19,6 +19,7 @@ from quorumkv.server.durations import NS_PER_S, DurationError, parse_duration_ns
 __all__ = [
     "AUTO_COMPACTION_MODES",
     "DEFAULT_QUOTA_BACKEND_BYTES",
+    "DEFAULT_SNAPSHOT_CRON",
     "INITIAL_CLUSTER_STATES",
     "LOGGERS",
     "LOG_FORMATS",
@@ -32,6 +33,8 @@ __all__ = [
 
 #: etcd's ``DefaultQuotaBytes``: what ``--quota-backend-bytes=0`` means (2 GiB).
 DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024**3
+#: K3s's default snapshot schedule: every 12 hours, on the hour.
+DEFAULT_SNAPSHOT_CRON = "0 */12 * * *"
 #: etcd 3.4 refuses election timeouts longer than this ("should be set less than 50000ms").
 MAX_ELECTION_TIMEOUT_MS = 50_000
 
@@ -130,6 +133,27 @@ class ServerConfig:
     #: ``--experimental-watch-progress-notify-interval`` (a Go duration such as ``10m``) in milliseconds.
     watch_progress_notify_interval_ms: int = 600_000
 
+    # Snapshots and S3 (K3s's flags; quorumkv.backup)
+    #: five cron fields (croniter); a sixth field is seconds (docs/operations.md: the test hook).
+    etcd_snapshot_schedule_cron: str = DEFAULT_SNAPSHOT_CRON
+    etcd_snapshot_retention: int = 5
+    #: ``""`` means ``<data-dir>/snapshots``.
+    etcd_snapshot_dir: str = ""
+    etcd_snapshot_compress: bool = False
+    etcd_disable_snapshots: bool = False
+    etcd_snapshot_name: str = "etcd-snapshot"
+    etcd_s3: bool = False
+    etcd_s3_endpoint: str = "s3.amazonaws.com"
+    etcd_s3_bucket: str = ""
+    etcd_s3_folder: str = ""
+    etcd_s3_access_key: str = ""
+    etcd_s3_secret_key: str = ""
+    etcd_s3_region: str = "us-east-1"
+    etcd_s3_insecure: bool = False
+    #: ``--etcd-s3-timeout`` (a Go duration, default ``5m``) in milliseconds.
+    etcd_s3_timeout_ms: int = 300_000
+    etcd_s3_retention: int = 5
+
     def __post_init__(self) -> None:
         hints = _field_types()
         for f in dataclasses.fields(self):
@@ -153,6 +177,8 @@ class ServerConfig:
         if self.initial_cluster == "":
             derived = ",".join(f"{self.name}={url}" for url in self.initial_advertise_peer_urls)
             object.__setattr__(self, "initial_cluster", derived)
+        if self.etcd_snapshot_dir == "":
+            object.__setattr__(self, "etcd_snapshot_dir", f"{self.data_dir}/snapshots")
         self.validate()
 
     @property
@@ -205,7 +231,30 @@ class ServerConfig:
         self._validate_cluster()
         self._validate_tls()
         self._validate_choices()
+        self._validate_snapshots()
         self.auto_compaction_retention_parsed()
+
+    def _validate_snapshots(self) -> None:
+        from croniter import croniter
+
+        if not croniter.is_valid(self.etcd_snapshot_schedule_cron):
+            raise ConfigError(
+                f"--etcd-snapshot-schedule-cron={self.etcd_snapshot_schedule_cron!r} is not a cron spec; use five "
+                "fields such as '0 */12 * * *' (minute hour day-of-month month day-of-week)",
+                flag="--etcd-snapshot-schedule-cron",
+            )
+        for fname in ("etcd_snapshot_retention", "etcd_s3_retention", "etcd_s3_timeout_ms"):
+            if getattr(self, fname) < 1:
+                flag = flag_for_field(fname)
+                raise ConfigError(f"{flag} must be at least 1 (set to {getattr(self, fname)}); "
+                                  f"e.g. {flag}={'5m' if fname.endswith('_ms') else 5}", flag=flag)
+        name = self.etcd_snapshot_name
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"--etcd-snapshot-name={name!r} must be a plain file name prefix such as "
+                              "etcd-snapshot (no '/', not starting with '.')", flag="--etcd-snapshot-name")
+        if self.etcd_s3 and not self.etcd_s3_bucket:
+            raise ConfigError("--etcd-s3 needs --etcd-s3-bucket: name the bucket snapshots are uploaded to",
+                              flag="--etcd-s3-bucket")
 
     def _validate_member(self) -> None:
         if self.name == "":
@@ -361,6 +410,7 @@ _FLAG_EXCEPTIONS = {
     "heartbeat_interval_ms": "--heartbeat-interval",
     "election_timeout_ms": "--election-timeout",
     "watch_progress_notify_interval_ms": "--experimental-watch-progress-notify-interval",
+    "etcd_s3_timeout_ms": "--etcd-s3-timeout",
 }
 
 

@@ -235,11 +235,25 @@ def snapshot_restore_cmd(settings: Settings, args: list[str], data_dir: str, ini
     # etcdctl 3.4 logs "restoring snapshot" before and "restored snapshot" after (both etcd and SQLite snapshots)
     write_err(zap_line("info", "snapshot/v3_snapshot.go:296", "restoring snapshot", path=args[0],
                        **{"data-dir": target}) + "\n")
+    import tempfile
+
+    from quorumkv.backup.restore_source import RestoreSourceError, resolve_restore_source
+
     try:
-        result = restore(args[0], target, name=name, initial_cluster=initial_cluster,
-                         initial_cluster_token=initial_cluster_token, initial_advertise_peer_urls=peers,
-                         skip_hash_check=skip_hash_check)
-    except (SnapshotError, ValueError, OSError) as exc:
+        # a .zip (--etcd-snapshot-compress) or s3://bucket/folder/name is fetched and verified first
+        Path(target).absolute().parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".restore-source-", dir=Path(target).absolute().parent) as work:
+            if args[0].startswith("s3://") and sys.stdout.isatty():  # plain output stays etcdctl's
+                from quorumkv.backup.progress import Progress
+
+                with Progress(f"downloading {args[0]}") as bar:
+                    source = resolve_restore_source(args[0], work_dir=work, progress=bar.advance)
+            else:
+                source = resolve_restore_source(args[0], work_dir=work, skip_hash_check=skip_hash_check)
+            result = restore(source, target, name=name, initial_cluster=initial_cluster,
+                             initial_cluster_token=initial_cluster_token, initial_advertise_peer_urls=peers,
+                             skip_hash_check=skip_hash_check)
+    except (SnapshotError, RestoreSourceError, ValueError, OSError) as exc:
         raise CtlError(EXIT_ERROR, str(exc)) from exc
     write_err(zap_line("info", "snapshot/v3_snapshot.go:309", "restored snapshot", path=args[0],
                        **{"data-dir": str(result.data_dir), "revision": result.revision,
