@@ -41,7 +41,7 @@ from quorumkv.client._errors import (
     UnavailableError,
 )
 from quorumkv.client._recipes import Election, Lock
-from quorumkv.client._sync import Client, Lease, Txn, Watch
+from quorumkv.client._sync import Client, Lease, RawStream, Txn, Watch
 from quorumkv.client._txn import (
     Compare,
     TxnSpec,
@@ -113,6 +113,7 @@ __all__ = [
     "NotLeaderError",
     "PermissionDeniedError",
     "PutResult",
+    "RawStream",
     "RequestTooLargeError",
     "ResponseHeader",
     "Status",
