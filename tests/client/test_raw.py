@@ -11,7 +11,16 @@ from collections.abc import Iterator
 import pytest
 
 from quorumkv.api.etcdserverpb import rpc_pb2
-from quorumkv.client import Client, DeadlineExceededError, EtcdError, LeaseNotFoundError, RawStream, UnavailableError
+from quorumkv.client import (
+    AsyncClient,
+    AsyncRawStream,
+    Client,
+    DeadlineExceededError,
+    EtcdError,
+    LeaseNotFoundError,
+    RawStream,
+    UnavailableError,
+)
 from quorumkv.testing.processes import ServerProcess
 
 
@@ -88,3 +97,29 @@ def test_grpc_options_reach_the_channel(server: ServerProcess) -> None:
         with pytest.raises(EtcdError) as info:
             small.raw_call("Maintenance", "Status", rpc_pb2.StatusRequest(), idempotent=True)
     assert info.value.code == "RESOURCE_EXHAUSTED"
+
+
+async def test_async_raw_call_stream_and_wait_ready(server: ServerProcess, ns: str) -> None:
+    key = f"{ns}a".encode()
+    async with AsyncClient(server.client_url, timeout=10.0) as aclient:
+        await aclient.wait_ready(5.0)
+        put = await aclient.raw_call("KV", "Put", rpc_pb2.PutRequest(key=key, value=b"v"))
+        assert isinstance(put, rpc_pb2.PutResponse)
+        got = await aclient.raw_call("KV", "Range", rpc_pb2.RangeRequest(key=key), idempotent=True)
+        assert [kv.value for kv in got.kvs] == [b"v"] and got.header.revision == put.header.revision
+        with pytest.raises(LeaseNotFoundError):
+            await aclient.raw_call("Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=0x7FFF_FFFF_0000_0002))
+        stream = await aclient.raw_stream("Maintenance", "Snapshot", rpc_pb2.SnapshotRequest(), timeout=30.0)
+        assert isinstance(stream, AsyncRawStream)
+        size = 0
+        async for chunk in stream:
+            assert isinstance(chunk, rpc_pb2.SnapshotResponse)
+            size += len(chunk.blob)
+        assert size > 0
+    async with AsyncClient(f"127.0.0.1:{_closed_port()}", timeout=5.0, max_retries=0) as dead:
+        with pytest.raises(DeadlineExceededError):
+            await dead.wait_ready(0.5)
+        dead_stream = await dead.raw_stream("Maintenance", "Snapshot", rpc_pb2.SnapshotRequest(), timeout=5.0)
+        with pytest.raises(UnavailableError):
+            async for _ in dead_stream:
+                pass

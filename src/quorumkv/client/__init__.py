@@ -15,7 +15,7 @@ write twice; watches resume from the next revision; managed leases report keep-a
 
 from __future__ import annotations
 
-from quorumkv.client._async import AsyncClient, AsyncLease, AsyncTxn, AsyncWatch
+from quorumkv.client._async import AsyncClient, AsyncLease, AsyncRawStream, AsyncTxn, AsyncWatch
 from quorumkv.client._async_recipes import AsyncElection, AsyncLock
 from quorumkv.client._errors import (
     AuthenticationError,
@@ -79,6 +79,7 @@ __all__ = [
     "AsyncElection",
     "AsyncLease",
     "AsyncLock",
+    "AsyncRawStream",
     "AsyncTxn",
     "AsyncWatch",
     "AuthenticationError",
