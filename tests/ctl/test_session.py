@@ -6,10 +6,11 @@ from __future__ import annotations
 import socket
 import time
 
+import grpc
 import pytest
 
 from quorumkv.cli.ctl.app import main
-from quorumkv.cli.ctl.session import _raw_error_text, error_text
+from quorumkv.cli.ctl.session import error_text, raw_error_text
 from quorumkv.client._errors import error_for, from_rpc_error
 
 
@@ -41,15 +42,13 @@ class _FakeRpcError(Exception):
 
 
 def test_a_status_without_message_keeps_an_empty_desc() -> None:
-    import grpc
-
     err = from_rpc_error(_FakeRpcError(grpc.StatusCode.INTERNAL, ""))
     assert error_text(err) == "rpc error: code = Internal desc = "
-    assert _raw_error_text(err) == "rpc error: code = Internal desc = "
+    assert raw_error_text(err) == "rpc error: code = Internal desc = "
 
 
 def test_raw_text_for_a_deadline() -> None:
-    assert _raw_error_text(error_for("DEADLINE_EXCEEDED", "Deadline Exceeded")) == (
+    assert raw_error_text(error_for("DEADLINE_EXCEEDED", "Deadline Exceeded")) == (
         "rpc error: code = DeadlineExceeded desc = context deadline exceeded"
     )
 
@@ -64,3 +63,13 @@ def test_dial_timeout_is_context_deadline_exceeded(capsys: pytest.CaptureFixture
     assert code == 1
     assert capsys.readouterr().err == "Error: context deadline exceeded\n"
     assert 0.3 < took < 3.0
+
+
+def test_tls_file_errors_are_etcdctls(capsys: pytest.CaptureFixture[str]) -> None:
+    """Texts and exit code captured from etcdctl 3.4.23 (before this, --cert alone aborted inside gRPC)."""
+    assert main(["--endpoints=127.0.0.1:1", "--cert=/etc/hostname", "get", "k"]) == 128
+    assert capsys.readouterr().err == "Error: KeyFile and CertFile must both be present[key: , cert: /etc/hostname]\n"
+    assert main(["--endpoints=127.0.0.1:1", "--key=/etc/hostname", "get", "k"]) == 128
+    assert capsys.readouterr().err == "Error: KeyFile and CertFile must both be present[key: /etc/hostname, cert: ]\n"
+    assert main(["--endpoints=127.0.0.1:1", "--cacert=/nonexistent/ca.pem", "get", "k"]) == 128
+    assert capsys.readouterr().err == "Error: open /nonexistent/ca.pem: no such file or directory\n"

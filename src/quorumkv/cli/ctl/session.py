@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -35,6 +35,10 @@ __all__ = [
     "error_text",
     "go_code_name",
     "is_secure",
+    "keepalive_options",
+    "raw_error_text",
+    "strip_scheme",
+    "zap_line",
 ]
 
 # etcdctl's exit codes (etcdctl/ctlv3/command/error.go)
@@ -83,7 +87,7 @@ def error_text(err: EtcdError) -> str:
     return f"rpc error: code = {go_code_name(code)} desc = {details}"
 
 
-def _raw_error_text(err: EtcdError) -> str:
+def raw_error_text(err: EtcdError) -> str:
     """gRPC-Go's text of the status (what the retry interceptor logs)."""
     code, details = err.code, _details(err)
     if code == "DEADLINE_EXCEEDED" and not details.startswith("etcdserver: "):
@@ -154,6 +158,12 @@ def keepalive_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
+def _go_file_error(exc: OSError) -> str:
+    """Go's text for a TLS file that cannot be read (``open /x: no such file or directory``)."""
+    op = "read" if isinstance(exc, IsADirectoryError) else "open"
+    return f"{op} {exc.filename}: {(exc.strerror or str(exc)).lower()}"
+
+
 class Session:
     """One etcdctl-style connection to one endpoint, over :class:`quorumkv.client.Client`."""
 
@@ -163,6 +173,9 @@ class Session:
         self.target = strip_scheme(self.endpoint)
         self._client_id = uuid.uuid4()
         self._dialled = False
+        if bool(settings.cert) != bool(settings.key):
+            raise CtlError(EXIT_BAD_ARGS, f"KeyFile and CertFile must both be present[key: {settings.key}, "
+                                          f"cert: {settings.cert}]")
         secure = is_secure(settings, self.endpoint)
         # A scheme-less endpoint with a TLS flag is still TLS (etcdctl's rule), so say https to the client.
         url = self.endpoint if "://" in self.endpoint or not secure else f"https://{self.endpoint}"
@@ -176,8 +189,8 @@ class Session:
                 key=settings.key or None,
                 grpc_options=keepalive_options(settings),
             )
-        except (OSError, ValueError) as exc:
-            raise CtlError(EXIT_BAD_ARGS, str(exc)) from None
+        except OSError as exc:
+            raise CtlError(EXIT_BAD_ARGS, _go_file_error(exc)) from None
 
     def close(self) -> None:
         self.client.close()
@@ -206,7 +219,7 @@ class Session:
             "retrying of unary invoker failed",
             target=f"endpoint://client-{self._client_id}/{self.target}",
             attempt=0,
-            error=_raw_error_text(err),
+            error=raw_error_text(err),
         )
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
@@ -226,7 +239,3 @@ class Session:
         """A streaming call (raw responses); iterating raises :class:`EtcdError` when the stream fails."""
         self.dial()
         return self.client.raw_stream(service, method, request, timeout=timeout)
-
-
-def fail(code: int, message: str) -> NoReturn:
-    raise CtlError(code, message)
