@@ -177,8 +177,8 @@ class Session:
             raise CtlError(EXIT_BAD_ARGS, f"KeyFile and CertFile must both be present[key: {settings.key}, "
                                           f"cert: {settings.cert}]")
         secure = is_secure(settings, self.endpoint)
-        # A scheme-less endpoint with a TLS flag is still TLS (etcdctl's rule), so say https to the client.
-        url = self.endpoint if "://" in self.endpoint or not secure else f"https://{self.endpoint}"
+        # is_secure decides (a scheme-less endpoint with a TLS flag is TLS too); https:// tells the client so
+        url = f"https://{self.target}" if secure else self.target
         try:
             self.client = Client(
                 [url],
