@@ -6,9 +6,9 @@ import pytest
 
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.api.mvccpb import kv_pb2
-from quorumkv.cli.ctl.client import CtlError
 from quorumkv.cli.ctl.gofmt import go_duration, go_quote, humanize_bytes
 from quorumkv.cli.ctl.printers import EndpointHealth, EndpointStatus, Printer
+from quorumkv.cli.ctl.session import CtlError
 
 CLUSTER, MEMBER = 17774489138828215334, 9489733531999324745
 HEADER = rpc_pb2.ResponseHeader(cluster_id=CLUSTER, member_id=MEMBER, revision=2, raft_term=2)

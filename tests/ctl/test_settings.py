@@ -10,19 +10,19 @@ import pytest
 
 from quorumkv.cli.ctl import kv
 from quorumkv.cli.ctl.app import main, parse_go_duration, parse_go_int
-from quorumkv.cli.ctl.client import CtlError, Settings
+from quorumkv.cli.ctl.session import CtlError, Settings
 
 
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     seen: list[Settings] = []
 
-    class FakeClient:
+    class FakeSession:
         def __init__(self, settings: Settings, endpoint: str | None = None) -> None:
             seen.append(settings)
             raise CtlError(99, "")
 
-    monkeypatch.setattr(kv, "Client", FakeClient)
+    monkeypatch.setattr(kv, "Session", FakeSession)
     for key in list(__import__("os").environ):
         if key.startswith("ETCDCTL_"):
             monkeypatch.delenv(key)

@@ -15,7 +15,7 @@ write twice; watches resume from the next revision; managed leases report keep-a
 
 from __future__ import annotations
 
-from quorumkv.client._async import AsyncClient, AsyncLease, AsyncTxn, AsyncWatch
+from quorumkv.client._async import AsyncClient, AsyncLease, AsyncRawStream, AsyncTxn, AsyncWatch
 from quorumkv.client._async_recipes import AsyncElection, AsyncLock
 from quorumkv.client._errors import (
     AuthenticationError,
@@ -41,7 +41,7 @@ from quorumkv.client._errors import (
     UnavailableError,
 )
 from quorumkv.client._recipes import Election, Lock
-from quorumkv.client._sync import Client, Lease, Txn, Watch
+from quorumkv.client._sync import Client, Lease, RawStream, Txn, Watch
 from quorumkv.client._txn import (
     Compare,
     TxnSpec,
@@ -79,6 +79,7 @@ __all__ = [
     "AsyncElection",
     "AsyncLease",
     "AsyncLock",
+    "AsyncRawStream",
     "AsyncTxn",
     "AsyncWatch",
     "AuthenticationError",
@@ -113,6 +114,7 @@ __all__ = [
     "NotLeaderError",
     "PermissionDeniedError",
     "PutResult",
+    "RawStream",
     "RequestTooLargeError",
     "ResponseHeader",
     "Status",

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 
 from quorumkv.client import _codec as codec
 from quorumkv.client._codec import Call
@@ -71,7 +72,7 @@ from quorumkv.client._types import (
 if TYPE_CHECKING:
     from quorumkv.client._async_recipes import AsyncElection, AsyncLock
 
-__all__ = ["AsyncClient", "AsyncLease", "AsyncTxn", "AsyncWatch"]
+__all__ = ["AsyncClient", "AsyncLease", "AsyncRawStream", "AsyncTxn", "AsyncWatch"]
 
 T = TypeVar("T")
 
@@ -81,12 +82,13 @@ class _AsyncTransport:
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float | None, max_retries: int | None,
                  ca_cert: str | Path | None, cert: str | Path | None, key: str | Path | None,
-                 server_name: str | None, user: str | None, password: str | None) -> None:  # fmt: skip
+                 server_name: str | None, user: str | None, password: str | None,
+                 grpc_options: Sequence[tuple[str, Any]] = ()) -> None:  # fmt: skip
         self.endpoints, secure = parse_endpoints(endpoints)
         self.timeout = timeout
         self.max_retries = 3 * len(self.endpoints) if max_retries is None else max_retries
         self._credentials = channel_credentials(ca_cert, cert, key, secure)
-        self._options = channel_options(server_name)
+        self._options = list(grpc_options) + channel_options(server_name)  # gRPC keeps the first of a name
         self._user, self._password = user, password
         self._token: str | None = None
         self._channels: dict[str, Any] = {}
@@ -103,20 +105,31 @@ class _AsyncTransport:
         if self.endpoints[self._index] == failed:
             self._index = (self._index + 1) % len(self.endpoints)
 
-    def stub(self, endpoint: str, service: str) -> Any:
+    def channel(self, endpoint: str) -> Any:
         if self.closed:
             raise EtcdError("client is closed")
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(endpoint, options=self._options)
+            else:
+                channel = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
+            self._channels[endpoint] = channel
+        return channel
+
+    def stub(self, endpoint: str, service: str) -> Any:
         found = self._stubs.get((endpoint, service))
         if found is None:
-            channel = self._channels.get(endpoint)
-            if channel is None:
-                if self._credentials is None:
-                    channel = grpc.aio.insecure_channel(endpoint, options=self._options)
-                else:
-                    channel = grpc.aio.secure_channel(endpoint, self._credentials, options=self._options)
-                self._channels[endpoint] = channel
-            found = self._stubs[(endpoint, service)] = _STUBS[service](channel)
+            found = self._stubs[(endpoint, service)] = _STUBS[service](self.channel(endpoint))
         return found
+
+    async def wait_ready(self, endpoint: str, timeout: float | None) -> None:
+        """See ``_sync._Transport.wait_ready``."""
+        try:
+            await asyncio.wait_for(self.channel(endpoint).channel_ready(), timeout)
+        except TimeoutError:
+            raise DeadlineExceededError(f"could not connect to {endpoint} within {timeout}s",
+                                        "DEADLINE_EXCEEDED") from None
 
     async def renew_channel(self, endpoint: str) -> None:
         """See ``_sync._Transport.renew_channel``."""
@@ -377,16 +390,44 @@ class AsyncLease:
         await self.close()
 
 
+class AsyncRawStream:
+    """The async twin of :class:`~quorumkv.client.RawStream`: ``async for`` the raw responses; failures raise
+    :class:`EtcdError`; never resent or resumed."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        try:
+            async for message in self._call:
+                yield message
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def __aenter__(self) -> AsyncRawStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+def _identity(message: Any) -> Any:
+    return message
+
+
 class AsyncClient:
     """The asyncio etcd v3 client; the same methods as :class:`~quorumkv.client.Client`, awaited."""
 
     def __init__(self, endpoints: str | Sequence[str] = "127.0.0.1:2379", *, timeout: float | None = 10.0,
                  max_retries: int | None = None, ca_cert: str | Path | None = None, cert: str | Path | None = None,
                  key: str | Path | None = None, server_name: str | None = None, user: str | None = None,
-                 password: str | None = None) -> None:  # fmt: skip
+                 password: str | None = None, grpc_options: Sequence[tuple[str, Any]] = ()) -> None:  # fmt: skip
         self._transport = _AsyncTransport(endpoints, timeout=timeout, max_retries=max_retries, ca_cert=ca_cert,
                                           cert=cert, key=key, server_name=server_name, user=user,
-                                          password=password)
+                                          password=password, grpc_options=grpc_options)
         self._watches: list[AsyncWatch] = []
         self._leases: list[AsyncLease] = []
 
@@ -538,6 +579,21 @@ class AsyncClient:
         from quorumkv.client._async_recipes import AsyncElection
 
         return AsyncElection(self, name, ttl=ttl)
+
+    async def wait_ready(self, timeout: float | None, endpoint: str | None = None) -> None:
+        """See :meth:`Client.wait_ready <quorumkv.client.Client.wait_ready>`."""
+        await self._transport.wait_ready(endpoint or self.endpoint, timeout)
+
+    async def raw_call(self, service: str, method: str, request: Message, *, idempotent: bool = False,
+                       endpoint: str | None = None) -> Any:  # fmt: skip
+        """See :meth:`Client.raw_call <quorumkv.client.Client.raw_call>`: the server's response message unchanged."""
+        return await self._transport.run(Call(service, method, request, _identity, idempotent), endpoint)
+
+    async def raw_stream(self, service: str, method: str, request: Message | Iterable[Message], *,
+                         endpoint: str | None = None, timeout: float | None = None) -> AsyncRawStream:  # fmt: skip
+        """See :meth:`Client.raw_stream <quorumkv.client.Client.raw_stream>`."""
+        stub_method = getattr(self._transport.stub(endpoint or self.endpoint, service), method)
+        return AsyncRawStream(stub_method(request, timeout=timeout, metadata=await self._transport.metadata()))
 
     async def close(self) -> None:
         """Cancel open watches, stop and revoke managed leases, close every channel; idempotent."""

@@ -6,12 +6,13 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from quorumkv.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from quorumkv.client import _codec as codec
@@ -91,12 +92,13 @@ class _Transport:
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float | None, max_retries: int | None,
                  ca_cert: str | Path | None, cert: str | Path | None, key: str | Path | None,
-                 server_name: str | None, user: str | None, password: str | None) -> None:  # fmt: skip
+                 server_name: str | None, user: str | None, password: str | None,
+                 grpc_options: Sequence[tuple[str, Any]] = ()) -> None:  # fmt: skip
         self.endpoints, secure = parse_endpoints(endpoints)
         self.timeout = timeout
         self.max_retries = 3 * len(self.endpoints) if max_retries is None else max_retries
         self._credentials = channel_credentials(ca_cert, cert, key, secure)
-        self._options = channel_options(server_name)
+        self._options = list(grpc_options) + channel_options(server_name)  # gRPC keeps the first of a name
         self._user, self._password = user, password
         self._token: str | None = None
         self._lock = threading.Lock()
@@ -116,21 +118,34 @@ class _Transport:
             if self.endpoints[self._index] == failed:
                 self._index = (self._index + 1) % len(self.endpoints)
 
+    def _channel_locked(self, endpoint: str) -> Any:
+        if self.closed:
+            raise EtcdError("client is closed")
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            if self._credentials is None:
+                channel = grpc.insecure_channel(endpoint, options=self._options)
+            else:
+                channel = grpc.secure_channel(endpoint, self._credentials, options=self._options)
+            self._channels[endpoint] = channel
+        return channel
+
     def stub(self, endpoint: str, service: str) -> Any:
         with self._lock:
-            if self.closed:
-                raise EtcdError("client is closed")
             found = self._stubs.get((endpoint, service))
             if found is None:
-                channel = self._channels.get(endpoint)
-                if channel is None:
-                    if self._credentials is None:
-                        channel = grpc.insecure_channel(endpoint, options=self._options)
-                    else:
-                        channel = grpc.secure_channel(endpoint, self._credentials, options=self._options)
-                    self._channels[endpoint] = channel
-                found = self._stubs[(endpoint, service)] = _STUBS[service](channel)
+                found = self._stubs[(endpoint, service)] = _STUBS[service](self._channel_locked(endpoint))
             return found
+
+    def wait_ready(self, endpoint: str, timeout: float | None) -> None:
+        """Connect the channel to ``endpoint`` now; DeadlineExceededError if it is not connected within ``timeout``."""
+        with self._lock:
+            channel = self._channel_locked(endpoint)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise DeadlineExceededError(f"could not connect to {endpoint} within {timeout}s",
+                                        "DEADLINE_EXCEEDED") from None
 
     def renew_channel(self, endpoint: str) -> None:
         """Replace the channel to an endpoint that could not be reached: a fresh channel dials at once instead of
@@ -456,6 +471,36 @@ class Lease:
         self.close()
 
 
+class RawStream:
+    """A streaming RPC's raw response messages (see :meth:`Client.raw_stream`).
+
+    Invariant: iterating raises only :class:`EtcdError` for a failed stream (never ``grpc.RpcError``); the stream
+    is not resent or resumed. :meth:`cancel` (or leaving a ``with`` block) ends it; idempotent.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._call
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __enter__(self) -> RawStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+def _identity(message: Any) -> Any:
+    return message
+
+
 class Client:
     """A synchronous etcd v3 client.
 
@@ -466,9 +511,10 @@ class Client:
     def __init__(self, endpoints: str | Sequence[str] = "127.0.0.1:2379", *, timeout: float | None = 10.0,
                  max_retries: int | None = None, ca_cert: str | Path | None = None, cert: str | Path | None = None,
                  key: str | Path | None = None, server_name: str | None = None, user: str | None = None,
-                 password: str | None = None) -> None:  # fmt: skip
+                 password: str | None = None, grpc_options: Sequence[tuple[str, Any]] = ()) -> None:  # fmt: skip
         self._transport = _Transport(endpoints, timeout=timeout, max_retries=max_retries, ca_cert=ca_cert,
-                                     cert=cert, key=key, server_name=server_name, user=user, password=password)
+                                     cert=cert, key=key, server_name=server_name, user=user, password=password,
+                                     grpc_options=grpc_options)
         self._watches: list[Watch] = []
         self._leases: list[Lease] = []
 
@@ -640,6 +686,30 @@ class Client:
 
         return Election(self, name, ttl=ttl)
 
+    # ------------------------------------------------------------------------------------------ low level
+
+    def wait_ready(self, timeout: float | None, endpoint: str | None = None) -> None:
+        """Connect to ``endpoint`` (default: the current one) now instead of at the first call, like a blocking
+        dial; raises :class:`DeadlineExceededError` if no connection is made within ``timeout`` seconds."""
+        self._transport.wait_ready(endpoint or self.endpoint, timeout)
+
+    def raw_call(self, service: str, method: str, request: Message, *, idempotent: bool = False,
+                 endpoint: str | None = None) -> Any:  # fmt: skip
+        """One unary RPC ``service.method`` (e.g. ``"KV", "Range"``) with an ``etcdserverpb`` request; returns the
+        server's response message unchanged. Timeout, auth, error mapping and the retry rule are the typed
+        methods': ``idempotent`` says whether the call may be resent after an ambiguous failure; with ``endpoint``
+        it goes to that member only."""
+        return self._transport.run(Call(service, method, request, _identity, idempotent), endpoint)
+
+    def raw_stream(self, service: str, method: str, request: Message | Iterable[Message], *,
+                   endpoint: str | None = None, timeout: float | None = None) -> RawStream:  # fmt: skip
+        """A streaming RPC (``"Watch", "Watch"``, ``"Lease", "LeaseKeepAlive"``: an iterable of requests;
+        ``"Maintenance", "Snapshot"``: one request) on ``endpoint`` (default: the current one), bounded by
+        ``timeout`` (None: unbounded); its raw responses. Never resent or resumed (see :meth:`watch` for that)."""
+        ep = endpoint or self.endpoint
+        stub_method = getattr(self._transport.stub(ep, service), method)
+        return RawStream(stub_method(request, timeout=timeout, metadata=self._transport.metadata()))
+
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
@@ -664,4 +734,4 @@ class Client:
         self.close()
 
 
-__all__ = ["Client", "Lease", "Txn", "Watch"]
+__all__ = ["Client", "Lease", "RawStream", "Txn", "Watch"]

@@ -4,7 +4,7 @@
   a flag given on the command line beats ``ETCDCTL_<FLAG>`` which beats the default.
 * Bool flags take ``--flag``, ``--flag=true`` and ``--flag=false`` like pflag.
 * Flag errors print ``Error: ...`` (twice, like etcdctl), the command's usage on stdout, and exit 1;
-  argument errors exit 128, server errors 1 (see :mod:`quorumkv.cli.ctl.client`).
+  argument errors exit 128, server errors 1 (see :mod:`quorumkv.cli.ctl.session`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any, ClassVar, NoReturn
 
 import click
 
-from quorumkv.cli.ctl.client import EXIT_BAD_ARGS, EXIT_ERROR, CtlError, Settings
 from quorumkv.cli.ctl.gofmt import tabwrite
 from quorumkv.cli.ctl.printers import Printer, write_err, write_out
+from quorumkv.cli.ctl.session import EXIT_BAD_ARGS, EXIT_ERROR, CtlError, Settings
 
 __all__ = [
     "CtlCommand",

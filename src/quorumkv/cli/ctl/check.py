@@ -28,27 +28,28 @@ from array import array
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.cli.ctl.app import GoFlag, command, group, root
-from quorumkv.cli.ctl.client import (
+from quorumkv.cli.ctl.gofmt import go_quote
+from quorumkv.cli.ctl.kv import prefix_range_end
+from quorumkv.cli.ctl.printers import write_err, write_out
+from quorumkv.cli.ctl.session import (
+    EXIT_BAD_ARGS,
     EXIT_BAD_FEATURE,
     EXIT_ERROR,
     EXIT_INVALID_INPUT,
     CtlError,
     Settings,
-    channel_credentials,
     go_code_name,
-    grpc_error_text,
     is_secure,
+    keepalive_options,
     strip_scheme,
     zap_line,
 )
-from quorumkv.cli.ctl.gofmt import go_quote
-from quorumkv.cli.ctl.kv import prefix_range_end
-from quorumkv.cli.ctl.printers import write_err, write_out
 
 __all__ = [
     "DURATION_ENV",
@@ -188,7 +189,20 @@ def request_error_text(err: grpc.aio.AioRpcError) -> str:
     details = err.details() or ""
     if details.startswith("etcdserver: "):
         return details
-    return f"rpc error: code = {go_code_name(err.code())} desc = {details}"
+    return f"rpc error: code = {go_code_name(err.code().name)} desc = {details}"
+
+
+def _grpc_error_text(err: grpc.aio.AioRpcError) -> str:
+    """clientv3's error for a failed unary call with a deadline (see :func:`quorumkv.cli.ctl.session.error_text`)."""
+    code: grpc.StatusCode = err.code()
+    details = err.details() or ""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "context deadline exceeded"
+    if code == grpc.StatusCode.CANCELLED and details in ("", "Cancelled", "Locally cancelled by application!"):
+        return "context canceled"
+    if details.startswith("etcdserver: "):
+        return details
+    return f"rpc error: code = {go_code_name(code.name)} desc = {details}"
 
 
 # ---------------------------------------------------------------------------------------------- progress bar
@@ -302,17 +316,33 @@ def perf_key(prefix: bytes, number: int) -> bytes:
     return prefix + head + bytes(KEY_SIZE - len(head))
 
 
+def _channel_credentials(settings: Settings) -> grpc.ChannelCredentials:
+    """TLS credentials from --cacert/--cert/--key; an unreadable file is a bad-arguments error."""
+
+    def read(path: str) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    try:
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(settings.cacert), private_key=read(settings.key),
+            certificate_chain=read(settings.cert),
+        )
+    except OSError as exc:
+        raise CtlError(EXIT_BAD_ARGS, str(exc)) from None
+
+
 def _channel(settings: Settings, endpoint: str) -> grpc.aio.Channel:
+    """A raw ``grpc.aio`` channel, not :mod:`quorumkv.client`: the load generator sends pre-serialised requests
+    through bare method handles on one connection per channel, and the client's per-call decoding, retry loop
+    and shared channels would change what ``check perf`` measures (and how many connections it opens)."""
     options = [
         ("grpc.use_local_subchannel_pool", 1),  # one connection per channel, like one clientv3 client each
-        ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
-        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
+        *keepalive_options(settings),
         ("grpc.enable_http_proxy", 0),
     ]
     target = strip_scheme(endpoint)
     if is_secure(settings, endpoint):
-        return grpc.aio.secure_channel(target, channel_credentials(settings), options=options)
+        return grpc.aio.secure_channel(target, _channel_credentials(settings), options=options)
     return grpc.aio.insecure_channel(target, options=options)
 
 
@@ -400,7 +430,7 @@ def _raw_error_text(err: grpc.aio.AioRpcError, ever_ready: bool) -> str:
         desc = "context deadline exceeded" if ever_ready else "latest balancer error: all SubConns are in " \
                "TransientFailure"
         return f"rpc error: code = DeadlineExceeded desc = {desc}"
-    return f"rpc error: code = {go_code_name(code)} desc = {err.details() or ''}"
+    return f"rpc error: code = {go_code_name(code.name)} desc = {err.details() or ''}"
 
 
 class _Session:
@@ -425,7 +455,7 @@ class _Session:
         except grpc.aio.AioRpcError as err:
             ready = self.ready or self.channels[index].get_state() == grpc.ChannelConnectivity.READY
             _warn(self.client_id, self.endpoints[index % len(self.endpoints)], _raw_error_text(err, ready))
-            raise CtlError(EXIT_ERROR, grpc_error_text(err)) from None
+            raise CtlError(EXIT_ERROR, _grpc_error_text(err)) from None
         self.ready = True
         return answer
 

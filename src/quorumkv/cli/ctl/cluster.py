@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.cli.ctl.app import CLUSTER_FLAG, GoFlag, bad_args, command, group, parse_go_int, printer, root
-from quorumkv.cli.ctl.client import EXIT_ERROR, Client, CtlError, Settings
 from quorumkv.cli.ctl.printers import EndpointHashKV, EndpointHealth, EndpointStatus, write_err, write_out
+from quorumkv.cli.ctl.session import EXIT_ERROR, CtlError, Session, Settings
 
 __all__ = ["endpoints_from_cluster"]
 
@@ -36,8 +36,8 @@ def _member_id(args: list[str]) -> int:
     ),
 )
 def member_list_cmd(settings: Settings, args: list[str]) -> None:
-    with Client(settings) as client:
-        resp = client.call(client.cluster.MemberList, rpc_pb2.MemberListRequest())
+    with Session(settings) as session:
+        resp = session.call("Cluster", "MemberList", rpc_pb2.MemberListRequest(), idempotent=True)
     printer(settings).member_list(resp)
 
 
@@ -60,8 +60,8 @@ def member_add_cmd(settings: Settings, args: list[str], learner: bool, peer_urls
         bad_args("member peer urls not provided")
     name = args[0]
     urls = peer_urls.split(",")
-    with Client(settings) as client:
-        resp = client.call(client.cluster.MemberAdd, rpc_pb2.MemberAddRequest(peerURLs=urls, isLearner=learner))
+    with Session(settings) as session:
+        resp = session.call("Cluster", "MemberAdd", rpc_pb2.MemberAddRequest(peerURLs=urls, isLearner=learner))
     show = printer(settings)
     show.member_add(resp)
     if settings.write_out == "simple":
@@ -80,8 +80,8 @@ def member_add_cmd(settings: Settings, args: list[str], learner: bool, peer_urls
 @command(member_group, "remove", short="Removes a member from the cluster", usage="member remove <memberID>")
 def member_remove_cmd(settings: Settings, args: list[str]) -> None:
     member_id = _member_id(args)
-    with Client(settings) as client:
-        resp = client.call(client.cluster.MemberRemove, rpc_pb2.MemberRemoveRequest(ID=member_id))
+    with Session(settings) as session:
+        resp = session.call("Cluster", "MemberRemove", rpc_pb2.MemberRemoveRequest(ID=member_id))
     printer(settings).member_changed("removed from", member_id, resp)
 
 
@@ -97,8 +97,8 @@ def member_update_cmd(settings: Settings, args: list[str], peer_urls: str) -> No
     if not peer_urls:
         bad_args("member peer urls not provided")
     req = rpc_pb2.MemberUpdateRequest(ID=member_id, peerURLs=peer_urls.split(","))
-    with Client(settings) as client:
-        resp = client.call(client.cluster.MemberUpdate, req)
+    with Session(settings) as session:
+        resp = session.call("Cluster", "MemberUpdate", req)
     printer(settings).member_changed("updated in", member_id, resp)
 
 
@@ -111,8 +111,8 @@ def member_update_cmd(settings: Settings, args: list[str], peer_urls: str) -> No
 )
 def member_promote_cmd(settings: Settings, args: list[str]) -> None:
     member_id = _member_id(args)
-    with Client(settings) as client:
-        resp = client.call(client.cluster.MemberPromote, rpc_pb2.MemberPromoteRequest(ID=member_id))
+    with Session(settings) as session:
+        resp = session.call("Cluster", "MemberPromote", rpc_pb2.MemberPromoteRequest(ID=member_id))
     printer(settings).member_changed("promoted in", member_id, resp)
 
 
@@ -120,9 +120,9 @@ def endpoints_from_cluster(settings: Settings) -> list[str]:
     """``--cluster``: every client URL of every member; otherwise ``--endpoints``."""
     if not settings.cluster:
         return list(settings.endpoints)
-    with Client(settings) as client:
+    with Session(settings) as session:
         try:
-            resp = client.call(client.cluster.MemberList, rpc_pb2.MemberListRequest())
+            resp = session.call("Cluster", "MemberList", rpc_pb2.MemberListRequest(), idempotent=True)
         except CtlError as exc:
             raise CtlError(
                 EXIT_ERROR, f"failed to fetch endpoints from etcd cluster member list: {exc.message}"
@@ -132,18 +132,17 @@ def endpoints_from_cluster(settings: Settings) -> list[str]:
 
 def _health(settings: Settings, endpoint: str) -> EndpointHealth:
     start = time.monotonic()
-    with Client(settings, endpoint) as client:
+    with Session(settings, endpoint) as session:
         try:
-            client.call(client.kv.Range, rpc_pb2.RangeRequest(key=b"health"))
+            session.call("KV", "Range", rpc_pb2.RangeRequest(key=b"health"), idempotent=True)
         except CtlError as exc:
             if exc.message != "etcdserver: permission denied":
                 return EndpointHealth(endpoint, False, time.monotonic() - start, exc.message)
         took = time.monotonic() - start
         try:
-            alarms = client.maintenance.Alarm(
-                rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET), timeout=settings.command_timeout
-            )
-        except Exception:
+            request = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET)
+            alarms = session.call("Maintenance", "Alarm", request, idempotent=True, log=False)
+        except CtlError:
             return EndpointHealth(endpoint, False, took, "Unable to fetch the alarm list")
         if alarms.alarms:
             names = "".join(
@@ -186,9 +185,9 @@ def status_cmd(settings: Settings, args: list[str]) -> None:
     statuses: list[EndpointStatus] = []
     failed = False
     for endpoint in endpoints_from_cluster(settings):
-        with Client(settings, endpoint) as client:
+        with Session(settings, endpoint) as session:
             try:
-                resp = client.call(client.maintenance.Status, rpc_pb2.StatusRequest())
+                resp = session.call("Maintenance", "Status", rpc_pb2.StatusRequest(), idempotent=True)
             except CtlError as exc:
                 write_err(f"Failed to get the status of endpoint {endpoint} ({exc.message})\n")
                 failed = True
@@ -211,9 +210,9 @@ def hashkv_cmd(settings: Settings, args: list[str], rev: int) -> None:
     hashes: list[EndpointHashKV] = []
     last_error: CtlError | None = None
     for endpoint in endpoints_from_cluster(settings):
-        with Client(settings, endpoint) as client:
+        with Session(settings, endpoint) as session:
             try:
-                resp = client.call(client.maintenance.HashKV, rpc_pb2.HashKVRequest(revision=rev))
+                resp = session.call("Maintenance", "HashKV", rpc_pb2.HashKVRequest(revision=rev), idempotent=True)
             except CtlError as exc:
                 write_err(f"Failed to get the hash of endpoint {endpoint} ({exc.message})\n")
                 last_error = exc

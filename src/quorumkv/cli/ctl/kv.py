@@ -9,16 +9,16 @@ from typing import IO
 
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.cli.ctl.app import GoFlag, bad_args, command, parse_go_int, printer, root
-from quorumkv.cli.ctl.client import (
+from quorumkv.cli.ctl.printers import write_out
+from quorumkv.cli.ctl.session import (
     EXIT_BAD_ARGS,
     EXIT_BAD_FEATURE,
     EXIT_ERROR,
     EXIT_INVALID_INPUT,
-    Client,
     CtlError,
+    Session,
     Settings,
 )
-from quorumkv.cli.ctl.printers import write_out
 
 __all__ = ["get_op", "parse_compare", "prefix_range_end", "put_op"]
 
@@ -126,8 +126,8 @@ def get_op(
 )
 def get_cmd(settings: Settings, args: list[str], print_value_only: bool, **flags: object) -> None:
     req = get_op(args, **flags)  # type: ignore[arg-type]
-    with Client(settings) as client:
-        resp = client.call(client.kv.Range, req)
+    with Session(settings) as session:
+        resp = session.call("KV", "Range", req, idempotent=True)
     if print_value_only and settings.write_out != "simple":
         bad_args("print-value-only is only for `--write-out=simple`")
     printer(settings, value_only=print_value_only).get(resp)
@@ -203,8 +203,8 @@ def put_op(
 )
 def put_cmd(settings: Settings, args: list[str], **flags: object) -> None:
     req = put_op(args, **flags)  # type: ignore[arg-type]
-    with Client(settings) as client:
-        resp = client.call(client.kv.Put, req)
+    with Session(settings) as session:
+        resp = session.call("KV", "Put", req)
     printer(settings).put(resp)
 
 
@@ -253,8 +253,8 @@ def del_op(
 )
 def del_cmd(settings: Settings, args: list[str], **flags: bool) -> None:
     req = del_op(args, **flags)
-    with Client(settings) as client:
-        resp = client.call(client.kv.DeleteRange, req)
+    with Session(settings) as session:
+        resp = session.call("KV", "DeleteRange", req)
     printer(settings).delete(resp)
 
 
@@ -466,8 +466,8 @@ def txn_cmd(settings: Settings, args: list[str], interactive: bool) -> None:
     if args:
         bad_args("txn command does not accept argument")
     req = read_txn(sys.stdin.buffer, interactive)
-    with Client(settings) as client:
-        resp = client.call(client.kv.Txn, req)
+    with Session(settings) as session:
+        resp = session.call("KV", "Txn", req)
     printer(settings).txn(resp)
 
 
@@ -485,6 +485,6 @@ def compaction_cmd(settings: Settings, args: list[str], physical: bool) -> None:
         revision = parse_go_int(args[0])
     except ValueError as exc:
         raise CtlError(EXIT_ERROR, str(exc)) from None
-    with Client(settings) as client:
-        client.call(client.kv.Compact, rpc_pb2.CompactionRequest(revision=revision, physical=physical))
+    with Session(settings) as session:
+        session.call("KV", "Compact", rpc_pb2.CompactionRequest(revision=revision, physical=physical))
     printer(settings).compaction(revision)

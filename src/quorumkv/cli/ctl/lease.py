@@ -7,12 +7,11 @@ import sys
 import threading
 from collections.abc import Iterator
 
-import grpc
-
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.cli.ctl.app import GoFlag, bad_args, command, group, parse_go_int, printer, root
-from quorumkv.cli.ctl.client import EXIT_BAD_CONNECTION, EXIT_ERROR, Client, CtlError, Settings, grpc_error_text
 from quorumkv.cli.ctl.printers import write_out
+from quorumkv.cli.ctl.session import EXIT_BAD_CONNECTION, EXIT_ERROR, CtlError, Session, Settings, error_text
+from quorumkv.client import EtcdError
 
 __all__ = ["lease_group"]
 
@@ -36,9 +35,9 @@ def grant_cmd(settings: Settings, args: list[str]) -> None:
         ttl = parse_go_int(args[0])
     except ValueError as exc:
         bad_args(f"bad TTL ({exc})")
-    with Client(settings) as client:
+    with Session(settings) as session:
         try:
-            resp = client.call(client.lease.LeaseGrant, rpc_pb2.LeaseGrantRequest(TTL=ttl))
+            resp = session.call("Lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl))
         except CtlError as exc:
             raise CtlError(EXIT_ERROR, f"failed to grant lease ({exc.message})") from None
     printer(settings).grant(resp)
@@ -49,9 +48,9 @@ def revoke_cmd(settings: Settings, args: list[str]) -> None:
     if len(args) != 1:
         bad_args("lease revoke command needs 1 argument")
     lease_id = lease_from_arg(args[0])
-    with Client(settings) as client:
+    with Session(settings) as session:
         try:
-            resp = client.call(client.lease.LeaseRevoke, rpc_pb2.LeaseRevokeRequest(ID=lease_id))
+            resp = session.call("Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=lease_id))
         except CtlError as exc:
             raise CtlError(EXIT_ERROR, f"failed to revoke lease ({exc.message})") from None
     printer(settings).revoke(lease_id, resp)
@@ -68,9 +67,10 @@ def timetolive_cmd(settings: Settings, args: list[str], keys: bool) -> None:
     if len(args) != 1:
         bad_args("lease timetolive command needs lease ID as argument")
     lease_id = lease_from_arg(args[0])
-    with Client(settings) as client:
+    with Session(settings) as session:
         try:
-            resp = client.call(client.lease.LeaseTimeToLive, rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=keys))
+            resp = session.call("Lease", "LeaseTimeToLive", rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=keys),
+                                idempotent=True)
         except CtlError as exc:
             raise CtlError(EXIT_BAD_CONNECTION, exc.message) from None
     printer(settings).timetolive(resp, keys)
@@ -78,9 +78,9 @@ def timetolive_cmd(settings: Settings, args: list[str], keys: bool) -> None:
 
 @command(lease_group, "list", short="List all active leases", usage="lease list")
 def list_cmd(settings: Settings, args: list[str]) -> None:
-    with Client(settings) as client:
+    with Session(settings) as session:
         try:
-            resp = client.call(client.lease.LeaseLeases, rpc_pb2.LeaseLeasesRequest())
+            resp = session.call("Lease", "LeaseLeases", rpc_pb2.LeaseLeasesRequest(), idempotent=True)
         except CtlError as exc:
             raise CtlError(EXIT_BAD_CONNECTION, exc.message) from None
     printer(settings).leases(resp)
@@ -123,10 +123,10 @@ def keepalive_cmd(settings: Settings, args: list[str], once: bool) -> None:
     lease_id = lease_from_arg(args[0])
     show = printer(settings)
     requests = _Requests(lease_id)
-    with Client(settings) as client:
+    with Session(settings) as session:
         timeout = settings.command_timeout if once else None
         try:
-            stream = client.stream(client.lease.LeaseKeepAlive, iter(requests), timeout=timeout)
+            stream = session.stream("Lease", "LeaseKeepAlive", iter(requests), timeout=timeout)
             for resp in stream:
                 if resp.TTL <= 0:
                     if once:
@@ -138,9 +138,9 @@ def keepalive_cmd(settings: Settings, args: list[str], once: bool) -> None:
                     requests.close()
                     return
                 requests.schedule(max(resp.TTL / 3.0, 0.5))
-        except grpc.RpcError as err:
+        except EtcdError as err:
             if once:
-                raise CtlError(EXIT_BAD_CONNECTION, grpc_error_text(err)) from None
+                raise CtlError(EXIT_BAD_CONNECTION, error_text(err)) from None
         finally:
             requests.close()
     if settings.write_out == "simple":

@@ -13,36 +13,37 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-
 import quorumkv
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.cli.ctl.app import API_VERSION, GoFlag, bad_args, command, group, parse_go_int, printer, root
-from quorumkv.cli.ctl.client import (
-    EXIT_BAD_ARGS,
-    EXIT_ERROR,
-    EXIT_INTERRUPTED,
-    Client,
-    CtlError,
-    Settings,
-    grpc_error_text,
-    strip_scheme,
-    zap_line,
-)
 from quorumkv.cli.ctl.cluster import endpoints_from_cluster
 from quorumkv.cli.ctl.gofmt import humanize_bytes
 from quorumkv.cli.ctl.printers import render_table, write_err, write_out
+from quorumkv.cli.ctl.session import (
+    EXIT_BAD_ARGS,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    CtlError,
+    Session,
+    Settings,
+    error_text,
+    strip_scheme,
+    zap_line,
+)
+from quorumkv.client import EtcdError
 
 __all__ = ["save_snapshot"]
 
 alarm_group = group(root, "alarm", short="Alarm related commands", usage="alarm <subcommand>")
+#: Maintenance.Alarm's "list the alarms" request.
+ALARM_LIST = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET)
 snapshot_group = group(root, "snapshot", short="Manages etcd node snapshots", usage="snapshot <subcommand>")
 
 
 @command(alarm_group, "list", short="Lists all alarms", usage="alarm list")
 def alarm_list_cmd(settings: Settings, args: list[str]) -> None:
-    with Client(settings) as client:
-        resp = client.call(client.maintenance.Alarm, rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET))
+    with Session(settings) as session:
+        resp = session.call("Maintenance", "Alarm", ALARM_LIST, idempotent=True)
     printer(settings).alarm(resp)
 
 
@@ -50,15 +51,13 @@ def alarm_list_cmd(settings: Settings, args: list[str]) -> None:
 def alarm_disarm_cmd(settings: Settings, args: list[str]) -> None:
     # clientv3's AlarmDisarm with an empty member: list the alarms, disarm each one, merge the answers.
     merged = rpc_pb2.AlarmResponse()
-    with Client(settings) as client:
-        listed = client.call(client.maintenance.Alarm, rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET))
+    with Session(settings) as session:
+        listed = session.call("Maintenance", "Alarm", ALARM_LIST, idempotent=True)
         for alarm in listed.alarms:
-            resp = client.call(
-                client.maintenance.Alarm,
-                rpc_pb2.AlarmRequest(
-                    action=rpc_pb2.AlarmRequest.DEACTIVATE, memberID=alarm.memberID, alarm=alarm.alarm
-                ),
+            request = rpc_pb2.AlarmRequest(
+                action=rpc_pb2.AlarmRequest.DEACTIVATE, memberID=alarm.memberID, alarm=alarm.alarm
             )
+            resp = session.call("Maintenance", "Alarm", request)
             merged.alarms.extend(resp.alarms)
     printer(settings).alarm(merged)
 
@@ -79,9 +78,9 @@ def defrag_cmd(settings: Settings, args: list[str], cluster: bool, data_dir: str
     settings.cluster = cluster
     failures = 0
     for endpoint in endpoints_from_cluster(settings):
-        with Client(settings, endpoint) as client:
+        with Session(settings, endpoint) as session:
             try:
-                client.call(client.maintenance.Defragment, rpc_pb2.DefragmentRequest())
+                session.call("Maintenance", "Defragment", rpc_pb2.DefragmentRequest())
             except CtlError as exc:
                 write_err(f"Failed to defragment etcd member[{endpoint}] ({exc.message})\n")
                 failures += 1
@@ -115,7 +114,7 @@ def save_snapshot(settings: Settings, path: str, timeout: float | None, progress
     tail = b""
     bar = None
     try:
-        with os.fdopen(fd, "wb") as out, Client(settings) as client:
+        with os.fdopen(fd, "wb") as out, Session(settings) as session:
             _info("snapshot/v3_snapshot.go:127", "fetching snapshot", endpoint=strip_scheme(endpoint))
             if progress and sys.stderr.isatty():
                 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -126,7 +125,7 @@ def save_snapshot(settings: Settings, path: str, timeout: float | None, progress
                 bar.start()
             task = bar.add_task("snapshot", total=None) if bar is not None else None
             try:
-                for chunk in client.stream(client.maintenance.Snapshot, rpc_pb2.SnapshotRequest(), timeout=timeout):
+                for chunk in session.stream("Maintenance", "Snapshot", rpc_pb2.SnapshotRequest(), timeout=timeout):
                     out.write(chunk.blob)
                     size += len(chunk.blob)
                     # keep the last 32 bytes out of the running hash: they are the hash (etcd >= 3.3)
@@ -135,8 +134,8 @@ def save_snapshot(settings: Settings, path: str, timeout: float | None, progress
                     tail = data[-32:] if len(data) >= 32 else data
                     if bar is not None and task is not None:
                         bar.update(task, completed=size, total=size + chunk.remaining_bytes)
-            except grpc.RpcError as err:
-                raise CtlError(EXIT_INTERRUPTED, grpc_error_text(err)) from None
+            except EtcdError as err:
+                raise CtlError(EXIT_INTERRUPTED, error_text(err)) from None
             out.flush()
             os.fsync(out.fileno())
     except BaseException:
@@ -273,19 +272,19 @@ def move_leader_cmd(settings: Settings, args: list[str]) -> None:
         target = parse_go_int(args[0], base=16, unsigned=True)
     except ValueError as exc:
         bad_args(str(exc))
-    leader_client: Client | None = None
+    leader: Session | None = None
     leader_id = 0
     for endpoint in settings.endpoints:
-        client = Client(settings, endpoint)
-        status = client.call(client.maintenance.Status, rpc_pb2.StatusRequest())
+        session = Session(settings, endpoint)
+        status = session.call("Maintenance", "Status", rpc_pb2.StatusRequest(), idempotent=True)
         if status.header.member_id == status.leader:
-            leader_client, leader_id = client, status.leader
+            leader, leader_id = session, status.leader
             break
-        client.close()
-    if leader_client is None:
+        session.close()
+    if leader is None:
         bad_args(f"no leader endpoint given at [{' '.join(settings.endpoints)}]")
-    with leader_client:
-        resp = leader_client.call(leader_client.maintenance.MoveLeader, rpc_pb2.MoveLeaderRequest(targetID=target))
+    with leader:
+        resp = leader.call("Maintenance", "MoveLeader", rpc_pb2.MoveLeaderRequest(targetID=target))
     printer(settings).move_leader(leader_id, target, resp)
 
 

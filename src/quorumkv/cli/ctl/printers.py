@@ -13,8 +13,8 @@ from typing import Any
 
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.api.mvccpb import kv_pb2
-from quorumkv.cli.ctl.client import EXIT_BAD_FEATURE, CtlError
 from quorumkv.cli.ctl.gofmt import go_duration, go_json, go_quote, go_slice, header_fields, humanize_bytes
+from quorumkv.cli.ctl.session import EXIT_BAD_FEATURE, CtlError
 
 __all__ = [
     "EndpointHashKV",

@@ -9,15 +9,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import grpc
-
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.api.mvccpb import kv_pb2
 from quorumkv.cli.ctl.app import GoFlag, bad_args, command, root
-from quorumkv.cli.ctl.client import EXIT_BAD_CONNECTION, EXIT_INTERRUPTED, Client, CtlError, Settings, grpc_error_text
 from quorumkv.cli.ctl.gofmt import go_quote
 from quorumkv.cli.ctl.kv import arg_bytes, prefix_range_end
 from quorumkv.cli.ctl.printers import Printer, write_err
+from quorumkv.cli.ctl.session import EXIT_BAD_CONNECTION, EXIT_INTERRUPTED, CtlError, Session, Settings, error_text
+from quorumkv.client import EtcdError
 
 __all__ = ["watch_request"]
 
@@ -81,7 +80,7 @@ def _run_exec(exec_args: list[str], resp: rpc_pb2.WatchResponse) -> None:
             raise SystemExit(1)
 
 
-def _stream(client: Client, requests: queue.Queue[rpc_pb2.WatchRequest | None]) -> Iterator[rpc_pb2.WatchResponse]:
+def _stream(session: Session, requests: queue.Queue[rpc_pb2.WatchRequest | None]) -> Iterator[rpc_pb2.WatchResponse]:
     def gen() -> Iterator[rpc_pb2.WatchRequest]:
         while True:
             item = requests.get()
@@ -89,17 +88,17 @@ def _stream(client: Client, requests: queue.Queue[rpc_pb2.WatchRequest | None]) 
                 return
             yield item
 
-    return client.stream(client.watch.Watch, gen())
+    return iter(session.stream("Watch", "Watch", gen()))
 
 
-def run_watch(client: Client, show: Printer, creates: list[rpc_pb2.WatchCreateRequest], exec_args: list[str]) -> None:
+def run_watch(session: Session, show: Printer, creates: list[rpc_pb2.WatchCreateRequest], exec_args: list[str]) -> None:
     """Watch until the server cancels every watcher; prints each response like printWatchCh."""
     requests: queue.Queue[rpc_pb2.WatchRequest | None] = queue.Queue()
     for create in creates:
         requests.put(rpc_pb2.WatchRequest(create_request=create))
     live = 0
     try:
-        for resp in _stream(client, requests):
+        for resp in _stream(session, requests):
             if resp.created and not resp.events and not resp.canceled:
                 live += 1
                 continue
@@ -113,8 +112,8 @@ def run_watch(client: Client, show: Printer, creates: list[rpc_pb2.WatchCreateRe
                 live -= 1
                 if live <= 0:
                     break
-    except grpc.RpcError as err:
-        raise CtlError(EXIT_BAD_CONNECTION, grpc_error_text(err)) from None
+    except EtcdError as err:
+        raise CtlError(EXIT_BAD_CONNECTION, error_text(err)) from None
     finally:
         requests.put(None)
     raise CtlError(EXIT_INTERRUPTED, "watch is canceled by the server")
@@ -132,7 +131,7 @@ def _split_exec(args: list[str]) -> tuple[list[str], list[str]]:
     return args, []
 
 
-def _interactive(client: Client, show: Printer, base: dict[str, object]) -> None:
+def _interactive(session: Session, show: Printer, base: dict[str, object]) -> None:
     """``watch -i``: read ``watch [options] <key or prefix>`` lines from stdin, one watcher per line."""
     creates: list[rpc_pb2.WatchCreateRequest] = []
     for raw in sys.stdin:
@@ -157,7 +156,7 @@ def _interactive(client: Client, show: Printer, base: dict[str, object]) -> None
             creates.append(watch_request(positional, **flags))  # type: ignore[arg-type]
         except CtlError as exc:
             write_err(f"Invalid command: {raw.strip()} ({exc.message})\n")
-    run_watch(client, show, creates, [])
+    run_watch(session, show, creates, [])
 
 
 @command(
@@ -176,8 +175,8 @@ def watch_cmd(
     show = Printer(settings.write_out, settings.hex)
     flags: dict[str, object] = {"prefix": prefix, "prev_kv": prev_kv, "rev": rev, "progress_notify": progress_notify}
     if interactive:
-        with Client(settings) as client:
-            _interactive(client, show, flags)
+        with Session(settings) as session:
+            _interactive(session, show, flags)
         return
     watch_args, exec_args = _split_exec(args)
     if env_key:
@@ -185,5 +184,5 @@ def watch_cmd(
             bad_args("bad number of arguments")
         watch_args = [env_key] + ([env_range] if env_range else [])
     create = watch_request(watch_args, **flags)  # type: ignore[arg-type]
-    with Client(settings) as client:
-        run_watch(client, show, [create], exec_args)
+    with Session(settings) as session:
+        run_watch(session, show, [create], exec_args)
