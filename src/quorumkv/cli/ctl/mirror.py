@@ -17,13 +17,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
-import grpc
-
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.api.mvccpb import kv_pb2
 from quorumkv.cli.ctl.app import GoFlag, bad_args, command, root
-from quorumkv.cli.ctl.client import EXIT_ERROR, Client, CtlError, Settings, grpc_error_text
 from quorumkv.cli.ctl.kv import prefix_range_end
+from quorumkv.cli.ctl.session import EXIT_ERROR, CtlError, Session, Settings, error_text
+from quorumkv.client import EtcdError
 
 __all__ = ["REPORT_INTERVAL_ENV"]
 
@@ -63,14 +62,15 @@ def _rename(key: bytes, prefix: bytes, dest_prefix: bytes) -> bytes:
     return key.replace(prefix, dest_prefix, 1)
 
 
-def _sync_base(src: Client, dst: Client, prefix: bytes, dest_prefix: bytes, counter: _Counter) -> int:
+def _sync_base(src: Session, dst: Session, prefix: bytes, dest_prefix: bytes, counter: _Counter) -> int:
     """Copy every key under ``prefix`` at one revision; returns that revision."""
     key, end = _base_range(prefix)
-    rev = int(src.call(src.kv.Range, rpc_pb2.RangeRequest(key=b"foo")).header.revision)
+    rev = int(src.call("KV", "Range", rpc_pb2.RangeRequest(key=b"foo"), idempotent=True).header.revision)
     while True:
-        resp = src.call(src.kv.Range, rpc_pb2.RangeRequest(key=key, range_end=end, limit=BATCH_LIMIT, revision=rev))
+        resp = src.call("KV", "Range", rpc_pb2.RangeRequest(key=key, range_end=end, limit=BATCH_LIMIT, revision=rev),
+                        idempotent=True)
         for kv in resp.kvs:
-            dst.call(dst.kv.Put, rpc_pb2.PutRequest(key=_rename(kv.key, prefix, dest_prefix), value=kv.value))
+            dst.call("KV", "Put", rpc_pb2.PutRequest(key=_rename(kv.key, prefix, dest_prefix), value=kv.value))
             counter.add()
         if not resp.more or not resp.kvs:
             return rev
@@ -84,7 +84,7 @@ def _op(ev: kv_pb2.Event, prefix: bytes, dest_prefix: bytes) -> rpc_pb2.RequestO
     return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key))
 
 
-def _sync_updates(src: Client, dst: Client, prefix: bytes, dest_prefix: bytes, rev: int, counter: _Counter,
+def _sync_updates(src: Session, dst: Session, prefix: bytes, dest_prefix: bytes, rev: int, counter: _Counter,
                   stop: threading.Event) -> None:
     key, end = _base_range(prefix)
     create = rpc_pb2.WatchCreateRequest(key=key, range_end=end, start_revision=rev + 1)
@@ -93,9 +93,8 @@ def _sync_updates(src: Client, dst: Client, prefix: bytes, dest_prefix: bytes, r
         yield rpc_pb2.WatchRequest(create_request=create)
         stop.wait()
 
-    src.dial()
     try:
-        for wr in src.watch.Watch(requests(), metadata=None):
+        for wr in src.stream("Watch", "Watch", requests()):
             if wr.compact_revision != 0:
                 raise CtlError(EXIT_ERROR, COMPACTED)
             if wr.canceled:
@@ -104,15 +103,15 @@ def _sync_updates(src: Client, dst: Client, prefix: bytes, dest_prefix: bytes, r
             last = 0
             for ev in wr.events:
                 if last and ev.kv.mod_revision > last:  # one destination txn per source revision
-                    dst.call(dst.kv.Txn, rpc_pb2.TxnRequest(success=ops))
+                    dst.call("KV", "Txn", rpc_pb2.TxnRequest(success=ops))
                     ops = []
                 last = ev.kv.mod_revision
                 ops.append(_op(ev, prefix, dest_prefix))
                 counter.add()
             if ops:
-                dst.call(dst.kv.Txn, rpc_pb2.TxnRequest(success=ops))
-    except grpc.RpcError as err:
-        raise CtlError(EXIT_ERROR, grpc_error_text(err)) from None
+                dst.call("KV", "Txn", rpc_pb2.TxnRequest(success=ops))
+    except EtcdError as err:
+        raise CtlError(EXIT_ERROR, error_text(err)) from None
 
 
 @command(
@@ -152,7 +151,7 @@ def make_mirror_cmd(settings: Settings, args: list[str], dest_cacert: str, dest_
 
         bar = Progress("mirroring keys", unit="keys").__enter__()
     try:
-        with Client(settings) as src, Client(dest_settings) as dst:
+        with Session(settings) as src, Session(dest_settings) as dst:
             src.dial()
             dst.dial()
             if bar is not None:
