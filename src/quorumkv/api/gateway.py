@@ -14,6 +14,7 @@ keepalive may carry several JSON objects, and once it ends the stream stays open
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -295,14 +296,19 @@ class Gateway:
                     break
             # etcd keeps the stream open after the request body ends, until the client goes away.
             await req.wait_disconnect()
+            gone.set()
 
         ctx = GatewayContext()
-        return StreamResponse(self._stream_out(method(requests(), ctx), ctx), headers=_STREAM_HEADERS)
+        gone = asyncio.Event()
+        return StreamResponse(self._stream_out(method(requests(), ctx), ctx, gone), headers=_STREAM_HEADERS)
 
-    async def _stream_out(self, responses: AsyncIterator[Message], ctx: GatewayContext) -> AsyncIterator[bytes]:
+    async def _stream_out(self, responses: AsyncIterator[Message], ctx: GatewayContext,
+                          gone: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+        """The responses as chunks, until they end or (``gone``) the client closes the connection -- which a
+        gRPC client's cancel would tell the servicer, so its generator is closed then, as a cancel closes it."""
         try:
             try:
-                async for msg in responses:
+                async for msg in _until(responses, gone):
                     yield dumps({"result": to_json(msg)}) + b"\n"
             except GatewayAbort as exc:
                 yield _stream_error(_code_value(exc.code), exc.message)
@@ -316,6 +322,29 @@ class Gateway:
 
 
 _STREAM_HEADERS = [("Grpc-Metadata-Content-Type", "application/grpc")]
+
+
+async def _until(responses: AsyncIterator[Message], gone: asyncio.Event | None) -> AsyncIterator[Message]:
+    """``responses`` until they end, or until ``gone`` is set (then the pending read is cancelled)."""
+    if gone is None:
+        async for msg in responses:
+            yield msg
+        return
+    it = responses.__aiter__()
+    stop = asyncio.ensure_future(gone.wait())
+    try:
+        while True:
+            nxt = asyncio.ensure_future(it.__anext__())
+            done, _ = await asyncio.wait([nxt, stop], return_when=asyncio.FIRST_COMPLETED)
+            if nxt not in done:
+                nxt.cancel()
+                return
+            try:
+                yield nxt.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        stop.cancel()
 
 
 def _stream_error(code: int, message: str) -> bytes:

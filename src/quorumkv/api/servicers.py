@@ -105,6 +105,8 @@ class WatchServicer(pb_grpc.WatchServicer):
         stream = hub.new_stream()
 
         async def receive() -> None:
+            """Requests until the client half-closes. As etcd, a half-closed stream keeps its watchers and goes
+            on sending events until the client cancels the call; only a broken stream ends them here."""
             try:
                 async for req in request_iterator:
                     which = req.WhichOneof("request_union")
@@ -115,10 +117,9 @@ class WatchServicer(pb_grpc.WatchServicer):
                     elif which == "progress_request":
                         stream.request_progress()
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
-                pass
+                stream.close()
             except Exception:  # a malformed stream must not take the server down
                 log.exception("watch stream receive failed")
-            finally:
                 stream.close()
 
         receiver = asyncio.get_running_loop().create_task(receive())
