@@ -557,7 +557,7 @@ class Registry:
     def load(cls) -> None:
         if cls.loaded:
             return
-        from quorumkv.cli.ctl import check, cluster, kv, lease, maintenance, watch  # noqa: F401
+        from quorumkv.cli.ctl import auth, check, cluster, kv, lease, maintenance, watch  # noqa: F401
 
         cls.loaded = True
 

@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from quorumkv.api.etcdserverpb import rpc_pb2_grpc
+from quorumkv.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
 __all__ = [
     "EXIT_BAD_ARGS",
@@ -202,6 +202,21 @@ class Client:
         except grpc.FutureTimeoutError:
             raise CtlError(EXIT_ERROR, "context deadline exceeded") from None
         self._dialled = True
+        if self.settings.user:
+            self._authenticate()
+
+    def _authenticate(self) -> None:
+        """--user/--password (or ETCDCTL_USER): get a token, sent as ``token`` metadata on every call (as clientv3
+        does when a user name is configured); a refused login exits with etcdctl's bad-connection code."""
+        name, password = auth_credentials(self.settings)
+        auth = _stub("AuthStub", self.channel)
+        try:
+            resp = auth.Authenticate(rpc_pb2.AuthenticateRequest(name=name, password=password),
+                                     timeout=self.settings.command_timeout)
+        except grpc.RpcError as err:
+            self.warn(err)
+            raise CtlError(EXIT_BAD_CONNECTION, grpc_error_text(err)) from None
+        self._metadata = [("token", resp.token)]
 
     def warn(self, err: grpc.RpcError) -> None:
         """The line clientv3's retry interceptor logs for every failed unary call."""
@@ -246,6 +261,18 @@ class Client:
         self.dial()
         result: Iterator[R] = method(request, timeout=timeout, metadata=self._metadata or None)
         return result
+
+
+def auth_credentials(settings: Settings) -> tuple[str, str]:
+    """etcdctl's rule: ``--user name:password``, or ``--user name --password pw``, or prompt for the password."""
+    if settings.password:
+        return settings.user, settings.password
+    name, sep, password = settings.user.partition(":")
+    if not sep:
+        import getpass
+
+        password = getpass.getpass("Password: ")
+    return name, password
 
 
 def fail(code: int, message: str) -> NoReturn:
