@@ -156,7 +156,7 @@ class WatchServicer(pb_grpc.WatchServicer):
                         if s.auth_enabled and not _watch_permitted(s, context, req.create_request):
                             stream.send(pb.WatchResponse(header=stream.header(hub.last_rev), watch_id=-1,
                                                          created=True, canceled=True,
-                                                         cancel_reason=errors.PERMISSION_DENIED.message))
+                                                         cancel_reason=_WATCH_DENIED))
                             continue
                         stream.create(req.create_request)
                     elif which == "cancel_request":
@@ -189,6 +189,9 @@ def _watch_permitted(s: Authorizer, context: Any, req: pb.WatchCreateRequest) ->
         return False
     return s.watch_permitted(info, req)
 
+
+#: etcd 3.4 puts the whole gRPC status text of ErrGRPCPermissionDenied in a denied watch's cancel reason.
+_WATCH_DENIED = f"rpc error: code = PermissionDenied desc = {errors.PERMISSION_DENIED.message}"
 
 #: etcd's auth package errors as they read before v3rpc translates them (what authMaintenanceServer returns).
 _AUTH_RAW = {

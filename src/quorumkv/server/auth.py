@@ -64,7 +64,7 @@ class MemberAuth(MemberCore):
         state = self.applier.auth
         if not state.enabled:
             return None
-        if token:
+        if token is not None:
             info = self.tokens.info(token, state.revision)
             if info is None:
                 log.warning("invalid auth token")
