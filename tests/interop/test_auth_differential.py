@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from quorumkv.cli.ctl.app import main as ctl_main
-from quorumkv.testing.processes import ServerProcess, run_etcdctl, start_etcd, start_etcdctl, start_quorumkv
+from quorumkv.testing.processes import (
+    ServerProcess,
+    free_port,
+    run_etcdctl,
+    start_etcd,
+    start_etcdctl,
+    start_quorumkv,
+)
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_etcd_binaries")]
 
@@ -145,6 +152,8 @@ TXNS: list[tuple[tuple[str, str], str]] = [
     (ALICE, 'value("/r/a") = "1"\n\nput /r/a 2\n\n\n'),
 ]
 
+Q1_GATEWAY = ""
+
 _NOISE = [
     (re.compile(r'"ts":"[^"]*",'), ""),
     (re.compile(r"client-[0-9a-f-]{36}"), "client"),
@@ -241,22 +250,32 @@ def _full(t: Transcript) -> None:
 
 
 @pytest.fixture(scope="module")
-def transcripts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[str]]]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
+    """etcd, quorumkv (driven by etcdctl) and quorumkv (driven by quorumkvctl)."""
     base: Path = tmp_path_factory.mktemp("auth-diff")
     args = ["--bcrypt-cost", "4"]
-    servers = [start_etcd(base / "etcd", extra_args=args), start_quorumkv(base / "q1", extra_args=args),
-               start_quorumkv(base / "q2", extra_args=args)]
+    started: list[ServerProcess] = []
     try:
-        ref = Transcript(servers[0], "etcdctl")
-        _full(ref)
-        got = Transcript(servers[1], "etcdctl")
-        _full(got)
-        ctl = Transcript(servers[2], "quorumkvctl")
-        _admin(ctl)
-        yield {"etcd": ref.lines, "quorumkv": got.lines, "quorumkvctl": ctl.lines}
+        started.append(start_etcd(base / "etcd", extra_args=args))
+        global Q1_GATEWAY
+        Q1_GATEWAY = f"http://127.0.0.1:{free_port()}"  # quorumkv serves the JSON gateway on its own listener
+        started.append(start_quorumkv(base / "q1", extra_args=[*args, "--listen-client-http-urls", Q1_GATEWAY]))
+        started.append(start_quorumkv(base / "q2", extra_args=args))
+        yield started
     finally:
-        for server in servers:
+        for server in started:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def transcripts(servers: list[ServerProcess]) -> dict[str, list[str]]:
+    ref = Transcript(servers[0], "etcdctl")
+    _full(ref)
+    got = Transcript(servers[1], "etcdctl")
+    _full(got)
+    ctl = Transcript(servers[2], "quorumkvctl")
+    _admin(ctl)
+    return {"etcd": ref.lines, "quorumkv": got.lines, "quorumkvctl": ctl.lines}
 
 
 def test_etcdctl_auth_session_and_permissions_match_etcd(transcripts: dict[str, list[str]]) -> None:
@@ -267,3 +286,56 @@ def test_etcdctl_auth_session_and_permissions_match_etcd(transcripts: dict[str, 
 def test_quorumkvctl_auth_session_matches_etcdctl_against_etcd(transcripts: dict[str, list[str]]) -> None:
     ref, got = transcripts["etcd"][: len(ADMIN)], transcripts["quorumkvctl"]
     assert [(w, h) for w, h in zip(ref, got, strict=True) if w != h] == []
+
+
+def _gateway(url: str, path: str, body: dict[str, object], token: str | None = None) -> tuple[int, dict[str, object]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    if token is not None:
+        req.add_header("Authorization", token)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            status, data = resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        status, data = exc.code, json.loads(exc.read() or b"{}")
+    data.pop("header", None)
+    if isinstance(data.get("token"), str):
+        data["token"] = "TOKEN"
+    for kv in data.get("kvs", []) if isinstance(data.get("kvs"), list) else []:
+        for k in ("create_revision", "mod_revision", "version"):
+            kv.pop(k, None)
+    return status, data
+
+
+def _gateway_session(url: str) -> list[tuple[int, dict[str, object]]]:
+    out = [_gateway(url, "/v3/auth/authenticate", {"name": "root", "password": "rootpw"}),
+           _gateway(url, "/v3/auth/enable", {})]
+    status, body = _gateway(url, "/v3/auth/authenticate", {"name": "root", "password": "rootpw"})
+    import json
+    import urllib.request
+
+    raw = urllib.request.Request(url + "/v3/auth/authenticate", method="POST",
+                                 data=json.dumps({"name": "root", "password": "rootpw"}).encode())
+    with urllib.request.urlopen(raw, timeout=10) as resp:
+        token = str(json.loads(resp.read())["token"])
+    out += [(status, body),
+            _gateway(url, "/v3/auth/authenticate", {"name": "root", "password": "nope"}),
+            _gateway(url, "/v3/kv/range", {"key": "L3IvYQ=="}, token),  # /r/a
+            _gateway(url, "/v3/kv/range", {"key": "L3IvYQ=="}),
+            _gateway(url, "/v3/kv/range", {"key": "L3IvYQ=="}, "bogus"),
+            _gateway(url, "/v3/auth/user/list", {}, token),
+            _gateway(url, "/v3/auth/role/get", {"role": "reader"}, token),
+            _gateway(url, "/v3/auth/user/get", {"name": "alice"}, token),
+            _gateway(url, "/v3/auth/disable", {}, token)]
+    return out
+
+
+def test_gateway_auth_routes_and_authorization_header_match_etcd(transcripts: dict[str, list[str]],
+                                                                 servers: list[ServerProcess]) -> None:
+    want = _gateway_session(servers[0].client_url)
+    assert want[4][1].get("kvs"), want  # the session reads with a token as etcd answers it
+    assert _gateway_session(Q1_GATEWAY) == want

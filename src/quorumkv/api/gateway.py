@@ -29,9 +29,9 @@ from quorumkv.observability.health import Health
 from quorumkv.observability.health import Response as HealthAnswer
 from quorumkv.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
-#: grpc-gateway v1 runtime.HTTPStatusFromCode.
+#: grpc-gateway v1 runtime.HTTPStatusFromCode (as etcd 3.4.23 answers: FailedPrecondition is 412).
 HTTP_STATUS: dict[int, int] = {
-    0: 200, 1: 408, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409, 11: 400,
+    0: 200, 1: 408, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 412, 10: 409, 11: 400,
     12: 501, 13: 500, 14: 503, 15: 500, 16: 401,
 }
 

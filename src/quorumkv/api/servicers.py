@@ -81,10 +81,10 @@ class KVServicer(pb_grpc.KVServicer):
     async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:
         try:
             validate.check_range(request)
-            if self.s.auth_enabled:
-                self.s.authorize_range(auth_info(self.s, context), request)
             if not request.serializable:
                 await self.s.read_barrier()
+            if self.s.auth_enabled:  # after the barrier, as etcd: the auth state is at least as new as the read
+                self.s.authorize_range(auth_info(self.s, context), request)
             resp = self.s.range(request)
         except EtcdError as err:
             await abort(context, err)
