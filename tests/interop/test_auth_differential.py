@@ -339,3 +339,36 @@ def test_gateway_auth_routes_and_authorization_header_match_etcd(transcripts: di
     want = _gateway_session(servers[0].client_url)
     assert want[4][1].get("kvs"), want  # the session reads with a token as etcd answers it
     assert _gateway_session(Q1_GATEWAY) == want
+
+
+def test_bad_input_gets_etcds_errors_and_changes_nothing(transcripts: dict[str, list[str]],
+                                                         servers: list[ServerProcess]) -> None:
+    import grpc
+
+    from quorumkv.api.authpb import auth_pb2
+    from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+    from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+
+    def attempt(server: ServerProcess) -> list[object]:
+        out: list[object] = []
+        with grpc.insecure_channel(server.client_url.removeprefix("http://"),
+                                   options=[("grpc.max_send_message_length", 16 << 20)]) as ch:
+            auth = pb_grpc.AuthStub(ch)
+            for call, req in ((auth.UserAdd, pb.AuthUserAddRequest(name="u" * 2_000_000, password="x")),
+                              (auth.UserAdd, pb.AuthUserAddRequest(name="", password="x")),
+                              (auth.RoleAdd, pb.AuthRoleAddRequest(name="r" * 2_000_000)),
+                              (auth.RoleGrantPermission, pb.AuthRoleGrantPermissionRequest(
+                                  name="nope", perm=auth_pb2.Permission(key=b"a", range_end=b"b"))),
+                              (auth.Authenticate, pb.AuthenticateRequest(name="root", password="rootpw"))):
+                try:
+                    call(req, timeout=10)
+                    out.append("ok")
+                except grpc.RpcError as err:
+                    out.append((err.code(), err.details()))  # type: ignore[attr-defined]
+            out.append(sorted(auth.UserList(pb.AuthUserListRequest(), timeout=10).users))
+            out.append(sorted(auth.RoleList(pb.AuthRoleListRequest(), timeout=10).roles))
+        return out
+
+    want = attempt(servers[0])
+    assert want[0] == (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large")
+    assert attempt(servers[1]) == want

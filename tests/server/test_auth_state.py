@@ -169,3 +169,17 @@ def test_a_schema_2_data_dir_is_upgraded_in_place(tmp_path: Path) -> None:
         assert AuthState.load(backend.writer) == AuthState()
     finally:
         backend.close()
+
+
+def test_failed_authentications_are_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    from quorumkv.server.auth import MemberAuth
+
+    member = MemberAuth.__new__(MemberAuth)
+    member._failed_auth = {}
+    with caplog.at_level("WARNING", logger="quorumkv.auth"):
+        for _ in range(50):
+            member._log_failed_auth("mallory")
+        member._log_failed_auth("x" * 10_000)
+    lines = [r for r in caplog.records if "authentication failed" in r.getMessage()]
+    assert len(lines) == 2  # once per user name per interval, however many attempts
+    assert all(len(getattr(r, "user-name")) <= 67 for r in lines)  # huge names are cut
