@@ -147,10 +147,11 @@ def make_provider(spec: str, ttl_s: float) -> TokenProvider:
         return JwtTokens(method, key, key, jwt_ttl)
     if "pub-key" not in opts:
         raise TokenError("--auth-token jwt: pub-key=PATH is required")
+    pub_pem = read(opts["pub-key"])
+    priv_pem = read(opts["priv-key"]) if "priv-key" in opts else None
     try:
-        public = serialization.load_pem_public_key(read(opts["pub-key"]))
-        private = (serialization.load_pem_private_key(read(opts["priv-key"]), password=None)
-                   if "priv-key" in opts else None)
-    except ValueError as exc:
+        public = serialization.load_pem_public_key(pub_pem)
+        private = serialization.load_pem_private_key(priv_pem, password=None) if priv_pem is not None else None
+    except (ValueError, TypeError) as exc:
         raise TokenError(f"--auth-token jwt: cannot load a key: {exc}") from None
     return JwtTokens(method, public, private, jwt_ttl)

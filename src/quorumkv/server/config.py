@@ -243,9 +243,12 @@ class ServerConfig:
         if self.auth_token_ttl <= 0:
             raise ConfigError(f"--auth-token-ttl must be > 0 seconds (set to {self.auth_token_ttl})",
                               flag="--auth-token-ttl")
-        if self.auth_token.split(",", 1)[0].strip() not in ("simple", "jwt"):
-            raise ConfigError(f"--auth-token {self.auth_token!r}: the token type must be 'simple' or 'jwt'",
-                              flag="--auth-token")
+        from quorumkv.server.auth_tokens import TokenError, make_provider
+
+        try:  # reads and parses the JWT keys: a bad value is refused before anything listens
+            make_provider(self.auth_token, self.auth_token_ttl)
+        except TokenError as exc:
+            raise ConfigError(str(exc), flag="--auth-token") from None
         hb, et = self.heartbeat_interval_ms, self.election_timeout_ms
         if et < 5 * hb:
             raise ConfigError(
