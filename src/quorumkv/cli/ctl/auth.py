@@ -68,6 +68,9 @@ def auth_status_cmd(settings: Settings, args: list[str]) -> None:
     write_out(f"Authentication Status: {'true' if resp.enabled else 'false'}\nAuthRevision: {resp.authRevision}\n")
 
 
+auth_status_cmd.hidden = True  # etcdctl 3.5's command: absent from etcdctl 3.4's help, which the listings match
+
+
 # -- user ------------------------------------------------------------------------------------------------------
 
 INTERACTIVE = GoFlag("interactive", "bool", True, "Read password from stdin instead of interactive terminal")
