@@ -66,9 +66,8 @@ def test_auth_flags_are_checked() -> None:
                                      ("auth_token_ttl", 0, "--auth-token-ttl must be > 0"),
                                      ("auth_token", "jwt,sign-method=RS256", "pub-key=PATH is required"),
                                      ("auth_token", "tls", "unknown token type 'tls'")):
-        config = ServerConfig(**{field_name: value})
         with pytest.raises(ConfigError, match=re.escape(words)):
-            config.validate()
+            ServerConfig(**{field_name: value}).validate()
 
 
 def test_defaults_are_etcds() -> None:
