@@ -77,6 +77,11 @@ ADMIN: list[tuple[str, ...]] = [
     ("user", "get", "nope"),
     ("user", "list"),
     ("role", "list"),
+    ("-w", "json", "role", "get", "reader"),
+    ("-w", "json", "user", "get", "alice"),
+    ("-w", "json", "user", "list"),
+    ("-w", "json", "role", "add", "tmp"),
+    ("-w", "json", "role", "delete", "tmp"),
     ("user", "delete", "carol"),
     ("user", "delete", "carol"),
     ("auth", "enable"),  # root has no root role yet: etcdctl adds the role and grants it
@@ -160,6 +165,7 @@ _NOISE = [
     (re.compile(r"(passthrough:///http://|endpoint://client/)127\.0\.0\.1:\d+"), "EP"),
     (re.compile(r"127\.0\.0\.1:\d+"), "EP"),
     (re.compile(r"\b[0-9a-f]{14,16}\b"), "ID"),
+    (re.compile(r'"(cluster_id|member_id)":\d+'), r'"\1":ID'),
 ]
 
 

@@ -14,6 +14,7 @@ from quorumkv.api.authpb import auth_pb2
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.cli.ctl.app import GoFlag, bad_args, command, group, root
 from quorumkv.cli.ctl.client import EXIT_ERROR, Client, CtlError, Settings, _stub, grpc_error_text
+from quorumkv.cli.ctl.gofmt import go_json
 from quorumkv.cli.ctl.printers import write_out
 
 __all__ = ["auth_group", "role_group", "user_group"]
@@ -21,6 +22,12 @@ __all__ = ["auth_group", "role_group", "user_group"]
 auth_group = group(root, "auth", short="Enable or disable authentication", usage="auth <enable or disable>")
 user_group = group(root, "user", short="User related commands", usage="user <subcommand>")
 role_group = group(root, "role", short="Role related commands", usage="role <subcommand>")
+
+
+def _show(settings: Settings, resp: Any, simple: str) -> None:
+    """etcdctl's printers for auth responses: ``-w json`` prints the response (Go's encoding/json of it), every
+    other format the simple text."""
+    write_out(go_json(resp) + "\n" if settings.write_out == "json" else simple)
 
 
 def _call(settings: Settings, method: str, request: Any) -> Any:
@@ -42,14 +49,15 @@ def auth_enable_cmd(settings: Settings, args: list[str]) -> None:
         client.dial()
         while True:  # etcdctl: create the root role and grant it to root if that is all that is missing
             try:
-                client.call_raw(auth.AuthEnable, rpc_pb2.AuthEnableRequest())
+                resp = client.call_raw(auth.AuthEnable, rpc_pb2.AuthEnableRequest())
                 break
             except grpc.RpcError as err:
                 if err.details() != "etcdserver: root user does not have root role":
                     raise CtlError(EXIT_ERROR, grpc_error_text(err)) from None
                 client.call(auth.RoleAdd, rpc_pb2.AuthRoleAddRequest(name="root"))
                 client.call(auth.UserGrantRole, rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"))
-    write_out("Authentication Enabled\n")
+    del resp
+    write_out("Authentication Enabled\n")  # etcdctl 3.4 prints this text whatever -w says
 
 
 @command(auth_group, "disable", short="Disables authentication", usage="auth disable")
@@ -57,7 +65,7 @@ def auth_disable_cmd(settings: Settings, args: list[str]) -> None:
     if args:
         bad_args("auth disable command does not accept any arguments")
     _call(settings, "AuthDisable", rpc_pb2.AuthDisableRequest())
-    write_out("Authentication Disabled\n")
+    write_out("Authentication Disabled\n")  # whatever -w says, as etcdctl 3.4
 
 
 @command(auth_group, "status", short="Returns authentication status", usage="auth status")
@@ -111,16 +119,16 @@ def user_add_cmd(settings: Settings, args: list[str], interactive: bool, new_use
             password = _read_password(name, interactive)
         elif not name:
             bad_args("empty user name is not allowed")
-    _call(settings, "UserAdd", rpc_pb2.AuthUserAddRequest(name=name, password=password, options=options))
-    write_out(f"User {name} created\n")
+    resp = _call(settings, "UserAdd", rpc_pb2.AuthUserAddRequest(name=name, password=password, options=options))
+    _show(settings, resp, f"User {name} created\n")
 
 
 @command(user_group, "delete", short="Deletes a user", usage="user delete <user name>")
 def user_delete_cmd(settings: Settings, args: list[str]) -> None:
     if len(args) != 1:
         bad_args("user delete command requires user name as its argument")
-    _call(settings, "UserDelete", rpc_pb2.AuthUserDeleteRequest(name=args[0]))
-    write_out(f"User {args[0]} deleted\n")
+    _show(settings, _call(settings, "UserDelete", rpc_pb2.AuthUserDeleteRequest(name=args[0])),
+          f"User {args[0]} deleted\n")
 
 
 @command(user_group, "get", short="Gets detailed information of a user", usage="user get <user name> [options]",
@@ -134,12 +142,12 @@ def user_get_cmd(settings: Settings, args: list[str], detail: bool) -> None:
         client.dial()
         resp = client.call(auth.UserGet, rpc_pb2.AuthUserGetRequest(name=name))
         if not detail:
-            write_out(f"User: {name}\nRoles:{''.join(' ' + r for r in resp.roles)}\n")
+            _show(settings, resp, f"User: {name}\nRoles:{''.join(' ' + r for r in resp.roles)}\n")
             return
         out = [f"User: {name}\n"]
         for role in resp.roles:
             perms = client.call(auth.RoleGet, rpc_pb2.AuthRoleGetRequest(role=role))
-            out.append("\n" + role_text(role, perms))
+            out.append("\n" + (go_json(perms) + "\n" if settings.write_out == "json" else role_text(role, perms)))
         write_out("".join(out))
 
 
@@ -148,7 +156,7 @@ def user_list_cmd(settings: Settings, args: list[str]) -> None:
     if args:
         bad_args("user list command requires no arguments")
     resp = _call(settings, "UserList", rpc_pb2.AuthUserListRequest())
-    write_out("".join(f"{u}\n" for u in resp.users))
+    _show(settings, resp, "".join(f"{u}\n" for u in resp.users))
 
 
 @command(user_group, "passwd", short="Changes password of user", usage="user passwd <user name> [options]",
@@ -158,16 +166,16 @@ def user_passwd_cmd(settings: Settings, args: list[str], interactive: bool) -> N
     if len(args) != 1:
         bad_args("user passwd command requires user name as its argument")
     password = _read_password(args[0], interactive)
-    _call(settings, "UserChangePassword", rpc_pb2.AuthUserChangePasswordRequest(name=args[0], password=password))
-    write_out("Password updated\n")
+    resp = _call(settings, "UserChangePassword", rpc_pb2.AuthUserChangePasswordRequest(name=args[0], password=password))
+    _show(settings, resp, "Password updated\n")
 
 
 @command(user_group, "grant-role", short="Grants a role to a user", usage="user grant-role <user name> <role name>")
 def user_grant_role_cmd(settings: Settings, args: list[str]) -> None:
     if len(args) != 2:
         bad_args("user grant command requires user name and role name as its argument")
-    _call(settings, "UserGrantRole", rpc_pb2.AuthUserGrantRoleRequest(user=args[0], role=args[1]))
-    write_out(f"Role {args[1]} is granted to user {args[0]}\n")
+    resp = _call(settings, "UserGrantRole", rpc_pb2.AuthUserGrantRoleRequest(user=args[0], role=args[1]))
+    _show(settings, resp, f"Role {args[1]} is granted to user {args[0]}\n")
 
 
 @command(user_group, "revoke-role", short="Revokes a role from a user",
@@ -175,8 +183,8 @@ def user_grant_role_cmd(settings: Settings, args: list[str]) -> None:
 def user_revoke_role_cmd(settings: Settings, args: list[str]) -> None:
     if len(args) != 2:
         bad_args("user revoke-role requires user name and role name as its argument")
-    _call(settings, "UserRevokeRole", rpc_pb2.AuthUserRevokeRoleRequest(name=args[0], role=args[1]))
-    write_out(f"Role {args[1]} is revoked from user {args[0]}\n")
+    resp = _call(settings, "UserRevokeRole", rpc_pb2.AuthUserRevokeRoleRequest(name=args[0], role=args[1]))
+    _show(settings, resp, f"Role {args[1]} is revoked from user {args[0]}\n")
 
 
 # -- role ------------------------------------------------------------------------------------------------------
@@ -245,16 +253,15 @@ def perm_range(args: list[str], prefix: bool, from_key: bool) -> tuple[str, str]
 def role_add_cmd(settings: Settings, args: list[str]) -> None:
     if len(args) != 1:
         bad_args("role add command requires role name as its argument")
-    _call(settings, "RoleAdd", rpc_pb2.AuthRoleAddRequest(name=args[0]))
-    write_out(f"Role {args[0]} created\n")
+    _show(settings, _call(settings, "RoleAdd", rpc_pb2.AuthRoleAddRequest(name=args[0])), f"Role {args[0]} created\n")
 
 
 @command(role_group, "delete", short="Deletes a role", usage="role delete <role name>")
 def role_delete_cmd(settings: Settings, args: list[str]) -> None:
     if len(args) != 1:
         bad_args("role delete command requires role name as its argument")
-    _call(settings, "RoleDelete", rpc_pb2.AuthRoleDeleteRequest(role=args[0]))
-    write_out(f"Role {args[0]} deleted\n")
+    _show(settings, _call(settings, "RoleDelete", rpc_pb2.AuthRoleDeleteRequest(role=args[0])),
+          f"Role {args[0]} deleted\n")
 
 
 @command(role_group, "get", short="Gets detailed information of a role", usage="role get <role name>")
@@ -262,7 +269,7 @@ def role_get_cmd(settings: Settings, args: list[str]) -> None:
     if len(args) != 1:
         bad_args("role get command requires role name as its argument")
     resp = _call(settings, "RoleGet", rpc_pb2.AuthRoleGetRequest(role=args[0]))
-    write_out(role_text(args[0], resp))
+    _show(settings, resp, role_text(args[0], resp))
 
 
 @command(role_group, "list", short="Lists all roles", usage="role list")
@@ -270,7 +277,7 @@ def role_list_cmd(settings: Settings, args: list[str]) -> None:
     if args:
         bad_args("role list command requires no arguments")
     resp = _call(settings, "RoleList", rpc_pb2.AuthRoleListRequest())
-    write_out("".join(f"{r}\n" for r in resp.roles))
+    _show(settings, resp, "".join(f"{r}\n" for r in resp.roles))
 
 
 @command(role_group, "grant-permission", short="Grants a key to a role",
@@ -285,8 +292,8 @@ def role_grant_cmd(settings: Settings, args: list[str], from_key: bool, prefix: 
     key, end = perm_range(args[2:], prefix, from_key)
     perm = auth_pb2.Permission(permType=perm_type, key=key.encode("utf-8", "surrogateescape"),
                                range_end=end.encode("utf-8", "surrogateescape"))
-    _call(settings, "RoleGrantPermission", rpc_pb2.AuthRoleGrantPermissionRequest(name=args[0], perm=perm))
-    write_out(f"Role {args[0]} updated\n")
+    resp = _call(settings, "RoleGrantPermission", rpc_pb2.AuthRoleGrantPermissionRequest(name=args[0], perm=perm))
+    _show(settings, resp, f"Role {args[0]} updated\n")
 
 
 @command(role_group, "revoke-permission", short="Revokes a key from a role",
@@ -295,8 +302,11 @@ def role_revoke_cmd(settings: Settings, args: list[str], from_key: bool, prefix:
     if len(args) < 2:
         bad_args("role revoke-permission command requires role name and key [endkey] as its argument")
     key, end = perm_range(args[1:], prefix, from_key)
-    _call(settings, "RoleRevokePermission", rpc_pb2.AuthRoleRevokePermissionRequest(
+    resp = _call(settings, "RoleRevokePermission", rpc_pb2.AuthRoleRevokePermissionRequest(
         role=args[0], key=key.encode("utf-8", "surrogateescape"), range_end=end.encode("utf-8", "surrogateescape")))
+    if settings.write_out == "json":
+        _show(settings, resp, "")
+        return
     shown = args[1]  # etcdctl prints the key as given ("" for the whole key space, not "\x00")
     if not end:
         write_out(f"Permission of key {shown} is revoked from role {args[0]}\n")
