@@ -29,6 +29,10 @@ from quorumkv.storage.backend import read_txn
 
 log = logging.getLogger("quorumkv.auth")
 
+#: bcrypt reads at most this many bytes of a password; etcd 3.4's Go bcrypt ignores the rest (so a longer password
+#: and its first 72 bytes both log in), while Python's bcrypt refuses longer input: cut it as Go does.
+BCRYPT_MAX_BYTES = 72
+
 #: Failed authentications are logged at most once per user name per this many seconds (with a count).
 FAILED_AUTH_LOG_INTERVAL_S = 10.0
 
@@ -149,7 +153,7 @@ class MemberAuth(MemberCore):
 
         cost = self.settings.bcrypt_cost
         hashed = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)))
+            None, lambda: bcrypt.hashpw(password.encode()[:BCRYPT_MAX_BYTES], bcrypt.gensalt(cost)))
         return hashed.decode()
 
     async def auth_enable(self, info: AuthInfo | None) -> pb.AuthEnableResponse:
@@ -183,7 +187,7 @@ class MemberAuth(MemberCore):
             password = bytes(user.password)
             try:
                 ok = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: bcrypt.checkpw(req.password.encode(), password))
+                    None, lambda: bcrypt.checkpw(req.password.encode()[:BCRYPT_MAX_BYTES], password))
             except ValueError:  # a stored hash bcrypt cannot read
                 ok = False
         if not ok:
