@@ -111,8 +111,10 @@ class JwtTokens:
         pass
 
 
-def make_provider(spec: str, ttl_s: float) -> TokenProvider:
-    """Parse ``--auth-token`` (etcd's syntax) into a provider; raises TokenError naming the problem."""
+def make_provider(spec: str, ttl_s: float, *, load_keys: bool = True) -> TokenProvider:
+    """Parse ``--auth-token`` (etcd's syntax) into a provider; raises TokenError naming the problem.
+
+    ``load_keys=False`` checks the syntax only (configuration validation) and returns a provider without keys."""
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     kind = parts[0] if parts else "simple"
     if kind == "simple":
@@ -142,6 +144,10 @@ def make_provider(spec: str, ttl_s: float) -> TokenProvider:
         except OSError as exc:
             raise TokenError(f"--auth-token jwt: cannot read {path!r}: {exc.strerror}") from None
 
+    if not load_keys:
+        if not method.startswith("HS") and "pub-key" not in opts:
+            raise TokenError("--auth-token jwt: pub-key=PATH is required")
+        return JwtTokens(method, None, None, jwt_ttl)
     if method.startswith("HS"):
         key = read(opts.get("priv-key") or opts.get("pub-key") or "")
         return JwtTokens(method, key, key, jwt_ttl)

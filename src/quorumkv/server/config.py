@@ -245,8 +245,8 @@ class ServerConfig:
                               flag="--auth-token-ttl")
         from quorumkv.server.auth_tokens import TokenError, make_provider
 
-        try:  # reads and parses the JWT keys: a bad value is refused before anything listens
-            make_provider(self.auth_token, self.auth_token_ttl)
+        try:  # the syntax; the member reads the key files when it starts, before anything listens
+            make_provider(self.auth_token, self.auth_token_ttl, load_keys=False)
         except TokenError as exc:
             raise ConfigError(str(exc), flag="--auth-token") from None
         hb, et = self.heartbeat_interval_ms, self.election_timeout_ms

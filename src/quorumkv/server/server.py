@@ -51,6 +51,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
         self.settings = settings
         self.clock = clock or SystemClock()
         self._hooks = on_applied_hooks or []
+        _ = self.tokens  # a bad --auth-token (an unreadable key) fails the start before the data dir is touched
         self.datadir: DataDir = open_data_dir(settings.data_dir)
         try:
             _remove_stale_temp_files(self.datadir.path)
@@ -67,7 +68,6 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
         self.reader = self.backend.new_reader()
         self._auth_seen = self.applier.auth
         self._failed_auth = {}
-        _ = self.tokens  # a bad --auth-token fails the start, not the first Authenticate
         self._allocated_bytes: int | None = None
         self.lessor = Lessor(self.clock)
         self.transport: Any = None
