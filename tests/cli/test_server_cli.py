@@ -40,6 +40,9 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> ServerConfig:
 FLAG_CASES: list[tuple[list[str], str, Any]] = [
     (["--name", "infra0", "--initial-cluster", "infra0=http://localhost:2380"], "name", "infra0"),
     (["--data-dir", "/d"], "data_dir", "/d"),
+    (["--auth-token", "jwt,pub-key=/k.pub,sign-method=RS256"], "auth_token", "jwt,pub-key=/k.pub,sign-method=RS256"),
+    (["--bcrypt-cost", "4"], "bcrypt_cost", 4),
+    (["--auth-token-ttl", "60"], "auth_token_ttl", 60),
     (["--wal-dir", "/w"], "wal_dir", "/w"),
     (["--snapshot-count", "10"], "snapshot_count", 10),
     (["--heartbeat-interval", "50"], "heartbeat_interval_ms", 50),

@@ -92,7 +92,7 @@ async def test_errors_are_grpc_gateway_shaped(member: Member) -> None:
                                                                      "isLearner": True})
     assert status == 200 and added["member"]["peerURLs"] == ["http://127.0.0.1:1"], added
     status, err = await post_json(url + "/v3/cluster/member/add", {"peerURLs": ["http://127.0.0.1:1"]})
-    assert (status, err["message"]) == (400, "etcdserver: Peer URLs already exists"), err
+    assert (status, err["message"]) == (412, "etcdserver: Peer URLs already exists"), err
     status, _, body = await request("POST", url + "/v3/kv/put", b"")  # empty body = empty request
     assert status == 400 and json.loads(body)["message"] == "etcdserver: key is not provided"
 

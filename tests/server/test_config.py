@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import pytest
@@ -31,6 +32,9 @@ ETCD_34_DEFAULTS: dict[str, Any] = {
     "auto_compaction_retention": "0",
     "strict_reconfig_check": True,
     "force_new_cluster": False,
+    "auth_token": "simple",
+    "bcrypt_cost": 10,
+    "auth_token_ttl": 300,
     "cert_file": "",
     "key_file": "",
     "client_cert_auth": False,
@@ -74,6 +78,15 @@ K3S_SNAPSHOT_DEFAULTS: dict[str, Any] = {
     "etcd_s3_timeout_ms": 300_000,
     "etcd_s3_retention": 5,
 }
+
+
+def test_auth_flags_are_checked() -> None:
+    for field_name, value, words in (("bcrypt_cost", 3, "--bcrypt-cost must be between 4 and 31"),
+                                     ("auth_token_ttl", 0, "--auth-token-ttl must be > 0"),
+                                     ("auth_token", "jwt,sign-method=RS256", "pub-key=PATH is required"),
+                                     ("auth_token", "tls", "unknown token type 'tls'")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            ServerConfig(**{field_name: value}).validate()
 
 
 def test_defaults_are_etcds() -> None:

@@ -65,8 +65,9 @@ def test_schema_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     backend = Backend(db)
     try:
         conn = backend.writer
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"auth_user", "auth_role"} <= names
         assert "live" not in names and "kv_by_lease" in names
         assert [r[2] for r in conn.execute("PRAGMA index_info(kv_by_key)")] == ["key", "rev", "sub"]
         assert store.range_at(conn, b"\x00", b"\x00", 0).kvs == before
@@ -85,7 +86,7 @@ def test_schema_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
 
     reopened = Backend(db)  # a second open finds version 2 and changes nothing
     try:
-        assert reopened.writer.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert reopened.writer.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         reopened.close()
 

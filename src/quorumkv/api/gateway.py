@@ -30,9 +30,9 @@ from quorumkv.observability.health import Health
 from quorumkv.observability.health import Response as HealthAnswer
 from quorumkv.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
-#: grpc-gateway v1 runtime.HTTPStatusFromCode.
+#: grpc-gateway v1 runtime.HTTPStatusFromCode (as etcd 3.4.23 answers: FailedPrecondition is 412).
 HTTP_STATUS: dict[int, int] = {
-    0: 200, 1: 408, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409, 11: 400,
+    0: 200, 1: 408, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 412, 10: 409, 11: 400,
     12: 501, 13: 500, 14: 503, 15: 500, 16: 401,
 }
 
@@ -72,6 +72,23 @@ ROUTES: dict[str, tuple[str, str, type[Message], str]] = {
     "/v3/maintenance/hash": ("Maintenance", "Hash", pb.HashRequest, ""),
     "/v3/maintenance/snapshot": ("Maintenance", "Snapshot", pb.SnapshotRequest, "server"),
     "/v3/maintenance/transfer-leadership": ("Maintenance", "MoveLeader", pb.MoveLeaderRequest, ""),
+    "/v3/auth/enable": ("Auth", "AuthEnable", pb.AuthEnableRequest, ""),
+    "/v3/auth/disable": ("Auth", "AuthDisable", pb.AuthDisableRequest, ""),
+    "/v3/auth/status": ("Auth", "AuthStatus", pb.AuthStatusRequest, ""),
+    "/v3/auth/authenticate": ("Auth", "Authenticate", pb.AuthenticateRequest, ""),
+    "/v3/auth/user/add": ("Auth", "UserAdd", pb.AuthUserAddRequest, ""),
+    "/v3/auth/user/get": ("Auth", "UserGet", pb.AuthUserGetRequest, ""),
+    "/v3/auth/user/list": ("Auth", "UserList", pb.AuthUserListRequest, ""),
+    "/v3/auth/user/delete": ("Auth", "UserDelete", pb.AuthUserDeleteRequest, ""),
+    "/v3/auth/user/changepw": ("Auth", "UserChangePassword", pb.AuthUserChangePasswordRequest, ""),
+    "/v3/auth/user/grant": ("Auth", "UserGrantRole", pb.AuthUserGrantRoleRequest, ""),
+    "/v3/auth/user/revoke": ("Auth", "UserRevokeRole", pb.AuthUserRevokeRoleRequest, ""),
+    "/v3/auth/role/add": ("Auth", "RoleAdd", pb.AuthRoleAddRequest, ""),
+    "/v3/auth/role/get": ("Auth", "RoleGet", pb.AuthRoleGetRequest, ""),
+    "/v3/auth/role/list": ("Auth", "RoleList", pb.AuthRoleListRequest, ""),
+    "/v3/auth/role/delete": ("Auth", "RoleDelete", pb.AuthRoleDeleteRequest, ""),
+    "/v3/auth/role/grant": ("Auth", "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest, ""),
+    "/v3/auth/role/revoke": ("Auth", "RoleRevokePermission", pb.AuthRoleRevokePermissionRequest, ""),
 }
 
 
@@ -85,10 +102,12 @@ class GatewayAbort(Exception):
 class GatewayContext:
     """What the servicers use of ``grpc.aio.ServicerContext``."""
 
-    def __init__(self, peer: str = "") -> None:
+    def __init__(self, peer: str = "", token: str | None = None) -> None:
         self._code: grpc.StatusCode | None = None
         self._details = ""
         self._peer = peer
+        #: The ``Authorization`` header: grpc-gateway hands it to the server as ``authorization`` metadata.
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", token),) if token is not None else ()
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
         self._code, self._details = code, details
@@ -107,7 +126,7 @@ class GatewayContext:
         return self._details
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ()
+        return self._metadata
 
     def peer(self) -> str:
         return self._peer
@@ -234,8 +253,6 @@ class Gateway:
     async def gateway(self, req: Request) -> Response | StreamResponse:
         route = ROUTES.get(req.path.rstrip("/") or "/")
         if route is None:
-            if req.path.startswith("/v3/auth/"):
-                return error_response(12, "quorumkv: authentication is not available on this member")
             return Response(404, b"Not Found\n")
         if req.method == "OPTIONS":
             return Response(200, b"")
@@ -258,7 +275,7 @@ class Gateway:
             raise
         except (ValueError, json_format.ParseError) as exc:
             return error_response(3, str(exc))
-        ctx = GatewayContext()
+        ctx = GatewayContext(token=_authorization(req))
         if streaming == "server":
             return StreamResponse(self._stream_out(method(message, ctx), ctx), headers=_STREAM_HEADERS)
         try:
@@ -298,7 +315,7 @@ class Gateway:
             await req.wait_disconnect()
             gone.set()
 
-        ctx = GatewayContext()
+        ctx = GatewayContext(token=_authorization(req))
         gone = asyncio.Event()
         return StreamResponse(self._stream_out(method(requests(), ctx), ctx, gone), headers=_STREAM_HEADERS)
 
@@ -345,6 +362,13 @@ async def _until(responses: AsyncIterator[Message], gone: asyncio.Event | None) 
                 return
     finally:
         stop.cancel()
+
+
+def _authorization(req: Request) -> str | None:
+    for name, value in req.headers.items():
+        if name.lower() == "authorization":
+            return str(value)
+    return None
 
 
 def _stream_error(code: int, message: str) -> bytes:

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
 
+from quorumkv import errors
 from quorumkv.api import validate
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from quorumkv.errors import EtcdError
+from quorumkv.server.auth_state import AuthInfo
 from quorumkv.server.interfaces import (
+    Authorizer,
+    AuthService,
     ClusterService,
     KVService,
     LeaseService,
@@ -40,6 +44,36 @@ async def abort_unexpected(context: Any, exc: BaseException) -> NoReturn:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def caller(context: Any) -> tuple[str | None, str | None]:
+    """The request's auth token (``token`` metadata, or ``authorization`` as etcd also reads) and the common
+    name of its verified client certificate (None when there is none)."""
+    token = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "token":
+            token = value
+            break
+        if key == "authorization" and token is None:
+            token = value
+    common_name = None
+    auth_context = getattr(context, "auth_context", None)
+    if auth_context is not None:
+        try:
+            names = auth_context().get("x509_common_name") or []
+            if names:
+                common_name = bytes(names[0]).decode("utf-8", "replace")
+        except Exception:  # no TLS peer: no name
+            common_name = None
+    return token, common_name
+
+
+def auth_info(s: Authorizer, context: Any) -> AuthInfo | None:
+    """Who is calling (None while auth is disabled or nobody is named); raises ``invalid auth token``."""
+    if not s.auth_enabled:
+        return None
+    token, common_name = caller(context)
+    return s.auth_info(token, common_name)
+
+
 class KVServicer(pb_grpc.KVServicer):
     def __init__(self, server: KVService) -> None:
         self.s = server
@@ -49,6 +83,8 @@ class KVServicer(pb_grpc.KVServicer):
             validate.check_range(request)
             if not request.serializable:
                 await self.s.read_barrier()
+            if self.s.auth_enabled:  # after the barrier, as etcd: the auth state is at least as new as the read
+                self.s.authorize_range(auth_info(self.s, context), request)
             resp = self.s.range(request)
         except EtcdError as err:
             await abort(context, err)
@@ -58,6 +94,8 @@ class KVServicer(pb_grpc.KVServicer):
     async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
         try:
             validate.check_put(request)
+            if self.s.auth_enabled:
+                self.s.authorize_put(auth_info(self.s, context), request)
             resp = await self.s.put(request)
         except EtcdError as err:
             await abort(context, err)
@@ -68,6 +106,8 @@ class KVServicer(pb_grpc.KVServicer):
                           ) -> pb.DeleteRangeResponse:
         try:
             validate.check_delete(request)
+            if self.s.auth_enabled:
+                self.s.authorize_delete(auth_info(self.s, context), request)
             resp = await self.s.delete_range(request)
         except EtcdError as err:
             await abort(context, err)
@@ -78,6 +118,8 @@ class KVServicer(pb_grpc.KVServicer):
         try:
             validate.check_txn(request, self.s.max_txn_ops)
             validate.check_txn_intervals(request)
+            if self.s.auth_enabled:
+                self.s.authorize_txn(auth_info(self.s, context), request)
             resp = await self.s.txn(request)
         except EtcdError as err:
             await abort(context, err)
@@ -87,6 +129,7 @@ class KVServicer(pb_grpc.KVServicer):
     async def Compact(self, request: pb.CompactionRequest, context: Any
                       ) -> pb.CompactionResponse:
         try:
+            auth_info(self.s, context)  # etcd checks only that a given token is valid
             resp = await self.s.compact(request)
         except EtcdError as err:
             await abort(context, err)
@@ -103,6 +146,7 @@ class WatchServicer(pb_grpc.WatchServicer):
         hub = self.s.hub
         assert hub is not None
         stream = hub.new_stream()
+        s = self.s
 
         async def receive() -> None:
             """Requests until the client half-closes. As etcd, a half-closed stream keeps its watchers and goes
@@ -111,6 +155,11 @@ class WatchServicer(pb_grpc.WatchServicer):
                 async for req in request_iterator:
                     which = req.WhichOneof("request_union")
                     if which == "create_request":
+                        if s.auth_enabled and not _watch_permitted(s, context, req.create_request):
+                            stream.send(pb.WatchResponse(header=stream.header(hub.last_rev), watch_id=-1,
+                                                         created=True, canceled=True,
+                                                         cancel_reason=_WATCH_DENIED))
+                            continue
                         stream.create(req.create_request)
                     elif which == "cancel_request":
                         stream.cancel(req.cancel_request.watch_id)
@@ -134,6 +183,26 @@ class WatchServicer(pb_grpc.WatchServicer):
             stream.close()
 
 
+def _watch_permitted(s: Authorizer, context: Any, req: pb.WatchCreateRequest) -> bool:
+    try:
+        info = auth_info(s, context)
+    except EtcdError:
+        return False
+    return s.watch_permitted(info, req)
+
+
+#: etcd 3.4 puts the whole gRPC status text of ErrGRPCPermissionDenied in a denied watch's cancel reason.
+_WATCH_DENIED = f"rpc error: code = PermissionDenied desc = {errors.PERMISSION_DENIED.message}"
+
+#: etcd's auth package errors as they read before v3rpc translates them (what authMaintenanceServer returns).
+_AUTH_RAW = {
+    errors.PERMISSION_DENIED.message: "auth: permission denied",
+    errors.USER_EMPTY.message: "auth: user name is empty",
+    errors.USER_NOT_FOUND.message: "auth: user name not found",
+    errors.INVALID_AUTH_TOKEN.message: "auth: invalid auth token",
+}
+
+
 class LeaseServicer(pb_grpc.LeaseServicer):
     def __init__(self, server: LeaseService) -> None:
         self.s = server
@@ -141,6 +210,7 @@ class LeaseServicer(pb_grpc.LeaseServicer):
     async def LeaseGrant(self, request: pb.LeaseGrantRequest, context: Any
                          ) -> pb.LeaseGrantResponse:
         try:
+            auth_info(self.s, context)  # etcd checks only that a given token is valid
             resp = await self.s.lease_grant(request)
         except EtcdError as err:
             await abort(context, err)
@@ -150,6 +220,8 @@ class LeaseServicer(pb_grpc.LeaseServicer):
     async def LeaseRevoke(self, request: pb.LeaseRevokeRequest, context: Any
                           ) -> pb.LeaseRevokeResponse:
         try:
+            if self.s.auth_enabled:
+                self.s.authorize_lease_revoke(auth_info(self.s, context), request.ID)
             resp = await self.s.lease_revoke(request)
         except EtcdError as err:
             await abort(context, err)
@@ -201,12 +273,23 @@ class MaintenanceServicer(pb_grpc.MaintenanceServicer):
         self.s.fill_header(resp.header)
         return resp
 
+    async def _admin(self, context: Any) -> None:
+        """etcd 3.4's authMaintenanceServer: root only, and its errors reach the client untranslated (gRPC
+        Unknown, ``auth: ...``)."""
+        if self.s.auth_enabled:
+            try:
+                self.s.authorize_admin(auth_info(self.s, context))
+            except EtcdError as err:
+                await abort(context, EtcdError("UNKNOWN", _AUTH_RAW.get(err.message, err.message)))
+
     async def Hash(self, request: pb.HashRequest, context: Any) -> pb.HashResponse:
+        await self._admin(context)
         resp = await self.s.hash()
         self.s.fill_header(resp.header)
         return resp
 
     async def HashKV(self, request: pb.HashKVRequest, context: Any) -> pb.HashKVResponse:
+        await self._admin(context)
         try:
             resp = await self.s.hash_kv(request)
         except EtcdError as err:
@@ -223,6 +306,7 @@ class MaintenanceServicer(pb_grpc.MaintenanceServicer):
         return resp
 
     async def Defragment(self, request: pb.DefragmentRequest, context: Any) -> pb.DefragmentResponse:
+        await self._admin(context)
         try:
             resp = await self.s.defragment()
         except EtcdError as err:
@@ -231,6 +315,7 @@ class MaintenanceServicer(pb_grpc.MaintenanceServicer):
         return resp
 
     async def Snapshot(self, request: pb.SnapshotRequest, context: Any) -> AsyncIterator[pb.SnapshotResponse]:
+        await self._admin(context)
         try:
             async for chunk in self.s.snapshot():
                 yield chunk
@@ -250,6 +335,8 @@ class ClusterServicer(pb_grpc.ClusterServicer):
 
     async def MemberAdd(self, request: pb.MemberAddRequest, context: Any) -> pb.MemberAddResponse:
         try:
+            if self.s.auth_enabled:
+                self.s.authorize_admin(auth_info(self.s, context))
             resp = await self.s.member_add(request)
         except EtcdError as err:
             await abort(context, err)
@@ -259,6 +346,8 @@ class ClusterServicer(pb_grpc.ClusterServicer):
     async def MemberRemove(self, request: pb.MemberRemoveRequest, context: Any
                            ) -> pb.MemberRemoveResponse:
         try:
+            if self.s.auth_enabled:
+                self.s.authorize_admin(auth_info(self.s, context))
             resp = await self.s.member_remove(request)
         except EtcdError as err:
             await abort(context, err)
@@ -268,6 +357,8 @@ class ClusterServicer(pb_grpc.ClusterServicer):
     async def MemberUpdate(self, request: pb.MemberUpdateRequest, context: Any
                            ) -> pb.MemberUpdateResponse:
         try:
+            if self.s.auth_enabled:
+                self.s.authorize_admin(auth_info(self.s, context))
             resp = await self.s.member_update(request)
         except EtcdError as err:
             await abort(context, err)
@@ -277,11 +368,94 @@ class ClusterServicer(pb_grpc.ClusterServicer):
     async def MemberPromote(self, request: pb.MemberPromoteRequest, context: Any
                             ) -> pb.MemberPromoteResponse:
         try:
+            if self.s.auth_enabled:
+                self.s.authorize_admin(auth_info(self.s, context))
             resp = await self.s.member_promote(request)
         except EtcdError as err:
             await abort(context, err)
         self.s.fill_header(resp.header)
         return resp
+
+
+class AuthServicer(pb_grpc.AuthServicer):
+    """etcd's Auth service: every call but Authenticate names its caller for the admin checks inside."""
+
+    def __init__(self, server: AuthService) -> None:
+        self.s = server
+
+    async def _call(self, context: Any, fn: Callable[[AuthInfo | None], Awaitable[Any]]) -> Any:
+        try:
+            resp = await fn(auth_info(self.s, context))
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        resp.header.revision = self.s.current_revision
+        return resp
+
+    async def AuthEnable(self, request: pb.AuthEnableRequest, context: Any) -> pb.AuthEnableResponse:
+        return await self._call(context, self.s.auth_enable)  # type: ignore[no-any-return]
+
+    async def AuthDisable(self, request: pb.AuthDisableRequest, context: Any) -> pb.AuthDisableResponse:
+        return await self._call(context, self.s.auth_disable)  # type: ignore[no-any-return]
+
+    async def AuthStatus(self, request: pb.AuthStatusRequest, context: Any) -> pb.AuthStatusResponse:
+        return await self._call(context, self.s.auth_status)  # type: ignore[no-any-return]
+
+    async def Authenticate(self, request: pb.AuthenticateRequest, context: Any) -> pb.AuthenticateResponse:
+        try:
+            resp = await self.s.authenticate(request)
+        except EtcdError as err:
+            await abort(context, err)
+        self.s.fill_header(resp.header)
+        resp.header.revision = self.s.current_revision
+        return resp
+
+    async def UserAdd(self, request: pb.AuthUserAddRequest, context: Any) -> pb.AuthUserAddResponse:
+        return await self._call(context, lambda i: self.s.user_add(i, request))  # type: ignore[no-any-return]
+
+    async def UserGet(self, request: pb.AuthUserGetRequest, context: Any) -> pb.AuthUserGetResponse:
+        return await self._call(context, lambda i: self.s.user_get(i, request))  # type: ignore[no-any-return]
+
+    async def UserList(self, request: pb.AuthUserListRequest, context: Any) -> pb.AuthUserListResponse:
+        return await self._call(context, self.s.user_list)  # type: ignore[no-any-return]
+
+    async def UserDelete(self, request: pb.AuthUserDeleteRequest, context: Any) -> pb.AuthUserDeleteResponse:
+        return await self._call(context, lambda i: self.s.user_delete(i, request))  # type: ignore[no-any-return]
+
+    async def UserChangePassword(self, request: pb.AuthUserChangePasswordRequest, context: Any
+                                 ) -> pb.AuthUserChangePasswordResponse:
+        return await self._call(  # type: ignore[no-any-return]
+            context, lambda i: self.s.user_change_password(i, request))
+
+    async def UserGrantRole(self, request: pb.AuthUserGrantRoleRequest, context: Any
+                            ) -> pb.AuthUserGrantRoleResponse:
+        return await self._call(context, lambda i: self.s.user_grant_role(i, request))  # type: ignore[no-any-return]
+
+    async def UserRevokeRole(self, request: pb.AuthUserRevokeRoleRequest, context: Any
+                             ) -> pb.AuthUserRevokeRoleResponse:
+        return await self._call(context, lambda i: self.s.user_revoke_role(i, request))  # type: ignore[no-any-return]
+
+    async def RoleAdd(self, request: pb.AuthRoleAddRequest, context: Any) -> pb.AuthRoleAddResponse:
+        return await self._call(context, lambda i: self.s.role_add(i, request))  # type: ignore[no-any-return]
+
+    async def RoleGet(self, request: pb.AuthRoleGetRequest, context: Any) -> pb.AuthRoleGetResponse:
+        return await self._call(context, lambda i: self.s.role_get(i, request))  # type: ignore[no-any-return]
+
+    async def RoleList(self, request: pb.AuthRoleListRequest, context: Any) -> pb.AuthRoleListResponse:
+        return await self._call(context, self.s.role_list)  # type: ignore[no-any-return]
+
+    async def RoleDelete(self, request: pb.AuthRoleDeleteRequest, context: Any) -> pb.AuthRoleDeleteResponse:
+        return await self._call(context, lambda i: self.s.role_delete(i, request))  # type: ignore[no-any-return]
+
+    async def RoleGrantPermission(self, request: pb.AuthRoleGrantPermissionRequest, context: Any
+                                  ) -> pb.AuthRoleGrantPermissionResponse:
+        return await self._call(  # type: ignore[no-any-return]
+            context, lambda i: self.s.role_grant_permission(i, request))
+
+    async def RoleRevokePermission(self, request: pb.AuthRoleRevokePermissionRequest, context: Any
+                                   ) -> pb.AuthRoleRevokePermissionResponse:
+        return await self._call(  # type: ignore[no-any-return]
+            context, lambda i: self.s.role_revoke_permission(i, request))
 
 
 def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
@@ -298,6 +472,7 @@ def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
         "Lease": LeaseServicer(server),
         "Maintenance": MaintenanceServicer(server),
         "Cluster": ClusterServicer(server),
+        "Auth": AuthServicer(server),
     }
     table = _MethodTable()
     for name, servicer in servicers.items():

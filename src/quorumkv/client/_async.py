@@ -584,6 +584,11 @@ class AsyncClient:
         """See :meth:`Client.wait_ready <quorumkv.client.Client.wait_ready>`."""
         await self._transport.wait_ready(endpoint or self.endpoint, timeout)
 
+    async def authenticate(self) -> None:
+        """See :meth:`Client.authenticate <quorumkv.client.Client.authenticate>`."""
+        if self._transport._user is not None:
+            await self._transport._authenticate()
+
     async def raw_call(self, service: str, method: str, request: Message, *, idempotent: bool = False,
                        endpoint: str | None = None) -> Any:  # fmt: skip
         """See :meth:`Client.raw_call <quorumkv.client.Client.raw_call>`: the server's response message unchanged."""

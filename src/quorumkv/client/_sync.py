@@ -693,6 +693,12 @@ class Client:
         dial; raises :class:`DeadlineExceededError` if no connection is made within ``timeout`` seconds."""
         self._transport.wait_ready(endpoint or self.endpoint, timeout)
 
+    def authenticate(self) -> None:
+        """Log in now with the client's user and password (otherwise the first call does); raises the server's
+        error (e.g. ``AuthenticationFailedError``) at once. A client without a user does nothing."""
+        if self._transport._user is not None:
+            self._transport._authenticate()
+
     def raw_call(self, service: str, method: str, request: Message, *, idempotent: bool = False,
                  endpoint: str | None = None) -> Any:  # fmt: skip
         """One unary RPC ``service.method`` (e.g. ``"KV", "Range"``) with an ``etcdserverpb`` request; returns the

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from quorumkv import errors
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
@@ -21,6 +22,8 @@ from quorumkv.api.mvccpb import kv_pb2
 from quorumkv.errors import EtcdError
 from quorumkv.mvcc import store
 from quorumkv.mvcc.store import Event, KeyValue, WriteTxn
+from quorumkv.server import auth_state
+from quorumkv.server.auth_state import AuthState
 from quorumkv.server.entries import EntryKind, decode_entry
 from quorumkv.storage import leases, membership, schema
 from quorumkv.storage.backend import release, rollback_to, savepoint
@@ -74,6 +77,8 @@ class ApplyResult:
     compacted_to: int = 0
     alarms_changed: bool = False
     members_changed: bool = False
+    #: An auth entry changed users, roles, the enabled flag or the auth revision (tokens may be stale).
+    auth_changed: bool = False
     #: A Raft snapshot replaced the state: the store moved without events.
     restored: bool = False
     #: The store revision after the batch, set when ``events`` were left out because nobody watched (0: unset).
@@ -106,6 +111,8 @@ class Applier:
         self.leases: dict[int, int] = leases.load_leases(conn)
         #: Raised alarms as (member ID (uint64), AlarmType); persisted in the ``alarm`` table.
         self.alarms: set[tuple[int, int]] = leases.load_alarms(conn)
+        #: Users, roles and flags (an immutable value replaced by each auth entry; the event loop reads it).
+        self.auth: AuthState = AuthState.load(conn)
 
     def has_alarm(self, alarm_type: int) -> bool:
         return any(a == alarm_type for _, a in self.alarms)
@@ -135,7 +142,7 @@ class Applier:
             return
         savepoint(conn, "entry")
         saved = (self.revision, self.compact_revision, dict(self.leases) if kind >= EntryKind.LEASE_GRANT else None,
-                 set(self.alarms))
+                 set(self.alarms), self.auth)
         n_events = len(result.events)
         try:
             response = self._dispatch(conn, kind, payload, result)
@@ -147,6 +154,7 @@ class Applier:
             if saved[2] is not None:
                 self.leases = saved[2]
             self.alarms = saved[3]
+            self.auth = saved[4]
             del result.events[n_events:]
             response = EtcdError("INTERNAL", f"quorumkv: applying entry {index} failed: {exc!r}")
         release(conn, "entry")
@@ -277,6 +285,8 @@ class Applier:
             return self.alarm(conn, pb.AlarmRequest.FromString(payload), result)
         if kind == EntryKind.NOOP:
             return None
+        if kind in _AUTH_APPLY:
+            return self._apply_auth(conn, kind, payload, result)
         if kind in (EntryKind.MEMBER_ATTRS, EntryKind.MEMBER_UPDATE):
             member = membership.Member.from_json(payload)
             if kind == EntryKind.MEMBER_ATTRS:
@@ -396,6 +406,17 @@ class Applier:
                 at = self._apply_txn(txn, op.request_txn, path, at, nested)
         return at
 
+    # -- auth ---------------------------------------------------------------------------------------------
+
+    def _apply_auth(self, conn: sqlite3.Connection, kind: int, payload: bytes, result: ApplyResult) -> object:
+        req_type, fn, resp_type = _AUTH_APPLY[kind]
+        req = req_type.FromString(payload)
+        new = fn(conn, self.auth, req) if req_type not in _NO_ARG else fn(conn, self.auth)
+        if new is not self.auth:
+            self.auth = new
+            result.auth_changed = True
+        return resp_type(header=self._header(self.revision))
+
     # -- alarms -------------------------------------------------------------------------------------------
 
     def _check_alarms(self, kind: int, payload: bytes) -> None:
@@ -471,6 +492,28 @@ class Applier:
         del self.leases[req.ID]
         result.leases_revoked.append(req.ID)
         return pb.LeaseRevokeResponse(header=self._header(self.revision))
+
+
+_AUTH_APPLY: dict[int, tuple[Any, Any, Any]] = {
+    EntryKind.AUTH_ENABLE: (pb.AuthEnableRequest, auth_state.apply_auth_enable, pb.AuthEnableResponse),
+    EntryKind.AUTH_DISABLE: (pb.AuthDisableRequest, auth_state.apply_auth_disable, pb.AuthDisableResponse),
+    EntryKind.AUTH_USER_ADD: (pb.AuthUserAddRequest, auth_state.apply_user_add, pb.AuthUserAddResponse),
+    EntryKind.AUTH_USER_DELETE: (pb.AuthUserDeleteRequest, auth_state.apply_user_delete, pb.AuthUserDeleteResponse),
+    EntryKind.AUTH_USER_CHANGE_PASSWORD: (pb.AuthUserChangePasswordRequest, auth_state.apply_user_change_password,
+                                          pb.AuthUserChangePasswordResponse),
+    EntryKind.AUTH_USER_GRANT_ROLE: (pb.AuthUserGrantRoleRequest, auth_state.apply_user_grant_role,
+                                     pb.AuthUserGrantRoleResponse),
+    EntryKind.AUTH_USER_REVOKE_ROLE: (pb.AuthUserRevokeRoleRequest, auth_state.apply_user_revoke_role,
+                                      pb.AuthUserRevokeRoleResponse),
+    EntryKind.AUTH_ROLE_ADD: (pb.AuthRoleAddRequest, auth_state.apply_role_add, pb.AuthRoleAddResponse),
+    EntryKind.AUTH_ROLE_DELETE: (pb.AuthRoleDeleteRequest, auth_state.apply_role_delete, pb.AuthRoleDeleteResponse),
+    EntryKind.AUTH_ROLE_GRANT_PERMISSION: (pb.AuthRoleGrantPermissionRequest, auth_state.apply_role_grant_permission,
+                                           pb.AuthRoleGrantPermissionResponse),
+    EntryKind.AUTH_ROLE_REVOKE_PERMISSION: (pb.AuthRoleRevokePermissionRequest,
+                                            auth_state.apply_role_revoke_permission,
+                                            pb.AuthRoleRevokePermissionResponse),
+}
+_NO_ARG = (pb.AuthEnableRequest, pb.AuthDisableRequest)
 
 
 # -- helpers shared by the apply path and the read path ------------------------------------------------------

@@ -106,6 +106,11 @@ class ServerConfig:
     auto_compaction_retention: str = "0"
     force_new_cluster: bool = False
 
+    # Auth
+    auth_token: str = "simple"
+    bcrypt_cost: int = 10
+    auth_token_ttl: int = 300
+
     # Security
     cert_file: str = ""
     key_file: str = ""
@@ -281,6 +286,18 @@ class ServerConfig:
                 "use 0 for the 2 GiB default or a positive byte count",
                 flag="--quota-backend-bytes",
             )
+        if not 4 <= self.bcrypt_cost <= 31:  # bcrypt's MinCost and MaxCost, as etcd checks
+            raise ConfigError(f"--bcrypt-cost must be between 4 and 31 (set to {self.bcrypt_cost})",
+                              flag="--bcrypt-cost")
+        if self.auth_token_ttl <= 0:
+            raise ConfigError(f"--auth-token-ttl must be > 0 seconds (set to {self.auth_token_ttl})",
+                              flag="--auth-token-ttl")
+        from quorumkv.server.auth_tokens import TokenError, make_provider
+
+        try:  # the syntax; the member reads the key files when it starts, before anything listens
+            make_provider(self.auth_token, self.auth_token_ttl, load_keys=False)
+        except TokenError as exc:
+            raise ConfigError(str(exc), flag="--auth-token") from None
         hb, et = self.heartbeat_interval_ms, self.election_timeout_ms
         if et < 5 * hb:
             raise ConfigError(

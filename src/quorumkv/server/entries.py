@@ -26,6 +26,18 @@ class EntryKind(IntEnum):
     LEASE_CHECKPOINT = 8  # etcdserverpb.LeaseCheckpointRequest
     MEMBER_ATTRS = 9  # membership.Member JSON: a member publishes its name and client URLs
     MEMBER_UPDATE = 10  # membership.Member JSON: new peer URLs (MemberUpdate)
+    # etcd's auth (each payload the etcdserverpb request; passwords already bcrypt-hashed in hashedPassword)
+    AUTH_ENABLE = 11  # AuthEnableRequest
+    AUTH_DISABLE = 12  # AuthDisableRequest
+    AUTH_USER_ADD = 13  # AuthUserAddRequest (password empty, hashedPassword set)
+    AUTH_USER_DELETE = 14  # AuthUserDeleteRequest
+    AUTH_USER_CHANGE_PASSWORD = 15  # AuthUserChangePasswordRequest (password empty, hashedPassword set)
+    AUTH_USER_GRANT_ROLE = 16  # AuthUserGrantRoleRequest
+    AUTH_USER_REVOKE_ROLE = 17  # AuthUserRevokeRoleRequest
+    AUTH_ROLE_ADD = 18  # AuthRoleAddRequest
+    AUTH_ROLE_DELETE = 19  # AuthRoleDeleteRequest
+    AUTH_ROLE_GRANT_PERMISSION = 20  # AuthRoleGrantPermissionRequest
+    AUTH_ROLE_REVOKE_PERMISSION = 21  # AuthRoleRevokePermissionRequest
 
 
 class DecodedEntry(NamedTuple):

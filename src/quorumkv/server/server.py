@@ -26,6 +26,7 @@ from quorumkv.mvcc import store
 from quorumkv.mvcc.watch import WatchHub
 from quorumkv.server import compactor, defrag
 from quorumkv.server.apply import Applier, ApplyResult
+from quorumkv.server.auth import MemberAuth
 from quorumkv.server.cluster import MemberCluster
 from quorumkv.server.identity import IdGenerator, compute_cluster_id, compute_member_id, parse_initial_cluster
 from quorumkv.server.kv import MemberKV
@@ -41,7 +42,7 @@ from quorumkv.transport.base import Transport
 log = logging.getLogger("quorumkv.server")
 
 
-class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance):
+class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, MemberAuth):
     """One member. ``await start()`` after construction on the event loop; ``await stop()`` to close."""
 
     def __init__(self, settings: ServerSettings, *, clock: Clock | None = None,
@@ -50,6 +51,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance):
         self.settings = settings
         self.clock = clock or SystemClock()
         self._hooks = on_applied_hooks or []
+        _ = self.tokens  # a bad --auth-token (an unreadable key) fails the start before the data dir is touched
         self.datadir: DataDir = open_data_dir(settings.data_dir)
         try:
             _remove_stale_temp_files(self.datadir.path)
@@ -64,6 +66,8 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance):
             self.datadir.close()
             raise
         self.reader = self.backend.new_reader()
+        self._auth_seen = self.applier.auth
+        self._failed_auth = {}
         self._allocated_bytes: int | None = None
         self.lessor = Lessor(self.clock)
         self.transport: Transport | None = None
@@ -219,6 +223,9 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance):
                 hub.on_compacted(result.compacted_to)
         if result.alarms_changed:
             self.alarms = frozenset(self.applier.alarms)
+        if result.auth_changed or result.restored:
+            before, self._auth_seen = self._auth_seen, self.applier.auth
+            self.on_auth_applied(before, self._auth_seen)
         for hook in self._hooks:
             hook(result)
 

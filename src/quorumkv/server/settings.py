@@ -43,6 +43,14 @@ class ServerSettings:
     #: Test-only: ``advertised peer URL -> URL to dial`` (``quorumkv.testing.cluster`` routes links through fault
     #: proxies; the composition root reads it from ``QUORUMKV_TEST_PEER_DIAL_MAP``).
     peer_dial_map: dict[str, str] = field(default_factory=dict)
+    #: --client-cert-auth: with auth enabled, a verified client certificate's common name is the user.
+    client_cert_auth: bool = False
+    #: etcd's --auth-token ("simple", or "jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...").
+    auth_token: str = "simple"
+    #: --auth-token-ttl (seconds a simple token lives after its last use).
+    auth_token_ttl_s: float = 300.0
+    #: --bcrypt-cost for passwords hashed by this member.
+    bcrypt_cost: int = 10
 
     @property
     def request_timeout_s(self) -> float:
@@ -74,6 +82,10 @@ class ServerSettings:
             peer_key_file=str(getattr(cfg, "peer_key_file", "") or ""),
             peer_trusted_ca_file=str(getattr(cfg, "peer_trusted_ca_file", "") or ""),
             peer_client_cert_auth=bool(getattr(cfg, "peer_client_cert_auth", False)),
+            client_cert_auth=bool(getattr(cfg, "client_cert_auth", False)),
+            auth_token=str(getattr(cfg, "auth_token", "simple") or "simple"),
+            auth_token_ttl_s=float(getattr(cfg, "auth_token_ttl", 300)),
+            bcrypt_cost=int(getattr(cfg, "bcrypt_cost", 10)),
         )
 
     @property

@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Older schema versions that opening a data file upgrades in place (and that snapshot restore therefore accepts).
-UPGRADABLE_SCHEMA_VERSIONS = frozenset({1})
+UPGRADABLE_SCHEMA_VERSIONS = frozenset({1, 2})
 
 log = logging.getLogger("quorumkv.storage")
 
@@ -76,6 +76,15 @@ CREATE TABLE IF NOT EXISTS alarm (
 CREATE TABLE IF NOT EXISTS removed_member (
     id INTEGER PRIMARY KEY
 );
+-- etcd's auth (schema 3): authpb.User / authpb.Role records by name (storage/auth.py reads and writes them).
+CREATE TABLE IF NOT EXISTS auth_user (
+    name BLOB PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_role (
+    name BLOB PRIMARY KEY,
+    data BLOB NOT NULL
+);
 """
 
 
@@ -87,8 +96,24 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS kv_by_key")  # was (key, rev): a key's latest row now needs (key, rev, sub)
     conn.execute("CREATE INDEX kv_by_key ON kv(key, rev, sub)")
     conn.execute("CREATE INDEX IF NOT EXISTS kv_by_lease ON kv(lease) WHERE lease != 0")
+    log.info("storage schema upgraded from version 1 to 2 (the live table is gone)")
+    _migrate_from_2(conn)
+
+
+_AUTH_TABLES = """
+CREATE TABLE IF NOT EXISTS auth_user (name BLOB PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS auth_role (name BLOB PRIMARY KEY, data BLOB NOT NULL)
+"""
+
+
+def _migrate_from_2(conn: sqlite3.Connection) -> None:
+    """Schema 3 adds etcd's auth: the ``auth_user`` and ``auth_role`` tables (auth starts disabled, revision 0,
+    as on a new etcd). Nothing existing changes."""
+    for stmt in _AUTH_TABLES.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    log.info("storage schema upgraded from version 1 to %d (the live table is gone)", SCHEMA_VERSION)
+    log.info("storage schema upgraded to version %d (auth tables added)", SCHEMA_VERSION)
 
 
 class StorageError(Exception):
@@ -195,6 +220,9 @@ class Backend:
         elif version == 1:
             with self.write_txn() as conn:
                 _migrate_from_1(conn)
+        elif version == 2:
+            with self.write_txn() as conn:
+                _migrate_from_2(conn)
         elif version != SCHEMA_VERSION:
             raise StorageError(
                 f"{db_path} has schema version {version}, this quorumkv reads {SCHEMA_VERSION}; "

@@ -20,9 +20,11 @@ from typing import Any
 MAGIC = b"QKVS"
 VERSION = 1
 #: Replicated tables, in restore order. ``meta`` is filtered to ``REPLICATED_META``.
-TABLES = ("kv", "lease", "member", "alarm", "removed_member", "meta")
+TABLES = ("kv", "lease", "member", "alarm", "removed_member", "auth_user", "auth_role", "meta")
+#: Tables added after the format's first release: absent from older members' snapshots (read as empty).
+OPTIONAL_TABLES = ("auth_user", "auth_role")
 #: meta rows that belong to the replicated state (the rest are this member's: its ID, raft state, log bounds).
-REPLICATED_META = ("revision", "compact_revision", "cluster_id")
+REPLICATED_META = ("revision", "compact_revision", "cluster_id", "auth_enabled", "auth_revision")
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -138,6 +140,8 @@ def parse(data: bytes) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
             tables[name] = (cols, rows)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise SnapshotFormatError(f"state snapshot is truncated or damaged: {exc}") from exc
+    for t in OPTIONAL_TABLES:  # a snapshot from a schema-2 member has no auth tables: auth was never enabled
+        tables.setdefault(t, (["name", "data"], []))
     missing = [t for t in TABLES if t not in tables]
     if missing:
         raise SnapshotFormatError(f"state snapshot lacks tables {missing}")

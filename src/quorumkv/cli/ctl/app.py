@@ -307,10 +307,10 @@ class CtlGroup(PrefixGroup):
         super().__init__(name, add_help_option=False, invoke_without_command=True, no_args_is_help=False, **kwargs)
 
     def usage_text(self) -> str:
-        commands = [(f"\t{name}", cmd.short_help or "") for name, cmd in sorted(self.commands.items())]
-        width = max((len(name) for name, _ in commands), default=0) + 1
-        width = (width + 7) // 8 * 8
-        listing = "".join(f"{name}{chr(9) * max(1, -(-(width - len(name)) // 8))}{text}\n" for name, text in commands)
+        commands = [(name, cmd.short_help or "") for name, cmd in sorted(self.commands.items()) if not cmd.hidden]
+        # tabwriter: the names' column is the longest name plus one, rounded up to a tab stop
+        width = (max((len(name) for name, _ in commands), default=0) + 1 + 7) // 8 * 8
+        listing = "".join(f"\t{name}{chr(9) * max(1, -(-(width - len(name)) // 8))}{text}\n" for name, text in commands)
         help_flag = GoFlag("help", "bool", False, f"help for {self.name}", short="h")
         return (
             f"NAME:\n\t{self.path} - {self.short}\n\nUSAGE:\n\t{PROG} {self.usage_line} [flags]\n\n"
@@ -348,7 +348,8 @@ class RootGroup(PrefixGroup):
         rows: list[tuple[str, str]] = []
         for name, cmd in self.commands.items():
             if isinstance(cmd, click.Group):
-                rows.extend((f"{name} {sub}", sub_cmd.short_help or "") for sub, sub_cmd in cmd.commands.items())
+                rows.extend((f"{name} {sub}", sub_cmd.short_help or "") for sub, sub_cmd in cmd.commands.items()
+                            if not sub_cmd.hidden)
             else:
                 rows.append((name, cmd.short_help or ""))
         help_flag = GoFlag("help", "bool", False, f"help for {PROG}", short="h")
@@ -557,7 +558,7 @@ class Registry:
     def load(cls) -> None:
         if cls.loaded:
             return
-        from quorumkv.cli.ctl import check, cluster, kv, lease, maintenance, mirror, watch  # noqa: F401
+        from quorumkv.cli.ctl import auth, check, cluster, kv, lease, maintenance, mirror, watch  # noqa: F401
 
         cls.loaded = True
 

@@ -158,6 +158,18 @@ def keepalive_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
+def auth_credentials(settings: Settings) -> tuple[str, str]:
+    """etcdctl's rule: ``--user name:password``, or ``--user name --password pw``, or prompt for the password."""
+    if settings.password:
+        return settings.user, settings.password
+    name, sep, password = settings.user.partition(":")
+    if not sep:
+        import getpass
+
+        password = getpass.getpass("Password: ")
+    return name, password
+
+
 def _go_file_error(exc: OSError) -> str:
     """Go's text for a TLS file that cannot be read (``open /x: no such file or directory``)."""
     op = "read" if isinstance(exc, IsADirectoryError) else "open"
@@ -179,6 +191,7 @@ class Session:
         secure = is_secure(settings, self.endpoint)
         # is_secure decides (a scheme-less endpoint with a TLS flag is TLS too); https:// tells the client so
         url = f"https://{self.target}" if secure else self.target
+        user, password = auth_credentials(settings) if settings.user else (None, None)
         try:
             self.client = Client(
                 [url],
@@ -187,6 +200,8 @@ class Session:
                 ca_cert=settings.cacert or None,
                 cert=settings.cert or None,
                 key=settings.key or None,
+                user=user,
+                password=password,
                 grpc_options=keepalive_options(settings),
             )
         except OSError as exc:
@@ -210,6 +225,12 @@ class Session:
         except DeadlineExceededError:
             raise CtlError(EXIT_ERROR, "context deadline exceeded") from None
         self._dialled = True
+        if self.settings.user:  # clientv3 logs in while dialling: a refused login is a connection error
+            try:
+                self.client.authenticate()
+            except EtcdError as err:
+                self.warn(err)
+                raise CtlError(EXIT_BAD_CONNECTION, error_text(err)) from None
 
     def warn(self, err: EtcdError) -> None:
         """The line clientv3's retry interceptor logs for every failed unary call."""
