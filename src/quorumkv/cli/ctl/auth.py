@@ -48,6 +48,7 @@ def auth_enable_cmd(settings: Settings, args: list[str]) -> None:
                 resp = session.client.raw_call("Auth", "AuthEnable", rpc_pb2.AuthEnableRequest())
                 break
             except EtcdError as err:
+                session.warn(err)  # clientv3's retry interceptor logs the refusal, as any failed unary call
                 if err.message != "etcdserver: root user does not have root role":
                     raise CtlError(EXIT_ERROR, error_text(err)) from None
                 session.call("Auth", "RoleAdd", rpc_pb2.AuthRoleAddRequest(name="root"))
