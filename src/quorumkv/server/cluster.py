@@ -56,6 +56,7 @@ class MemberCluster(MemberCore):
             self.member_id, self.cluster_id, **self._peer_credentials(), on_messages=self._on_peer_messages,
             on_unreachable=self._on_peer_unreachable, rng=random.Random(self.member_id ^ time.time_ns()),
             on_snapshot_status=self._on_snapshot_status)
+        self._peer_tls_checks(self.transport)
         self.transport.register_handler("lease_renew", self._handle_lease_renew)
         self.transport.register_handler("lease_ttl", self._handle_lease_ttl)
         self.transport.register_handler("member_promote", self._handle_member_promote)
@@ -83,23 +84,40 @@ class MemberCluster(MemberCore):
             self._transport_starting = None
 
     def _peer_credentials(self) -> dict[str, Any]:
-        """gRPC credentials for the peer service from the --peer-* TLS flags (none: plaintext peers)."""
+        """gRPC credentials for the peer service from the --peer-* TLS flags (none: plaintext peers). Both re-read
+        the files when they change (security/reload.py); --peer-cert-allowed-cn and --peer-crl-file are checked
+        on each incoming stream, and a failed dial is diagnosed (security/diagnose.py)."""
         s = self.settings
         if not s.peer_cert_file:
             return {}
-        import grpc
+        from quorumkv.security.reload import ReloadingChannelCredentials, ReloadingServerCredentials
 
-        def read(path: str) -> bytes:
-            with open(path, "rb") as f:
-                return f.read()
-        key, cert = read(s.peer_key_file), read(s.peer_cert_file)
-        ca = read(s.peer_trusted_ca_file) if s.peer_trusted_ca_file else None
-        return {
-            "server_credentials": grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=ca, require_client_auth=s.peer_client_cert_auth and ca is not None),
-            "channel_credentials": grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
-                                                                certificate_chain=cert),
-        }
+        server = ReloadingServerCredentials(s.peer_cert_file, s.peer_key_file, s.peer_trusted_ca_file,
+                                            client_cert_auth=s.peer_client_cert_auth, what="peer")
+        channel = ReloadingChannelCredentials(s.peer_cert_file, s.peer_key_file, s.peer_trusted_ca_file)
+        server.credentials()  # raises now if the files cannot be served
+        return {"server_credentials": server.credentials, "channel_credentials": channel.get}
+
+    def _peer_tls_checks(self, transport: Any) -> None:
+        s = self.settings
+        if not s.peer_cert_file:
+            return
+        from quorumkv.security.certs import load_crl
+        from quorumkv.security.diagnose import DialTLS, diagnose_dial, peer_certificate_refusal
+
+        crls = [load_crl(s.peer_crl_file, "--peer-crl-file")] if s.peer_crl_file else []
+        verdicts: dict[bytes, str | None] = {}
+
+        def check(pem: bytes) -> str | None:
+            if pem not in verdicts:
+                verdicts[pem] = peer_certificate_refusal(pem, s.peer_cert_allowed_cn, crls)
+            return verdicts[pem]
+
+        if s.peer_cert_allowed_cn or crls:
+            transport.check_peer_cert = check
+        dial = DialTLS(s.peer_trusted_ca_file, s.peer_cert_file, s.peer_key_file, "--peer-trusted-ca-file",
+                       "--peer-cert-file", "--peer-key-file", role="peer")
+        transport.diagnose_tls = lambda host, port: diagnose_dial(host, port, dial)
 
     async def _join(self) -> None:
         """A new member of a running cluster: learn the cluster ID and members from a live member, check that

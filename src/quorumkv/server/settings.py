@@ -37,6 +37,8 @@ class ServerSettings:
     peer_key_file: str = ""
     peer_trusted_ca_file: str = ""
     peer_client_cert_auth: bool = False
+    peer_cert_allowed_cn: str = ""
+    peer_crl_file: str = ""
 
     @property
     def request_timeout_s(self) -> float:
@@ -68,6 +70,8 @@ class ServerSettings:
             peer_key_file=str(getattr(cfg, "peer_key_file", "") or ""),
             peer_trusted_ca_file=str(getattr(cfg, "peer_trusted_ca_file", "") or ""),
             peer_client_cert_auth=bool(getattr(cfg, "peer_client_cert_auth", False)),
+            peer_cert_allowed_cn=str(getattr(cfg, "peer_cert_allowed_cn", "") or ""),
+            peer_crl_file=str(getattr(cfg, "peer_crl_file", "") or ""),
         )
 
     @property

@@ -200,8 +200,22 @@ class Client:
         try:
             grpc.channel_ready_future(self.channel).result(timeout=self.settings.dial_timeout)
         except grpc.FutureTimeoutError:
-            raise CtlError(EXIT_ERROR, "context deadline exceeded") from None
+            raise CtlError(EXIT_ERROR, "context deadline exceeded" + self._tls_cause()) from None
         self._dialled = True
+
+    def _tls_cause(self) -> str:
+        """Why a TLS dial failed, named by quorumkv.security.diagnose ("" when not TLS or nothing found)."""
+        if not is_secure(self.settings, self.endpoint) or self.settings.insecure_skip_tls_verify:
+            return ""
+        from quorumkv.security.diagnose import DialTLS, diagnose_dial
+
+        host, _, port = self.target.rpartition(":")
+        if not port.isdigit():
+            return ""
+        s = self.settings
+        cause = diagnose_dial(host.strip("[]"), int(port), DialTLS(s.cacert, s.cert, s.key),
+                              timeout_s=min(2.0, s.dial_timeout))
+        return f" (TLS: {cause})" if cause else ""
 
     def warn(self, err: grpc.RpcError) -> None:
         """The line clientv3's retry interceptor logs for every failed unary call."""
