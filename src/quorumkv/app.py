@@ -386,11 +386,8 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def _apply_auto_tls(config: Any) -> None:
     """--auto-tls: a self-signed certificate in <data-dir>/fixtures/client, as etcd makes it (clients then dial
-    with --insecure-skip-tls-verify); with --client-cert-auth etcd ignores --auto-tls, and so do we."""
+    with --insecure-skip-tls-verify); ignored when --cert-file is given, as in etcd."""
     if getattr(config, "auto_tls", False) and not getattr(config, "cert_file", ""):
-        if getattr(config, "client_cert_auth", False):
-            log.warning("ignoring client auto TLS since certs given")
-            return
         urls = list(config.listen_client_urls) + list(getattr(config, "listen_client_http_urls", []) or [])
         cert, key = self_cert(os.path.join(str(config.data_dir), "fixtures", "client"), urls)
         config.cert_file, config.key_file = cert, key
@@ -398,14 +395,11 @@ def _apply_auto_tls(config: Any) -> None:
 
 
 def _apply_cipher_suites(config: Any) -> list[str]:
-    """--cipher-suites for gRPC (process-wide: GRPC_SSL_CIPHER_SUITES, read when gRPC first makes TLS
-    credentials) and the HTTPS listeners. As in Go, TLS 1.3's suites are not configurable."""
+    """--cipher-suites as OpenSSL names for the HTTPS listeners. gRPC takes them process-wide from
+    GRPC_SSL_CIPHER_SUITES, read once when gRPC is imported: the ``quorumkv`` command sets it before
+    (cli/server.py). As in Go, TLS 1.3's suites are not configurable."""
     suites = list(getattr(config, "cipher_suites", []) or [])
-    if not suites:
-        return []
-    names = openssl_names(suites)
-    os.environ["GRPC_SSL_CIPHER_SUITES"] = ":".join(names)
-    return names
+    return openssl_names(suites) if suites else []
 
 
 class _RevokedClientInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

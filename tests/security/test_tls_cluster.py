@@ -5,14 +5,18 @@ peer link fails."""
 from __future__ import annotations
 
 import shutil
+import socket
+import ssl
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from quorumkv.testing.cluster import start_quorumkv_cluster
+from quorumkv.testing.cluster import ClusterMember, start_quorumkv_cluster
 from quorumkv.testing.pki import PKI, issue, make_pki
-from quorumkv.testing.processes import ServerTLS, run_etcdctl
+from quorumkv.testing.processes import ServerTLS, free_port, run_etcdctl
 
 pytestmark = pytest.mark.skipif(shutil.which("etcdctl") is None, reason="needs etcdctl 3.4 in PATH")
 
@@ -93,17 +97,64 @@ def test_rotation_without_restart_and_ctl_names_the_cause(pki: PKI, tmp_path: Pa
         assert "reloaded TLS certificate" in server.log_path.read_text()
 
 
+SUITES = "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305"
+
+
+@pytest.fixture(scope="module")
+def member(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterMember]:
+    """One mTLS member with --cipher-suites, --client-crl-file and an https metrics listener."""
+    metrics = f"https://127.0.0.1:{free_port()}"
+    extra = ["--cipher-suites", SUITES, "--client-crl-file", str(pki.crl), "--listen-metrics-urls", metrics]
+    with start_quorumkv_cluster(1, tmp_path_factory.mktemp("member"), tls=tls_of(pki), extra_args=extra) as c:
+        c.members[0].metrics_url = metrics  # type: ignore[attr-defined]
+        yield c.members[0]
+
+
 @pytest.mark.parametrize(("ctl_cert", "ca", "expected"), [
     ("client", "other", "signed by unknown authority"),
     ("other-ca", "ca", "the server rejected our certificate"),
     ("no-client-usage", "ca", "lacks the clientAuth extended key usage"),
 ])
-def test_ctl_names_handshake_failures(pki: PKI, tmp_path: Path, ctl_cert: str, ca: str, expected: str) -> None:
-    tls = tls_of(pki)
-    with start_quorumkv_cluster(1, tmp_path, tls=tls) as cluster:
-        url = cluster.members[0].client_url
-        ca_file = str(pki.other_ca.path if ca == "other" else pki.ca.path)
-        env = {"ETCDCTL_CACERT": ca_file, "ETCDCTL_CERT": pki.cert(ctl_cert), "ETCDCTL_KEY": pki.key(ctl_cert)}
-        ctl = run_etcdctl(url, "--dial-timeout=1s", "get", "k", client="quorumkvctl", env=env)
-        assert ctl.returncode != 0
-        assert expected in ctl.stderr, ctl.stderr
+def test_ctl_names_handshake_failures(pki: PKI, member: ClusterMember, ctl_cert: str, ca: str,
+                                      expected: str) -> None:
+    ca_file = str(pki.other_ca.path if ca == "other" else pki.ca.path)
+    env = {"ETCDCTL_CACERT": ca_file, "ETCDCTL_CERT": pki.cert(ctl_cert), "ETCDCTL_KEY": pki.key(ctl_cert)}
+    ctl = run_etcdctl(member.client_url, "--dial-timeout=1s", "get", "k", client="quorumkvctl", env=env)
+    assert ctl.returncode != 0
+    assert expected in ctl.stderr, ctl.stderr
+
+
+def test_revoked_client_certificate_is_refused(pki: PKI, member: ClusterMember) -> None:
+    env = {"ETCDCTL_CACERT": str(pki.ca.path), "ETCDCTL_CERT": pki.cert("revoked"), "ETCDCTL_KEY": pki.key("revoked")}
+    got = run_etcdctl(member.client_url, "get", "k", env=env)
+    assert got.returncode != 0 and "is revoked by the CRL" in got.stderr, got.stderr
+    assert "rejected connection: revoked client certificate" in member.log_tail(200)
+    ok = run_etcdctl(member.client_url, "get", "k", env=tls_of(pki).etcdctl_env())
+    assert ok.returncode == 0, ok.stderr
+
+
+def _handshake(pki: PKI, port: int, cipher: str) -> str | None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_cert_chain(pki.cert("client"), pki.key("client"))
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(cipher)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as sock:
+            return str(sock.cipher()[0])
+    except (ssl.SSLError, OSError):
+        return None
+
+
+def test_cipher_suites_limit_tls12(pki: PKI, member: ClusterMember) -> None:
+    port = member.client_port
+    assert _handshake(pki, port, "ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert _handshake(pki, port, "ECDHE-ECDSA-AES256-GCM-SHA384") is None  # not in --cipher-suites
+
+
+def test_metrics_over_https(pki: PKI, member: ClusterMember) -> None:
+    ctx = ssl.create_default_context(cafile=str(pki.ca.path))
+    ctx.load_cert_chain(pki.cert("client"), pki.key("client"))
+    url = member.metrics_url  # type: ignore[attr-defined]
+    with urllib.request.urlopen(f"{url}/metrics", context=ctx, timeout=10) as resp:
+        assert b"etcd_server_has_leader" in resp.read()

@@ -143,6 +143,10 @@ def _tls_file_error(config: ServerConfig) -> str | None:
     """The first problem that stops the server among the configured TLS files (warnings are printed)."""
     from quorumkv.security.settings import check_config
 
+    if config.peer_auto_tls and not config.peer_cert_file:
+        return ("--peer-auto-tls is not supported: etcd's peers then dial without verifying each other, which "
+                "grpcio cannot do; make a CA and peer certificates (docs/security.md) and give --peer-cert-file, "
+                "--peer-key-file and --peer-trusted-ca-file")
     problems = check_config(config)
     for p in problems:
         if p.severity == "warning":
@@ -209,6 +213,10 @@ def main(
         return EXIT_USAGE
     if runner is not None:
         return runner(loaded.config)
+    if loaded.config.cipher_suites:  # gRPC reads its cipher list once, when first imported: set it before
+        from quorumkv.security.ciphers import openssl_names
+
+        os.environ["GRPC_SSL_CIPHER_SUITES"] = ":".join(openssl_names(loaded.config.cipher_suites))
     try:
         return _default_runner(loaded.config)
     except ModuleNotFoundError as exc:
