@@ -84,40 +84,25 @@ class MemberCluster(MemberCore):
             self._transport_starting = None
 
     def _peer_credentials(self) -> dict[str, Any]:
-        """gRPC credentials for the peer service from the --peer-* TLS flags (none: plaintext peers). Both re-read
-        the files when they change (security/reload.py); --peer-cert-allowed-cn and --peer-crl-file are checked
-        on each incoming stream, and a failed dial is diagnosed (security/diagnose.py)."""
+        """gRPC credentials for the peer service from the --peer-* TLS flags (none: plaintext peers); they re-read
+        rotated files (security/peer.py)."""
         s = self.settings
         if not s.peer_cert_file:
+            self._peer_tls: Any = None
             return {}
-        from quorumkv.security.reload import ReloadingChannelCredentials, ReloadingServerCredentials
+        from quorumkv.security.peer import peer_tls
 
-        server = ReloadingServerCredentials(s.peer_cert_file, s.peer_key_file, s.peer_trusted_ca_file,
-                                            client_cert_auth=s.peer_client_cert_auth, what="peer")
-        channel = ReloadingChannelCredentials(s.peer_cert_file, s.peer_key_file, s.peer_trusted_ca_file)
-        server.credentials()  # raises now if the files cannot be served
-        return {"server_credentials": server.credentials, "channel_credentials": channel.get}
+        self._peer_tls = peer_tls(s.peer_cert_file, s.peer_key_file, s.peer_trusted_ca_file,
+                                  client_cert_auth=s.peer_client_cert_auth, allowed_cn=s.peer_cert_allowed_cn,
+                                  crl_file=s.peer_crl_file)
+        return {"server_credentials": self._peer_tls.server_credentials,
+                "channel_credentials": self._peer_tls.channel_credentials}
 
     def _peer_tls_checks(self, transport: Any) -> None:
-        s = self.settings
-        if not s.peer_cert_file:
-            return
-        from quorumkv.security.certs import load_crl
-        from quorumkv.security.diagnose import DialTLS, diagnose_dial, peer_certificate_refusal
-
-        crls = [load_crl(s.peer_crl_file, "--peer-crl-file")] if s.peer_crl_file else []
-        verdicts: dict[bytes, str | None] = {}
-
-        def check(pem: bytes) -> str | None:
-            if pem not in verdicts:
-                verdicts[pem] = peer_certificate_refusal(pem, s.peer_cert_allowed_cn, crls)
-            return verdicts[pem]
-
-        if s.peer_cert_allowed_cn or crls:
-            transport.check_peer_cert = check
-        dial = DialTLS(s.peer_trusted_ca_file, s.peer_cert_file, s.peer_key_file, "--peer-trusted-ca-file",
-                       "--peer-cert-file", "--peer-key-file", role="peer")
-        transport.diagnose_tls = lambda host, port: diagnose_dial(host, port, dial)
+        """--peer-cert-allowed-cn/--peer-crl-file on incoming peers; diagnosis of failed dials."""
+        if getattr(self, "_peer_tls", None) is not None:
+            transport.check_peer_cert = self._peer_tls.check_peer_cert
+            transport.diagnose_tls = self._peer_tls.diagnose_tls
 
     async def _join(self) -> None:
         """A new member of a running cluster: learn the cluster ID and members from a live member, check that

@@ -501,8 +501,6 @@ class PeerTransport:
             if cause:
                 log.warning("TLS handshake with peer failed", extra={"remote-peer-id": f"{peer.member_id:x}",
                                                                      "url": url, "cause": cause})
-            else:
-                self._tls_reported.pop(url, None)
 
         task = asyncio.ensure_future(run())
         self._tasks.add(task)
