@@ -7,6 +7,7 @@ entry the ``quorumkv`` command calls with a validated ServerConfig.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import errno
 import gc
@@ -384,14 +385,15 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def _apply_auto_tls(config: Any) -> None:
+def _apply_auto_tls(config: Any) -> Any:
     """--auto-tls: a self-signed certificate in <data-dir>/fixtures/client, as etcd makes it (clients then dial
     with --insecure-skip-tls-verify); ignored when --cert-file is given, as in etcd."""
     if getattr(config, "auto_tls", False) and not getattr(config, "cert_file", ""):
         urls = list(config.listen_client_urls) + list(getattr(config, "listen_client_http_urls", []) or [])
         cert, key = self_cert(os.path.join(str(config.data_dir), "fixtures", "client"), urls)
-        config.cert_file, config.key_file = cert, key
         log.info("automatically generated client TLS certificate", extra={"cert-file": cert})
+        return dataclasses.replace(config, cert_file=cert, key_file=key)
+    return config
 
 
 def _apply_cipher_suites(config: Any) -> list[str]:
@@ -482,7 +484,7 @@ class _RevokedClientInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
 def run_server(config: Any) -> int:
     """Blocking entry for the ``quorumkv`` command: returns the process exit code."""
     setup_logging(getattr(config, "log_level", "info"), getattr(config, "log_format", "json"))
-    _apply_auto_tls(config)
+    config = _apply_auto_tls(config)
     ciphers = _apply_cipher_suites(config)
     settings = ServerSettings.from_config(config)
     tls = TLSFiles(cert_file=getattr(config, "cert_file", ""), key_file=getattr(config, "key_file", ""),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 
 from quorumkv.testing.cluster import ClusterMember, start_quorumkv_cluster
 from quorumkv.testing.pki import PKI, issue, make_pki
-from quorumkv.testing.processes import ServerTLS, free_port, run_etcdctl
+from quorumkv.testing.processes import ServerTLS, free_port, quorumkv_env, run_etcdctl, spawn_server
 
 pytestmark = pytest.mark.skipif(shutil.which("etcdctl") is None, reason="needs etcdctl 3.4 in PATH")
 
@@ -158,3 +159,25 @@ def test_metrics_over_https(pki: PKI, member: ClusterMember) -> None:
     url = member.metrics_url  # type: ignore[attr-defined]
     with urllib.request.urlopen(f"{url}/metrics", context=ctx, timeout=10) as resp:
         assert b"etcd_server_has_leader" in resp.read()
+
+
+def test_auto_tls_serves_a_self_signed_certificate(tmp_path: Path) -> None:
+    client, peer = f"https://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    data = tmp_path / "data"
+    argv = [sys.executable, "-m", "quorumkv", "--data-dir", str(data), "--auto-tls",
+            "--listen-client-urls", client, "--advertise-client-urls", client, "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer, "--initial-cluster", f"default={peer}"]
+    server = spawn_server("quorumkv", argv, client_url=client, peer_url=peer, data_dir=data,
+                          log_path=tmp_path / "log", env=quorumkv_env())
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            got = run_etcdctl(client, "--insecure-transport=false", "--insecure-skip-tls-verify", "--dial-timeout=1s",
+                              "put", "k", "v")
+            if got.returncode == 0 or time.monotonic() > deadline or not server.alive():
+                break
+            time.sleep(0.3)
+        assert got.returncode == 0, got.stderr + server.log_tail()
+        assert (data / "fixtures" / "client" / "cert.pem").exists()
+    finally:
+        server.stop()

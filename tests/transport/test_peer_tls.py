@@ -45,8 +45,8 @@ async def start(made: list[PeerTransport], member_id: int, pki: PKI, cert: str, 
 
 
 async def test_peers_talk_over_mtls(pki: PKI, transports: list[PeerTransport]) -> None:
-    a, url_a, got_a = await start(transports, 1, pki, "peer", allowed_cn="quorumkv-peer")
-    b, url_b, _ = await start(transports, 2, pki, "peer", allowed_cn="quorumkv-peer")
+    _, url_a, got_a = await start(transports, 1, pki, "peer", allowed_cn="quorumkv-peer")
+    b, _, _ = await start(transports, 2, pki, "peer", allowed_cn="quorumkv-peer")
     b.add_peer(1, [url_a])
     b.send([hb(2, 1)])
     await eventually(lambda: bool(got_a), 10, "a heartbeat over TLS")
@@ -55,7 +55,7 @@ async def test_peers_talk_over_mtls(pki: PKI, transports: list[PeerTransport]) -
 async def test_refused_cn_is_logged_by_the_refusing_member(pki: PKI, transports: list[PeerTransport],
                                                            caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    a, url_a, got_a = await start(transports, 1, pki, "peer", allowed_cn="quorumkv-peer")
+    _, url_a, got_a = await start(transports, 1, pki, "peer", allowed_cn="quorumkv-peer")
     b, _, _ = await start(transports, 2, pki, "wrong-cn")
     b.add_peer(1, [url_a])
     b.send([hb(2, 1)])
@@ -73,7 +73,7 @@ async def test_refused_cn_is_logged_by_the_refusing_member(pki: PKI, transports:
 async def test_dial_to_an_untrusted_peer_is_diagnosed(pki: PKI, transports: list[PeerTransport],
                                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    a, url_a, _ = await start(transports, 1, pki, "other-ca", ca=str(pki.other_ca.path))
+    _, url_a, _ = await start(transports, 1, pki, "other-ca", ca=str(pki.other_ca.path))
     b, _, _ = await start(transports, 2, pki, "peer")
     b.add_peer(1, [url_a])
     b.send([hb(2, 1)])
