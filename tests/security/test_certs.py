@@ -3,14 +3,22 @@ the server refuses it before listening (exit 2), and ``quorumkv check certs`` pr
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import socket
+import ssl
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from quorumkv.cli.server import EXIT_USAGE, main
 from quorumkv.security.autotls import self_cert
 from quorumkv.security.certs import Endpoint, check_endpoint, describe, load_certs
 from quorumkv.security.ciphers import CipherSuiteError, openssl_names
+from quorumkv.security.reload import CHECK_INTERVAL_S, reloading_ssl_context
 from quorumkv.testing.pki import PKI, make_pki
 
 
@@ -111,3 +119,40 @@ def test_check_certs_prints_a_table_and_the_problems(pki: PKI, tmp_path: Path,
     assert main(["check", "certs", *_server_flags(pki, tmp_path, "wrong-san")]) == 1
     out = capsys.readouterr().out
     assert "ERROR --peer-cert-file" in out and "DNS:example.com, IP:10.9.9.9" in out
+
+
+def test_https_listener_serves_a_replaced_certificate(pki: PKI, tmp_path: Path) -> None:
+    """The metrics/client-HTTP listeners' context swaps in rotated files during the next handshake."""
+    live_crt, live_key = tmp_path / "s.crt", tmp_path / "s.key"
+    shutil.copy(pki.cert("server"), live_crt)
+    shutil.copy(pki.key("server"), live_key)
+    ctx = reloading_ssl_context(str(live_crt), str(live_key))
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = srv.accept()
+            with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def served_cn() -> str:
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, client.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return describe(x509.load_der_x509_certificate(der)).common_name
+
+    try:
+        assert served_cn() == "server"
+        shutil.copy(pki.cert("wrong-cn"), live_crt)
+        shutil.copy(pki.key("wrong-cn"), live_key)
+        time.sleep(CHECK_INTERVAL_S + 0.1)
+        assert served_cn() == "intruder"
+    finally:
+        thread.join(5)
+        srv.close()

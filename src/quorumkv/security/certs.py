@@ -67,7 +67,7 @@ class Problem:
 
     def line(self) -> str:
         """One line: ``--cert-file server.crt: certificate expired on ...; renew it ...``."""
-        where = f"{self.flag} {self.file}" if self.flag else self.file
+        where = " ".join(part for part in (self.flag, self.file) if part)
         return f"{where}: {self.problem}; {self.fix}"
 
 
