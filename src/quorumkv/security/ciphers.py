@@ -57,8 +57,7 @@ def openssl_names(go_names: Sequence[str]) -> list[str]:
     if unknown:
         raise CipherSuiteError(
             f"--cipher-suites: unknown cipher suite(s) {', '.join(unknown)}; use Go's names as etcd does, "
-            f"e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 (run 'quorumkv check certs --help' for the list: "
-            f"{', '.join(sorted(GO_TO_OPENSSL))})")
+            f"e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 (known: {', '.join(sorted(GO_TO_OPENSSL))})")
     out = [GO_TO_OPENSSL[n.strip()] for n in go_names]
     unavailable = [n for n, o in zip(go_names, out, strict=True) if not _available(o)]
     if unavailable:
