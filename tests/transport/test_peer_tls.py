@@ -4,14 +4,18 @@ per address per minute."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from quorumkv.security.peer import peer_tls
-from quorumkv.testing.pki import PKI, make_pki
+from quorumkv.security.reload import CHECK_INTERVAL_S
+from quorumkv.testing.pki import PKI, issue, make_pki
 from quorumkv.transport import PeerTransport
 
 from .kit import CLUSTER, FAST, eventually, hb
@@ -84,3 +88,39 @@ async def test_dial_to_an_untrusted_peer_is_diagnosed(pki: PKI, transports: list
     record = next(r for r in caplog.records if r.getMessage() == "TLS handshake with peer failed")
     cause = str(record.__dict__["cause"])
     assert "signed by unknown authority" in cause and "'CN=some other CA'" in cause, cause
+
+
+async def test_peer_listener_rotates_without_restart(pki: PKI, transports: list[PeerTransport], tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The peer listener's certificate expires on disk (a new dialler is refused, and says why), then is
+    renewed on disk: the same listener serves the new one."""
+    caplog.set_level(logging.WARNING)
+    crt, key = tmp_path / "peer.crt", tmp_path / "peer.key"
+    shutil.copy(pki.cert("peer"), crt)
+    shutil.copy(pki.key("peer"), key)
+    tls = peer_tls(str(crt), str(key), str(pki.ca.path), client_cert_auth=True)
+    got: list[object] = []
+    a = PeerTransport(1, CLUSTER, got.append, lambda _id: None, random.Random(1), options=FAST,
+                      server_credentials=tls.server_credentials, channel_credentials=tls.channel_credentials)
+    transports.append(a)
+    (url_a,) = await a.start(["https://127.0.0.1:0"])
+    shutil.copy(pki.cert("expired"), crt)
+    shutil.copy(pki.key("expired"), key)
+    await asyncio.sleep(CHECK_INTERVAL_S + 0.1)
+    b, _, _ = await start(transports, 2, pki, "peer")
+    b.add_peer(1, [url_a])
+    b.send([hb(2, 1)])
+
+    def diagnosed() -> bool:
+        return any(r.getMessage() == "TLS handshake with peer failed" and "expired on" in str(r.__dict__["cause"])
+                   for r in caplog.records)
+    await eventually(diagnosed, 10, "b's diagnosis of a's expired certificate")
+    assert not got
+    renewed_crt, renewed_key = issue(pki.ca, tmp_path, "renewed-peer", sans=("localhost", "127.0.0.1"))
+    shutil.copy(renewed_key, key)
+    shutil.copy(renewed_crt, crt)
+
+    def delivered() -> bool:
+        b.send([hb(2, 1)])
+        return bool(got)
+    await eventually(delivered, 15, "a heartbeat over the renewed certificate")
