@@ -440,9 +440,10 @@ class _RevokedClientInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
         reason = self._verdicts[pem]
         if reason is not None:
             peer = context.peer()
+            host = peer.rsplit(":", 1)[0]  # "ipv4:127.0.0.1:54321": once per address, whatever the port
             now = asyncio.get_running_loop().time()
-            if now - self._logged.get(peer, -1e9) >= 60:
-                self._logged[peer] = now
+            if now - self._logged.get(host, -1e9) >= 60:
+                self._logged[host] = now
                 log.warning("rejected connection: revoked client certificate",
                             extra={"remote-addr": peer, "error": reason})
         return reason

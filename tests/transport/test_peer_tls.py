@@ -70,6 +70,7 @@ async def test_refused_cn_is_logged_by_the_refusing_member(pki: PKI, transports:
     record = next(r for r in caplog.records if r.getMessage() == "rejected peer connection")
     assert "CN 'intruder' is not allowed (--peer-cert-allowed-cn=quorumkv-peer)" in str(record.__dict__["error"])
     assert not got_a
+    await asyncio.sleep(0.6)  # b redials (a new connection, a new port, each time)
     rejections = [r for r in caplog.records if r.getMessage() == "rejected peer connection"]
     assert len(rejections) == 1  # once per address per minute, though b keeps retrying
 

@@ -516,8 +516,9 @@ class PeerTransport:
         reason = self.check_peer_cert(pems[0])
         if reason is not None and self._loop is not None:
             addr, now = context.peer(), self._loop.time()
-            if now - self._tls_reported.get(addr, -1e9) >= 60:
-                self._tls_reported[addr] = now
+            host = addr.rsplit(":", 1)[0]  # "ipv4:127.0.0.1:54321": once per address, whatever the port
+            if now - self._tls_reported.get(host, -1e9) >= 60:
+                self._tls_reported[host] = now
                 log.warning("rejected peer connection", extra={"remote-addr": addr, "error": reason})
         return reason
 
