@@ -18,6 +18,7 @@ from quorumkv.cli.server import EXIT_USAGE, main
 from quorumkv.security.autotls import self_cert
 from quorumkv.security.certs import Endpoint, check_endpoint, describe, load_certs
 from quorumkv.security.ciphers import CipherSuiteError, openssl_names
+from quorumkv.security.diagnose import DialTLS, diagnose_dial
 from quorumkv.security.reload import CHECK_INTERVAL_S, reloading_ssl_context
 from quorumkv.testing.pki import PKI, make_pki
 
@@ -156,3 +157,32 @@ def test_https_listener_serves_a_replaced_certificate(pki: PKI, tmp_path: Path) 
     finally:
         thread.join(5)
         srv.close()
+
+
+@pytest.mark.parametrize(("served", "expected"), [
+    ("wrong-san", "is not valid for 127.0.0.1, the address dialled (its SANs: DNS:example.com, IP:10.9.9.9)"),
+    ("expired", "expired on"),
+    ("no-server-usage", "lacks the serverAuth extended key usage"),
+    ("other-ca-leaf", "signed by unknown authority: issued by 'CN=some other CA'"),
+])
+def test_diagnose_dial_names_what_is_wrong_with_the_server(pki: PKI, served: str, expected: str) -> None:
+    crt = pki.directory / f"{served}.crt"
+    key = pki.directory / f"{served}.key"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(crt), str(key))
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        cause = diagnose_dial("127.0.0.1", port, DialTLS(str(pki.ca.path)), timeout_s=2)
+    finally:
+        thread.join(5)
+        srv.close()
+    assert cause is not None and expected in cause, cause

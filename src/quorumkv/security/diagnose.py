@@ -12,6 +12,7 @@ connections succeed.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def _server_problems(der: bytes, host: str, tls: DialTLS) -> list[str]:
     if not check_name(info, host):
         out.append(f"{where} is not valid for {host}, the address dialled (its SANs: {', '.join(info.sans) or 'none'})"
                    f"; dial a name it covers or reissue it with subjectAltName including "
-                   f"{'IP' if host.replace('.', '').isdigit() or ':' in host else 'DNS'}:{host}")
+                   f"{'IP' if _is_ip(host) else 'DNS'}:{host}")
     usage = check_usages(info, "server", "", "")
     if usage:
         out.append(f"{where}: {usage[0].problem}; {usage[0].fix}")
@@ -161,8 +162,6 @@ def _closed_text(server_der: bytes | None, tls: DialTLS) -> str:
 
 def _is_ip(host: str) -> bool:
     try:
-        import ipaddress
-
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
