@@ -71,7 +71,7 @@ class Problem:
         return f"{where}: {self.problem}; {self.fix}"
 
 
-class TLSFileError(Exception):
+class TLSFileError(ValueError):
     """A TLS file that cannot be used at all (unreadable, not PEM)."""
 
     def __init__(self, problem: Problem) -> None:
@@ -186,7 +186,7 @@ def load_key(path: str, flag: str = "") -> object:
     except TypeError:
         raise TLSFileError(Problem(path, "the private key is encrypted (has a passphrase)",
                                    "decrypt it: 'openssl pkey -in KEY -out KEY.plain'", flag)) from None
-    except (ValueError, Exception):
+    except Exception:  # cryptography raises ValueError or UnsupportedAlgorithm
         hint = ("it holds a certificate, not a key: swap the cert and key flags"
                 if b"CERTIFICATE-----" in data else "give an unencrypted PEM private key "
                 "('-----BEGIN PRIVATE KEY-----' or 'RSA/EC PRIVATE KEY')")
