@@ -21,7 +21,7 @@ WIRE_PACKAGES = ("etcdserverpb", "mvccpb", "authpb", "quorumkvpb", "v3lockpb", "
 #: Lower tiers may be imported by higher ones, never the other way round; one tier's packages don't import
 #: each other.
 TIERS: list[set[str]] = [
-    {"base", "wire", "errors", "raft", "lease"},
+    {"base", "wire", "errors", "raft", "lease", "security"},
     {"storage"},
     {"mvcc", "transport"},
     {"server"},
@@ -40,6 +40,7 @@ NARROWER: dict[str, set[str]] = {
     "raft": set(),
     "lease": set(),
     "errors": set(),
+    "security": {"security"},
     "wire": {"base", "wire"},
     "client": {"base", "wire", "errors"},
 }

@@ -7,6 +7,7 @@ entry the ``quorumkv`` command calls with a validated ServerConfig.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import errno
 import gc
@@ -33,6 +34,9 @@ from quorumkv.backup.scheduler import Clock, SnapshotScheduler
 from quorumkv.errors import EtcdError
 from quorumkv.observability.health import Health
 from quorumkv.observability.metrics import ServerStats, build_registry, instrument_servicer, render, slow_apply_logger
+from quorumkv.security.autotls import self_cert
+from quorumkv.security.ciphers import openssl_names
+from quorumkv.security.reload import ReloadingServerCredentials, reloading_ssl_context
 from quorumkv.server.node import SLOW_APPLY_S
 from quorumkv.server.server import QuorumServer
 from quorumkv.server.settings import ServerSettings
@@ -118,6 +122,10 @@ class TLSFiles:
     key_file: str = ""
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
+    #: --client-crl-file: verified client certificates revoked by it are refused (UNAUTHENTICATED)
+    crl_file: str = ""
+    #: --cipher-suites as OpenSSL names (colon-joined for OpenSSL), for the HTTPS listeners
+    ciphers: list[str] = field(default_factory=list)
 
 
 def listen_address(url: str) -> tuple[str, bool]:
@@ -134,18 +142,11 @@ def listen_address(url: str) -> tuple[str, bool]:
 
 
 def _credentials(tls: TLSFiles) -> grpc.ServerCredentials:
+    """Credentials that re-read the files when they change (rotation without restart, security/reload.py)."""
     if not tls.cert_file or not tls.key_file:
         raise ValueError("an https:// client URL needs --cert-file and --key-file")
-    with open(tls.key_file, "rb") as f:
-        key = f.read()
-    with open(tls.cert_file, "rb") as f:
-        cert = f.read()
-    ca = None
-    if tls.trusted_ca_file:
-        with open(tls.trusted_ca_file, "rb") as f:
-            ca = f.read()
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
-                                       require_client_auth=tls.client_cert_auth)
+    return ReloadingServerCredentials(tls.cert_file, tls.key_file, tls.trusted_ca_file,
+                                      client_cert_auth=tls.client_cert_auth).credentials()
 
 
 class RunningMember:
@@ -213,13 +214,8 @@ def _http_ssl(tls: TLSFiles | None) -> ssl.SSLContext:
     tls = tls or TLSFiles()
     if not tls.cert_file or not tls.key_file:
         raise ValueError("an https:// metrics or client HTTP URL needs --cert-file and --key-file")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.trusted_ca_file:
-        ctx.load_verify_locations(tls.trusted_ca_file)
-    if tls.client_cert_auth:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return reloading_ssl_context(tls.cert_file, tls.key_file, tls.trusted_ca_file,
+                                 client_cert_auth=tls.client_cert_auth, ciphers=":".join(tls.ciphers))
 
 
 def _refuse_busy_address(addr: str, url: str) -> None:
@@ -307,16 +303,17 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
             # something else listens on refused, as without SO_REUSEPORT
             ("grpc.so_reuseport", 1),
         ]
-        grpc_servers.extend(grpc.aio.server(options=options) for _ in range(CLIENT_GRPC_SERVERS))
+        interceptors = [_RevokedClientInterceptor(tls.crl_file)] if tls is not None and tls.crl_file else []
+        grpc_servers.extend(grpc.aio.server(options=options, interceptors=interceptors)
+                            for _ in range(CLIENT_GRPC_SERVERS))
         servicers = add_servicers(grpc_servers, server,
                                   instrument=lambda servicer, name: instrument_servicer(servicer, name, stats))
         bound = []
         for url in listen_client_urls:
             addr, secure = listen_address(url)
             _refuse_busy_address(addr, url)
-            creds = _credentials(tls or TLSFiles()) if secure else None
-            for grpc_server in grpc_servers:
-                port = (grpc_server.add_secure_port(addr, creds) if creds is not None
+            for grpc_server in grpc_servers:  # credentials per server: each re-reads rotated files itself
+                port = (grpc_server.add_secure_port(addr, _credentials(tls or TLSFiles())) if secure
                         else grpc_server.add_insecure_port(addr))
                 if port == 0:
                     raise OSError(f"cannot listen on {url}: address in use or not available; "
@@ -425,13 +422,113 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def _apply_auto_tls(config: Any) -> Any:
+    """--auto-tls: a self-signed certificate in <data-dir>/fixtures/client, as etcd makes it (clients then dial
+    with --insecure-skip-tls-verify); ignored when --cert-file is given, as in etcd."""
+    if getattr(config, "auto_tls", False) and not getattr(config, "cert_file", ""):
+        urls = list(config.listen_client_urls) + list(getattr(config, "listen_client_http_urls", []) or [])
+        cert, key = self_cert(os.path.join(str(config.data_dir), "fixtures", "client"), urls)
+        log.info("automatically generated client TLS certificate", extra={"cert-file": cert})
+        return dataclasses.replace(config, cert_file=cert, key_file=key)
+    return config
+
+
+def _apply_cipher_suites(config: Any) -> list[str]:
+    """--cipher-suites as OpenSSL names for the HTTPS listeners. gRPC takes them process-wide from
+    GRPC_SSL_CIPHER_SUITES, read once when gRPC is imported: the ``quorumkv`` command sets it before
+    (cli/server.py). As in Go, TLS 1.3's suites are not configurable."""
+    suites = list(getattr(config, "cipher_suites", []) or [])
+    return openssl_names(suites) if suites else []
+
+
+class _RevokedClientInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """--client-crl-file: refuse (UNAUTHENTICATED) calls whose verified client certificate the CRL revokes.
+    grpcio has no CRL option, so each call's certificate is checked against the CRL (re-read when it changes);
+    the verdict is cached per certificate."""
+
+    def __init__(self, crl_file: str) -> None:
+        from quorumkv.security.certs import load_crl
+        from quorumkv.security.reload import WatchedFiles
+
+        self._file = crl_file
+        self._watch = WatchedFiles([crl_file])
+        self._load_crl = load_crl
+        self._crl = load_crl(crl_file, "--client-crl-file")
+        self._watch.accepted = self._watch.stamp()
+        self._verdicts: dict[bytes, str | None] = {}
+        self._logged: dict[str, float] = {}
+
+    def _refusal(self, context: Any) -> str | None:
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            return None
+        if (stamp := self._watch.changed()) is not None:
+            try:
+                self._crl = self._load_crl(self._file, "--client-crl-file")
+                self._watch.accepted = stamp
+                self._verdicts.clear()
+            except Exception:
+                log.warning("cannot reload --client-crl-file; keeping the previous list", exc_info=True)
+        pem = pems[0]
+        if pem not in self._verdicts:
+            from quorumkv.security.diagnose import peer_certificate_refusal
+
+            self._verdicts[pem] = peer_certificate_refusal(pem, "", [self._crl])
+        reason = self._verdicts[pem]
+        if reason is not None:
+            peer = context.peer()
+            host = peer.rsplit(":", 1)[0]  # "ipv4:127.0.0.1:54321": once per address, whatever the port
+            now = asyncio.get_running_loop().time()
+            if now - self._logged.get(host, -1e9) >= 60:
+                self._logged[host] = now
+                log.warning("rejected connection: revoked client certificate",
+                            extra={"remote-addr": peer, "error": reason})
+        return reason
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        check = self._refusal
+
+        def wrap_unary(fn: Any) -> Any:
+            async def inner(request: Any, context: Any) -> Any:
+                if (reason := check(context)) is not None:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+                return await fn(request, context)
+            return inner
+
+        def wrap_stream(fn: Any) -> Any:
+            async def inner(request: Any, context: Any) -> Any:
+                if (reason := check(context)) is not None:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+                async for item in fn(request, context):
+                    yield item
+            return inner
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), handler.request_deserializer,
+                                                       handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary),
+                                                        handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream),
+                                                        handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), handler.request_deserializer,
+                                                     handler.response_serializer)
+
+
 def run_server(config: Any) -> int:
     """Blocking entry for the ``quorumkv`` command: returns the process exit code."""
     setup_logging(getattr(config, "log_level", "info"), getattr(config, "log_format", "json"))
+    config = _apply_auto_tls(config)
+    ciphers = _apply_cipher_suites(config)
     settings = ServerSettings.from_config(config)
     tls = TLSFiles(cert_file=getattr(config, "cert_file", ""), key_file=getattr(config, "key_file", ""),
                    trusted_ca_file=getattr(config, "trusted_ca_file", ""),
-                   client_cert_auth=bool(getattr(config, "client_cert_auth", False)))
+                   client_cert_auth=bool(getattr(config, "client_cert_auth", False)),
+                   crl_file=getattr(config, "client_crl_file", "") or "", ciphers=ciphers)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config),

@@ -140,6 +140,22 @@ def _usage_message(exc: click.ClickException) -> str:
     return " ".join(exc.format_message().split())
 
 
+def _tls_file_error(config: ServerConfig) -> str | None:
+    """The first problem that stops the server among the configured TLS files (warnings are printed)."""
+    from quorumkv.security.settings import check_config
+
+    if config.peer_auto_tls and not config.peer_cert_file:
+        return ("--peer-auto-tls is not supported: etcd's peers then dial without verifying each other, which "
+                "grpcio cannot do; make a CA and peer certificates (docs/security.md) and give --peer-cert-file, "
+                "--peer-key-file and --peer-trusted-ca-file")
+    problems = check_config(config)
+    for p in problems:
+        if p.severity == "warning":
+            click.echo(f"{_PROG}: warning: {p.line()}", err=True)
+    errors = [p for p in problems if p.severity == "error"]
+    return f"{errors[0].line()} (run '{_PROG} check certs' with the same flags for details)" if errors else None
+
+
 def _default_runner(config: ServerConfig) -> int:
     """Start the real server; imported lazily because the runtime is heavy and owned by another module."""
     module = importlib.import_module("quorumkv.app")
@@ -162,6 +178,9 @@ def main(
         from quorumkv.cli.etcd_snapshot import main as etcd_snapshot_main
 
         return etcd_snapshot_main(args[1:])
+    check_certs = args[:2] == ["check", "certs"]  # ``quorumkv check certs [server TLS flags]``
+    if check_certs:
+        args = args[2:]
     command = _build_command()
     try:
         result = command.main(_normalize_argv(args), prog_name=_PROG, standalone_mode=False)
@@ -191,8 +210,18 @@ def main(
         return EXIT_USAGE
     for warning in loaded.warnings:
         click.echo(f"{_PROG}: warning: {warning}", err=True)
+    if check_certs:
+        from quorumkv.cli.check_certs import run_check_certs
+        return run_check_certs(loaded.config)
+    if runner is None and (tls_error := _tls_file_error(loaded.config)):
+        click.echo(f"{_PROG}: {tls_error}", err=True)
+        return EXIT_USAGE
     if runner is not None:
         return runner(loaded.config)
+    if loaded.config.cipher_suites:  # gRPC reads its cipher list once, when first imported: set it before
+        from quorumkv.security.ciphers import openssl_names
+
+        os.environ["GRPC_SSL_CIPHER_SUITES"] = ":".join(openssl_names(loaded.config.cipher_suites))
     try:
         return _default_runner(loaded.config)
     except ModuleNotFoundError as exc:

@@ -62,6 +62,7 @@ class MemberCluster(MemberCore):
             self.member_id, self.cluster_id, **self._peer_credentials(), on_messages=self._on_peer_messages,
             on_unreachable=self._on_peer_unreachable, rng=random.Random(self.member_id ^ time.time_ns()),
             on_snapshot_status=self._on_snapshot_status)
+        self._peer_tls_checks(self.transport)
         self.transport.register_handler("lease_renew", self._handle_lease_renew)
         self.transport.register_handler("lease_ttl", self._handle_lease_ttl)
         self.transport.register_handler("member_promote", self._handle_member_promote)
@@ -88,23 +89,25 @@ class MemberCluster(MemberCore):
             self._transport_starting = None
 
     def _peer_credentials(self) -> dict[str, Any]:
-        """gRPC credentials for the peer service from the --peer-* TLS flags (none: plaintext peers)."""
+        """gRPC credentials for the peer service from the --peer-* TLS flags (none: plaintext peers); they re-read
+        rotated files (security/peer.py)."""
         s = self.settings
         if not s.peer_cert_file:
+            self._peer_tls: Any = None
             return {}
-        import grpc
+        from quorumkv.security.peer import peer_tls
 
-        def read(path: str) -> bytes:
-            with open(path, "rb") as f:
-                return f.read()
-        key, cert = read(s.peer_key_file), read(s.peer_cert_file)
-        ca = read(s.peer_trusted_ca_file) if s.peer_trusted_ca_file else None
-        return {
-            "server_credentials": grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=ca, require_client_auth=s.peer_client_cert_auth and ca is not None),
-            "channel_credentials": grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
-                                                                certificate_chain=cert),
-        }
+        self._peer_tls = peer_tls(s.peer_cert_file, s.peer_key_file, s.peer_trusted_ca_file,
+                                  client_cert_auth=s.peer_client_cert_auth, allowed_cn=s.peer_cert_allowed_cn,
+                                  crl_file=s.peer_crl_file)
+        return {"server_credentials": self._peer_tls.server_credentials,
+                "channel_credentials": self._peer_tls.channel_credentials}
+
+    def _peer_tls_checks(self, transport: Any) -> None:
+        """--peer-cert-allowed-cn/--peer-crl-file on incoming peers; diagnosis of failed dials."""
+        if getattr(self, "_peer_tls", None) is not None:
+            transport.check_peer_cert = self._peer_tls.check_peer_cert
+            transport.diagnose_tls = self._peer_tls.diagnose_tls
 
     async def _join(self) -> None:
         """A new member of a running cluster: learn the cluster ID and members from a live member, check that

@@ -14,6 +14,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from quorumkv.security.ciphers import CipherSuiteError, openssl_names
 from quorumkv.server.durations import NS_PER_S, DurationError, parse_duration_ns
 
 __all__ = [
@@ -123,6 +124,9 @@ class ServerConfig:
     peer_trusted_ca_file: str = ""
     peer_auto_tls: bool = False
     cipher_suites: list[str] = field(default_factory=list)
+    peer_cert_allowed_cn: str = ""
+    client_crl_file: str = ""
+    peer_crl_file: str = ""
 
     # Profiling, monitoring and logging
     enable_pprof: bool = False
@@ -391,6 +395,17 @@ class ServerConfig:
         for suite in self.cipher_suites:
             if not suite.strip():
                 raise ConfigError("--cipher-suites must not contain empty names", flag="--cipher-suites")
+        if self.cipher_suites:
+            try:
+                openssl_names(self.cipher_suites)
+            except CipherSuiteError as exc:
+                raise ConfigError(str(exc), flag="--cipher-suites") from None
+        for fname, needs in (("client_crl_file", "cert_file"), ("peer_crl_file", "peer_cert_file"),
+                             ("peer_cert_allowed_cn", "peer_cert_file")):
+            if getattr(self, fname) and not (getattr(self, needs) or getattr(self, needs.replace("cert_file",
+                                                                                               "auto_tls"))):
+                raise ConfigError(f"{flag_for_field(fname)} needs TLS: set {flag_for_field(needs)} and "
+                                  f"{flag_for_field(needs.replace('cert', 'key'))}", flag=flag_for_field(fname))
 
     def _validate_choices(self) -> None:
         for fname, allowed in (

@@ -51,6 +51,8 @@ class ServerSettings:
     auth_token_ttl_s: float = 300.0
     #: --bcrypt-cost for passwords hashed by this member.
     bcrypt_cost: int = 10
+    peer_cert_allowed_cn: str = ""
+    peer_crl_file: str = ""
 
     @property
     def request_timeout_s(self) -> float:
@@ -86,6 +88,8 @@ class ServerSettings:
             auth_token=str(getattr(cfg, "auth_token", "simple") or "simple"),
             auth_token_ttl_s=float(getattr(cfg, "auth_token_ttl", 300)),
             bcrypt_cost=int(getattr(cfg, "bcrypt_cost", 10)),
+            peer_cert_allowed_cn=str(getattr(cfg, "peer_cert_allowed_cn", "") or ""),
+            peer_crl_file=str(getattr(cfg, "peer_crl_file", "") or ""),
         )
 
     @property

@@ -89,7 +89,8 @@ def open_data_dir(path: str | os.PathLike[str]) -> DataDir:
                     "use the quorumkv version that wrote it, or restore a snapshot into a new --data-dir"
                 )
         else:
-            entries = [p.name for p in root.iterdir() if p.name not in (LOCK_FILE,)]
+            # fixtures/: --auto-tls certificates, generated (as etcd does) before the data dir is formatted
+            entries = [p.name for p in root.iterdir() if p.name not in (LOCK_FILE, "fixtures")]
             if entries:
                 raise DataDirError(
                     f"data dir {root} is not empty and has no {FORMAT_FILE} marker (found: "

@@ -69,6 +69,7 @@ from quorumkv.testing.processes import (
     ETCD_BIN,
     ServerNotReady,
     ServerProcess,
+    ServerTLS,
     free_port,
     quorumkv_env,
     run_etcdctl,
@@ -172,6 +173,8 @@ class ClusterMember:
     starts: int = 0
     #: Filled from Status/readiness responses; stable across restarts (etcd derives it from URLs and token).
     member_id: int | None = None
+    #: etcdctl's TLS environment when the cluster runs with ``tls``.
+    etcdctl_env: dict[str, str] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -244,6 +247,8 @@ class Cluster:
 
     def etcdctl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """:func:`patient_etcdctl` with ``--endpoints`` = every member (running or not, as a client would)."""
+        if self.members and self.members[0].etcdctl_env is not None:
+            kwargs["env"] = {**self.members[0].etcdctl_env, **dict(kwargs.get("env") or {})}
         return patient_etcdctl(self.endpoints, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------ processes
@@ -260,6 +265,7 @@ class Cluster:
             name=member.name,
             env=member.env,
         )
+        process.etcdctl_env = member.etcdctl_env
         member.process = process
         return process
 
@@ -305,7 +311,7 @@ class Cluster:
         if not member.alive:
             return None
         try:
-            with grpc.insecure_channel(member.grpc_target, options=_CHANNEL_OPTIONS) as channel:
+            with _channel(member) as channel:
                 stub = pb_grpc.MaintenanceStub(channel)  # type: ignore[no-untyped-call]  # generated, untyped
                 response = stub.Status(rpc_pb2.StatusRequest(), timeout=timeout_s)
         except grpc.RpcError:
@@ -426,6 +432,15 @@ class Cluster:
         )
 
 
+def _channel(member: ClusterMember) -> grpc.Channel:
+    tls = member.etcdctl_env
+    if tls is None:
+        return grpc.insecure_channel(member.grpc_target, options=_CHANNEL_OPTIONS)
+    ca, cert, key = (Path(tls[k]).read_bytes() for k in ("ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY"))
+    creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    return grpc.secure_channel(member.grpc_target, creds, options=_CHANNEL_OPTIONS)
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else "(empty log)"
@@ -495,6 +510,7 @@ def _start_cluster(
     token: str | None,
     names: Sequence[str] | None,
     ready_timeout_s: float | None,
+    tls: ServerTLS | None = None,
 ) -> Cluster:
     if not 1 <= n <= MAX_MEMBERS:
         raise ValueError(f"a cluster has 1..{MAX_MEMBERS} members, not {n}")
@@ -508,8 +524,9 @@ def _start_cluster(
         base = Path(tempfile.mkdtemp(prefix=f"{kind}-cluster-", dir=tmp_path))
         cluster_token = token or f"{kind}-test-{base.name}"
         ports = _free_ports(2 * n)
-        client_urls = [f"http://127.0.0.1:{p}" for p in ports[:n]]
-        peer_urls = [f"http://127.0.0.1:{p}" for p in ports[n:]]
+        scheme = "https" if tls is not None else "http"
+        client_urls = [f"{scheme}://127.0.0.1:{p}" for p in ports[:n]]
+        peer_urls = [f"{scheme}://127.0.0.1:{p}" for p in ports[n:]]
         initial_cluster = ",".join(f"{name}={url}" for name, url in zip(member_names, peer_urls, strict=True))
         cluster = Cluster(kind=kind, members=[], base_dir=base, token=cluster_token)
         try:
@@ -533,7 +550,7 @@ def _start_cluster(
                     env[PEER_DIAL_MAP_ENV] = format_peer_dial_map(dial_map)
                 argv = _member_argv(
                     command, name, member_dir / "data", client_urls[i], peer_urls[i], initial_cluster,
-                    cluster_token, heartbeat_ms, election_ms, extra_args,
+                    cluster_token, heartbeat_ms, election_ms, [*(tls.server_args() if tls else []), *extra_args],
                 )  # fmt: skip
                 cluster.members.append(
                     ClusterMember(
@@ -544,6 +561,7 @@ def _start_cluster(
                         log_path=member_dir / f"{kind}.log",
                         argv=argv,
                         env=env,
+                        etcdctl_env=tls.etcdctl_env() if tls is not None else None,
                     )
                 )
             for member in cluster.members:
@@ -583,6 +601,7 @@ def start_etcd_cluster(
     token: str | None = None,
     names: Sequence[str] | None = None,
     ready_timeout_s: float | None = 30.0,
+    tls: ServerTLS | None = None,
 ) -> Cluster:
     """Start ``n`` real etcd 3.4 members (names ``m1..mn`` unless ``names``), data and logs under ``tmp_path``.
 
@@ -593,7 +612,7 @@ def start_etcd_cluster(
     return _start_cluster(
         "etcd", n, tmp_path, [etcd], base_env=None, with_proxies=False, extra_args=extra_args,
         heartbeat_ms=heartbeat_ms, election_ms=election_ms, token=token, names=names,
-        ready_timeout_s=ready_timeout_s,
+        ready_timeout_s=ready_timeout_s, tls=tls,
     )  # fmt: skip
 
 
@@ -609,6 +628,7 @@ def start_quorumkv_cluster(
     token: str | None = None,
     names: Sequence[str] | None = None,
     ready_timeout_s: float | None = 30.0,
+    tls: ServerTLS | None = None,
 ) -> Cluster:
     """Start ``n`` ``python -m quorumkv`` members with etcd's clustering flags (see :func:`start_etcd_cluster`).
 
@@ -617,5 +637,5 @@ def start_quorumkv_cluster(
     return _start_cluster(
         "quorumkv", n, tmp_path, [sys.executable, "-m", "quorumkv"], base_env=quorumkv_env(env),
         with_proxies=with_proxies, extra_args=extra_args, heartbeat_ms=heartbeat_ms, election_ms=election_ms,
-        token=token, names=names, ready_timeout_s=ready_timeout_s,
+        token=token, names=names, ready_timeout_s=ready_timeout_s, tls=tls,
     )  # fmt: skip

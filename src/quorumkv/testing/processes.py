@@ -39,6 +39,7 @@ __all__ = [
     "BackgroundEtcdctl",
     "ServerNotReady",
     "ServerProcess",
+    "ServerTLS",
     "client_command",
     "client_env",
     "etcdctl_env",
@@ -280,6 +281,28 @@ def start_etcdctl(
     return BackgroundEtcdctl(_etcdctl_argv(endpoint, args, write_out, client), client_env(client, env))
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """mTLS on a server's client and peer links (files from :func:`quorumkv.testing.pki.make_pki`): the server
+    flags, and the ``ETCDCTL_CACERT/CERT/KEY`` environment etcdctl (and quorumkvctl) dial with."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    peer_cert: str
+    peer_key: str
+    client_cert: str
+    client_key: str
+
+    def server_args(self) -> list[str]:
+        return ["--cert-file", self.server_cert, "--key-file", self.server_key, "--trusted-ca-file", self.ca,
+                "--client-cert-auth", "--peer-cert-file", self.peer_cert, "--peer-key-file", self.peer_key,
+                "--peer-trusted-ca-file", self.ca, "--peer-client-cert-auth"]
+
+    def etcdctl_env(self) -> dict[str, str]:
+        return {"ETCDCTL_CACERT": self.ca, "ETCDCTL_CERT": self.client_cert, "ETCDCTL_KEY": self.client_key}
+
+
 @dataclass
 class ServerProcess:
     """One server process started by this module (a real etcd or quorumkv), listening on loopback."""
@@ -296,6 +319,8 @@ class ServerProcess:
     member_id: int | None = None
     #: Lease IDs seen in this server's output, in order of first appearance (see :func:`normalize`).
     lease_ids: list[int] = field(default_factory=list)
+    #: Extra etcdctl environment (``ServerTLS.etcdctl_env()``) for the readiness probe and :meth:`etcdctl`.
+    etcdctl_env: dict[str, str] | None = None
     _popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
     _log_file: IO[bytes] | None = field(default=None, repr=False, compare=False)
 
@@ -324,6 +349,8 @@ class ServerProcess:
 
     def etcdctl(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         """:func:`run_etcdctl` against this server's client URL."""
+        if self.etcdctl_env is not None:
+            kwargs["env"] = {**self.etcdctl_env, **dict(kwargs.get("env") or {})}  # type: ignore[call-overload]
         return run_etcdctl(self.client_url, *args, **kwargs)  # type: ignore[arg-type]
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
@@ -357,6 +384,7 @@ class ServerProcess:
                         READINESS_PROBE_KEY,
                         write_out="json",
                         timeout_s=max(min(5.0, remaining), 0.5),
+                        env=self.etcdctl_env,
                     )
                 except subprocess.TimeoutExpired:
                     last = "etcdctl get timed out"

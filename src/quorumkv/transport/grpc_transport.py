@@ -144,8 +144,8 @@ class PeerTransport:
         *,
         on_snapshot_status: OnSnapshotStatus | None = None,
         options: TransportOptions | None = None,
-        server_credentials: grpc.ServerCredentials | None = None,
-        channel_credentials: grpc.ChannelCredentials | None = None,
+        server_credentials: grpc.ServerCredentials | Callable[[], grpc.ServerCredentials] | None = None,
+        channel_credentials: grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials] | None = None,
     ) -> None:
         if member_id == 0:
             raise ValueError("member ID 0 is reserved (no member)")
@@ -172,6 +172,11 @@ class PeerTransport:
         self.on_removed: Callable[[int], None] | None = None
         #: Call methods a member that has not joined yet (cluster ID 0, receiver unknown) may use.
         self.open_methods: set[str] = set()
+        #: TLS: why a verified peer certificate is refused anyway (--peer-cert-allowed-cn, --peer-crl-file)
+        self.check_peer_cert: Callable[[bytes], str | None] | None = None
+        #: TLS: why dialling ``(host, port)`` fails, looked up (in a thread) when an https dial fails
+        self.diagnose_tls: Callable[[str, int], str | None] | None = None
+        self._tls_reported: dict[str, float] = {}  # peer address -> when its TLS failure was last logged
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -204,7 +209,8 @@ class PeerTransport:
                 if secure:
                     if self._server_credentials is None:
                         raise ValueError(f"listen peer URL {url!r} is https but no peer TLS credentials were given")
-                    port = server.add_secure_port(addr, self._server_credentials)
+                    creds = self._server_credentials
+                    port = server.add_secure_port(addr, creds() if callable(creds) else creds)
                 else:
                     port = server.add_insecure_port(addr)
                 if port == 0:
@@ -417,7 +423,8 @@ class PeerTransport:
         if secure:
             if self._channel_credentials is None:
                 raise ValueError(f"peer URL {url!r} is https but no peer TLS credentials were given")
-            return grpc.aio.secure_channel(target, self._channel_credentials, options=opts)
+            creds = self._channel_credentials
+            return grpc.aio.secure_channel(target, creds() if callable(creds) else creds, options=opts)
         return grpc.aio.insecure_channel(target, options=opts)
 
     async def _run_lane(self, peer: _Peer, lane: _Lane) -> None:
@@ -469,12 +476,51 @@ class PeerTransport:
         changed = err != peer.last_error
         peer.last_error = err
         extra = {"remote-peer-id": f"{peer.member_id:x}", "url": url, "stream": lane.name, "error": err}
+        if not was_connected and self.diagnose_tls is not None and url.startswith("https://"):
+            self._diagnose_tls(peer, url)
         if was_connected:
             log.warning("lost peer stream", extra=extra)
         elif changed:
             log.warning("cannot connect to peer", extra=extra)
         else:
             log.debug("cannot connect to peer", extra=extra)
+
+    def _diagnose_tls(self, peer: _Peer, url: str) -> None:
+        """Log why TLS to ``url`` fails, once per address per minute (the probe runs in a thread)."""
+        assert self.diagnose_tls is not None and self._loop is not None
+        now = self._loop.time()
+        if now - self._tls_reported.get(url, -1e9) < 60:
+            return
+        self._tls_reported[url] = now
+        diagnose = self.diagnose_tls
+        target, _ = peer_address(url)
+        host, _, port = target.rpartition(":")
+
+        async def run() -> None:
+            cause = await asyncio.to_thread(diagnose, host.strip("[]"), int(port))
+            if cause:
+                log.warning("TLS handshake with peer failed", extra={"remote-peer-id": f"{peer.member_id:x}",
+                                                                     "url": url, "cause": cause})
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def peer_cert_refusal(self, context: Any) -> str | None:
+        """Why the calling peer's (verified) certificate is refused, logged once per address per minute."""
+        if self.check_peer_cert is None:
+            return None
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            return None
+        reason = self.check_peer_cert(pems[0])
+        if reason is not None and self._loop is not None:
+            addr, now = context.peer(), self._loop.time()
+            host = addr.rsplit(":", 1)[0]  # "ipv4:127.0.0.1:54321": once per address, whatever the port
+            if now - self._tls_reported.get(host, -1e9) >= 60:
+                self._tls_reported[host] = now
+                log.warning("rejected peer connection", extra={"remote-addr": addr, "error": reason})
+        return reason
 
     def _fail_queue(self, peer: _Peer, lane: _Lane) -> None:
         """Drop what is queued on a failed lane and report it (Raft resends what still matters)."""
@@ -720,6 +766,8 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
 
     async def Stream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         t = self.t
+        if (tls_refusal := t.peer_cert_refusal(context)) is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, tls_refusal)
         try:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
@@ -751,6 +799,8 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
 
     async def Call(self, request: Any, context: Any) -> Any:
         t = self.t
+        if (tls_refusal := t.peer_cert_refusal(context)) is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, tls_refusal)
         refusal = t._refusal(request.cluster_id, request.sender_id, request.receiver_id)
         if refusal is not None and request.method in t.open_methods and request.cluster_id == 0:
             refusal = None  # a joining member does not know the cluster ID or our ID yet: it asks for them

@@ -223,7 +223,7 @@ class Session:
         try:
             self.client.wait_ready(self.settings.dial_timeout)
         except DeadlineExceededError:
-            raise CtlError(EXIT_ERROR, "context deadline exceeded") from None
+            raise CtlError(EXIT_ERROR, "context deadline exceeded" + self._tls_cause()) from None
         self._dialled = True
         if self.settings.user:  # clientv3 logs in while dialling: a refused login is a connection error
             try:
@@ -231,6 +231,20 @@ class Session:
             except EtcdError as err:
                 self.warn(err)
                 raise CtlError(EXIT_BAD_CONNECTION, error_text(err)) from None
+
+    def _tls_cause(self) -> str:
+        """Why a TLS dial failed, named by quorumkv.security.diagnose ("" when not TLS or nothing found)."""
+        if not is_secure(self.settings, self.endpoint) or self.settings.insecure_skip_tls_verify:
+            return ""
+        from quorumkv.security.diagnose import DialTLS, diagnose_dial
+
+        host, _, port = self.target.rpartition(":")
+        if not port.isdigit():
+            return ""
+        s = self.settings
+        cause = diagnose_dial(host.strip("[]"), int(port), DialTLS(s.cacert, s.cert, s.key),
+                              timeout_s=min(2.0, s.dial_timeout))
+        return f" (TLS: {cause})" if cause else ""
 
     def warn(self, err: EtcdError) -> None:
         """The line clientv3's retry interceptor logs for every failed unary call."""

@@ -1,0 +1,147 @@
+"""What quorumkv's TLS choices cost gRPC, measured in one run: a gRPC server (in a child process, as a member)
+with (a) static ``ssl_server_credentials`` (what quorumkv used before rotation), (b) the rotating dynamic
+credentials (``security.reload``: a fetcher gRPC calls before each handshake), (c) (b) plus the
+``--client-crl-file`` interceptor (a per-call certificate check), against plaintext for reference.
+
+Two measures per variant, alternating variants over ``--rounds``: unary calls/s over ``--channels`` long-lived
+mTLS connections (the steady state: handshakes are rare), and new connections/s (one handshake each: where the
+fetcher runs). Handshake diagnostics cost nothing here: they run only after a dial fails.
+
+    PYTHONPATH=src:. python3 -m bench.tls_cost --seconds 3 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from quorumkv.security.reload import ReloadingServerCredentials
+from quorumkv.testing.pki import PKI, make_pki
+
+METHOD = "/bench.Echo/Call"
+VARIANTS = ("plaintext", "static", "dynamic", "dynamic+crl")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(variant: str, port: int, pki_dir: str, ready: Any) -> None:
+    async def main() -> None:
+        d = Path(pki_dir)
+        interceptors: list[Any] = []
+        if variant == "dynamic+crl":
+            from quorumkv.app import _RevokedClientInterceptor
+
+            interceptors.append(_RevokedClientInterceptor(str(d / "ca.crl")))
+        server = grpc.aio.server(interceptors=interceptors)
+
+        async def echo(request: bytes, context: Any) -> bytes:
+            return request
+
+        handler = grpc.unary_unary_rpc_method_handler(echo)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Call": handler})])
+        addr = f"127.0.0.1:{port}"
+        if variant == "plaintext":
+            server.add_insecure_port(addr)
+        elif variant == "static":
+            creds = grpc.ssl_server_credentials([((d / "server.key").read_bytes(), (d / "server.crt").read_bytes())],
+                                                root_certificates=(d / "ca.crt").read_bytes(),
+                                                require_client_auth=True)
+            server.add_secure_port(addr, creds)
+        else:
+            server.add_secure_port(addr, ReloadingServerCredentials(
+                str(d / "server.crt"), str(d / "server.key"), str(d / "ca.crt"), client_cert_auth=True).credentials())
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def _channel(variant: str, port: int, pki: PKI) -> grpc.aio.Channel:
+    if variant == "plaintext":
+        return grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    creds = grpc.ssl_channel_credentials(pki.ca.path.read_bytes(), Path(pki.key("client")).read_bytes(),
+                                         Path(pki.cert("client")).read_bytes())
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds)
+
+
+async def _calls(variant: str, port: int, pki: PKI, channels: int, seconds: float) -> float:
+    chans = [_channel(variant, port, pki) for _ in range(channels)]
+    calls = [c.unary_unary(METHOD) for c in chans]
+    for call in calls:
+        await call(b"x", timeout=10)
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker(call: Any) -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            await call(b"0123456789", timeout=10)
+            done += 1
+
+    start = time.monotonic()
+    await asyncio.gather(*(worker(c) for c in calls for _ in range(8)))
+    elapsed = time.monotonic() - start
+    for c in chans:
+        await c.close()
+    return done / elapsed
+
+
+async def _connects(variant: str, port: int, pki: PKI, seconds: float) -> float:
+    done = 0
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        async with _channel(variant, port, pki) as chan:
+            await chan.unary_unary(METHOD)(b"x", timeout=10)
+        done += 1
+    return done / (time.monotonic() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--channels", type=int, default=4)
+    args = ap.parse_args(argv)
+    pki = make_pki(Path(tempfile.mkdtemp(prefix="tls-cost-")))
+    ctx = multiprocessing.get_context("spawn")
+    results: dict[str, dict[str, list[float]]] = {v: {"calls": [], "connects": []} for v in VARIANTS}
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            port, ready = _free_port(), ctx.Event()
+            proc = ctx.Process(target=_serve, args=(variant, port, str(pki.directory), ready), daemon=True)
+            proc.start()
+            try:
+                if not ready.wait(30):
+                    raise SystemExit(f"{variant} server did not start")
+                results[variant]["calls"].append(
+                    asyncio.run(_calls(variant, port, pki, args.channels, args.seconds)))
+                results[variant]["connects"].append(asyncio.run(_connects(variant, port, pki, args.seconds)))
+            finally:
+                proc.terminate()
+                proc.join(10)
+    base_calls = statistics.median(results["static"]["calls"])
+    base_conn = statistics.median(results["static"]["connects"])
+    print(f"{'variant':<14}{'calls/s':>10}{'vs static':>11}{'connects/s':>12}{'vs static':>11}")
+    for v in VARIANTS:
+        c, n = statistics.median(results[v]["calls"]), statistics.median(results[v]["connects"])
+        print(f"{v:<14}{c:>10.0f}{c / base_calls - 1:>+11.1%}{n:>12.1f}{n / base_conn - 1:>+11.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
