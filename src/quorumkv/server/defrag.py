@@ -20,6 +20,7 @@ from pathlib import Path
 
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.storage.backend import StorageError
+from quorumkv.storage.raftlog import RaftLogTable
 
 #: The copy being built, in the data dir (removed at startup if a crash left it behind).
 DEFRAG_FILE_SUFFIX = ".defrag"
@@ -57,8 +58,7 @@ class Rebuild:
         src = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)
         try:
             src.execute("PRAGMA query_only=1")
-            rows = src.execute("SELECT idx, term, kind, data, crc FROM raft_log WHERE idx > ? ORDER BY idx",
-                               (self.applier.applied_index,)).fetchall()
+            rows = RaftLogTable().read_rows(src, self.applier.applied_index + 1, start_at_lo=False)
         finally:
             src.close()
         if not rows:
@@ -69,7 +69,7 @@ class Rebuild:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)", rows)
+            RaftLogTable().append_rows(conn, rows)
             result = ApplyResult()
             for row in rows:
                 self.applier.apply(conn, row[0], row[3], result)

@@ -34,7 +34,6 @@ import sqlite3
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,12 +61,11 @@ from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
 from quorumkv.server.errors import EtcdError
 from quorumkv.server.node import NodeStatus
 from quorumkv.storage import schema
-from quorumkv.storage.backend import Backend, StorageError, insert_rows
+from quorumkv.storage.backend import Backend
+from quorumkv.storage.raftlog import RaftLogTable
 
 log = logging.getLogger("quorumkv.raft-node")
 
-#: ``raft_log.kind`` of a configuration-change entry (normal entries store their ``EntryKind``).
-KIND_CONF_CHANGE = 255
 _NOOP_DATA = encode_entry(EntryKind.NOOP, 0, b"")
 #: Unanswered read-index requests are sent again after this long (a lost message must not stall reads).
 READ_INDEX_RETRY_S = 0.5
@@ -90,16 +88,6 @@ def split_conf_change_context(ctx: bytes) -> tuple[int, bytes]:
     if len(ctx) < 8:
         return 0, ctx
     return struct.unpack_from(">Q", ctx)[0], ctx[8:]
-
-
-def _crc(term: int, kind: int, data: bytes) -> int:
-    return zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF
-
-
-def _entry_kind(e: Entry) -> int:
-    if e.type == EntryType.CONF_CHANGE:
-        return KIND_CONF_CHANGE
-    return e.data[0] if e.data else EntryKind.NOOP
 
 
 class StateMachineStorage(MemoryStorage):
@@ -151,6 +139,7 @@ class RaftNode:
                  on_conf_applied: Callable[[ConfChange], None] | None = None,
                  on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self.backend = backend
+        self.log_table = RaftLogTable()
         self.applier = applier
         self.member_id = member_id
         self._on_applied = on_applied
@@ -210,7 +199,7 @@ class RaftNode:
         """Rebuild the in-memory log and the hard state from SQLite (or bootstrap a new cluster)."""
         conn = self.backend.writer
         if schema.hard_state(conn) is None:
-            last = conn.execute("SELECT max(idx) FROM raft_log").fetchone()[0]
+            last = self.log_table.last_index(conn)
             if last is not None or self.applier.applied_index > 0:
                 # A data dir written by the single-member node of release 0.1 (no Raft state): it was the only
                 # voter, and it applied each entry in the transaction that logged it, so every stored entry is
@@ -218,8 +207,7 @@ class RaftNode:
                 end = max(int(last or 0), self.applier.applied_index)
                 term = Term(schema.legacy_term(conn))
                 with self.backend.write_txn() as c:
-                    c.execute("DELETE FROM raft_log")
-                    schema.save_log_start(c, end, term)
+                    self.log_table.clear(c, end, term)
                     schema.save_hard_state(c, HardState(term, NONE, Index(end)))
                     schema.save_conf_state(c, ConfState((NodeId(self.member_id),)))
                 log.info("upgraded a single-member data dir to a Raft cluster of one",
@@ -231,23 +219,7 @@ class RaftNode:
         trimmed, trimmed_term = schema.log_start(conn)
         st = self.storage
         st.apply_snapshot(Snapshot(b"", SnapshotMetadata(cs, Index(trimmed), Term(trimmed_term))))
-        rows = conn.execute("SELECT idx, term, kind, data, crc FROM raft_log WHERE idx > ? ORDER BY idx",
-                            (trimmed,)).fetchall()
-        entries = []
-        expected = trimmed + 1
-        for idx, term, kind, data, crc in rows:
-            if idx != expected:
-                raise StorageError(f"log entry {expected} is missing (next stored entry is {idx}): the data dir "
-                                   "is corrupt; remove it and re-add this member, or restore from a snapshot")
-            expected += 1
-            data = bytes(data)
-            if _crc(term, kind, data) != crc:
-                raise StorageError(f"log entry {idx} fails its checksum: the data dir is corrupt; remove it and "
-                                   "re-add this member, or restore from a snapshot")
-            if kind == KIND_CONF_CHANGE:
-                entries.append(Entry(Term(term), Index(idx), EntryType.CONF_CHANGE, data))
-            else:
-                entries.append(Entry(Term(term), Index(idx), EntryType.NORMAL, data))
+        entries = self.log_table.read(conn, trimmed + 1)
         if entries:
             st.append(entries)
         self._trimmed_index = trimmed
@@ -260,14 +232,13 @@ class RaftNode:
 
     def _bootstrap(self, members: list[membership.Member]) -> None:
         """A new cluster: every initial member writes the same configuration entries at term 1 (as etcd)."""
-        rows = []
+        entries = []
         for k, m in enumerate(sorted(members, key=lambda m: m.id), start=1):
             cc = ConfChange(ConfChangeType.ADD_NODE, NodeId(m.id), conf_change_context(0, m))
-            data = encode_conf_change(cc)
-            rows.append((k, 1, KIND_CONF_CHANGE, data, _crc(1, KIND_CONF_CHANGE, data)))
+            entries.append(Entry(Term(1), Index(k), EntryType.CONF_CHANGE, encode_conf_change(cc)))
         with self.backend.write_txn() as c:
-            insert_rows(c, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
-            schema.save_hard_state(c, HardState(Term(1), NONE, Index(len(rows))))
+            self.log_table.append(c, entries)
+            schema.save_hard_state(c, HardState(Term(1), NONE, Index(len(entries))))
             schema.save_conf_state(c, ConfState())
         self._rows_stored = True
 
@@ -541,19 +512,13 @@ class RaftNode:
                     # a sole voter applies these entries in this very transaction: the applied state is the
                     # log, so no rows; the log's durable start moves past them instead
                     if self._rows_stored:
-                        conn.execute("DELETE FROM raft_log WHERE idx <= ?", (last_entry.index,))
+                        self.log_table.trim_to(conn, last_entry.index, last_entry.term)
                         self._rows_stored = False
-                    schema.save_log_start(conn, last_entry.index, last_entry.term)
+                    else:
+                        schema.save_log_start(conn, last_entry.index, last_entry.term)
                     self._trimmed_index = int(last_entry.index)
                 else:
-                    first = rd.entries[0].index
-                    if first <= st.last_index():  # a conflicting suffix is replaced
-                        conn.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
-                    rows = []
-                    for e in rd.entries:
-                        kind = _entry_kind(e)
-                        rows.append((e.index, e.term, kind, e.data, _crc(e.term, kind, e.data)))
-                    insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
+                    self.log_table.append(conn, rd.entries)  # replacing a conflicting suffix
                     self._rows_stored = True
             if rd.hard_state is not None:
                 schema.save_hard_state(conn, rd.hard_state)
@@ -658,8 +623,7 @@ class RaftNode:
         log.info("restoring a state snapshot from the leader", extra={"index": meta.index, "term": meta.term,
                                                                          "size-bytes": len(snap.data)})
         state_snapshot.restore(conn, snap.data)
-        conn.execute("DELETE FROM raft_log")
-        schema.save_log_start(conn, meta.index, meta.term)
+        self.log_table.clear(conn, meta.index, meta.term)
         self._trimmed_index = int(meta.index)
         self._rows_stored = False
         schema.save_conf_state(conn, meta.conf_state)
@@ -697,8 +661,7 @@ class RaftNode:
         if upto <= self._trimmed_index:  # no rows there (a sole voter's log): only memory is compacted
             return
         with self.backend.write_txn(sync=False) as conn:  # losing a trim in a crash only keeps more log
-            conn.execute("DELETE FROM raft_log WHERE idx <= ?", (upto,))
-            schema.save_log_start(conn, upto, term)
+            self.log_table.trim_to(conn, upto, term)
         self._trimmed_index = upto
 
 
