@@ -58,11 +58,18 @@ class RawNode:
     __slots__ = ("_outstanding", "_outstanding_hard", "_prev_hard", "_prev_soft", "raft")
 
     def __init__(self, config: Config) -> None:
-        self.raft = Raft(config)
+        self.raft = self._new_raft(config)
         self._prev_soft = self.raft.soft_state()
         self._prev_hard = self.raft.hard_state()
         self._outstanding: Ready | None = None
         self._outstanding_hard: HardState | None = None
+
+    def _new_raft(self, config: Config) -> Raft:
+        return Raft(config)
+
+    def _hard_state_for_ready(self, hs: HardState) -> HardState:
+        """The hard state handed out in a ``Ready`` (what the application persists): the core's own."""
+        return hs
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -149,8 +156,7 @@ class RawNode:
         hs = r.hard_state()
         if hs != self._prev_hard:
             self._outstanding_hard = hs
-            if "skip_persist_vote" in r.bugs:
-                hs = HardState(hs.term, NONE, hs.commit)  # TEST-ONLY planted bug
+            hs = self._hard_state_for_ready(hs)
             rd.hard_state = hs
             rd.must_sync = hs.term != self._prev_hard.term or hs.vote != self._prev_hard.vote
         rd.must_sync = rd.must_sync or bool(rd.entries)
