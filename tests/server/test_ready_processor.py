@@ -9,11 +9,12 @@ import pytest
 
 import quorumkv.raft
 from quorumkv.raft import Config
-from quorumkv.raft.ids import Index, NodeId
-from quorumkv.raft.messages import Entry, HardState, Message, SnapshotMetadata
+from quorumkv.raft.ids import Index, NodeId, Term
+from quorumkv.raft.messages import ConfState, Entry, HardState, Message, SnapshotMetadata
 from quorumkv.raft.rawnode import Ready
+from quorumkv.raft.storage import SnapshotTemporarilyUnavailableError
 from quorumkv.server.failpoints import FailpointError, Failpoints, parse
-from quorumkv.server.ready import Plan, ReadyProcessor
+from quorumkv.server.ready import AppliedStateStorage, Plan, ReadyProcessor
 from quorumkv.testing.harness import Cluster, MemoryLogStore
 from quorumkv.testing.planted import KNOWN_BUGS
 
@@ -169,3 +170,20 @@ def test_planted_bugs_are_not_part_of_the_core() -> None:
     assert "KNOWN_BUGS" not in quorumkv.raft.__all__
     assert "_bugs" not in Config.__dataclass_fields__
     assert "ack_before_durable" in KNOWN_BUGS
+
+
+def test_no_state_dump_while_a_transaction_is_open() -> None:
+    """A snapshot's data must be the state at its index: none is dumped while the state machine may be ahead."""
+    st = AppliedStateStorage(lambda: b"state")
+    st.append([Entry(Term(1), Index(i)) for i in range(1, 6)])
+    st.set_applied(4, ConfState((N1,)))
+    st.in_transaction = True
+    with pytest.raises(SnapshotTemporarilyUnavailableError):
+        st.snapshot()
+    st.in_transaction = False
+    snap = st.snapshot()
+    assert (snap.metadata.index, snap.data) == (4, b"state")
+    st.compact(Index(3))
+    st.set_applied(5, ConfState((N1,)))
+    st.in_transaction = True
+    assert st.snapshot() is snap  # still covers the compacted prefix

@@ -42,6 +42,7 @@ from quorumkv.raft.storage import CompactedError, SnapshotTemporarilyUnavailable
 
 MT = MessageType
 
+
 class ProposalDroppedError(Exception):
     """The proposal was not appended: no known leader, a leadership transfer is in progress, another
     membership change is pending, or this node was removed. The caller may retry."""

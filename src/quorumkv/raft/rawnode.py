@@ -32,8 +32,10 @@ class Ready:
     1. Persist ``snapshot`` (if any), then ``entries`` (appending, after truncating any conflicting suffix),
        then ``hard_state`` (if not None) -- atomically if ``must_sync``.
     2. Only then send ``messages``: vote grants depend on the persisted vote, append acknowledgements on
-       the persisted entries. (The Raft thesis §10.2.1 would let a leader send its own MsgApp/MsgSnap/
-       MsgHeartbeat in parallel with its write; quorumkv does not exploit that: every message waits.)
+       the persisted entries. Exception (Raft thesis §10.2.1): a member that was leader before this Ready
+       and still is may send in parallel with its write, since its term and vote are already durable and
+       its own entries count towards a commit that it applies only in a later Ready. quorumkv's Ready
+       processor (``quorumkv.server.ready``) does so.
     3. Apply ``snapshot`` to the state machine, then ``committed_entries`` in order (calling
        ``RawNode.apply_conf_change`` for ``EntryType.CONF_CHANGE``); serve reads in ``read_states`` once
        the applied index reaches their index.

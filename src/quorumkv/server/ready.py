@@ -51,6 +51,7 @@ from quorumkv.raft.messages import (
     StateType,
 )
 from quorumkv.raft.rawnode import RawNode, Ready
+from quorumkv.raft.storage import SnapshotTemporarilyUnavailableError
 from quorumkv.server.failpoints import DISABLED, Failpoints
 
 
@@ -128,9 +129,13 @@ class StateMachine(Protocol):
 
 class AppliedStateStorage(MemoryStorage):
     """The in-memory Raft log whose ``snapshot()`` is the state machine as of the applied index, dumped on
-    demand (only a leader sending to a follower that is too far behind asks for it)."""
+    demand (only a leader sending to a follower that is too far behind asks for it).
 
-    __slots__ = ("_applied_conf", "_applied_index", "_dump", "snapshots_made")
+    Invariant: a snapshot's data is the state at its metadata's index. While a Ready's transaction is open
+    (``in_transaction``: the state machine may be ahead of the published applied index, e.g. when applying a
+    membership change makes the core send) no new dump is made: ``SnapshotTemporarilyUnavailableError``."""
+
+    __slots__ = ("_applied_conf", "_applied_index", "_dump", "in_transaction", "snapshots_made")
 
     def __init__(self, dump: Callable[[], bytes]) -> None:
         super().__init__()
@@ -138,6 +143,7 @@ class AppliedStateStorage(MemoryStorage):
         self._applied_index = 0
         self._applied_conf = ConfState()
         self.snapshots_made = 0
+        self.in_transaction = False
 
     def set_applied(self, index: int, conf: ConfState) -> None:
         self._applied_index = index
@@ -152,6 +158,10 @@ class AppliedStateStorage(MemoryStorage):
         current = super().snapshot()
         idx = self._applied_index
         if idx > current.metadata.index and idx <= self.last_index():
+            if self.in_transaction:
+                if current.metadata.index >= self.first_index() - 1 and not current.is_empty():
+                    return current
+                raise SnapshotTemporarilyUnavailableError
             term = self.term(Index(idx))
             self._snapshot = Snapshot(self._dump(), SnapshotMetadata(self._applied_conf, Index(idx), term))
             self.snapshots_made += 1
@@ -233,30 +243,19 @@ class ReadyProcessor:
     def finish(self, plan: Plan) -> Outcome:
         """Persist and apply ``plan.ready`` in one transaction, then send what waited for it and advance."""
         rd = plan.ready
-        store = self.store
         out = Outcome(rd)
         self._hit("before_log_save")
-        with store.transaction(plan.sync):
-            if rd.snapshot is not None:
-                self._hit("before_snapshot_install")
-                store.install_snapshot(rd.snapshot.metadata)
-                self.sm.restore(rd.snapshot)
-            if rd.entries:
-                last = rd.entries[-1]
-                if (store.applies_in_transaction and rd.committed_entries
-                        and rd.committed_entries[-1].index >= last.index
-                        and self.log_pin is None and self.is_sole_voter):
-                    store.skip_to(last.index, int(last.term))
-                else:
-                    store.append(rd.entries)
-            if rd.hard_state is not None:
-                store.save_hard_state(rd.hard_state)
-            if rd.committed_entries:
-                self._hit("before_apply")
-                self._apply(rd.committed_entries, out.conf_changes)
-                self._hit("after_apply")
-        # durable: the in-memory log follows
         memory = self.memory
+        dumps = memory if isinstance(memory, AppliedStateStorage) else None
+        if dumps is not None:
+            dumps.in_transaction = True
+        try:
+            with self.store.transaction(plan.sync):
+                self._persist_and_apply(rd, out)
+        finally:
+            if dumps is not None:
+                dumps.in_transaction = False
+        # durable: the in-memory log follows
         if rd.snapshot is not None:
             memory.apply_snapshot(rd.snapshot)
             self.conf_state = rd.snapshot.metadata.conf_state
@@ -280,6 +279,28 @@ class ReadyProcessor:
             out.leadership_changed = out.was_leader != (self.raft_state == StateType.LEADER)
         self.raw.advance(rd)
         return out
+
+    def _persist_and_apply(self, rd: Ready, out: Outcome) -> None:
+        """The body of the Ready's transaction."""
+        store = self.store
+        if rd.snapshot is not None:
+            self._hit("before_snapshot_install")
+            store.install_snapshot(rd.snapshot.metadata)
+            self.sm.restore(rd.snapshot)
+        if rd.entries:
+            last = rd.entries[-1]
+            if (store.applies_in_transaction and rd.committed_entries
+                    and rd.committed_entries[-1].index >= last.index
+                    and self.log_pin is None and self.is_sole_voter):
+                store.skip_to(last.index, int(last.term))
+            else:
+                store.append(rd.entries)
+        if rd.hard_state is not None:
+            store.save_hard_state(rd.hard_state)
+        if rd.committed_entries:
+            self._hit("before_apply")
+            self._apply(rd.committed_entries, out.conf_changes)
+            self._hit("after_apply")
 
     def handle(self, rd: Ready) -> Outcome:
         """``start`` then ``finish`` at once (a disk with no simulated latency)."""
