@@ -8,14 +8,18 @@ a cluster like any other; a new member catches up from a state snapshot.
 
 One thread (``quorumkv-raft``) owns the ``RawNode``, its in-memory log and the SQLite writer. Each turn it takes
 everything queued (proposals, messages from peers, read requests, membership changes), steps the core, ticks it
-on schedule, then handles each ``Ready`` as its contract says:
+on schedule, then hands each ``Ready`` to the ``ReadyProcessor`` (``quorumkv.server.ready``, shared with the
+simulator and the test harness) over ``SqliteLogStore`` and ``ApplierStateMachine``:
 
-1. in ONE SQLite transaction: the snapshot (if any), the new log entries (replacing a conflicting suffix), the
-   hard state, and the committed entries applied with the applied index -- then COMMIT (fsync);
-2. only then the messages are handed to the transport (on the event loop) -- except on a member that was
-   leader before this ``Ready`` and still is: it sends first and syncs meanwhile, as etcd's leader does;
-3. results are handed to the event loop (responses to waiting requests, watch events), read requests whose
-   index is applied are released, and ``advance`` is called.
+1. a member that was leader before this ``Ready`` and still is hands its messages to the transport first;
+2. in ONE SQLite transaction: the snapshot (if any), the new log entries (``storage/raftlog.py``, replacing a
+   conflicting suffix), the hard state, and the committed entries applied with the applied index -- then
+   COMMIT (fsync, unless the Ready only applies);
+3. the other messages go to the transport (on the event loop), and ``advance`` is called;
+
+then this shell hands the results to the event loop (responses to waiting requests, watch events), releases
+read requests whose index is applied, and reports leadership and membership changes. Failpoints
+(``QUORUMKV_FAILPOINTS``, ``quorumkv.server.failpoints``) mark each boundary.
 
 Nothing is acknowledged before it is durable; apply is idempotent (entries at or below the stored applied index
 are skipped), so a crash between any two steps is recovered by replaying the log.
