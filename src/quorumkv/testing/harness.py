@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quorumkv.raft.core import Config, ProposalDroppedError
@@ -48,10 +47,14 @@ class MemoryLogStore:
     def __init__(self, on_commit: Callable[[], None] | None = None) -> None:
         self.on_commit = on_commit
 
-    @contextmanager
-    def transaction(self, sync: bool) -> Iterator[None]:
-        yield
-        if self.on_commit is not None:
+    def transaction(self, sync: bool) -> MemoryLogStore:
+        return self  # a plain context manager: the simulator opens one per Ready
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None and self.on_commit is not None:
             self.on_commit()
 
     def install_snapshot(self, meta: SnapshotMetadata) -> None:
