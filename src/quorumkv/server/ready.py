@@ -183,8 +183,7 @@ class Plan:
 class Outcome:
     ready: Ready
     conf_changes: list[ConfChange] = field(default_factory=list)
-    #: ``Ready.soft_state`` changed this member's leadership (it became, or stopped being, leader).
-    leadership_changed: bool = False
+    #: This member was leader before the Ready.
     was_leader: bool = False
 
 
@@ -276,7 +275,6 @@ class ReadyProcessor:
             out.was_leader = self.raft_state == StateType.LEADER
             self.lead = int(rd.soft_state.lead)
             self.raft_state = rd.soft_state.raft_state
-            out.leadership_changed = out.was_leader != (self.raft_state == StateType.LEADER)
         self.raw.advance(rd)
         return out
 
