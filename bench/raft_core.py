@@ -15,8 +15,8 @@ import time
 from collections import deque
 
 from quorumkv.raft import Config, Message, NodeId, RawNode, StateType
+from quorumkv.raft.memory_storage import MemoryStorage
 from quorumkv.testing.harness import bootstrap_storage
-from quorumkv.testing.raft_storage import MemoryStorage
 
 Cluster = tuple[dict[int, RawNode], dict[int, MemoryStorage]]
 

@@ -160,8 +160,6 @@ def test_the_package_graph_has_no_cycle() -> None:
 SQL_TEXT = re.compile(r"^\s*(SELECT\b|INSERT\s+(OR\s+\w+\s+)?INTO\b|UPDATE\s+\w+\s+SET\b|DELETE\s+FROM\b|"
                       r"CREATE\s+(TABLE|INDEX|UNIQUE)\b|DROP\s+\w+|PRAGMA\b|VACUUM\b|SAVEPOINT\b|RELEASE\s+\w+$|"
                       r"BEGIN(\s+IMMEDIATE)?$|COMMIT$|ROLLBACK\b)")
-#: Files whose SQL has not moved into storage/ yet (each is a defect to remove from this set, never to add to).
-SQL_NOT_YET_MOVED = {"quorumkv/server/raft_node.py", "quorumkv/server/defrag.py"}
 
 
 def sql_sites(path: Path) -> list[int]:
@@ -181,7 +179,7 @@ def test_no_sql_outside_storage_and_mvcc() -> None:
     bad = []
     for path in source_files():
         name = str(path.relative_to(SRC.parent))
-        if layer_of(module_name(path)) in ("storage", "mvcc") or name in SQL_NOT_YET_MOVED:
+        if layer_of(module_name(path)) in ("storage", "mvcc"):
             continue
         bad.extend(f"{name}:{line}" for line in sql_sites(path))
     assert not bad, "SQL outside storage/ and mvcc/:\n" + "\n".join(bad)

@@ -6,9 +6,9 @@ import pytest
 
 from quorumkv.raft.ids import Index, Term
 from quorumkv.raft.log import RaftLog, limit_size
+from quorumkv.raft.memory_storage import MemoryStorage
 from quorumkv.raft.messages import ConfState, Entry, Snapshot, SnapshotMetadata
 from quorumkv.raft.storage import CompactedError, UnavailableError
-from quorumkv.testing.raft_storage import MemoryStorage
 
 
 def ents(*pairs: tuple[int, int]) -> list[Entry]:

@@ -19,9 +19,9 @@ from quorumkv.raft import (
     Storage,
     Term,
 )
+from quorumkv.raft.memory_storage import MemoryStorage
 from quorumkv.raft.messages import decode_conf_change
 from quorumkv.testing.harness import Cluster, bootstrap_storage
-from quorumkv.testing.raft_storage import MemoryStorage
 
 MT = MessageType
 

@@ -27,9 +27,10 @@ from quorumkv.raft import (
     StateType,
     Term,
 )
+from quorumkv.raft.memory_storage import MemoryStorage
 from quorumkv.raft.messages import ConfState, Snapshot, SnapshotMetadata
 from quorumkv.testing.harness import Cluster, bootstrap_storage
-from quorumkv.testing.raft_storage import MemoryStorage
+from quorumkv.testing.planted import new_raft
 
 MT = MessageType
 N1, N2, N3, N4 = NodeId(1), NodeId(2), NodeId(3), NodeId(4)
@@ -52,15 +53,15 @@ def raft(
     check_quorum: bool = False,
     bugs: frozenset[str] = frozenset(),
 ) -> Raft:
-    return Raft(
+    return new_raft(
         Config(
             id=NodeId(nid),
             storage=bootstrap_storage(voters),
             rng=random.Random(nid),
             pre_vote=pre_vote,
             check_quorum=check_quorum,
-            _bugs=bugs,
-        )
+        ),
+        bugs,
     )
 
 

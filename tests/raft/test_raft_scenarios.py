@@ -27,7 +27,6 @@ from quorumkv.raft import (
     ConfChange,
     ConfChangeType,
     Config,
-    EntryType,
     HardState,
     Index,
     Message,
@@ -37,10 +36,11 @@ from quorumkv.raft import (
     Ready,
     Term,
 )
-from quorumkv.raft.messages import ConfState, decode_conf_change, describe_entry, describe_message
+from quorumkv.raft.memory_storage import MemoryStorage
+from quorumkv.raft.messages import ConfState, Entry, describe_entry, describe_message
 from quorumkv.raft.progress import ProgressState
-from quorumkv.testing.harness import bootstrap_storage
-from quorumkv.testing.raft_storage import MemoryStorage
+from quorumkv.server.ready import ReadyProcessor
+from quorumkv.testing.harness import RecordingStateMachine, bootstrap_storage, memory_processor
 
 TESTDATA = Path(__file__).parent / "testdata"
 
@@ -94,10 +94,24 @@ def _ids(v: str) -> list[int]:
     return [int(x) for x in v.strip("()").split(",") if x.strip()]
 
 
+class _EmittingStateMachine(RecordingStateMachine):
+    def __init__(self, env: Env, nid: int, applied_index: int) -> None:
+        super().__init__(applied_index)
+        self.env = env
+        self.nid = nid
+
+    def conf_change_applied(self, entry: Entry, cc: ConfChange, conf_state: ConfState,
+                            rejected: ValueError | None) -> None:
+        super().conf_change_applied(entry, cc, conf_state, rejected)
+        self.env.emit(f"  INFO {self.nid} applied conf change: Voters:{list(conf_state.voters)}"
+                      f" Learners:{list(conf_state.learners)}")
+
+
 class Env:
     def __init__(self) -> None:
         self.nodes: dict[int, RawNode] = {}
         self.storages: dict[int, MemoryStorage] = {}
+        self.processors: dict[int, ReadyProcessor] = {}
         self.inbox: dict[int, list[Message]] = {}
         self.out: list[str] = []
         self.opts: dict[str, str] = {}
@@ -128,9 +142,18 @@ class Env:
         role = "Learner" if r.is_learner else ("Voter" if r.promotable() else "NonMember")
         return f"{nid}: {_STATE[r.state]} ({role}) Term:{r.term} Lead:{r.lead}"
 
-    def _handle_ready(self, nid: int, rd: Ready) -> None:
-        node = self.nodes[nid]
+    def _start(self, nid: int) -> None:
         st = self.storages[nid]
+        node = RawNode(self._config(nid, st))
+        self.nodes[nid] = node
+        sm = _EmittingStateMachine(self, nid, int(st.snapshot().metadata.index))
+        self.processors[nid] = memory_processor(node, st, sm, self._send)
+
+    def _send(self, messages: list[Message]) -> None:
+        for m in messages:
+            self.inbox.setdefault(m.to, []).append(m)
+
+    def _handle_ready(self, nid: int, rd: Ready) -> None:
         self.emit(f"> {nid} handling Ready")
         if rd.soft_state is not None:
             self.emit(f"  State:{_STATE[rd.soft_state.raft_state]} Lead:{rd.soft_state.lead}")
@@ -157,21 +180,8 @@ class Env:
                 self.emit(f"    {describe_entry(e)}")
         for rs in rd.read_states:
             self.emit(f"  ReadState Index:{rs.index} Context:{rs.request_ctx.decode()}")
-        # Persist, then send, then apply, then advance (the Ready contract).
-        if rd.snapshot is not None:
-            st.apply_snapshot(rd.snapshot)
-        st.append(rd.entries)
-        if rd.hard_state is not None:
-            st.set_hard_state(rd.hard_state)
-        for m in rd.messages:
-            self.inbox.setdefault(m.to, []).append(m)
-        for e in rd.committed_entries:
-            if e.type == EntryType.CONF_CHANGE:
-                cs = node.apply_conf_change(decode_conf_change(e.data))
-                self.emit(
-                    f"  INFO {nid} applied conf change: Voters:{list(cs.voters)} Learners:{list(cs.learners)}"
-                )
-        node.advance(rd)
+        # Persist, then send, then apply, then advance: the production Ready processor.
+        self.processors[nid].handle(rd)
 
     def process_ready(self, ids: list[int]) -> bool:
         did = False
@@ -219,13 +229,13 @@ class Env:
                     idx = int(kv.get("index", 1))
                     st.set_hard_state(HardState(Term(1), NodeId(0), Index(idx)))
             self.storages[nid] = st
-            self.nodes[nid] = RawNode(self._config(nid, st))
+            self._start(nid)
             self.emit(f"INFO {nid} created: {self.state_line(nid)}")
 
     def cmd_restart(self, args: list[str], kv: dict[str, str]) -> None:
         nid = int(args[0])
         self.inbox.pop(nid, None)
-        self.nodes[nid] = RawNode(self._config(nid, self.storages[nid]))
+        self._start(nid)
         self.emit(f"{self.state_line(nid)} Vote:{self.nodes[nid].raft.vote}")
 
     def cmd_campaign(self, args: list[str], kv: dict[str, str]) -> None:

@@ -36,7 +36,6 @@ import shutil
 import signal
 import sqlite3
 import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from quorumkv.server.entries import EntryKind, encode_entry
 from quorumkv.storage import schema
 from quorumkv.storage.datadir import DB_FILE
+from quorumkv.storage.raftlog import row_crc
 from quorumkv.testing.crash import (
     ACKED,
     CHANNEL_OPTIONS,
@@ -237,7 +237,7 @@ def _append_unapplied(conn: sqlite3.Connection, n: int) -> list[int]:
         idx = int(applied) + 1 + i
         payload = pb.PutRequest(key=f"r/replayed-{i}".encode(), value=b"from the log").SerializeToString()
         data = encode_entry(EntryKind.PUT, 0, payload)
-        crc = zlib.crc32(data, (int(term) << 8) ^ EntryKind.PUT) & 0xFFFFFFFF
+        crc = row_crc(term, EntryKind.PUT, data)
         conn.execute("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)",
                      (idx, int(term), int(EntryKind.PUT), data, crc))
         indexes.append(idx)

@@ -4,7 +4,7 @@ Drive a node with ``RawNode`` (``tick``/``step``/``propose``/...) and handle its
 ``quorumkv.raft.rawnode.Ready`` for the persistence contract and docs/raft.md for the design.
 """
 
-from quorumkv.raft.core import KNOWN_BUGS, Config, PeerStatus, ProposalDroppedError, Raft, Status
+from quorumkv.raft.core import Config, PeerStatus, ProposalDroppedError, Raft, Status
 from quorumkv.raft.ids import NONE, Index, NodeId, Term
 from quorumkv.raft.messages import (
     ConfChange,
@@ -31,7 +31,6 @@ from quorumkv.raft.storage import (
 )
 
 __all__ = [
-    "KNOWN_BUGS",
     "NONE",
     "CompactedError",
     "ConfChange",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from quorumkv.raft.confchange import ConfChangeError, apply_change
 from quorumkv.raft.ids import INDEX0, NONE, Index, NodeId, Term
@@ -42,17 +42,6 @@ from quorumkv.raft.storage import CompactedError, SnapshotTemporarilyUnavailable
 
 MT = MessageType
 
-#: Test-only planted bugs understood by the core (see ``Config._bugs``).
-KNOWN_BUGS = frozenset(
-    {
-        "commit_previous_term",  # commit an entry of an earlier term by counting replicas (breaks §5.4.2)
-        "double_vote",  # grant a vote even after voting for someone else in the same term
-        "skip_persist_vote",  # Ready.hard_state never carries the vote (it is lost on crash)
-        "read_without_quorum",  # serve ReadIndex from the local commit index without a heartbeat round
-        "vote_ignores_log",  # grant votes without the §5.4.1 up-to-date check
-    }
-)
-
 
 class ProposalDroppedError(Exception):
     """The proposal was not appended: no known leader, a leadership transfer is in progress, another
@@ -61,11 +50,7 @@ class ProposalDroppedError(Exception):
 
 @dataclass(slots=True)
 class Config:
-    """Node configuration. Times are in ticks; sizes in bytes.
-
-    ``_bugs`` is TEST-ONLY: a set of names from ``KNOWN_BUGS`` that deliberately break the protocol so
-    the simulator's checkers can be shown to catch them. Production code must leave it empty.
-    """
+    """Node configuration. Times are in ticks; sizes in bytes."""
 
     id: NodeId
     storage: Storage
@@ -82,7 +67,6 @@ class Config:
     check_quorum: bool = True
     pre_vote: bool = True
     disable_proposal_forwarding: bool = False
-    _bugs: frozenset[str] = field(default_factory=frozenset)
 
     def validate(self) -> None:
         if self.id == NONE:
@@ -97,9 +81,6 @@ class Config:
             raise ValueError("snapshot chunk size must be positive")
         if self.max_uncommitted_entries <= 0:
             raise ValueError("max uncommitted entries must be positive")
-        unknown = self._bugs - KNOWN_BUGS
-        if unknown:
-            raise ValueError(f"unknown planted bugs: {sorted(unknown)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +121,6 @@ class Raft:
         self.check_quorum = c.check_quorum
         self.pre_vote = c.pre_vote
         self.disable_proposal_forwarding = c.disable_proposal_forwarding
-        self.bugs = c._bugs
 
         self.term = Term(0)
         self.vote = NONE
@@ -351,9 +331,9 @@ class Raft:
             or (self.vote == NONE and self.lead == NONE)
             or (m.type == MT.PRE_VOTE and m.term > self.term)
         )
-        if "double_vote" in self.bugs:
-            can_vote = True
-        up_to_date = self.log.is_up_to_date(m.index, m.log_term) or "vote_ignores_log" in self.bugs
+        self._answer_vote_request(m, can_vote, self.log.is_up_to_date(m.index, m.log_term))
+
+    def _answer_vote_request(self, m: Message, can_vote: bool, up_to_date: bool) -> None:
         if can_vote and up_to_date:
             # A pre-vote grant, or a real vote: answer in the candidate's term.
             self.msgs.append(Message(vote_resp_type(m.type), m.frm, self.id, m.term))
@@ -553,7 +533,7 @@ class Raft:
 
     def _maybe_commit(self) -> bool:
         mci = self.tracker.committed()
-        return self.log.maybe_commit(mci, self.term, "commit_previous_term" not in self.bugs)
+        return self.log.maybe_commit(mci, self.term)
 
     def _committed_entry_in_current_term(self) -> bool:
         return self.log.zero_term_on_err(self.log.committed) == self.term
@@ -614,7 +594,7 @@ class Raft:
         self.lead_transferee = NONE
 
     def _leader_read_index(self, m: Message) -> None:
-        if self.tracker.is_singleton() or "read_without_quorum" in self.bugs:
+        if self.tracker.is_singleton():
             self._respond_read(m, self.log.committed)
             return
         if not self._committed_entry_in_current_term():

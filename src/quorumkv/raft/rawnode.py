@@ -32,8 +32,10 @@ class Ready:
     1. Persist ``snapshot`` (if any), then ``entries`` (appending, after truncating any conflicting suffix),
        then ``hard_state`` (if not None) -- atomically if ``must_sync``.
     2. Only then send ``messages``: vote grants depend on the persisted vote, append acknowledgements on
-       the persisted entries. (The Raft thesis §10.2.1 would let a leader send its own MsgApp/MsgSnap/
-       MsgHeartbeat in parallel with its write; quorumkv does not exploit that: every message waits.)
+       the persisted entries. Exception (Raft thesis §10.2.1): a member that was leader before this Ready
+       and still is may send in parallel with its write, since its term and vote are already durable and
+       its own entries count towards a commit that it applies only in a later Ready. quorumkv's Ready
+       processor (``quorumkv.server.ready``) does so.
     3. Apply ``snapshot`` to the state machine, then ``committed_entries`` in order (calling
        ``RawNode.apply_conf_change`` for ``EntryType.CONF_CHANGE``); serve reads in ``read_states`` once
        the applied index reaches their index.
@@ -58,11 +60,18 @@ class RawNode:
     __slots__ = ("_outstanding", "_outstanding_hard", "_prev_hard", "_prev_soft", "raft")
 
     def __init__(self, config: Config) -> None:
-        self.raft = Raft(config)
+        self.raft = self._new_raft(config)
         self._prev_soft = self.raft.soft_state()
         self._prev_hard = self.raft.hard_state()
         self._outstanding: Ready | None = None
         self._outstanding_hard: HardState | None = None
+
+    def _new_raft(self, config: Config) -> Raft:
+        return Raft(config)
+
+    def _hard_state_for_ready(self, hs: HardState) -> HardState:
+        """The hard state handed out in a ``Ready`` (what the application persists): the core's own."""
+        return hs
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -149,8 +158,7 @@ class RawNode:
         hs = r.hard_state()
         if hs != self._prev_hard:
             self._outstanding_hard = hs
-            if "skip_persist_vote" in r.bugs:
-                hs = HardState(hs.term, NONE, hs.commit)  # TEST-ONLY planted bug
+            hs = self._hard_state_for_ready(hs)
             rd.hard_state = hs
             rd.must_sync = hs.term != self._prev_hard.term or hs.vote != self._prev_hard.vote
         rd.must_sync = rd.must_sync or bool(rd.entries)

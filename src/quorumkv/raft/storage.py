@@ -2,8 +2,10 @@
 
 The core never writes storage: the application persists what ``Ready`` hands it (hard state, entries,
 snapshot) and then calls ``advance()``. The core only reads back what was persisted, through this
-protocol. Keep it narrow: a durable implementation (SQLite, in the server) and the in-memory one
-(``quorumkv.testing.raft_storage.MemoryStorage``) both implement exactly these six methods.
+protocol. Keep it narrow: ``quorumkv.raft.memory_storage.MemoryStorage`` implements exactly these six
+methods. The server reads through a ``MemoryStorage`` too (``quorumkv.server.ready.AppliedStateStorage``,
+rebuilt at startup from the SQLite ``raft_log`` table, ``quorumkv.storage.raftlog``): the durable copy is
+written by the Ready processor, never read by the core.
 
 Index model: storage holds a snapshot at ``first_index() - 1`` (possibly empty, index 0) and the
 contiguous entries ``first_index() .. last_index()``. ``term(first_index() - 1)`` must return the

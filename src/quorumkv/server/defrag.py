@@ -15,11 +15,11 @@ transaction is open; a crash at any point leaves either the old or the new compl
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
 
 from quorumkv.server.apply import Applier, ApplyResult
-from quorumkv.storage.backend import StorageError
+from quorumkv.storage.backend import StorageError, immediate_txn, open_query_only, open_unsynced, vacuum_into
+from quorumkv.storage.raftlog import RaftLogTable
 
 #: The copy being built, in the data dir (removed at startup if a crash left it behind).
 DEFRAG_FILE_SUFFIX = ".defrag"
@@ -39,13 +39,8 @@ class Rebuild:
         self.db_path = db_path
         self.path = db_path.with_name(db_path.name + DEFRAG_FILE_SUFFIX)
         discard(self.path)
-        src = sqlite3.connect(db_path, isolation_level=None, timeout=30.0)
-        try:
-            src.execute("VACUUM INTO ?", (str(self.path),))
-        finally:
-            src.close()
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA synchronous=OFF")  # made durable by one fsync in finish()
+        vacuum_into(db_path, self.path)
+        self.conn = open_unsynced(self.path)  # made durable by one fsync in finish()
         self.applier = Applier(self.conn, min_lease_ttl_seconds=min_lease_ttl_seconds)
 
     @property
@@ -54,11 +49,9 @@ class Rebuild:
 
     def catch_up(self) -> int:
         """Apply the live log's entries after the copy's applied index; returns how many were applied."""
-        src = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)
+        src = open_query_only(self.db_path)
         try:
-            src.execute("PRAGMA query_only=1")
-            rows = src.execute("SELECT idx, term, kind, data, crc FROM raft_log WHERE idx > ? ORDER BY idx",
-                               (self.applier.applied_index,)).fetchall()
+            rows = RaftLogTable().read_rows(src, self.applier.applied_index + 1, start_at_lo=False)
         finally:
             src.close()
         if not rows:
@@ -66,18 +59,12 @@ class Rebuild:
         if rows[0][0] != self.applier.applied_index + 1:
             raise DefragError(f"defrag fell behind: the log was trimmed past entry {self.applier.applied_index + 1} "
                               "while the copy was built; retry the defragmentation")
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("INSERT INTO raft_log(idx, term, kind, data, crc) VALUES (?,?,?,?,?)", rows)
+        with immediate_txn(self.conn) as conn:
+            RaftLogTable().append_rows(conn, rows)
             result = ApplyResult()
             for row in rows:
                 self.applier.apply(conn, row[0], row[3], result)
             self.applier.finish(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         return len(rows)
 
     def finish(self, live_applied_index: int) -> None:

@@ -8,14 +8,18 @@ a cluster like any other; a new member catches up from a state snapshot.
 
 One thread (``quorumkv-raft``) owns the ``RawNode``, its in-memory log and the SQLite writer. Each turn it takes
 everything queued (proposals, messages from peers, read requests, membership changes), steps the core, ticks it
-on schedule, then handles each ``Ready`` as its contract says:
+on schedule, then hands each ``Ready`` to the ``ReadyProcessor`` (``quorumkv.server.ready``, shared with the
+simulator and the test harness) over ``SqliteLogStore`` and ``ApplierStateMachine``:
 
-1. in ONE SQLite transaction: the snapshot (if any), the new log entries (replacing a conflicting suffix), the
-   hard state, and the committed entries applied with the applied index -- then COMMIT (fsync);
-2. only then the messages are handed to the transport (on the event loop) -- except on a member that was
-   leader before this ``Ready`` and still is: it sends first and syncs meanwhile, as etcd's leader does;
-3. results are handed to the event loop (responses to waiting requests, watch events), read requests whose
-   index is applied are released, and ``advance`` is called.
+1. a member that was leader before this ``Ready`` and still is hands its messages to the transport first;
+2. in ONE SQLite transaction: the snapshot (if any), the new log entries (``storage/raftlog.py``, replacing a
+   conflicting suffix), the hard state, and the committed entries applied with the applied index -- then
+   COMMIT (fsync, unless the Ready only applies);
+3. the other messages go to the transport (on the event loop), and ``advance`` is called;
+
+then this shell hands the results to the event loop (responses to waiting requests, watch events), releases
+read requests whose index is applied, and reports leadership and membership changes. Failpoints
+(``QUORUMKV_FAILPOINTS``, ``quorumkv.server.failpoints``) mark each boundary.
 
 Nothing is acknowledged before it is durable; apply is idempotent (entries at or below the stored applied index
 are skipped), so a crash between any two steps is recovered by replaying the log.
@@ -34,14 +38,13 @@ import sqlite3
 import struct
 import threading
 import time
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from quorumkv.errors import EtcdError
 from quorumkv.raft.core import Config, ProposalDroppedError
 from quorumkv.raft.ids import NONE, Index, NodeId, Term
-from quorumkv.raft.memory_storage import MemoryStorage
 from quorumkv.raft.messages import (
     ConfChange,
     ConfChangeType,
@@ -59,14 +62,15 @@ from quorumkv.raft.messages import (
 from quorumkv.raft.rawnode import RawNode, Ready
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
+from quorumkv.server.failpoints import Failpoints
 from quorumkv.server.node import NodeStatus
+from quorumkv.server.ready import AppliedStateStorage, ReadyProcessor
 from quorumkv.storage import membership, schema, state_snapshot
-from quorumkv.storage.backend import Backend, StorageError, insert_rows
+from quorumkv.storage.backend import Backend, truncate_wal
+from quorumkv.storage.raftlog import RaftLogTable
 
 log = logging.getLogger("quorumkv.raft-node")
 
-#: ``raft_log.kind`` of a configuration-change entry (normal entries store their ``EntryKind``).
-KIND_CONF_CHANGE = 255
 _NOOP_DATA = encode_entry(EntryKind.NOOP, 0, b"")
 #: Unanswered read-index requests are sent again after this long (a lost message must not stall reads).
 READ_INDEX_RETRY_S = 0.5
@@ -91,41 +95,124 @@ def split_conf_change_context(ctx: bytes) -> tuple[int, bytes]:
     return struct.unpack_from(">Q", ctx)[0], ctx[8:]
 
 
-def _crc(term: int, kind: int, data: bytes) -> int:
-    return zlib.crc32(data, (term << 8) ^ kind) & 0xFFFFFFFF
+class SqliteLogStore:
+    """The ``LogStore`` of a member: ``raft_log`` rows and the meta rows, in the Ready's SQLite transaction."""
+
+    applies_in_transaction = True
+
+    def __init__(self, backend: Backend, *, trimmed_index: int, rows_stored: bool,
+                 fsync_observer: Callable[[float], None] | None) -> None:
+        self.backend = backend
+        self.table = RaftLogTable()
+        #: ``meta.log_trimmed_index`` as stored: ``raft_log`` rows cover (trimmed, last index].
+        self.trimmed_index = trimmed_index
+        #: Whether ``raft_log`` holds any row above the trimmed index.
+        self.rows_stored = rows_stored
+        self.fsync_observer = fsync_observer
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None, "outside a Ready's transaction"
+        return self._conn
+
+    @contextmanager
+    def transaction(self, sync: bool) -> Iterator[None]:
+        with self.backend.write_txn(sync=sync) as conn:
+            self._conn = conn
+            try:
+                yield
+            finally:
+                self._conn = None
+            commit_started = time.perf_counter()
+        if self.fsync_observer is not None:
+            self.fsync_observer(time.perf_counter() - commit_started)
+
+    def install_snapshot(self, meta: SnapshotMetadata) -> None:
+        self.table.clear(self.conn, meta.index, meta.term)
+        self.trimmed_index = int(meta.index)
+        self.rows_stored = False
+
+    def append(self, entries: list[Entry]) -> None:
+        self.table.append(self.conn, entries)
+        self.rows_stored = True
+
+    def skip_to(self, index: Index, term: int) -> None:
+        if self.rows_stored:
+            self.table.trim_to(self.conn, index, term)
+            self.rows_stored = False
+        else:
+            schema.save_log_start(self.conn, index, term)
+        self.trimmed_index = int(index)
+
+    def save_hard_state(self, hs: HardState) -> None:
+        schema.save_hard_state(self.conn, hs)
+
+    def compact(self, index: Index, term: int) -> None:
+        if index <= self.trimmed_index:  # no rows there (a sole voter's log): only memory is compacted
+            return
+        with self.backend.write_txn(sync=False) as conn:  # losing a trim in a crash only keeps more log
+            self.table.trim_to(conn, index, term)
+        self.trimmed_index = int(index)
 
 
-def _entry_kind(e: Entry) -> int:
-    if e.type == EntryType.CONF_CHANGE:
-        return KIND_CONF_CHANGE
-    return e.data[0] if e.data else EntryKind.NOOP
+class ApplierStateMachine:
+    """The ``StateMachine`` of a member: the ``Applier`` (MVCC store, leases, members) in the Ready's transaction.
+    ``result`` collects what the event loop is told about (responses, watch events, ...)."""
 
+    halted = False
 
-class StateMachineStorage(MemoryStorage):
-    """The in-memory Raft log, whose ``snapshot()`` is the state machine as of the applied index, dumped on
-    demand (only a leader sending to a follower that is too far behind asks for it)."""
+    def __init__(self, backend: Backend, applier: Applier, store: SqliteLogStore) -> None:
+        self.backend = backend
+        self.applier = applier
+        self.store = store
+        self.result = ApplyResult()
 
-    __slots__ = ("_applied_conf", "_applied_index", "_dump")
+    @property
+    def applied_index(self) -> int:
+        return self.applier.applied_index
 
-    def __init__(self, dump: Callable[[], bytes]) -> None:
-        super().__init__()
-        self._dump = dump
-        self._applied_index = 0
-        self._applied_conf = ConfState()
+    def apply_entries(self, entries: list[Entry]) -> None:
+        self.applier.apply_many(self.store.conn, [(int(e.index), e.data or _NOOP_DATA) for e in entries],
+                                self.result)
 
-    def set_applied(self, index: int, conf: ConfState) -> None:
-        self._applied_index = index
-        self._applied_conf = conf
+    def conf_change_of(self, entry: Entry) -> ConfChange:
+        cc = decode_conf_change(entry.data)
+        _request_id, member_json = split_conf_change_context(cc.context)
+        return ConfChange(cc.type, cc.node_id, member_json)
 
-    def snapshot(self) -> Snapshot:
-        current = super().snapshot()
-        idx = self._applied_index
-        if idx > current.metadata.index and idx <= self.last_index():
-            term = self.term(Index(idx))
-            self._snapshot = Snapshot(self._dump(), SnapshotMetadata(self._applied_conf, Index(idx), term))
-            log.info("created a state snapshot for a follower", extra={"index": idx, "size-bytes":
-                                                                        len(self._snapshot.data)})
-        return super().snapshot()
+    def apply_conf_change(self, entry: Entry, cc: ConfChange) -> None:
+        membership.apply_conf_change(self.store.conn, cc)
+
+    def conf_change_applied(self, entry: Entry, cc: ConfChange, conf_state: ConfState,
+                            rejected: ValueError | None) -> None:
+        request_id, _member_json = split_conf_change_context(decode_conf_change(entry.data).context)
+        schema.save_conf_state(self.store.conn, conf_state)
+        self.applier.applied_index = int(entry.index)
+        self.result.members_changed = True
+        if request_id:
+            self.result.responses[request_id] = (
+                conf_state if rejected is None else EtcdError("INVALID_ARGUMENT", f"etcdserver: {rejected}"))
+
+    def finish_apply(self) -> None:
+        self.applier.finish(self.store.conn, self.result)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the state machine with a leader's snapshot (inside the Ready's transaction)."""
+        meta = snapshot.metadata
+        log.info("restoring a state snapshot from the leader", extra={"index": meta.index, "term": meta.term,
+                                                                         "size-bytes": len(snapshot.data)})
+        conn = self.store.conn
+        state_snapshot.restore(conn, snapshot.data)
+        schema.save_conf_state(conn, meta.conf_state)
+        schema.save_applied_index(conn, meta.index)
+        self.applier.reload(conn)
+        self.backend.forget_allocation()  # the store was replaced: measure it after the next batch
+
+    def dump(self) -> bytes:
+        data = state_snapshot.dump(self.backend.writer)
+        log.info("created a state snapshot for a follower", extra={"size-bytes": len(data)})
+        return data
 
 
 @dataclass
@@ -148,8 +235,10 @@ class RaftNode:
                  fsync_observer: Callable[[float], None] | None = None,
                  on_leader_change: Callable[[int, bool], None] | None = None,
                  on_conf_applied: Callable[[ConfChange], None] | None = None,
-                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+                 on_fatal: Callable[[BaseException], None] | None = None,
+                 failpoints: Failpoints | None = None) -> None:
         self.backend = backend
+        self.log_table = RaftLogTable()
         self.applier = applier
         self.member_id = member_id
         self._on_applied = on_applied
@@ -165,7 +254,6 @@ class RaftNode:
         self.slow_apply_observer: Callable[[int, bytes, float], None] | None = None
         self.slow_apply_s = 0.1
         self.write_lock = threading.Lock()
-        self.log_pin: int | None = None
         self._queue: queue.SimpleQueue[tuple[object, ...]] = queue.SimpleQueue()
         self._waiters: dict[int, asyncio.Future[object]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -181,35 +269,64 @@ class RaftNode:
         self._waiting_reads: list[PendingRead] = []
         self._read_seq = 0
         self._pending_cc: list[tuple[float, ConfChange]] = []
-        #: ``meta.log_trimmed_index`` as stored: ``raft_log`` rows cover (trimmed, last index].
-        self._trimmed_index = 0
-        #: Whether ``raft_log`` holds any row above the trimmed index.
-        self._rows_stored = False
         self._commits = 0
-        # published state (read from the event loop)
-        self.term = 0
-        self.lead = 0
-        self.raft_state = StateType.FOLLOWER
-        self.commit_index = 0
-        self.conf_state = ConfState()
-        self.storage = StateMachineStorage(self._dump_state)
+        self.log_store = SqliteLogStore(backend, trimmed_index=0, rows_stored=False, fsync_observer=fsync_observer)
+        self._sm = ApplierStateMachine(backend, applier, self.log_store)
+        self.storage = AppliedStateStorage(self._sm.dump)
         # a put proposed on another member is answered there: don't build its response here
         applier.response_wanted = self._waiters.__contains__
-        self._load(bootstrap)
+        conf_state = self._load(bootstrap)
         self.raw = RawNode(Config(
             id=NodeId(member_id), storage=self.storage, rng=rng or random.Random(member_id ^ time.time_ns()),
             election_timeout_ticks=self.election_ticks, heartbeat_interval_ticks=1,
             applied=Index(self.applier.applied_index), check_quorum=True, pre_vote=True,
             max_size_per_msg_bytes=1 << 20, max_inflight_msgs=256,
         ))
+        self.failpoints = failpoints if failpoints is not None else Failpoints.from_env()
+        self._ready = ReadyProcessor(
+            self.raw, self.storage, self.log_store, self._sm, self._send_from_thread, member_id=member_id,
+            conf_state=conf_state, snapshot_count=snapshot_count, catchup_entries=self.snapshot_catchup_entries,
+            failpoints=self.failpoints)
+
+    # -- published state (read from the event loop) ---------------------------------------------------------
+
+    @property
+    def term(self) -> int:
+        return self._ready.term
+
+    @property
+    def commit_index(self) -> int:
+        return self._ready.commit_index
+
+    @property
+    def lead(self) -> int:
+        return self._ready.lead
+
+    @property
+    def raft_state(self) -> StateType:
+        return self._ready.raft_state
+
+    @property
+    def conf_state(self) -> ConfState:
+        return self._ready.conf_state
+
+    @property
+    def log_pin(self) -> int | None:
+        """Entries at or above this index keep their ``raft_log`` rows (online defrag); None: no pin."""
+        return self._ready.log_pin
+
+    @log_pin.setter
+    def log_pin(self, pin: int | None) -> None:
+        self._ready.log_pin = pin
 
     # -- startup --------------------------------------------------------------------------------------------
 
-    def _load(self, bootstrap: list[membership.Member] | None) -> None:
-        """Rebuild the in-memory log and the hard state from SQLite (or bootstrap a new cluster)."""
+    def _load(self, bootstrap: list[membership.Member] | None) -> ConfState:
+        """Rebuild the in-memory log and the hard state from SQLite (or bootstrap a new cluster); returns the
+        configuration in force."""
         conn = self.backend.writer
         if schema.hard_state(conn) is None:
-            last = conn.execute("SELECT max(idx) FROM raft_log").fetchone()[0]
+            last = self.log_table.last_index(conn)
             if last is not None or self.applier.applied_index > 0:
                 # A data dir written by the single-member node of release 0.1 (no Raft state): it was the only
                 # voter, and it applied each entry in the transaction that logged it, so every stored entry is
@@ -217,8 +334,7 @@ class RaftNode:
                 end = max(int(last or 0), self.applier.applied_index)
                 term = Term(schema.legacy_term(conn))
                 with self.backend.write_txn() as c:
-                    c.execute("DELETE FROM raft_log")
-                    schema.save_log_start(c, end, term)
+                    self.log_table.clear(c, end, term)
                     schema.save_hard_state(c, HardState(term, NONE, Index(end)))
                     schema.save_conf_state(c, ConfState((NodeId(self.member_id),)))
                 log.info("upgraded a single-member data dir to a Raft cluster of one",
@@ -230,45 +346,25 @@ class RaftNode:
         trimmed, trimmed_term = schema.log_start(conn)
         st = self.storage
         st.apply_snapshot(Snapshot(b"", SnapshotMetadata(cs, Index(trimmed), Term(trimmed_term))))
-        rows = conn.execute("SELECT idx, term, kind, data, crc FROM raft_log WHERE idx > ? ORDER BY idx",
-                            (trimmed,)).fetchall()
-        entries = []
-        expected = trimmed + 1
-        for idx, term, kind, data, crc in rows:
-            if idx != expected:
-                raise StorageError(f"log entry {expected} is missing (next stored entry is {idx}): the data dir "
-                                   "is corrupt; remove it and re-add this member, or restore from a snapshot")
-            expected += 1
-            data = bytes(data)
-            if _crc(term, kind, data) != crc:
-                raise StorageError(f"log entry {idx} fails its checksum: the data dir is corrupt; remove it and "
-                                   "re-add this member, or restore from a snapshot")
-            if kind == KIND_CONF_CHANGE:
-                entries.append(Entry(Term(term), Index(idx), EntryType.CONF_CHANGE, data))
-            else:
-                entries.append(Entry(Term(term), Index(idx), EntryType.NORMAL, data))
+        entries = self.log_table.read(conn, trimmed + 1)
         if entries:
             st.append(entries)
-        self._trimmed_index = trimmed
-        self._rows_stored = bool(entries)
+        self.log_store.trimmed_index = trimmed
+        self.log_store.rows_stored = bool(entries)
         st.set_hard_state(hs)
         st.set_applied(self.applier.applied_index, cs)
-        self.conf_state = cs
-        self.term = int(hs.term)
-        self.commit_index = int(hs.commit)
+        return cs
 
     def _bootstrap(self, members: list[membership.Member]) -> None:
         """A new cluster: every initial member writes the same configuration entries at term 1 (as etcd)."""
-        rows = []
+        entries = []
         for k, m in enumerate(sorted(members, key=lambda m: m.id), start=1):
             cc = ConfChange(ConfChangeType.ADD_NODE, NodeId(m.id), conf_change_context(0, m))
-            data = encode_conf_change(cc)
-            rows.append((k, 1, KIND_CONF_CHANGE, data, _crc(1, KIND_CONF_CHANGE, data)))
+            entries.append(Entry(Term(1), Index(k), EntryType.CONF_CHANGE, encode_conf_change(cc)))
         with self.backend.write_txn() as c:
-            insert_rows(c, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
-            schema.save_hard_state(c, HardState(Term(1), NONE, Index(len(rows))))
+            self.log_table.append(c, entries)
+            schema.save_hard_state(c, HardState(Term(1), NONE, Index(len(entries))))
             schema.save_conf_state(c, ConfState())
-        self._rows_stored = True
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the Raft thread. ``first_turn`` resolves once it has applied what the log already commits
@@ -510,80 +606,27 @@ class RaftNode:
                 pr.sent_at = now
                 self.raw.read_index(ctx)
 
+    def _send_from_thread(self, messages: list[Message]) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._send, messages)
+
     def _handle_ready(self, rd: Ready) -> None:
-        raw = self.raw
-        st = self.storage
+        """Persist, send and apply ``rd`` (``ReadyProcessor``), then tell the event loop what changed."""
         applier = self.applier
         result = applier.new_result() if rd.committed_entries else ApplyResult()
-        conf_changes: list[ConfChange] = []
+        self._sm.result = result
         started = time.perf_counter()
         loop = self._loop
         assert loop is not None
-        # A member that was already leader and stays leader hands its messages (appends, heartbeats) to the
-        # transport before its own fsync, as etcd's leader does and the Ready contract allows: the followers
-        # persist in parallel with it. Safe: its term and vote cannot change while it leads (they were synced
-        # before), and it applies -- so acknowledges -- an entry only in a later Ready, after this one is durable.
-        early = bool(rd.messages) and self.raft_state == StateType.LEADER and (
-            rd.soft_state is None or rd.soft_state.raft_state == StateType.LEADER)
-        if early:
-            loop.call_soon_threadsafe(self._send, rd.messages)
-        # Only what Raft needs durable before the messages go out is synced (new entries, term, vote, a
-        # snapshot); a Ready that only applies committed entries (and moves the commit index) commits without
-        # an fsync: lost in a crash, it is redone from the synced log.
-        with self.backend.write_txn(sync=rd.must_sync or rd.snapshot is not None) as conn:
-            if rd.snapshot is not None:
-                self._restore_snapshot(conn, rd.snapshot)
-            if rd.entries:
-                last_entry = rd.entries[-1]
-                if (rd.committed_entries and rd.committed_entries[-1].index >= last_entry.index
-                        and self.log_pin is None and self.is_sole_voter):
-                    # a sole voter applies these entries in this very transaction: the applied state is the
-                    # log, so no rows; the log's durable start moves past them instead
-                    if self._rows_stored:
-                        conn.execute("DELETE FROM raft_log WHERE idx <= ?", (last_entry.index,))
-                        self._rows_stored = False
-                    schema.save_log_start(conn, last_entry.index, last_entry.term)
-                    self._trimmed_index = int(last_entry.index)
-                else:
-                    first = rd.entries[0].index
-                    if first <= st.last_index():  # a conflicting suffix is replaced
-                        conn.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
-                    rows = []
-                    for e in rd.entries:
-                        kind = _entry_kind(e)
-                        rows.append((e.index, e.term, kind, e.data, _crc(e.term, kind, e.data)))
-                    insert_rows(conn, "INSERT INTO raft_log(idx, term, kind, data, crc) VALUES ", 5, rows)
-                    self._rows_stored = True
-            if rd.hard_state is not None:
-                schema.save_hard_state(conn, rd.hard_state)
-            if rd.committed_entries:
-                self._apply(conn, rd.committed_entries, result, conf_changes)
-            commit_started = time.perf_counter()
-        if self._fsync_observer is not None:
-            self._fsync_observer(time.perf_counter() - commit_started)
+        out = self._ready.handle(rd)
         if rd.committed_entries:
             result.allocated_bytes = self.backend.allocation_after_commit(
                 sum(len(e.data) for e in rd.committed_entries))
-        # durable: update the in-memory log, then send
-        if rd.snapshot is not None:
-            st.apply_snapshot(rd.snapshot)
-            self.conf_state = rd.snapshot.metadata.conf_state
-        if rd.entries:
-            st.append(rd.entries)
-        if rd.hard_state is not None:
-            st.set_hard_state(rd.hard_state)
-            self.term = int(rd.hard_state.term)
-            self.commit_index = int(rd.hard_state.commit)
-        st.set_applied(applier.applied_index, self.conf_state)
-        if rd.messages and not early:
-            loop.call_soon_threadsafe(self._send, rd.messages)
         if rd.soft_state is not None:
-            self.lead = int(rd.soft_state.lead)
-            was_leader = self.raft_state == StateType.LEADER
-            self.raft_state = rd.soft_state.raft_state
             if self._on_leader_change is not None:
                 loop.call_soon_threadsafe(self._on_leader_change, self.lead, self.raft_state == StateType.LEADER)
-            if was_leader and self.raft_state != StateType.LEADER:
+            if out.was_leader and self.raft_state != StateType.LEADER:
                 log.info("lost leadership", extra={"term": self.term, "leader": f"{self.lead:x}"})
         for rs in rd.read_states:
             pr = self._reads.pop(rs.request_ctx, None)
@@ -604,7 +647,7 @@ class RaftNode:
                 result.members_changed = True
                 result.restored = True
             loop.call_soon_threadsafe(self._deliver, result)
-        for cc in conf_changes:
+        for cc in out.conf_changes:
             if self._on_conf_applied is not None:
                 loop.call_soon_threadsafe(self._on_conf_applied, cc)
         if rd.committed_entries:
@@ -618,54 +661,6 @@ class RaftNode:
                 self.slow_apply_observer(int(e.index), e.data, took)
             except Exception:
                 log.exception("slow apply observer failed")
-        raw.advance(rd)
-
-    def _apply(self, conn: sqlite3.Connection, entries: list[Entry], result: ApplyResult,
-               conf_changes: list[ConfChange]) -> None:
-        applier = self.applier
-        run: list[tuple[int, bytes]] = []
-        for e in entries:
-            if e.type == EntryType.CONF_CHANGE:
-                if run:
-                    applier.apply_many(conn, run, result)
-                    run = []
-                if e.index > applier.applied_index:
-                    cc = decode_conf_change(e.data)
-                    request_id, member_json = split_conf_change_context(cc.context)
-                    cc_plain = ConfChange(cc.type, cc.node_id, member_json)
-                    response: object
-                    try:
-                        membership.apply_conf_change(conn, cc_plain)
-                        self.conf_state = self.raw.apply_conf_change(cc_plain)
-                        response = self.conf_state
-                    except ValueError as exc:
-                        response = EtcdError("INVALID_ARGUMENT", f"etcdserver: {exc}")
-                    schema.save_conf_state(conn, self.conf_state)
-                    applier.applied_index = int(e.index)
-                    result.members_changed = True
-                    conf_changes.append(cc_plain)
-                    if request_id:
-                        result.responses[request_id] = response
-            else:
-                run.append((int(e.index), e.data or _NOOP_DATA))
-        if run:
-            applier.apply_many(conn, run, result)
-        applier.finish(conn, result)
-
-    def _restore_snapshot(self, conn: sqlite3.Connection, snap: Snapshot) -> None:
-        """Replace the state machine with a leader's snapshot (inside the Ready's transaction)."""
-        meta = snap.metadata
-        log.info("restoring a state snapshot from the leader", extra={"index": meta.index, "term": meta.term,
-                                                                         "size-bytes": len(snap.data)})
-        state_snapshot.restore(conn, snap.data)
-        conn.execute("DELETE FROM raft_log")
-        schema.save_log_start(conn, meta.index, meta.term)
-        self._trimmed_index = int(meta.index)
-        self._rows_stored = False
-        schema.save_conf_state(conn, meta.conf_state)
-        schema.save_applied_index(conn, meta.index)
-        self.applier.reload(conn)
-        self.backend.forget_allocation()  # the store was replaced: measure it after the next batch
 
     def _maybe_truncate_wal(self) -> None:
         """Reset an oversized WAL. Passive checkpoints copy frames into the database but cannot rewind the WAL
@@ -673,33 +668,13 @@ class RaftNode:
         waits for the (short) read transactions in flight and starts the WAL over."""
         try:
             if os.path.getsize(str(self.backend.db_path) + "-wal") > WAL_TRUNCATE_BYTES:
-                self.backend.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                truncate_wal(self.backend.writer)
         except (OSError, sqlite3.Error) as exc:
             log.warning("WAL checkpoint failed: %r", exc)
 
-    def _dump_state(self) -> bytes:
-        return state_snapshot.dump(self.backend.writer)
-
     def _maybe_compact_log(self) -> None:
         """Keep the log bounded: past ``snapshot_count`` applied entries, drop all but the last few thousand."""
-        st = self.storage
-        applied = self.applier.applied_index
-        first = int(st.first_index())
-        if applied - first < self.snapshot_count:
-            return
-        upto = applied - self.snapshot_catchup_entries
-        if self.log_pin is not None:
-            upto = min(upto, self.log_pin - 1)
-        if upto < first:
-            return
-        term = int(st.term(Index(upto)))
-        st.compact(Index(upto))
-        if upto <= self._trimmed_index:  # no rows there (a sole voter's log): only memory is compacted
-            return
-        with self.backend.write_txn(sync=False) as conn:  # losing a trim in a crash only keeps more log
-            conn.execute("DELETE FROM raft_log WHERE idx <= ?", (upto,))
-            schema.save_log_start(conn, upto, term)
-        self._trimmed_index = upto
+        self._ready.maybe_compact()
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:

@@ -497,3 +497,32 @@ def open_store_file(db: Path) -> tuple[sqlite3.Connection, int]:
         conn.close()
         raise
     return conn, version
+
+
+def vacuum_into(db_path: Path, dest: Path) -> None:
+    """A compact copy of the database at ``db_path`` written to ``dest``, from a private connection (one read
+    transaction: writers go on)."""
+    src = sqlite3.connect(db_path, isolation_level=None, timeout=30.0)
+    try:
+        src.execute("VACUUM INTO ?", (str(dest),))
+    finally:
+        src.close()
+
+
+def open_unsynced(path: Path) -> sqlite3.Connection:
+    """A writer connection to a file that is made durable later by one fsync (a defrag copy): no syncs."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA synchronous=OFF")
+    return conn
+
+
+def open_query_only(path: Path) -> sqlite3.Connection:
+    """A private read-only connection to a live database file."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA query_only=1")
+    return conn
+
+
+def truncate_wal(conn: sqlite3.Connection) -> None:
+    """Checkpoint and reset the WAL (waits for the read transactions in flight)."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -111,8 +111,9 @@ def reset_raft_state(conn: sqlite3.Connection, voters: list[int], *, index: int)
     writes it): no log rows, the log starts after ``index`` at term 1, everything up to it committed and applied,
     and no vote. Every restored member writes the same state, so they form one cluster, and none of them can
     win an election (nor acknowledge a write) without a quorum of the others."""
-    conn.execute("DELETE FROM raft_log")
-    save_log_start(conn, index, 1)
+    from quorumkv.storage.raftlog import RaftLogTable  # raftlog imports this module
+
+    RaftLogTable().clear(conn, index, 1)
     save_applied_index(conn, index)
     save_hard_state(conn, HardState(Term(1), NodeId(0), Index(index)))
     save_conf_state(conn, ConfState(tuple(NodeId(v) for v in sorted(voters))))

@@ -1,22 +1,25 @@
-"""A synchronous in-process cluster of ``RawNode``s for unit tests.
+"""A synchronous in-process cluster of ``RawNode``s for unit tests, and the in-memory ``LogStore``.
 
-Messages are delivered in FIFO order, immediately, unless a link is cut; each node's ``Ready`` is handled
-by the contract (persist, send, apply, advance). Deterministic for a given seed.
+Messages are delivered in FIFO order, immediately, unless a link is cut; each node's ``Ready`` is handled by
+the production ``ReadyProcessor`` (persist, send, apply, advance) over ``MemoryLogStore``. Deterministic for a
+given seed.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quorumkv.raft.core import Config, ProposalDroppedError
 from quorumkv.raft.ids import NONE, Index, NodeId, Term
+from quorumkv.raft.memory_storage import MemoryStorage
 from quorumkv.raft.messages import (
     ConfChange,
     ConfState,
     Entry,
-    EntryType,
+    HardState,
     Message,
     MessageType,
     Snapshot,
@@ -26,7 +29,100 @@ from quorumkv.raft.messages import (
 )
 from quorumkv.raft.rawnode import RawNode
 from quorumkv.raft.read_only import ReadState
-from quorumkv.testing.raft_storage import MemoryStorage
+from quorumkv.server.failpoints import DISABLED, Failpoints
+from quorumkv.server.ready import ReadyProcessor, StateMachine
+from quorumkv.testing.planted import new_raw_node, ready_processor_class
+
+#: ``snapshot_count`` of a processor that never compacts on its own (tests compact explicitly).
+NEVER_COMPACT = 1 << 62
+
+
+class MemoryLogStore:
+    """A ``LogStore`` whose disk is the node's in-memory log (``MemoryStorage``): the processor writes that only
+    after the transaction, so nothing of a Ready is durable until its transaction is over, and a crash inside
+    it loses all of it. ``on_commit`` runs when a transaction ends without an exception."""
+
+    applies_in_transaction = False
+
+    def __init__(self, on_commit: Callable[[], None] | None = None) -> None:
+        self.on_commit = on_commit
+
+    def transaction(self, sync: bool) -> MemoryLogStore:
+        return self  # a plain context manager: the simulator opens one per Ready
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None and self.on_commit is not None:
+            self.on_commit()
+
+    def install_snapshot(self, meta: SnapshotMetadata) -> None:
+        pass
+
+    def append(self, entries: list[Entry]) -> None:
+        pass
+
+    def skip_to(self, index: Index, term: int) -> None:
+        raise AssertionError("a memory store never applies in its transaction")
+
+    def save_hard_state(self, hs: HardState) -> None:
+        pass
+
+    def compact(self, index: Index, term: int) -> None:
+        pass
+
+
+class RecordingStateMachine:
+    """A ``StateMachine`` that records the normal entries with data it applies."""
+
+    halted = False
+
+    def __init__(self, applied_index: int = 0) -> None:
+        self.applied: list[Entry] = []
+        self._applied_index = applied_index
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    def apply_entries(self, entries: list[Entry]) -> None:
+        for e in entries:
+            if e.index <= self._applied_index:
+                continue
+            if e.data:
+                self.applied.append(e)
+            self._applied_index = int(e.index)
+
+    def conf_change_of(self, entry: Entry) -> ConfChange:
+        return decode_conf_change(entry.data)
+
+    def apply_conf_change(self, entry: Entry, cc: ConfChange) -> None:
+        pass
+
+    def conf_change_applied(self, entry: Entry, cc: ConfChange, conf_state: ConfState,
+                            rejected: ValueError | None) -> None:
+        self._applied_index = int(entry.index)
+
+    def finish_apply(self) -> None:
+        pass
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self._applied_index = int(snapshot.metadata.index)
+
+    def dump(self) -> bytes:
+        return b""
+
+
+def memory_processor(raw: RawNode, storage: MemoryStorage, sm: StateMachine,
+                     send: Callable[[list[Message]], None], *, bugs: frozenset[str] = frozenset(),
+                     failpoints: Failpoints = DISABLED, store: MemoryLogStore | None = None,
+                     snapshot_count: int = NEVER_COMPACT, catchup_entries: int = 0) -> ReadyProcessor:
+    """The production ``ReadyProcessor`` over an in-memory log (``storage``), or a planted-bug variant."""
+    cls = ready_processor_class(bugs)
+    return cls(raw, storage, store if store is not None else MemoryLogStore(), sm, send,
+               member_id=int(raw.raft.id), conf_state=raw.raft.conf_state(), snapshot_count=snapshot_count,
+               catchup_entries=catchup_entries, failpoints=failpoints)
 
 
 def bootstrap_storage(
@@ -54,7 +150,8 @@ class Cluster:
     bugs: frozenset[str] = frozenset()
     nodes: dict[NodeId, RawNode] = field(default_factory=dict)
     storages: dict[NodeId, MemoryStorage] = field(default_factory=dict)
-    applied: dict[NodeId, list[Entry]] = field(default_factory=dict)
+    machines: dict[NodeId, RecordingStateMachine] = field(default_factory=dict)
+    processors: dict[NodeId, ReadyProcessor] = field(default_factory=dict)
     read_states: dict[NodeId, list[ReadState]] = field(default_factory=dict)
     queue: deque[Message] = field(default_factory=deque)
     cut: set[tuple[int, int]] = field(default_factory=set)
@@ -79,25 +176,32 @@ class Cluster:
             snapshot_chunk_size_bytes=self.snapshot_chunk_size_bytes,
             check_quorum=self.check_quorum,
             pre_vote=self.pre_vote,
-            _bugs=self.bugs,
         )
 
+    @property
+    def applied(self) -> dict[NodeId, list[Entry]]:
+        """The normal entries with data each node applied since it (re)started."""
+        return {n: sm.applied for n, sm in self.machines.items()}
+
+    def _start(self, n: NodeId) -> RawNode:
+        st = self.storages[n]
+        snap_index = int(st.snapshot().metadata.index)
+        node = new_raw_node(self.config(n, st, snap_index), self.bugs)
+        sm = RecordingStateMachine(snap_index)
+        self.nodes[n] = node
+        self.machines[n] = sm
+        self.processors[n] = memory_processor(node, st, sm, self.queue.extend, bugs=self.bugs)
+        return node
+
     def add_node(self, nid: int, storage: MemoryStorage | None = None) -> RawNode:
-        st = storage if storage is not None else MemoryStorage()
         n = NodeId(nid)
-        self.storages[n] = st
-        self.nodes[n] = RawNode(self.config(nid, st, st.snapshot().metadata.index))
-        self.applied.setdefault(n, [])
+        self.storages[n] = storage if storage is not None else MemoryStorage()
         self.read_states.setdefault(n, [])
-        return self.nodes[n]
+        return self._start(n)
 
     def restart(self, nid: int) -> RawNode:
         """Crash and restart ``nid`` from what it persisted (volatile state is lost)."""
-        st = self.storages[NodeId(nid)]
-        self.applied[NodeId(nid)] = []
-        node = RawNode(self.config(nid, st, st.snapshot().metadata.index))
-        self.nodes[NodeId(nid)] = node
-        return node
+        return self._start(NodeId(nid))
 
     # ------------------------------------------------------------------------------------------ driving
 
@@ -107,22 +211,11 @@ class Cluster:
     def process_ready(self, nid: int) -> None:
         n = NodeId(nid)
         node = self.nodes[n]
-        st = self.storages[n]
+        proc = self.processors[n]
         while node.has_ready():
             rd = node.ready()
-            if rd.snapshot is not None:
-                st.apply_snapshot(rd.snapshot)
-            st.append(rd.entries)
-            if rd.hard_state is not None:
-                st.set_hard_state(rd.hard_state)
-            self.queue.extend(rd.messages)
-            for e in rd.committed_entries:
-                if e.type == EntryType.CONF_CHANGE:
-                    node.apply_conf_change(decode_conf_change(e.data))
-                elif e.data:
-                    self.applied[n].append(e)
+            proc.handle(rd)
             self.read_states[n].extend(rd.read_states)
-            node.advance(rd)
 
     def deliver_one(self) -> Message | None:
         """Deliver the oldest queued message (None if dropped by a cut/drop rule)."""

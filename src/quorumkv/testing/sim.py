@@ -22,6 +22,18 @@ Checked continuously (a violation stops the run):
   entry stays committed (by the two checks above plus the liveness phase, where every member must catch
   up and therefore re-verify every index).
 * Linearizable reads -- see ``_serve_reads``.
+* No acknowledgement before durability on a majority -- a write is acknowledged when it is first applied
+  (its response is released once the applying transaction is over); at that moment the entry must be held
+  durably (in the node's persisted log, or below its snapshot) by a majority of the voters of the applying
+  node's configuration (either the one in force or the one before its latest membership change: an entry may
+  have been committed just before that change was applied).
+
+Every node runs the production ``ReadyProcessor`` (``quorumkv.server.ready``) over ``MemoryLogStore``
+(``quorumkv.testing.harness``): a steady leader's early send, membership changes, snapshot install and log
+compaction are the production code's. A slow disk holds a Ready between ``start`` (a leader's messages are
+already out) and ``finish`` (persist, apply, send the rest). The state machine is durable as of the last
+finished transaction, like the production one; a crash loses the Ready in flight. Failpoints
+(``quorumkv.server.failpoints``) crash a node inside the processor with ``failpoint_crash_prob`` per hit.
 """
 
 from __future__ import annotations
@@ -51,9 +63,13 @@ from quorumkv.raft.messages import (
     decode_conf_change,
     encode_conf_change,
 )
-from quorumkv.raft.rawnode import RawNode, Ready
+from quorumkv.raft.rawnode import RawNode
 from quorumkv.raft.storage import StorageError
-from quorumkv.testing.raft_storage import MemoryStorage
+from quorumkv.server.failpoints import NAMES as FAILPOINT_NAMES
+from quorumkv.server.failpoints import Failpoints
+from quorumkv.server.ready import AppliedStateStorage, Plan, ReadyProcessor
+from quorumkv.testing.harness import MemoryLogStore, memory_processor
+from quorumkv.testing.planted import check_bugs, new_raw_node
 
 TICK_MS = 10  # simulated milliseconds per tick
 
@@ -98,6 +114,7 @@ class SimParams:
     leader_crash_prob: float = 0.0
     leader_isolate_prob: float = 0.0
     vote_crash_prob: float = 0.0
+    failpoint_crash_prob: float = 0.0
     writes_per_tick: float = 1.0
     max_batch: int = 1
     reads_per_tick: float = 0.3
@@ -136,6 +153,8 @@ class SimParams:
             max_batch=r.choice([1, 3, 8]),
             reads_per_tick=r.choice([0.1, 0.5, 1.0]),
         )
+        fp = random.Random(f"{seed}:swarm-failpoints")  # its own stream: the draws above stay as they were
+        base = replace(base, failpoint_crash_prob=fp.choice([0.0, 0.0, 0.002, 0.01]))
         if r.random() < 0.3:
             # "Leader churn" regime: isolate and kill leaders while their logs diverge, with small appends
             # so followers acknowledge old-term entries before the new term's first entry (Figure 8).
@@ -187,13 +206,22 @@ class Violation(Exception):
     pass
 
 
+class FailpointCrash(Exception):
+    """A failpoint killed the node at this point of its Ready processing."""
+
+
 class SimNode:
     __slots__ = (
         "busy",
         "conf_state",
+        "durable_conf",
+        "durable_digest",
+        "durable_index",
         "id",
         "incarnation",
         "pending_reads",
+        "prev_voters",
+        "proc",
         "raw",
         "removed",
         "slow_until_ms",
@@ -204,10 +232,11 @@ class SimNode:
         "waiting_reads",
     )
 
-    def __init__(self, nid: NodeId, storage: MemoryStorage) -> None:
+    def __init__(self, nid: NodeId, storage: AppliedStateStorage) -> None:
         self.id = nid
         self.storage = storage
         self.raw: RawNode | None = None
+        self.proc: ReadyProcessor | None = None
         self.up = False
         self.removed = False
         self.incarnation = 0
@@ -215,9 +244,64 @@ class SimNode:
         self.sm_index = 0
         self.sm_digest = 0
         self.conf_state = ConfState()
+        #: The voters before the latest membership change this node applied.
+        self.prev_voters: tuple[NodeId, ...] = ()
+        # the state machine as of the last finished transaction (what survives a crash)
+        self.durable_index = 0
+        self.durable_digest = 0
+        self.durable_conf = ConfState()
         self.pending_reads: dict[bytes, int] = {}  # ctx -> floor
         self.waiting_reads: list[tuple[int, bytes, int]] = []  # (read index, ctx, floor)
         self.slow_until_ms = 0
+
+    def commit_durable(self) -> None:
+        self.durable_index, self.durable_digest, self.durable_conf = self.sm_index, self.sm_digest, self.conf_state
+
+
+class SimStateMachine:
+    """The log-prefix state machine of one simulated node (its digest chains every applied entry's data)."""
+
+    def __init__(self, sim: Simulation, n: SimNode) -> None:
+        self.sim = sim
+        self.n = n
+
+    @property
+    def applied_index(self) -> int:
+        return self.n.sm_index
+
+    @property
+    def halted(self) -> bool:
+        return self.n.removed
+
+    def apply_entries(self, entries: list[Entry]) -> None:
+        n = self.n
+        for e in entries:
+            if e.index > n.sm_index:
+                self.sim._apply(n, e)
+
+    def conf_change_of(self, entry: Entry) -> ConfChange:
+        return decode_conf_change(entry.data)
+
+    def apply_conf_change(self, entry: Entry, cc: ConfChange) -> None:
+        self.sim._apply(self.n, entry)
+
+    def conf_change_applied(self, entry: Entry, cc: ConfChange, conf_state: ConfState,
+                            rejected: ValueError | None) -> None:
+        n = self.n
+        n.sm_index = int(entry.index)
+        n.prev_voters = n.conf_state.voters
+        n.conf_state = conf_state
+        if cc.type == ConfChangeType.REMOVE_NODE and rejected is None:
+            self.sim._remove_node(cc.node_id)
+
+    def finish_apply(self) -> None:
+        pass
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self.sim._restore_sm(self.n, snapshot)
+
+    def dump(self) -> bytes:
+        return self.sim._encode_sm(self.n)
 
 
 class Simulation:
@@ -238,6 +322,8 @@ class Simulation:
         self.fault_rng = random.Random(f"{seed}:faults")
         self.client_rng = random.Random(f"{seed}:clients")
         self.disk_rng = random.Random(f"{seed}:disk")
+        self.failpoint_rng = random.Random(f"{seed}:failpoints")
+        check_bugs(bugs)
         self.now = 0
         self.events: list[tuple[int, int, int, Any]] = []
         self.seq = 0
@@ -256,6 +342,8 @@ class Simulation:
         self.commit_max = 0
         self.log_table: dict[tuple[int, int], tuple[bytes, int]] = {}
         self.max_acked_index = 0
+        #: (index, term) of writes first applied in the Ready being finished (acknowledged once it is over).
+        self.pending_acks: list[tuple[int, int]] = []
         self.max_read_returned = 0
         self.writes_acked = 0
         self.reads_ok = 0
@@ -286,7 +374,6 @@ class Simulation:
             max_uncommitted_entries=p.max_uncommitted_entries,
             check_quorum=p.check_quorum,
             pre_vote=p.pre_vote,
-            _bugs=self.bugs,
         )
 
     def _bootstrap(self) -> None:
@@ -301,17 +388,46 @@ class Simulation:
             for k, i in enumerate(ids, start=1)
         ]
         for i in ids:
-            st = MemoryStorage()
+            n = SimNode(i, AppliedStateStorage(lambda: b""))
+            st = n.storage = self._new_storage(n)
             st.append(boot)
             st.set_hard_state(HardState(Term(1), NodeId(0), Index(len(boot))))
-            self.nodes[i] = SimNode(i, st)
-            self._start(self.nodes[i])
+            self.nodes[i] = n
+            self._start(n)
+
+    def _new_storage(self, n: SimNode) -> AppliedStateStorage:
+        return AppliedStateStorage(lambda: self._encode_sm(n))
+
+    def _new_node(self, nid: NodeId) -> SimNode:
+        n = SimNode(nid, AppliedStateStorage(lambda: b""))
+        n.storage = self._new_storage(n)
+        return n
+
+    def _failpoints(self, n: SimNode) -> Failpoints:
+        prob = self.p.failpoint_crash_prob
+        if not prob:
+            return Failpoints()
+        rng = self.failpoint_rng
+
+        def maybe_crash(name: str) -> None:
+            if not self.healing and self._down_count() < self.p.max_down and rng.random() < prob:
+                self.faults[f"failpoint_{name}"] += 1
+                raise FailpointCrash(name)
+
+        return Failpoints({name: maybe_crash for name in FAILPOINT_NAMES})
 
     def _start(self, n: SimNode) -> None:
-        snap = n.storage.snapshot()
-        n.sm_index, n.sm_digest = self._decode_sm(snap) if not snap.is_empty() else (0, 0)
-        n.conf_state = snap.metadata.conf_state
-        n.raw = RawNode(self._config(n, n.sm_index))
+        # a restart finds the state machine as of its last finished transaction
+        n.sm_index, n.sm_digest, n.conf_state = n.durable_index, n.durable_digest, n.durable_conf
+        n.storage.set_applied(n.sm_index, n.conf_state)
+        raw = new_raw_node(self._config(n, n.sm_index), self.bugs)
+        n.raw = raw
+        p = self.p
+        every = p.compact_every_entries
+        n.proc = memory_processor(
+            raw, n.storage, SimStateMachine(self, n), lambda msgs: self._send_from(n, msgs), bugs=self.bugs,
+            failpoints=self._failpoints(n), store=MemoryLogStore(on_commit=n.commit_durable),
+            snapshot_count=every, catchup_entries=every // 3 if every > 3 else 0)
         n.up = True
         n.busy = False
         # Durability: the persisted commit point must agree with the committed log.
@@ -361,11 +477,11 @@ class Simulation:
                 elif kind == _EV_DELIVER:
                     self._deliver(payload)
                 elif kind == _EV_PERSIST:
-                    nid, inc, rd = payload
+                    nid, inc, plan = payload
                     n = self.nodes[nid]
                     if n.up and n.incarnation == inc:
                         n.busy = False
-                        self._handle_ready(n, rd)
+                        self._finish(n, plan)
                         self._process(n)
                 elif kind == _EV_RESTART:
                     n = self.nodes[payload]
@@ -476,6 +592,7 @@ class Simulation:
         self._trace(self.now, 2, n.id)
         n.up = False
         n.raw = None
+        n.proc = None
         n.busy = False
         n.incarnation += 1  # pending disk writes of the old incarnation are lost
         n.pending_reads.clear()
@@ -561,7 +678,7 @@ class Simulation:
         self.faults[f"conf_{typ.name.lower()}"] += 1
         if nid == fresh:
             self.next_id += 1
-            n = SimNode(nid, MemoryStorage())
+            n = self._new_node(nid)
             self.nodes[nid] = n
             self._start(n)
         self._after_input(lead)
@@ -731,29 +848,59 @@ class Simulation:
 
     def _process(self, n: SimNode) -> None:
         while n.up and not n.busy and n.raw is not None and n.raw.has_ready():
+            proc = n.proc
+            assert proc is not None
             rd = n.raw.ready()
+            try:
+                plan = proc.start(rd)  # a steady leader's messages leave now
+            except FailpointCrash:
+                self._failpoint_crash(n)
+                return
             if self.now < n.slow_until_ms:
+                if plan.sent_early:
+                    self.faults["leader_send_before_sync"] += 1
                 n.busy = True
                 delay = self.disk_rng.randint(5, 4 * TICK_MS)
-                self._push(self.now + delay, _EV_PERSIST, (n.id, n.incarnation, rd))
+                self._push(self.now + delay, _EV_PERSIST, (n.id, n.incarnation, plan))
                 return
-            self._handle_ready(n, rd)
+            self._finish(n, plan)
 
-    def _handle_ready(self, n: SimNode, rd: Ready) -> None:
-        st = n.storage
-        raw = n.raw
-        assert raw is not None
-        # 1. persist
-        if rd.snapshot is not None:
-            st.apply_snapshot(rd.snapshot)
+    def _failpoint_crash(self, n: SimNode) -> None:
+        self.pending_acks.clear()  # applied in a transaction that never finished: not acknowledged
+        self._crash(n, restart_after_ticks=self.fault_rng.randint(1, 2 * self.p.election_timeout_ticks))
+
+    def _finish(self, n: SimNode, plan: Plan) -> None:
+        """The Ready's transaction (persist and apply), then the rest of its messages; then reads and
+        compaction."""
+        rd = plan.ready
+        proc = n.proc
+        assert proc is not None
         if rd.entries:
             self._check_log_matching(n, rd.entries)
-            st.append(rd.entries)
-        if rd.hard_state is not None:
-            st.set_hard_state(rd.hard_state)
-        # 2. send
+        try:
+            proc.finish(plan)
+        except FailpointCrash:
+            self._failpoint_crash(n)
+            return
+        if self.pending_acks:
+            self._check_acks_durable(n)
+        if not n.up:
+            return  # removed while applying
+        for rs in rd.read_states:
+            floor = n.pending_reads.pop(rs.request_ctx, None)
+            if floor is not None:
+                n.waiting_reads.append((rs.index, rs.request_ctx, floor))
+        if n.waiting_reads:
+            self._serve_reads(n)
+        try:
+            if proc.maybe_compact():
+                self.faults["log_compacted"] += 1
+        except FailpointCrash:
+            self._failpoint_crash(n)
+
+    def _send_from(self, n: SimNode, messages: list[Message]) -> None:
         granted_vote = False
-        for m in rd.messages:
+        for m in messages:
             self._send(m)
             if m.type == MessageType.VOTE_RESP and not m.reject:
                 granted_vote = True
@@ -761,21 +908,34 @@ class Simulation:
             if self.fault_rng.random() < self.p.vote_crash_prob:
                 # Nemesis: crash right after a vote was granted (and, supposedly, persisted).
                 self._push(self.now + self.fault_rng.randint(0, 5), _EV_CRASH, (n.id, n.incarnation))
-        # 3. apply
-        if rd.snapshot is not None:
-            self._restore_sm(n, rd.snapshot)
-        for e in rd.committed_entries:
-            self._apply(n, e)
-            if not n.up:
-                return  # removed while applying
-        for rs in rd.read_states:
-            floor = n.pending_reads.pop(rs.request_ctx, None)
-            if floor is not None:
-                n.waiting_reads.append((rs.index, rs.request_ctx, floor))
-        raw.advance(rd)
-        if n.waiting_reads:
-            self._serve_reads(n)
-        self._maybe_compact(n)
+
+    def _durable_on(self, nid: NodeId, index: int, term: int) -> bool:
+        x = self.nodes.get(nid)
+        if x is None:
+            return False
+        st = x.storage
+        first = st.first_index()
+        if index < first:
+            return index <= x.durable_index  # compacted: it is in the durable state machine
+        if index > st.last_index():
+            return False
+        return st.term(Index(index)) == term
+
+    def _check_acks_durable(self, n: SimNode) -> None:
+        """Each write acknowledged by the Ready just finished is durable on a majority of the configuration."""
+        acks, self.pending_acks = self.pending_acks, []
+        configs = [v for v in (n.conf_state.voters, n.prev_voters) if v]
+        for index, term in acks:
+            holders: list[NodeId] = []
+            for voters in configs:
+                holders = [v for v in voters if self._durable_on(v, index, term)]
+                if 2 * len(holders) > len(voters):
+                    break
+            else:
+                self._violate(
+                    f"ack before durable: write {term}/{index} acknowledged on node {n.id} while durable on "
+                    f"{sorted(holders)} only, of voters {sorted(configs[0]) if configs else []}"
+                )
 
     def _check_log_matching(self, n: SimNode, ents: list[Entry]) -> None:
         try:
@@ -804,6 +964,8 @@ class Simulation:
             self.committed[i] = (e.term, e.data)
             if i > self.commit_max:
                 self.commit_max = i
+            if e.data[:1] == b"w":
+                self.pending_acks.append((i, int(e.term)))
         elif rec[0] != e.term or rec[1] != e.data:
             self._violate(
                 f"state machine safety: node {n.id} applied {e.term}/{i}, another node applied {rec[0]}/{i}"
@@ -816,11 +978,7 @@ class Simulation:
         elif d != n.sm_digest:
             self._violate(f"state machine safety: node {n.id} digest diverged at {i}")
         if e.type == EntryType.CONF_CHANGE:
-            cc = decode_conf_change(e.data)
-            assert n.raw is not None
-            n.conf_state = n.raw.apply_conf_change(cc)
-            if cc.type == ConfChangeType.REMOVE_NODE:
-                self._remove_node(cc.node_id)
+            pass  # the Ready processor applies it to Raft, then ``SimStateMachine.conf_change_applied``
         elif e.data[:1] == b"w":
             if i > self.max_acked_index:
                 self.max_acked_index = i
@@ -839,6 +997,7 @@ class Simulation:
         x.removed = True
         x.up = False
         x.raw = None
+        x.proc = None
         x.busy = False
         x.incarnation += 1
 
@@ -889,14 +1048,6 @@ class Simulation:
         n.sm_index, n.sm_digest = idx, digest
         n.conf_state = s.metadata.conf_state
         self.faults["snapshot_installed"] += 1
-
-    def _maybe_compact(self, n: SimNode) -> None:
-        st = n.storage
-        every = self.p.compact_every_entries
-        if n.sm_index - st.first_index() < every:
-            return
-        st.create_snapshot(Index(n.sm_index), n.conf_state, self._encode_sm(n))
-        st.compact(Index(n.sm_index - every // 3 if every > 3 else n.sm_index))
 
 
 def run_seed(seed: int, nodes: int = 3, bugs: frozenset[str] = frozenset()) -> SimResult:

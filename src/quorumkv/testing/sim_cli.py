@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-from quorumkv.raft.core import KNOWN_BUGS
+from quorumkv.testing.planted import KNOWN_BUGS
 from quorumkv.testing.sim import SimResult, run_seed
 
 
