@@ -30,6 +30,7 @@ from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.server.apply import Applier
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.raft_node import RaftNode
+from quorumkv.server.wait import WaitRegistry
 from quorumkv.storage import membership
 from quorumkv.storage.backend import Backend
 
@@ -46,9 +47,10 @@ async def _run(backend: Backend, applier: Applier, puts: int, batch_min: int, ba
                seed: int) -> dict[str, float]:
     rnd = random.Random(seed)
     value = os.urandom(1024)
+    waits = WaitRegistry()
     node = RaftNode(backend, applier, member_id=MEMBER_ID, on_applied=lambda result: None, send=lambda msgs: None,
                     bootstrap=[membership.Member(MEMBER_ID, "bench", ["http://127.0.0.1:1"], [])],
-                    rng=random.Random(seed))
+                    rng=random.Random(seed), waits=waits)
     node.start(asyncio.get_running_loop())
     try:
         for _ in range(3000):  # the sole voter elects itself in its first turn
@@ -67,7 +69,8 @@ async def _run(backend: Backend, applier: Applier, puts: int, batch_min: int, ba
             cpu0, wall0 = _thread_cpu_s(node), time.perf_counter()
             futures = []
             for payload in payloads:
-                futures.append(node.propose(EntryKind.PUT, payload, request_id))
+                futures.append(waits.register(request_id))
+                node.propose(EntryKind.PUT, payload, request_id)
                 request_id += 1
             await asyncio.gather(*futures)
             cpu_s += _thread_cpu_s(node) - cpu0

@@ -293,7 +293,8 @@ class MemberCluster(MemberCore):
     async def _propose_conf_change(self, cc_type: Any, node_id: int, member: membership.Member | None) -> None:
         node = self.node
         request_id = self.ids.next()
-        fut = node.propose_conf_change(cc_type, node_id, member, request_id)
+        fut = self.waits.register(request_id)
+        node.propose_conf_change(cc_type, node_id, member, request_id)
         await self._wait_applied(fut, request_id)
 
     async def member_add(self, req: pb.MemberAddRequest) -> pb.MemberAddResponse:
@@ -372,10 +373,10 @@ class MemberCluster(MemberCore):
         if not node.is_leader:
             data = await self._call_leader("member_promote", req.SerializeToString())
             return pb.MemberPromoteResponse.FromString(data)
-        progress = node.raw.status().progress.get(req.ID)  # type: ignore[call-overload]
+        match = node.progress_match.get(req.ID)
         last = node.last_index
         # etcd: a learner is ready once its match index is at least 90 % of the leader's
-        if progress is None or progress.match < last * LEARNER_READY_FRACTION:
+        if match is None or match < last * LEARNER_READY_FRACTION:
             raise errors.LEARNER_NOT_READY
         m = members[req.ID]
         m.is_learner = False
@@ -394,11 +395,11 @@ class MemberCluster(MemberCore):
         """Graceful stop of a leader: hand leadership to the most caught-up voter first (as etcd on SIGTERM),
         so the cluster does not wait an election timeout. Best effort, bounded by an election timeout."""
         node = self.node
-        progress = node.raw.status().progress
+        progress = node.progress_match
         voters = [v for v in node.conf_state.voters if v != self.member_id and v in progress]
         if not voters:
             return
-        target = max(voters, key=lambda v: progress[v].match)
+        target = max(voters, key=lambda v: progress[v])
         try:
             await self._transfer_leadership(target, max(1.0, 2 * self.settings.election_timeout_ms / 1000))
             log.info("handed leadership over before stopping", extra={"new-leader": f"{target:x}"})

@@ -4,7 +4,7 @@
    some applied index A, and writers go on meanwhile (WAL mode).
 2. Catch-up rounds: the log entries committed after A (the ``raft_log`` table keeps the last 10,000) are
    appended to the copy and applied to it by a private ``Applier``, exactly as the node applied them.
-3. The node's writer is paused (``LocalNode.write_lock``), the last few entries are caught up, the copy is
+3. The node is paused between two turns (``Node.pause_writes``), the last few entries are caught up, the copy is
    fsynced and renamed over the database file (``Backend.swap_file``), connections reopen, the writer resumes.
 
 Invariants: apply is deterministic, so the copy after catch-up holds the same content as the live file at

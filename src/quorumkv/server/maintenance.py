@@ -85,17 +85,16 @@ class MemberMaintenance(MemberCore):
                     # checkpoint now, so closing the old file in the pause below has little WAL left to copy
                     await loop.run_in_executor(None, self.backend.checkpoint)
                     await loop.run_in_executor(None, rebuild.catch_up)
-                    await loop.run_in_executor(None, node.write_lock.acquire)
-                    paused = time.perf_counter()
-                    try:
-                        await loop.run_in_executor(None, rebuild.finish, self.applier.applied_index)
-                        old_file = self.backend.swap_file(rebuild.path)
-                        self.reader = self.backend.new_reader()
-                        if self.hub is not None:
-                            self.hub.reader = self.reader
-                    finally:
-                        node.write_lock.release()
-                        self.last_defrag_pause_s = time.perf_counter() - paused
+                    async with node.pause_writes():
+                        paused = time.perf_counter()
+                        try:
+                            await loop.run_in_executor(None, rebuild.finish, self.applier.applied_index)
+                            old_file = self.backend.swap_file(rebuild.path)
+                            self.reader = self.backend.new_reader()
+                            if self.hub is not None:
+                                self.hub.reader = self.reader
+                        finally:
+                            self.last_defrag_pause_s = time.perf_counter() - paused
                 except BaseException:
                     rebuild.abort()
                     raise

@@ -21,8 +21,9 @@ from quorumkv.mvcc.watch import WatchHub
 from quorumkv.server.apply import Applier
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.identity import IdGenerator
-from quorumkv.server.raft_node import RaftNode
+from quorumkv.server.node import Node
 from quorumkv.server.settings import ServerSettings
+from quorumkv.server.wait import WaitRegistry
 from quorumkv.storage import membership
 from quorumkv.storage.backend import Backend
 from quorumkv.storage.datadir import DataDir
@@ -62,7 +63,7 @@ class MemberCore:
     bootstrap_members: list[membership.Member] | None
     leader_changes: int
     last_defrag_pause_s: float
-    _node: RaftNode | None
+    _node: Node | None
     _allocated_bytes: int | None
     _file_lock: asyncio.Lock
     _is_leader: bool
@@ -70,9 +71,10 @@ class MemberCore:
     _removed: asyncio.Event
     _transport_starting: asyncio.Task[None] | None
     _fsync_observer: Callable[[float], None] | None
+    waits: WaitRegistry
 
     # implemented by QuorumServer and the other parts
-    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> RaftNode:
+    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> Node:
         raise NotImplementedError
 
     async def _handle_lease_renew(self, payload: bytes) -> bytes:
@@ -94,7 +96,7 @@ class MemberCore:
         raise NotImplementedError
 
     @property
-    def node(self) -> RaftNode:
+    def node(self) -> Node:
         if self._node is None:
             raise errors.STOPPED  # a joining member before it has joined
         return self._node
@@ -119,7 +121,8 @@ class MemberCore:
         if node.is_learner:
             raise errors.NOT_SUPPORTED_FOR_LEARNER
         request_id = self.ids.next()
-        fut = node.propose(kind, payload, request_id)
+        fut = self.waits.register(request_id)
+        node.propose(kind, payload, request_id)
         return await self._wait_applied(fut, request_id)
 
     async def _wait_applied(self, fut: asyncio.Future[Any], request_id: int) -> Any:

@@ -11,12 +11,13 @@ off the loop). Attributes are published by the engine's own thread after each ``
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from quorumkv.raft.messages import ConfChangeType, ConfState, Message
+from quorumkv.storage.membership import Member
 
 #: etcd's expected duration of applying one request: slower ones are reported ("apply request took too long").
 SLOW_APPLY_S = 0.1
@@ -32,21 +33,25 @@ class NodeStatus:
 class Node(Protocol):
     """A member's replicated log and state machine driver."""
 
-    # published state
-    term: int
-    lead: int
-    commit_index: int
-    conf_state: ConfState
-    #: Held by the engine's thread around each turn; holding it elsewhere pauses writes (online defrag).
-    write_lock: threading.Lock
     #: Entries at or above this index keep their ``raft_log`` rows (online defrag); None: no pin.
     log_pin: int | None
     slow_apply_s: float
     slow_apply_observer: Callable[[int, bytes, float], None] | None
     parked_timeout_s: float
+    #: ``peer -> match index`` as the leader last saw it (empty elsewhere); published after each turn.
+    progress_match: dict[int, int]
     #: Resolves once the engine's thread finished its first turn (see ``RaftNode.start``).
     first_turn: asyncio.Future[None]
 
+    # published state (read-only here)
+    @property
+    def term(self) -> int: ...
+    @property
+    def lead(self) -> int: ...
+    @property
+    def commit_index(self) -> int: ...
+    @property
+    def conf_state(self) -> ConfState: ...
     @property
     def is_leader(self) -> bool: ...
     @property
@@ -60,9 +65,11 @@ class Node(Protocol):
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None: ...
     def stop(self) -> None: ...
-    def propose(self, kind: int, payload: bytes, request_id: int) -> asyncio.Future[object]: ...
-    def propose_conf_change(self, cc_type: ConfChangeType, node_id: int, member: object,
-                            request_id: int) -> asyncio.Future[object]: ...
+    def propose(self, kind: int, payload: bytes, request_id: int) -> None:
+        """The entry's waiter (registered by the caller in the member's ``WaitRegistry``) is triggered when it
+        is applied here."""
+    def propose_conf_change(self, cc_type: ConfChangeType, node_id: int, member: Member | None,
+                            request_id: int) -> None: ...
     def forget(self, request_id: int) -> None: ...
     def read_index(self) -> asyncio.Future[None]: ...
     def step(self, messages: list[Message]) -> None: ...
@@ -71,3 +78,5 @@ class Node(Protocol):
     def report_snapshot(self, peer: int, ok: bool) -> None: ...
     def status(self) -> NodeStatus: ...
     def pin_log(self) -> int: ...
+    def pause_writes(self) -> AbstractAsyncContextManager[None]:
+        """Hold the engine between two turns (nothing appended, applied or committed) for the duration."""

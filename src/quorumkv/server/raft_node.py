@@ -30,6 +30,7 @@ The event-loop side (``propose``, ``read_index``, ``propose_conf_change``, ``ste
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -38,9 +39,10 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from quorumkv.errors import EtcdError
 from quorumkv.raft.core import Config, ProposalDroppedError
@@ -63,8 +65,9 @@ from quorumkv.raft.rawnode import RawNode, Ready
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
 from quorumkv.server.failpoints import Failpoints
-from quorumkv.server.node import NodeStatus
+from quorumkv.server.node import Node, NodeStatus
 from quorumkv.server.ready import AppliedStateStorage, ReadyProcessor
+from quorumkv.server.wait import WaitRegistry
 from quorumkv.storage import membership, schema, state_snapshot
 from quorumkv.storage.backend import Backend, truncate_wal
 from quorumkv.storage.raftlog import RaftLogTable
@@ -222,6 +225,51 @@ class PendingRead:
     index: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Propose:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeConfChange:
+    cc: ConfChange
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    messages: list[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndex:
+    fut: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeadership:
+    to: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unreachable:
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotStatus:
+    peer: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    pass
+
+
+#: What the event loop hands the Raft thread (its inbox); the thread alone touches the core.
+Inbox = Propose | ProposeConfChange | Step | ReadIndex | TransferLeadership | Unreachable | SnapshotStatus | Stop
+
+
 class RaftNode:
     """A member of a Raft cluster. ``propose`` etc. are called on the event loop; the rest on the Raft thread."""
 
@@ -236,7 +284,7 @@ class RaftNode:
                  on_leader_change: Callable[[int, bool], None] | None = None,
                  on_conf_applied: Callable[[ConfChange], None] | None = None,
                  on_fatal: Callable[[BaseException], None] | None = None,
-                 failpoints: Failpoints | None = None) -> None:
+                 failpoints: Failpoints | None = None, waits: WaitRegistry | None = None) -> None:
         self.backend = backend
         self.log_table = RaftLogTable()
         self.applier = applier
@@ -254,8 +302,12 @@ class RaftNode:
         self.slow_apply_observer: Callable[[int, bytes, float], None] | None = None
         self.slow_apply_s = 0.1
         self.write_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[object, ...]] = queue.SimpleQueue()
-        self._waiters: dict[int, asyncio.Future[object]] = {}
+        self._queue: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
+        #: The member's wait registry: proposers register, this node only reports applied results.
+        self.waits = waits if waits is not None else WaitRegistry()
+        #: ``peer -> match index`` as the leader's progress tracker last said (published by the Raft thread after
+        #: each turn; empty on a follower), so no other thread reads the core.
+        self.progress_match: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -274,7 +326,7 @@ class RaftNode:
         self._sm = ApplierStateMachine(backend, applier, self.log_store)
         self.storage = AppliedStateStorage(self._sm.dump)
         # a put proposed on another member is answered there: don't build its response here
-        applier.response_wanted = self._waiters.__contains__
+        applier.response_wanted = self.waits.__contains__
         conf_state = self._load(bootstrap)
         self.raw = RawNode(Config(
             id=NodeId(member_id), storage=self.storage, rng=rng or random.Random(member_id ^ time.time_ns()),
@@ -377,73 +429,58 @@ class RaftNode:
 
     # -- the event loop side --------------------------------------------------------------------------------
 
-    def propose(self, kind: int, payload: bytes, request_id: int) -> asyncio.Future[object]:
-        """Queue a normal entry; the future resolves with its response once committed and applied here."""
-        assert self._loop is not None, "node not started"
-        fut: asyncio.Future[object] = self._loop.create_future()
+    def propose(self, kind: int, payload: bytes, request_id: int) -> None:
+        """Queue a normal entry; ``request_id``'s waiter (registered by the caller in ``waits``) is triggered
+        with its response once the entry is committed and applied here."""
         if self._stopped:
-            fut.set_exception(EtcdError("UNAVAILABLE", "etcdserver: server stopped"))
-            return fut
-        self._waiters[request_id] = fut
-        self._queue.put(("p", encode_entry(kind, request_id, payload)))
-        return fut
+            self.waits.trigger(request_id, EtcdError("UNAVAILABLE", "etcdserver: server stopped"))
+            return
+        self._queue.put(Propose(encode_entry(kind, request_id, payload)))
 
     def propose_conf_change(self, cc_type: ConfChangeType, node_id: int, member: membership.Member | None,
-                            request_id: int) -> asyncio.Future[object]:
-        assert self._loop is not None, "node not started"
-        fut: asyncio.Future[object] = self._loop.create_future()
-        self._waiters[request_id] = fut
+                            request_id: int) -> None:
+        """Queue a membership change; its waiter is triggered with the new configuration (or an error)."""
         cc = ConfChange(cc_type, NodeId(node_id), conf_change_context(request_id, member))
-        self._queue.put(("cc", cc))
-        return fut
+        self._queue.put(ProposeConfChange(cc))
 
     def forget(self, request_id: int) -> None:
-        """The caller gave up waiting (timeout): drop its future, and its proposal if it is still parked here
+        """The caller gave up waiting (timeout): drop its waiter, and its proposal if it is still parked here
         waiting for a leader (then it is never proposed). One already handed to Raft may still be applied."""
-        self._waiters.pop(request_id, None)
+        self.waits.cancel(request_id)
         self._abandoned.add(request_id)
 
     def read_index(self) -> asyncio.Future[None]:
         """Resolves once this member has applied everything committed before the call (linearizable read)."""
         assert self._loop is not None, "node not started"
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put(("r", fut))
+        self._queue.put(ReadIndex(fut))
         return fut
 
     def step(self, messages: list[Message]) -> None:
         """Messages from peers (called by the transport on the event loop)."""
-        self._queue.put(("m", messages))
+        self._queue.put(Step(messages))
 
     def transfer_leadership(self, to: int) -> None:
-        self._queue.put(("t", to))
+        self._queue.put(TransferLeadership(to))
 
     def report_unreachable(self, peer: int) -> None:
-        self._queue.put(("u", peer))
+        self._queue.put(Unreachable(peer))
 
     def report_snapshot(self, peer: int, ok: bool) -> None:
-        self._queue.put(("s", peer, ok))
+        self._queue.put(SnapshotStatus(peer, ok))
 
     def _deliver(self, result: ApplyResult) -> None:
         self._on_applied(result)
-        waiters = self._waiters
+        trigger = self.waits.trigger
         for request_id, response in result.responses.items():
-            fut = waiters.pop(request_id, None)
-            if fut is None or fut.done():
-                continue
-            if isinstance(response, BaseException):
-                fut.set_exception(response)
-            else:
-                fut.set_result(response)
+            trigger(request_id, response)
 
     def _fail_all(self, err: BaseException) -> None:
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.set_exception(err)
-        self._waiters.clear()
+        self.waits.fail_all(err)
 
     @property
     def pending_proposals(self) -> int:
-        return len(self._waiters)
+        return len(self.waits)
 
     @property
     def last_index(self) -> int:
@@ -463,6 +500,16 @@ class RaftNode:
         cs = self.conf_state
         return cs.voters == (self.member_id,) and not cs.learners
 
+    @contextlib.asynccontextmanager
+    async def pause_writes(self) -> AsyncIterator[None]:
+        """Hold the Raft thread between two turns for the duration (an online defrag's swap): nothing is
+        appended, applied or committed meanwhile. Taken off the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.write_lock.acquire)
+        try:
+            yield
+        finally:
+            self.write_lock.release()
+
     def pin_log(self) -> int:
         """Keep ``raft_log`` rows for every entry above the applied index (until ``log_pin`` is cleared), so an
         online defrag can replay them into its copy; returns the pin. Blocks until the Raft thread's turn in
@@ -479,7 +526,7 @@ class RaftNode:
         if self._stopped:
             return
         self._stopped = True
-        self._queue.put(("x",))
+        self._queue.put(Stop())
         if self._thread is not None:
             self._thread.join(timeout=30)
 
@@ -516,7 +563,7 @@ class RaftNode:
         next_tick = time.monotonic() + self.tick_s
         while True:
             timeout = max(0.0, next_tick - time.monotonic())
-            items: list[tuple[object, ...]] = []
+            items: list[Inbox] = []
             try:
                 items.append(q.get(timeout=timeout))
                 while len(items) < PROPOSALS_PER_TURN_MAX:
@@ -534,33 +581,35 @@ class RaftNode:
                 proposals: list[bytes] = []
                 new_reads: list[asyncio.Future[None]] = []
                 for item in items:
-                    tag = item[0]
-                    if tag == "p":
-                        proposals.append(item[1])  # type: ignore[arg-type]
-                    elif tag == "m":
-                        for m in item[1]:  # type: ignore[attr-defined]
-                            try:
-                                raw.step(m)
-                            except Exception as exc:  # a malformed or unexpected message must not kill us
-                                log.warning("dropping a peer message: %r", exc)
-                    elif tag == "r":
-                        new_reads.append(item[1])  # type: ignore[arg-type]
-                    elif tag == "cc":
-                        self._pending_cc.append((now, item[1]))  # type: ignore[arg-type]
-                    elif tag == "t":
-                        raw.transfer_leadership(NodeId(int(item[1])))  # type: ignore[call-overload]
-                    elif tag == "u":
-                        raw.report_unreachable(NodeId(int(item[1])))  # type: ignore[call-overload]
-                    elif tag == "s":
-                        raw.report_snapshot(NodeId(int(item[1])), bool(item[2]))  # type: ignore[call-overload]
-                    elif tag == "x":
-                        return
+                    if type(item) is Propose:  # the common case first
+                        proposals.append(item.data)
+                        continue
+                    match item:
+                        case Step(messages):
+                            for m in messages:
+                                try:
+                                    raw.step(m)
+                                except Exception as exc:  # a malformed or unexpected message must not kill us
+                                    log.warning("dropping a peer message: %r", exc)
+                        case ReadIndex(fut):
+                            new_reads.append(fut)
+                        case ProposeConfChange(cc):
+                            self._pending_cc.append((now, cc))
+                        case TransferLeadership(to):
+                            raw.transfer_leadership(NodeId(to))
+                        case Unreachable(peer):
+                            raw.report_unreachable(NodeId(peer))
+                        case SnapshotStatus(peer, ok):
+                            raw.report_snapshot(NodeId(peer), ok)
+                        case Stop():
+                            return
                 self._propose(proposals, now)
                 if new_reads:
                     self._request_read(new_reads, now)
                 while raw.has_ready():
                     self._handle_ready(raw.ready())
                 self._maybe_compact_log()
+                self._publish_progress()
 
     def _propose(self, proposals: list[bytes], now: float) -> None:
         raw = self.raw
@@ -672,6 +721,14 @@ class RaftNode:
         except (OSError, sqlite3.Error) as exc:
             log.warning("WAL checkpoint failed: %r", exc)
 
+    def _publish_progress(self) -> None:
+        """The leader's view of each member's match index, for the event loop (a new dict, never mutated)."""
+        raft = self.raw.raft
+        if raft.state == StateType.LEADER:
+            self.progress_match = {int(pid): int(pr.match) for pid, pr in raft.tracker.progress.items()}
+        elif self.progress_match:
+            self.progress_match = {}
+
     def _maybe_compact_log(self) -> None:
         """Keep the log bounded: past ``snapshot_count`` applied entries, drop all but the last few thousand."""
         self._ready.maybe_compact()
@@ -686,3 +743,8 @@ def _release_reads(futures: list[asyncio.Future[None]]) -> None:
     for f in futures:
         if not f.done():
             f.set_result(None)
+
+
+if TYPE_CHECKING:
+    def _is_a_node(node: RaftNode) -> Node:  # mypy checks that RaftNode offers the whole Node protocol
+        return node

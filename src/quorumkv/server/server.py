@@ -32,8 +32,10 @@ from quorumkv.server.identity import IdGenerator, compute_cluster_id, compute_me
 from quorumkv.server.kv import MemberKV
 from quorumkv.server.lease import MemberLeases
 from quorumkv.server.maintenance import MemberMaintenance
+from quorumkv.server.node import Node
 from quorumkv.server.raft_node import RaftNode
 from quorumkv.server.settings import ServerSettings
+from quorumkv.server.wait import WaitRegistry
 from quorumkv.storage import membership, schema
 from quorumkv.storage.backend import Backend, meta_get, meta_set, read_txn
 from quorumkv.storage.datadir import DataDir, open_data_dir
@@ -58,8 +60,10 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
             self.backend = Backend(self.datadir.db_path)
             self.applier = Applier(self.backend.writer, min_lease_ttl_seconds=settings.min_lease_ttl_seconds)
             self._init_membership()
+            #: One waiter per proposed request ID, owned here whatever node runs (etcd's wait.Wait).
+            self.waits = WaitRegistry()
             self._fsync_observer = fsync_observer
-            self._node: RaftNode | None = None
+            self._node: Node | None = None
             if not self.joining:
                 self._node = self._make_node(fsync_observer)
         except BaseException:
@@ -147,7 +151,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
             heartbeat_interval_ms=s.heartbeat_interval_ms, election_timeout_ms=s.election_timeout_ms,
             snapshot_count=s.snapshot_count, fsync_observer=fsync_observer,
             on_leader_change=self._on_leader_change, on_conf_applied=self._on_conf_applied,
-            on_fatal=self._on_node_fatal)
+            on_fatal=self._on_node_fatal, waits=self.waits)
         node.parked_timeout_s = s.request_timeout_s
         return node
 
