@@ -20,6 +20,8 @@ log = logging.getLogger("quorumkv.server")
 
 #: How often the leader looks for expired leases (etcd checks every 500 ms as well).
 LEASE_EXPIRY_CHECK_S = 0.5
+#: A follower asks its leader again this soon when the leader does not know a lease the follower has applied.
+LEASE_RENEW_RETRY_S = 0.02
 
 
 class MemberLeases(MemberCore):
@@ -40,15 +42,29 @@ class MemberLeases(MemberCore):
         """KeepAlive: the lease's TTL after renewal, or 0 if it does not exist (etcd answers TTL 0).
         Only the leader keeps lease clocks: a follower forwards the renewal to it."""
         if not self._is_leader:
-            data = await self._call_leader("lease_renew", lease_id.to_bytes(8, "big", signed=True))
-            return int.from_bytes(data, "big", signed=True)
-        ttl = self.lessor.renew(lease_id)
-        return 0 if ttl is None else ttl
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.request_timeout_s
+            while True:
+                data = await self._call_leader("lease_renew", lease_id.to_bytes(8, "big", signed=True))
+                ttl = int.from_bytes(data, "big", signed=True)
+                # The leader sends the commit index before it applies the entry itself, so this member can know a
+                # lease its leader has not recorded yet: ask again (bounded) while the lease exists here.
+                if ttl != 0 or lease_id not in self.applier.leases or loop.time() >= deadline:
+                    return ttl
+                await asyncio.sleep(LEASE_RENEW_RETRY_S)
+        renewed = self.lessor.renew(lease_id)
+        return 0 if renewed is None else renewed
 
     async def lease_time_to_live(self, req: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
         if not self._is_leader:
-            data = await self._call_leader("lease_ttl", req.SerializeToString())
-            resp = pb.LeaseTimeToLiveResponse.FromString(data)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.request_timeout_s
+            while True:  # as lease_renew: the leader may not have recorded a lease this member has applied
+                data = await self._call_leader("lease_ttl", req.SerializeToString())
+                resp = pb.LeaseTimeToLiveResponse.FromString(data)
+                if resp.TTL != -1 or req.ID not in self.applier.leases or loop.time() >= deadline:
+                    break
+                await asyncio.sleep(LEASE_RENEW_RETRY_S)
             resp.header.revision = max(resp.header.revision, self.current_revision)
             return resp
         return self._lease_time_to_live_here(req)
