@@ -16,8 +16,8 @@ from quorumkv.errors import EtcdError
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.identity import IdGenerator, compute_member_id
 from quorumkv.server.member import MemberCore
-from quorumkv.storage import membership
-from quorumkv.storage.backend import meta_set, read_txn
+from quorumkv.storage import membership, schema
+from quorumkv.storage.backend import read_txn
 
 log = logging.getLogger("quorumkv.server")
 
@@ -139,8 +139,7 @@ class MemberCluster(MemberCore):
             self.transport.member_id = self.member_id
             self.transport.cluster_id = self.cluster_id
             with self.backend.write_txn() as c:
-                meta_set(c, "member_id", f"{self.member_id:x}")
-                meta_set(c, "cluster_id", f"{self.cluster_id:x}")
+                schema.save_identity(c, self.member_id, self.cluster_id)
                 for m in members:
                     membership.upsert_member(c, m)
             self.ids = IdGenerator(self.member_id, int(time.time() * 1000))

@@ -37,7 +37,7 @@ from quorumkv.server.raft_node import RaftNode
 from quorumkv.server.settings import ServerSettings
 from quorumkv.server.wait import WaitRegistry
 from quorumkv.storage import membership, schema
-from quorumkv.storage.backend import Backend, meta_get, meta_set, read_txn
+from quorumkv.storage.backend import Backend, read_txn
 from quorumkv.storage.datadir import DataDir, open_data_dir
 from quorumkv.transport.base import Transport
 
@@ -104,7 +104,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
         of one (every member computes the same IDs from the peer URLs and ``--initial-cluster-token``)."""
         conn = self.backend.writer
         s = self.settings
-        stored = meta_get(conn, "member_id")
+        stored = schema.member_id(conn)
         self.bootstrap_members: list[membership.Member] | None = None
         self.joining = False
         if stored is None:
@@ -123,20 +123,19 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
                 return
             cluster_id = compute_cluster_id(list(members.values()))
             with self.backend.write_txn() as c:
-                meta_set(c, "member_id", f"{member_id:x}")
-                meta_set(c, "cluster_id", f"{cluster_id:x}")
+                schema.save_identity(c, member_id, cluster_id)
             self.bootstrap_members = [
                 membership.Member(mid, name, list(peers.get(name) or my_peers), list(s.advertise_client_urls)
                                   if name == s.name else [])
                 for name, mid in members.items()]
         else:
-            member_id = int(stored, 16)
+            member_id = stored
             if schema.hard_state(conn) is None:  # a release-0.1 single member: this start's name and client URLs
                 with self.backend.write_txn() as c:
                     membership.apply_attributes(
                         c, membership.Member(member_id, s.name, [], list(s.advertise_client_urls)))
         self.member_id = member_id
-        self.cluster_id = int(meta_get(conn, "cluster_id"), 16)
+        self.cluster_id = schema.cluster_id(conn) or 0
         if membership.is_removed(conn, member_id):
             raise EtcdError("FAILED_PRECONDITION",
                             f"member {member_id:x} was removed from the cluster; its data dir "
