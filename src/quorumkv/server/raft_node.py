@@ -722,10 +722,12 @@ class RaftNode:
             log.warning("WAL checkpoint failed: %r", exc)
 
     def _publish_progress(self) -> None:
-        """The leader's view of each member's match index, for the event loop (a new dict, never mutated)."""
+        """The leader's view of each member's match index, for the event loop (a new dict, never mutated).
+        Only its peers' entries are read (learner promotion, hand-over), so a sole voter publishes nothing."""
         raft = self.raw.raft
-        if raft.state == StateType.LEADER:
-            self.progress_match = {int(pid): int(pr.match) for pid, pr in raft.tracker.progress.items()}
+        progress = raft.tracker.progress
+        if raft.state == StateType.LEADER and len(progress) > 1:
+            self.progress_match = {int(pid): int(pr.match) for pid, pr in progress.items()}
         elif self.progress_match:
             self.progress_match = {}
 
