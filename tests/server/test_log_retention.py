@@ -59,6 +59,13 @@ def test_single_member_stores_log_rows_only_while_pinned(tmp_path: Path) -> None
             # the log goes on after the last entry before the restart (a new term's no-op, the member's
             # published attributes, the put), and every entry is applied
             assert srv.node.last_index >= last + 2
+            # the published-attributes entry may be appended while we read: read the pair until it settles
+            # (a sole voter appends and applies each entry in one transaction, so it always settles)
+            for _ in range(200):
+                last_now = srv.node.last_index
+                if srv.node.applier.applied_index == last_now == srv.node.last_index:
+                    break
+                await asyncio.sleep(0.05)
             assert srv.node.applier.applied_index == srv.node.last_index
         finally:
             await srv.stop()
