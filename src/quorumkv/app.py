@@ -14,10 +14,12 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +28,9 @@ from urllib.parse import urlsplit
 import grpc
 from prometheus_client import CollectorRegistry
 
+from quorumkv.api.cmux import ClientMux
 from quorumkv.api.gateway import CORS_HEADERS, Gateway
-from quorumkv.api.http import HttpServer
+from quorumkv.api.http import MAX_HEAD_BYTES, HttpServer
 from quorumkv.api.servicers import add_servicers
 from quorumkv.backup.manager import BackupOptions, SnapshotManager
 from quorumkv.backup.scheduler import Clock, SnapshotScheduler
@@ -157,7 +160,8 @@ class RunningMember:
                  http_servers: list[HttpServer] | None = None, metrics_urls: list[str] | None = None,
                  client_http_urls: list[str] | None = None,
                  snapshot_scheduler: SnapshotScheduler | None = None,
-                 snapshot_task: asyncio.Task[None] | None = None) -> None:
+                 snapshot_task: asyncio.Task[None] | None = None,
+                 client_mux: _ClientPorts | None = None) -> None:
         self.server = server
         #: the client gRPC servers (``CLIENT_GRPC_SERVERS`` of them, sharing the client URLs' ports)
         self.grpc_servers = grpc_servers
@@ -171,6 +175,8 @@ class RunningMember:
         #: the scheduled snapshots (``--etcd-snapshot-schedule-cron``), None when disabled
         self.snapshot_scheduler = snapshot_scheduler
         self._snapshot_task = snapshot_task
+        #: gRPC and HTTP/1.1 on the client URLs (None: the client URLs serve gRPC only)
+        self.client_mux = client_mux
 
     async def close(self, grace_s: float = 1.0) -> None:
         if self._snapshot_task is not None:
@@ -181,9 +187,13 @@ class RunningMember:
                 await self._snapshot_task
             except asyncio.CancelledError:
                 pass
+        if self.client_mux is not None:
+            await self.client_mux.front.close()
         for srv in self.http_servers:
             await srv.close()
         await _stop_grpc_servers(self.grpc_servers, grace_s)
+        if self.client_mux is not None:
+            self.client_mux.remove_sockets()
         await self.server.stop()
 
 
@@ -264,6 +274,54 @@ async def _start_http(url: str, srv: HttpServer, tls: TLSFiles | None) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
+class _ClientPorts:
+    """gRPC and HTTP/1.1 on every client URL (etcd 3.4's cmux, ``api/cmux.py``): the gRPC servers listen on
+    private unix sockets (a 0700 temporary directory; one socket per server and per plain/TLS kind) and a front
+    listener on each client URL sends each connection to them or to the HTTP server."""
+
+    def __init__(self) -> None:
+        self.sock_dir = ""
+        self.paths: dict[bool, list[str]] = {False: [], True: []}
+        self.front: ClientMux | None = None
+
+    def bind_grpc(self, grpc_servers: list[grpc.aio.Server], urls: list[str], tls: TLSFiles | None) -> None:
+        kinds = {listen_address(url)[1] for url in urls}  # validates every URL first
+        self.sock_dir = tempfile.mkdtemp(prefix="quorumkv-grpc-")
+        for n, grpc_server in enumerate(grpc_servers):
+            for secure in sorted(kinds):
+                path = os.path.join(self.sock_dir, f"{n}{'s' if secure else ''}.sock")
+                addr = f"unix:{path}"
+                port = (grpc_server.add_secure_port(addr, _credentials(tls or TLSFiles())) if secure
+                        else grpc_server.add_insecure_port(addr))
+                if port == 0:
+                    raise OSError(f"cannot listen on {addr} (the client gRPC servers' private socket)")
+                self.paths[secure].append(path)
+
+    async def start_front(self, urls: list[str], http_server: HttpServer, tls: TLSFiles | None) -> list[str]:
+        secure_any = any(listen_address(url)[1] for url in urls)
+        self.front = ClientMux(self.paths, http_server.serve_connection, _http_ssl(tls) if secure_any else None,
+                               stream_limit=MAX_HEAD_BYTES)
+        bound = []
+        for url in urls:
+            addr, secure = listen_address(url)
+            parts = urlsplit(url)
+            assert parts.hostname is not None and parts.port is not None
+            try:
+                self.front.listen(parts.hostname, parts.port, secure=secure)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(f"cannot listen on {url}: address in use; choose another --listen-client-urls"
+                                  ) from None
+                raise OSError(f"cannot listen on {url}: {exc.strerror or exc}; "
+                              "choose another --listen-client-urls") from exc
+            bound.append(url)
+        return bound
+
+    def remove_sockets(self) -> None:
+        if self.sock_dir:
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
 #: Test-only: ``advertisedPeerURL=dialURL,...`` (set by ``quorumkv.testing.cluster`` to route links through fault
 #: proxies); malformed pairs are ignored.
 PEER_DIAL_MAP_ENV = "QUORUMKV_TEST_PEER_DIAL_MAP"
@@ -291,6 +349,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     metrics_urls: list[str] = []
     client_http_urls: list[str] = []
     grpc_servers: list[grpc.aio.Server] = []
+    #: no --listen-client-http-urls: the client URLs serve gRPC and HTTP/1.1 (etcd 3.4), else gRPC only (3.5)
+    ports = _ClientPorts() if not http.listen_client_http_urls else None
     try:
         await server.start()
         options = [
@@ -309,7 +369,7 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
         servicers = add_servicers(grpc_servers, server,
                                   instrument=lambda servicer, name: instrument_servicer(servicer, name, stats))
         bound = []
-        for url in listen_client_urls:
+        for url in listen_client_urls if ports is None else ():
             addr, secure = listen_address(url)
             _refuse_busy_address(addr, url)
             for grpc_server in grpc_servers:  # credentials per server: each re-reads rotated files itself
@@ -320,6 +380,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
                                   "choose another --listen-client-urls")
                 addr = f"{addr.rsplit(':', 1)[0]}:{port}"  # port 0: the others join the port the first got
             bound.append(url)
+        if ports is not None:
+            ports.bind_grpc(grpc_servers, listen_client_urls, tls)
         for grpc_server in grpc_servers:
             await grpc_server.start()
         registry = build_registry(server, stats, quota_backend_bytes=http.quota_backend_bytes)
@@ -333,10 +395,18 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
             srv = HttpServer(gateway.client_handler, max_body_bytes=body_limit, extra_headers=CORS_HEADERS)
             http_servers.append(srv)
             client_http_urls.append(await _start_http(url, srv, tls))
+        if ports is not None:
+            srv = HttpServer(gateway.client_handler, max_body_bytes=body_limit, extra_headers=CORS_HEADERS)
+            http_servers.append(srv)
+            bound = await ports.start_front(listen_client_urls, srv, tls)
     except BaseException:
+        if ports is not None and ports.front is not None:
+            await ports.front.close()
         for srv in http_servers:
             await srv.close()
         await _stop_grpc_servers(grpc_servers, 0)
+        if ports is not None:
+            ports.remove_sockets()
         await server.stop()
         raise
     log.info("serving client requests", extra={"listen-client-urls": bound, "member-id": f"{server.member_id:x}",
@@ -353,7 +423,7 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
                                                "retention": backups.retention, "s3": backups.s3 is not None})
     return RunningMember(server, grpc_servers, bound, stats=stats, registry=registry, http_servers=http_servers,
                          metrics_urls=metrics_urls, client_http_urls=client_http_urls,
-                         snapshot_scheduler=scheduler, snapshot_task=task)
+                         snapshot_scheduler=scheduler, snapshot_task=task, client_mux=ports)
 
 
 async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TLSFiles | None = None,

@@ -9,7 +9,10 @@ proto field names in responses (``prev_kv``, ``cluster_id``; requests accept bot
 strings, bytes as standard base64, default values omitted, unknown request fields ignored. Errors are
 ``{"error":msg,"message":msg,"code":grpc_code}`` with grpc-gateway's HTTP status. Streaming calls (watch,
 keepalive, snapshot) answer chunked, one ``{"result":{...}}`` object per line; the request body of watch and
-keepalive may carry several JSON objects, and once it ends the stream stays open until the client leaves.
+keepalive may carry several JSON objects. Once the body ends the request stream is half-closed, as
+grpc-gateway's CloseSend: the answer ends when the call does (a keepalive answers each request, then ends),
+and a watch -- whose servicer keeps streaming after a half-close, as etcd's -- stays open until the client
+leaves.
 """
 
 from __future__ import annotations
@@ -311,16 +314,19 @@ class Gateway:
                     yield parse_message(obj, req_cls)
                 except json_format.ParseError:
                     break
-            # etcd keeps the stream open after the request body ends, until the client goes away.
-            await req.wait_disconnect()
-            gone.set()
+            # the body has ended: the request stream half-closes here (grpc-gateway's CloseSend), and from
+            # now on the connection is only watched for the client going away
+            watcher.append(asyncio.ensure_future(_set_when_gone(req, gone)))
 
         ctx = GatewayContext(token=_authorization(req))
         gone = asyncio.Event()
-        return StreamResponse(self._stream_out(method(requests(), ctx), ctx, gone), headers=_STREAM_HEADERS)
+        watcher: list[asyncio.Future[None]] = []
+        return StreamResponse(self._stream_out(method(requests(), ctx), ctx, gone, watcher),
+                              headers=_STREAM_HEADERS)
 
     async def _stream_out(self, responses: AsyncIterator[Message], ctx: GatewayContext,
-                          gone: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+                          gone: asyncio.Event | None = None,
+                          watcher: list[asyncio.Future[None]] | None = None) -> AsyncIterator[bytes]:
         """The responses as chunks, until they end or (``gone``) the client closes the connection -- which a
         gRPC client's cancel would tell the servicer, so its generator is closed then, as a cancel closes it."""
         try:
@@ -333,6 +339,8 @@ class Gateway:
                 yield _stream_error(_code_value(ctx.code() or grpc.StatusCode.UNIMPLEMENTED),
                                     ctx.details() or "Method not implemented!")
         finally:
+            for task in watcher or ():
+                task.cancel()
             aclose: Callable[[], Awaitable[None]] | None = getattr(responses, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -354,7 +362,10 @@ async def _until(responses: AsyncIterator[Message], gone: asyncio.Event | None) 
             nxt = asyncio.ensure_future(it.__anext__())
             done, _ = await asyncio.wait([nxt, stop], return_when=asyncio.FIRST_COMPLETED)
             if nxt not in done:
-                nxt.cancel()
+                nxt.cancel()  # and let the cancel land, so the generator can be closed next (bounded wait)
+                await asyncio.wait([nxt], timeout=5.0)
+                if nxt.done() and not nxt.cancelled():
+                    nxt.exception()  # retrieved: a late error of a call the client has left is not reported
                 return
             try:
                 yield nxt.result()
@@ -362,6 +373,14 @@ async def _until(responses: AsyncIterator[Message], gone: asyncio.Event | None) 
                 return
     finally:
         stop.cancel()
+
+
+async def _set_when_gone(req: Request, gone: asyncio.Event) -> None:
+    try:
+        await req.wait_disconnect()
+    except (ConnectionError, OSError):
+        pass
+    gone.set()
 
 
 def _authorization(req: Request) -> str | None:

@@ -184,6 +184,10 @@ class HttpServer:
                 pass
         self._servers.clear()
 
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve a connection accepted elsewhere (the client port's front, ``api/cmux.py``) until it ends."""
+        await self._on_conn(reader, writer)
+
     async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
