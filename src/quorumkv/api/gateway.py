@@ -295,20 +295,24 @@ class Gateway:
         objects = _ObjectReader(req)
         try:  # the first request is read before answering, so a bad body gets a plain error (as etcd)
             first = await objects.next()
-            first_msg = parse_message(first if first is not None else {}, req_cls)
+            if first is not None and not isinstance(first, dict):
+                raise ValueError(f"json: cannot unmarshal {type(first).__name__} into a request object")
+            # an empty body sends no request at all (etcd: a keepalive answers nothing and ends)
+            first_msg = parse_message(first, req_cls) if first is not None else None
         except HttpError:
             raise
         except (ValueError, json_format.ParseError) as exc:
             return error_response(2, str(exc))
 
         async def requests() -> AsyncIterator[Message]:
-            yield first_msg
-            while True:
+            if first_msg is not None:  # None: nothing was sent, the request stream is closed at once
+                yield first_msg
+            while first_msg is not None:
                 try:
                     obj = await objects.next()
                 except (ValueError, HttpError):
                     break
-                if obj is None:
+                if obj is None or not isinstance(obj, dict):
                     break
                 try:
                     yield parse_message(obj, req_cls)
