@@ -187,7 +187,7 @@ class RunningMember:
                 await self._snapshot_task
             except asyncio.CancelledError:
                 pass
-        if self.client_mux is not None:
+        if self.client_mux is not None and self.client_mux.front is not None:
             await self.client_mux.front.close()
         for srv in self.http_servers:
             await srv.close()
@@ -303,7 +303,7 @@ class _ClientPorts:
                                stream_limit=MAX_HEAD_BYTES)
         bound = []
         for url in urls:
-            addr, secure = listen_address(url)
+            _, secure = listen_address(url)
             parts = urlsplit(url)
             assert parts.hostname is not None and parts.port is not None
             try:

@@ -111,6 +111,11 @@ def classify_tls(data: bytes) -> str | None:
     return GRPC if b"h2" in alpn and b"http/1.1" not in alpn else HTTP
 
 
+def _set_once(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class _Splice(asyncio.Protocol):
     """One direction's reader and the other direction's writer: bytes read here are written to ``other``."""
 
@@ -124,12 +129,13 @@ class _Splice(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio's classes
+        assert self.transport is not None
         with contextlib.suppress(Exception):
             sock = transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.early:
-            transport.writelines(self.early)
+            self.transport.writelines(self.early)
             self.early.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -248,8 +254,8 @@ class ClientMux:
             if data:  # a partial preface or ClientHello: the socket stays readable, so poll gently
                 await asyncio.sleep(min(0.01, remaining))
                 continue
-            ready = self._loop.create_future()
-            self._loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+            ready: asyncio.Future[None] = self._loop.create_future()
+            self._loop.add_reader(fd, _set_once, ready)
             try:
                 await asyncio.wait_for(ready, remaining)
             except TimeoutError:
