@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import socket
@@ -200,16 +201,27 @@ class ClientMux:
                 if (family, sockaddr) in seen:
                     continue
                 seen.add((family, sockaddr))
-                sock = socket.socket(family, type_, proto)
+                try:
+                    sock = socket.socket(family, type_, proto)
+                except OSError:
+                    continue  # an address family this host lacks (no IPv6 ...)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    if port == 0 and bound:
+                        sockaddr = (sockaddr[0], bound[0].getsockname()[1], *sockaddr[2:])
+                    sock.bind(sockaddr)
+                except OSError as exc:
+                    sock.close()
+                    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                        continue  # e.g. "localhost" resolving to ::1 on a host without IPv6, as grpc skips it
+                    raise
                 bound.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if port == 0 and len(bound) > 1:
-                    sockaddr = (sockaddr[0], bound[0].getsockname()[1], *sockaddr[2:])
-                sock.bind(sockaddr)
                 sock.listen(1024)
                 sock.setblocking(False)
+            if not bound:
+                raise OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} can be bound")
         except BaseException:
             for sock in bound:
                 sock.close()
