@@ -284,6 +284,25 @@ class _ClientPorts:
         self.paths: dict[bool, list[str]] = {False: [], True: []}
         self.front: ClientMux | None = None
 
+    def bind_front(self, urls: list[str]) -> list[str]:
+        """Bind every client URL (before the member starts; accepting begins in :meth:`start_front`)."""
+        self.front = ClientMux(stream_limit=MAX_HEAD_BYTES)
+        bound = []
+        for url in urls:
+            listen_address(url)  # validates the URL
+            parts = urlsplit(url)
+            assert parts.hostname is not None and parts.port is not None
+            try:
+                self.front.listen(parts.hostname, parts.port, secure=parts.scheme == "https")
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(f"cannot listen on {url}: address in use; choose another --listen-client-urls"
+                                  ) from None
+                raise OSError(f"cannot listen on {url}: {exc.strerror or exc}; "
+                              "choose another --listen-client-urls") from exc
+            bound.append(url)
+        return bound
+
     def bind_grpc(self, grpc_servers: list[grpc.aio.Server], urls: list[str], tls: TLSFiles | None) -> None:
         kinds = {listen_address(url)[1] for url in urls}  # validates every URL first
         self.sock_dir = tempfile.mkdtemp(prefix="quorumkv-grpc-")
@@ -297,25 +316,10 @@ class _ClientPorts:
                     raise OSError(f"cannot listen on {addr} (the client gRPC servers' private socket)")
                 self.paths[secure].append(path)
 
-    async def start_front(self, urls: list[str], http_server: HttpServer, tls: TLSFiles | None) -> list[str]:
+    def start_front(self, urls: list[str], http_server: HttpServer, tls: TLSFiles | None) -> None:
+        assert self.front is not None
         secure_any = any(listen_address(url)[1] for url in urls)
-        self.front = ClientMux(self.paths, http_server.serve_connection, _http_ssl(tls) if secure_any else None,
-                               stream_limit=MAX_HEAD_BYTES)
-        bound = []
-        for url in urls:
-            _, secure = listen_address(url)
-            parts = urlsplit(url)
-            assert parts.hostname is not None and parts.port is not None
-            try:
-                self.front.listen(parts.hostname, parts.port, secure=secure)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise OSError(f"cannot listen on {url}: address in use; choose another --listen-client-urls"
-                                  ) from None
-                raise OSError(f"cannot listen on {url}: {exc.strerror or exc}; "
-                              "choose another --listen-client-urls") from exc
-            bound.append(url)
-        return bound
+        self.front.start(self.paths, http_server.serve_connection, _http_ssl(tls) if secure_any else None)
 
     def remove_sockets(self) -> None:
         if self.sock_dir:
@@ -352,6 +356,9 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     #: no --listen-client-http-urls: the client URLs serve gRPC and HTTP/1.1 (etcd 3.4), else gRPC only (3.5)
     ports = _ClientPorts() if not http.listen_client_http_urls else None
     try:
+        bound: list[str] = []
+        if ports is not None:
+            bound = ports.bind_front(listen_client_urls)
         await server.start()
         options = [
             ("grpc.max_receive_message_length", settings.max_request_bytes + GRPC_OVERHEAD_BYTES),
@@ -368,7 +375,6 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
                             for _ in range(CLIENT_GRPC_SERVERS))
         servicers = add_servicers(grpc_servers, server,
                                   instrument=lambda servicer, name: instrument_servicer(servicer, name, stats))
-        bound = []
         for url in listen_client_urls if ports is None else ():
             addr, secure = listen_address(url)
             _refuse_busy_address(addr, url)
@@ -398,7 +404,7 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
         if ports is not None:
             srv = HttpServer(gateway.client_handler, max_body_bytes=body_limit, extra_headers=CORS_HEADERS)
             http_servers.append(srv)
-            bound = await ports.start_front(listen_client_urls, srv, tls)
+            ports.start_front(listen_client_urls, srv, tls)
     except BaseException:
         if ports is not None and ports.front is not None:
             await ports.front.close()

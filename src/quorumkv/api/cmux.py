@@ -174,18 +174,17 @@ class _Splice(asyncio.Protocol):
 
 
 class ClientMux:
-    """The front of one or more client URLs. ``grpc_paths[secure]``: the gRPC servers' unix socket paths (one
-    per server; connections are spread round-robin); ``http_connected``: the HTTP server's stream callback;
-    ``http_ssl``: the HTTPS context for ``https://`` URLs."""
+    """The front of one or more client URLs: :meth:`listen` binds them (early, so that clients connecting while
+    the member starts wait in the kernel's backlog instead of being refused and backing off), :meth:`start`
+    begins accepting once the gRPC servers and the HTTP side are up."""
 
-    def __init__(self, grpc_paths: dict[bool, list[str]],
-                 http_connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
-                 http_ssl: ssl.SSLContext | None, *, stream_limit: int) -> None:
-        self._grpc_paths = {k: itertools.cycle(v) for k, v in grpc_paths.items() if v}
-        self._http_connected = http_connected
-        self._http_ssl = http_ssl
+    def __init__(self, *, stream_limit: int) -> None:
+        self._grpc_paths: dict[bool, itertools.cycle[str]] = {}
+        self._http_connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any] | None = None
+        self._http_ssl: ssl.SSLContext | None = None
         self._stream_limit = stream_limit
         self._listeners: list[socket.socket] = []
+        self._secure: dict[int, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._splices: set[_Splice] = set()
         self._loop = asyncio.get_running_loop()
@@ -228,8 +227,20 @@ class ClientMux:
             raise
         for sock in bound:
             self._listeners.append(sock)
-            self._loop.add_reader(sock.fileno(), self._accept, sock, secure)
+            self._secure[sock.fileno()] = secure
         return int(bound[0].getsockname()[1])
+
+    def start(self, grpc_paths: dict[bool, list[str]],
+              http_connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+              http_ssl: ssl.SSLContext | None) -> None:
+        """Accept on every bound URL. ``grpc_paths[secure]``: the gRPC servers' unix socket paths (one per
+        server; connections are spread round-robin); ``http_connected``: the HTTP server's stream callback;
+        ``http_ssl``: the HTTPS context for ``https://`` URLs."""
+        self._grpc_paths = {k: itertools.cycle(v) for k, v in grpc_paths.items() if v}
+        self._http_connected = http_connected
+        self._http_ssl = http_ssl
+        for sock in self._listeners:
+            self._loop.add_reader(sock.fileno(), self._accept, sock, self._secure[sock.fileno()])
 
     def _accept(self, lsock: socket.socket, secure: bool) -> None:
         for _ in range(64):
@@ -313,6 +324,7 @@ class ClientMux:
         front.closed.add_done_callback(lambda _f: self._splices.discard(front))
 
     async def _serve_http(self, sock: socket.socket, secure: bool) -> None:
+        assert self._http_connected is not None
         reader = asyncio.StreamReader(limit=self._stream_limit, loop=self._loop)
         protocol = asyncio.StreamReaderProtocol(reader, self._http_connected, loop=self._loop)
         ctx = self._http_ssl if secure else None
@@ -324,7 +336,8 @@ class ClientMux:
         server, which closes them)."""
         self._closing = True
         for sock in self._listeners:
-            self._loop.remove_reader(sock.fileno())
+            if self._http_connected is not None:
+                self._loop.remove_reader(sock.fileno())
             sock.close()
         self._listeners.clear()
         for task in list(self._tasks):

@@ -282,11 +282,19 @@ class ProcessHandle(Handle):
         return False
 
     def _await_ready(self, proc: subprocess.Popen[bytes]) -> bool:
-        """Poll until the child answers (True), exits, is too slow (killed) or close() began (False)."""
-        channels = [probe.channel() for probe in self._probes]
+        """Poll until the child answers (True), exits, is too slow (killed) or close() began (False).
+
+        Every round dials on fresh channels: a channel made before the child listens goes through gRPC's
+        reconnect backoff (1 s growing 1.6x: the child was seen ready up to 6 s late), and grpc-core's client
+        was seen to leave such a channel's later connection unstarted until its 20 s connect timeout (no
+        preface sent) when the server does not speak first, as the client port's front does not."""
+        channels: list[grpc.Channel] = []
         deadline = time.monotonic() + self._ready_timeout_s
         try:
             while not self._closing.is_set() and proc.poll() is None:
+                for channel in channels:
+                    channel.close()
+                channels = [probe.channel() for probe in self._probes]
                 if self._probe(channels) and proc.poll() is None:
                     return True
                 if time.monotonic() > deadline:
