@@ -217,3 +217,28 @@ async def test_http_details_keepalive_chunked_and_expect_continue(member: Member
     # Garbage request line: 400 and the connection closes.
     raw = await _raw(member.http_url, b"NONSENSE\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400")
+
+
+async def test_bidi_answers_end_with_the_request_body_except_watch(member: Member) -> None:
+    """As etcd's gateway: the body's end half-closes the call, so a keepalive answers each request object and
+    ends (an empty body: nothing, at once); a watch keeps streaming (checked against etcd 3.4 in
+    tests/api/test_client_port.py)."""
+    url = member.http_url
+    _, grant = await post_json(url + "/v3/lease/grant", {"TTL": 60})
+    lid = grant["ID"]
+    body = json.dumps({"ID": lid}).encode() * 3
+    status, _, data = await asyncio.wait_for(request("POST", url + "/v3/lease/keepalive", body), 30)
+    lines = [json.loads(line) for line in data.splitlines() if line.strip()]
+    assert status == 200 and [r["result"]["ID"] for r in lines] == [lid] * 3
+    status, _, data = await asyncio.wait_for(request("POST", url + "/v3/lease/keepalive", b""), 30)
+    assert (status, data) == (200, b"")
+    status, _, data = await asyncio.wait_for(request("POST", url + "/v3/lease/keepalive", b"[1]"), 30)
+    assert status == 500 and json.loads(data)["code"] == 2
+    watch = await Stream.open(url + "/v3/watch", {"create_request": {"key": b64("half")}})
+    try:
+        assert (await asyncio.wait_for(watch.next(), 30))["result"]["created"] is True
+        await post_json(url + "/v3/kv/put", {"key": b64("half"), "value": b64("1")})
+        event = await asyncio.wait_for(watch.next(), 30)
+        assert event["result"]["events"][0]["kv"]["key"] == b64("half")
+    finally:
+        watch.close()
