@@ -362,6 +362,11 @@ async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TL
                 backups: BackupOptions | None = None) -> None:
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT when it is None)."""
     member = await start_member(settings, listen_client_urls, tls, http, backups=backups)
+    if member.server.reset_removed is not None:  # --cluster-reset/--force-new-cluster: what to do next
+        from quorumkv.server.reset import next_steps
+
+        print(next_steps(member.server.member_id, member.server.reset_removed, cluster_reset=settings.cluster_reset,
+                         data_dir=settings.data_dir), file=sys.stderr, flush=True)
     stop = stop_event or asyncio.Event()
     if stop_event is None:
         loop = asyncio.get_running_loop()
@@ -519,6 +524,31 @@ class _RevokedClientInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
                                                      handler.response_serializer)
 
 
+def _restore_for_cluster_reset(config: Any, settings: ServerSettings) -> None:
+    """--cluster-reset-restore-path: fetch and verify the snapshot, then restore it as the data dir (the old one
+    is kept beside it); the member then starts as a cluster of one (server/reset.py)."""
+    import shutil
+    from pathlib import Path
+
+    from quorumkv.backup.restore_source import RestoreSourceError, resolve_restore_source
+    from quorumkv.backup.s3 import S3Config
+    from quorumkv.server import reset
+    from quorumkv.server.snapshot import SnapshotError
+
+    if Path(settings.data_dir).is_dir():
+        reset.check_guard(settings.data_dir)
+    target = Path(settings.data_dir)
+    work = target.parent / f".{target.name}.reset-download-{os.getpid()}"
+    try:
+        s3 = S3Config.from_config(config) if getattr(config, "etcd_s3", False) else None
+        path = resolve_restore_source(settings.cluster_reset_restore_path, work_dir=work, s3=s3)
+        reset.restore_data_dir(path, settings)
+    except (RestoreSourceError, SnapshotError) as exc:
+        raise ValueError(f"--cluster-reset-restore-path: {exc}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def run_server(config: Any) -> int:
     """Blocking entry for the ``quorumkv`` command: returns the process exit code."""
     setup_logging(getattr(config, "log_level", "info"), getattr(config, "log_format", "json"))
@@ -530,6 +560,8 @@ def run_server(config: Any) -> int:
                    client_cert_auth=bool(getattr(config, "client_cert_auth", False)),
                    crl_file=getattr(config, "client_crl_file", "") or "", ciphers=ciphers)
     try:
+        if settings.cluster_reset_restore_path:
+            _restore_for_cluster_reset(config, settings)
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config),
                              backups=BackupOptions.from_config(config) if hasattr(config, "etcd_snapshot_dir")

@@ -711,8 +711,9 @@ class PeerTransport:
             return cluster_mismatch_message(self.cluster_id, cluster_id, sender_id)
         if receiver_id != self.member_id:
             return member_mismatch_message(self.member_id, receiver_id)
-        if sender_id in self._removed:
-            return removed_member_message(sender_id)
+        if sender_id in self._removed:  # the peer matches the first part; the rest is for whoever reads the log
+            return removed_member_message(sender_id) + (
+                " (wipe its data dir, then 'member add' it and start it with --initial-cluster-state existing)")
         return None
 
     def _deliver(self, sender_id: int, frames: Sequence[bytes]) -> str | None:
