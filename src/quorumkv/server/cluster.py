@@ -233,7 +233,9 @@ class MemberCluster(MemberCore):
         the leader stopped talking to us). Record it, so a restart on this data dir is refused too."""
         if self._removed.is_set():
             return
-        log.warning("a peer says this member was removed from the cluster; stopping",
+        log.warning("a peer says this member was removed from the cluster (member remove, or a cluster reset on "
+                    "that peer); stopping: delete this data dir, 'member add' this member on the cluster and start it "
+                    "with --initial-cluster-state existing",
                     extra={"member-id": f"{self.member_id:x}", "peer": f"{peer:x}"})
         try:
             with self.backend.write_txn() as c:
