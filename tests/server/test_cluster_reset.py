@@ -63,11 +63,18 @@ def set_flag(member: ClusterMember, flag: str, value: str) -> None:
     member.argv[i + 1] = value
 
 
-def crash_all_but_first(cluster: Cluster) -> None:
-    """Quorum loss: two of three members die (SIGKILL); the survivor is stopped to restart it with the flag."""
-    cluster.kill("m2")
-    cluster.kill("m3")
-    cluster.stop("m1")
+def crash_all(cluster: Cluster, last_key: str) -> None:
+    """Quorum loss: every member dies (SIGKILL) once the survivor-to-be, m1, holds the last acknowledged write (a
+    reset keeps what its member holds; a write m1 never received cannot survive on m1)."""
+    deadline = time.monotonic() + 30
+    while True:
+        r = run_etcdctl(cluster.member("m1").client_url, "get", last_key, "--consistency=s", timeout_s=30)
+        if r.returncode == 0 and last_key in r.stdout:
+            break
+        assert time.monotonic() < deadline, f"m1 never applied {last_key}"
+        time.sleep(0.1)
+    for name in ("m2", "m3", "m1"):
+        cluster.kill(name)
 
 
 def test_cluster_reset_after_quorum_loss(tmp_path: Path) -> None:
@@ -81,7 +88,7 @@ def test_cluster_reset_after_quorum_loss(tmp_path: Path) -> None:
             endpoint = cluster.members[k % 3].client_url  # followers forward: each write acknowledged by one
             ok(run_etcdctl(endpoint, "put", f"k{k}", f"v{k}", timeout_s=30))
             acked[f"k{k}"] = f"v{k}"
-        crash_all_but_first(cluster)
+        crash_all(cluster, "k19")
         old_m2 = tmp_path / "m2-old-data"
         shutil.copytree(m2.data_dir, old_m2)
         shutil.rmtree(m2.data_dir)
