@@ -170,6 +170,7 @@ def _force_new_cluster(cluster: Cluster) -> dict[str, object]:
             "leader_is_self": status["leader"] == status["header"]["member_id"], "again": again}
 
 
+@pytest.mark.slow  # two clusters; the default suite checks the flag in process (test_reset_unit.py)
 def test_force_new_cluster_matches_etcd(tmp_path: Path) -> None:
     with start_etcd_cluster(2, tmp_path / "etcd", **FAST) as etcd:
         want = _force_new_cluster(etcd)
@@ -180,7 +181,7 @@ def test_force_new_cluster_matches_etcd(tmp_path: Path) -> None:
     assert got == want
 
 
-@pytest.mark.parametrize("source", ["quorumkv", "etcd"])
+@pytest.mark.parametrize("source", [pytest.param("quorumkv", marks=pytest.mark.slow), "etcd"])
 def test_cluster_reset_restore_path(tmp_path: Path, source: str) -> None:
     """A snapshot saved by ``etcdctl snapshot save`` (from quorumkv or from etcd 3.4) restored by
     ``--cluster-reset --cluster-reset-restore-path`` on a fresh data dir, then over an existing one (kept aside)."""

@@ -82,3 +82,21 @@ def test_reset_keeps_every_entry_the_member_holds(tmp_path: Path) -> None:
 def test_cluster_reset_of_an_empty_data_dir_is_refused(tmp_path: Path) -> None:
     with pytest.raises(EtcdError, match="holds no member to reset"):
         QuorumServer(settings(tmp_path / "none", cluster_reset=True))
+
+
+def test_force_new_cluster_resets_on_every_start_without_a_guard(tmp_path: Path) -> None:
+    """etcd's flag: the same reset, no reset-flag file, and a start with the flag again resets again (a no-op
+    for a sole member: nothing more removed, its data kept)."""
+    data = tmp_path / "a"
+    me = make_three_member_data_dir(data)
+    for removed in (2, 0):
+        server = QuorumServer(settings(data, force_new_cluster=True))
+        try:
+            assert server.reset_removed is not None and len(server.reset_removed) == removed
+            conn = server.backend.writer
+            assert list(membership.load_members(conn)) == [me]
+            assert store.current_revision(conn) == 3
+            assert not (data / reset.GUARD_FILE).exists()
+        finally:
+            server.backend.close()
+            server.datadir.close()
