@@ -108,6 +108,8 @@ def test_cluster_reset_after_quorum_loss(tmp_path: Path) -> None:
         m2_argv = list(m2.argv)
         m2.argv = [a if a != str(m2.data_dir) else str(old_m2) for a in m2.argv]
         cluster.restart("m2", wait_ready=False)
+        r = run_etcdctl(m2.client_url, "--command-timeout=3s", "put", "old", "x", timeout_s=30)
+        assert r.returncode != 0
         wait_exit(m2, 60)  # (0: a member that learns its removal stops cleanly, as after member remove)
         m2_log = m2.log_tail(200)
         assert "removed from the cluster" in m2_log
@@ -214,13 +216,18 @@ def test_cluster_reset_restore_path(tmp_path: Path, source: str) -> None:
     finally:
         refused.stop()
     (data / "reset-flag").unlink()
+    (data / "snapshots").mkdir(exist_ok=True)
+    shutil.copy(snap, data / "snapshots" / "kept.db")  # the default --etcd-snapshot-dir stays in the data dir
+    flags[1] = f"--cluster-reset-restore-path={data / 'snapshots' / 'kept.db'}"
     server = start_quorumkv(tmp_path / "over", "n1", flags, data_dir=data)
     try:
         assert "new" not in all_kvs(server.client_url)
         assert len(all_kvs(server.client_url)) == 10
     finally:
         server.stop()
-    assert [p.name.startswith("restored-old-") for p in tmp_path.iterdir()].count(True) == 1
+    old = [p for p in tmp_path.iterdir() if p.name.startswith("restored-old-")]
+    assert len(old) == 1 and (old[0] / "quorumkv.db").exists()
+    assert (data / "snapshots" / "kept.db").exists()
 
 
 def test_cluster_reset_refusals(tmp_path: Path) -> None:

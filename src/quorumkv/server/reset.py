@@ -44,6 +44,8 @@ log = logging.getLogger("quorumkv.server")
 
 #: Left in the data dir by a ``--cluster-reset`` (K3s names its file the same).
 GUARD_FILE = "reset-flag"
+#: The default ``--etcd-snapshot-dir`` inside the data dir (moved into the restored data dir).
+SNAPSHOTS_DIR = "snapshots"
 
 
 def guard_path(data_dir: str | os.PathLike[str]) -> Path:
@@ -101,6 +103,8 @@ def restore_data_dir(snapshot: Path, settings: ServerSettings) -> Path | None:
         if any(target.iterdir()):
             old = target.parent / f"{target.name}-old-{stamp}"
             os.replace(target, old)
+            if (old / SNAPSHOTS_DIR).is_dir():  # the default --etcd-snapshot-dir stays where the flags say
+                os.replace(old / SNAPSHOTS_DIR, staging / SNAPSHOTS_DIR)
         else:
             target.rmdir()
     os.replace(staging, target)
