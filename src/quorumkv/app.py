@@ -282,6 +282,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     http = http or HttpOptions()
     if not settings.peer_dial_map:
         settings.peer_dial_map = peer_dial_map_from_env(os.environ.get(PEER_DIAL_MAP_ENV, ""))
+    if settings.cluster_reset_restore_path:  # before the data dir is opened (it is replaced)
+        _restore_for_cluster_reset(settings, backups.s3 if backups is not None else None)
     stats = ServerStats(extensive=http.metrics == "extensive")
     server = QuorumServer(settings, on_applied_hooks=[stats.on_applied], fsync_observer=stats.observe_commit)
     if server._node is not None:  # a joining member creates its node once it has joined
@@ -524,14 +526,13 @@ class _RevokedClientInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
                                                      handler.response_serializer)
 
 
-def _restore_for_cluster_reset(config: Any, settings: ServerSettings) -> None:
+def _restore_for_cluster_reset(settings: ServerSettings, s3: Any) -> None:
     """--cluster-reset-restore-path: fetch and verify the snapshot, then restore it as the data dir (the old one
     is kept beside it); the member then starts as a cluster of one (server/reset.py)."""
     import shutil
     from pathlib import Path
 
     from quorumkv.backup.restore_source import RestoreSourceError, resolve_restore_source
-    from quorumkv.backup.s3 import S3Config
     from quorumkv.server import reset
     from quorumkv.server.snapshot import SnapshotError
 
@@ -540,7 +541,6 @@ def _restore_for_cluster_reset(config: Any, settings: ServerSettings) -> None:
     target = Path(settings.data_dir)
     work = target.parent / f".{target.name}.reset-download-{os.getpid()}"
     try:
-        s3 = S3Config.from_config(config) if getattr(config, "etcd_s3", False) else None
         path = resolve_restore_source(settings.cluster_reset_restore_path, work_dir=work, s3=s3)
         reset.restore_data_dir(path, settings)
     except (RestoreSourceError, SnapshotError) as exc:
@@ -560,8 +560,6 @@ def run_server(config: Any) -> int:
                    client_cert_auth=bool(getattr(config, "client_cert_auth", False)),
                    crl_file=getattr(config, "client_crl_file", "") or "", ciphers=ciphers)
     try:
-        if settings.cluster_reset_restore_path:
-            _restore_for_cluster_reset(config, settings)
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config),
                              backups=BackupOptions.from_config(config) if hasattr(config, "etcd_snapshot_dir")
