@@ -247,3 +247,26 @@ def test_cluster_reset_refusals(tmp_path: Path) -> None:
     finally:
         for p in (bad, fresh, missing):
             p.stop()
+
+
+@pytest.mark.slow  # a second 3-member cluster
+def test_two_old_members_back_together_are_refused(tmp_path: Path) -> None:
+    """Both lost members come back on their old data at once (a majority of the old configuration): the reset
+    member refuses both as removed, both stop, and neither acknowledges a write."""
+    with start_quorumkv_cluster(3, tmp_path, **FAST) as cluster:
+        m1 = cluster.member("m1")
+        for k in range(5):
+            ok(run_etcdctl(cluster.members[k % 3].client_url, "put", f"k{k}", f"v{k}", timeout_s=30))
+        crash_all(cluster, "k4")
+        m1.argv.append("--cluster-reset")
+        cluster.restart("m1", ready_timeout_s=60)
+        for name in ("m2", "m3"):
+            cluster.restart(name, wait_ready=False)
+        results = [run_etcdctl(cluster.member(n).client_url, "--command-timeout=3s", "put", "split", n, timeout_s=30)
+                   for n in ("m2", "m3")]
+        for name in ("m2", "m3"):
+            wait_exit(cluster.member(name), 60)
+            assert "removed from the cluster" in cluster.member(name).log_tail(200)
+        assert all(r.returncode != 0 for r in results), [r.stdout for r in results]
+        assert "split" not in all_kvs(m1.client_url)
+        assert member_names(m1.client_url) == ["m1"]
