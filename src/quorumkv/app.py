@@ -282,6 +282,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     http = http or HttpOptions()
     if not settings.peer_dial_map:
         settings.peer_dial_map = peer_dial_map_from_env(os.environ.get(PEER_DIAL_MAP_ENV, ""))
+    if settings.cluster_reset_restore_path:  # before the data dir is opened (it is replaced)
+        _restore_for_cluster_reset(settings, backups.s3 if backups is not None else None)
     stats = ServerStats(extensive=http.metrics == "extensive")
     server = QuorumServer(settings, on_applied_hooks=[stats.on_applied], fsync_observer=stats.observe_commit)
     if server._node is not None:  # a joining member creates its node once it has joined
@@ -362,6 +364,11 @@ async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TL
                 backups: BackupOptions | None = None) -> None:
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT when it is None)."""
     member = await start_member(settings, listen_client_urls, tls, http, backups=backups)
+    if member.server.reset_removed is not None:  # --cluster-reset/--force-new-cluster: what to do next
+        from quorumkv.server.reset import next_steps
+
+        print(next_steps(member.server.member_id, member.server.reset_removed, cluster_reset=settings.cluster_reset,
+                         data_dir=settings.data_dir), file=sys.stderr, flush=True)
     stop = stop_event or asyncio.Event()
     if stop_event is None:
         loop = asyncio.get_running_loop()
@@ -517,6 +524,29 @@ class _RevokedClientInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
                                                         handler.request_deserializer, handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), handler.request_deserializer,
                                                      handler.response_serializer)
+
+
+def _restore_for_cluster_reset(settings: ServerSettings, s3: Any) -> None:
+    """--cluster-reset-restore-path: fetch and verify the snapshot, then restore it as the data dir (the old one
+    is kept beside it); the member then starts as a cluster of one (server/reset.py)."""
+    import shutil
+    from pathlib import Path
+
+    from quorumkv.backup.restore_source import RestoreSourceError, resolve_restore_source
+    from quorumkv.server import reset
+    from quorumkv.server.snapshot import SnapshotError
+
+    if Path(settings.data_dir).is_dir():
+        reset.check_guard(settings.data_dir)
+    target = Path(settings.data_dir)
+    work = target.parent / f".{target.name}.reset-download-{os.getpid()}"
+    try:
+        path = resolve_restore_source(settings.cluster_reset_restore_path, work_dir=work, s3=s3)
+        reset.restore_data_dir(path, settings)
+    except (RestoreSourceError, SnapshotError) as exc:
+        raise ValueError(f"--cluster-reset-restore-path: {exc}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_server(config: Any) -> int:

@@ -108,6 +108,8 @@ FLAG_CASES: list[tuple[list[str], str, Any]] = [
     (["--peer-auto-tls"], "peer_auto_tls", True),
     (["--enable-pprof"], "enable_pprof", True),
     (["--force-new-cluster"], "force_new_cluster", True),
+    (["--cluster-reset"], "cluster_reset", True),
+    (["--cluster-reset", "--cluster-reset-restore-path", "/s/n.db"], "cluster_reset_restore_path", "/s/n.db"),
     (["--pre-vote=false"], "pre_vote", False),
     (["--strict-reconfig-check=false"], "strict_reconfig_check", False),
     (["--etcd-snapshot-schedule-cron", "0 */5 * * *"], "etcd_snapshot_schedule_cron", "0 */5 * * *"),

@@ -63,6 +63,9 @@ QUORUMKV_DIFFERENCES: dict[str, Any] = {
     "log_format": "json",  # not an etcd 3.4 flag
 }
 # K3s's snapshot and S3 flags (not etcd's): K3s's defaults, the snapshot dir under the data dir.
+#: K3s's cluster reset flags (server/reset.py).
+CLUSTER_RESET_DEFAULTS: dict[str, Any] = {"cluster_reset": False, "cluster_reset_restore_path": ""}
+
 K3S_SNAPSHOT_DEFAULTS: dict[str, Any] = {
     "etcd_snapshot_schedule_cron": "0 */12 * * *",
     "etcd_snapshot_retention": 5,
@@ -95,7 +98,7 @@ def test_auth_flags_are_checked() -> None:
 def test_defaults_are_etcds() -> None:
     config = ServerConfig()
     actual = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    assert actual == {**ETCD_34_DEFAULTS, **QUORUMKV_DIFFERENCES, **K3S_SNAPSHOT_DEFAULTS}
+    assert actual == {**ETCD_34_DEFAULTS, **QUORUMKV_DIFFERENCES, **K3S_SNAPSHOT_DEFAULTS, **CLUSTER_RESET_DEFAULTS}
 
 
 def test_derived_fields_follow_name() -> None:

@@ -73,6 +73,11 @@ class MemberCluster(MemberCore):
         if self.joining:
             await self._join()
         self._sync_peers()
+        with read_txn(self.reader):
+            removed = membership.removed_ids(self.reader)
+        for mid in removed:  # refused from the first message on, not only once this process removed them
+            if mid not in self._peer_urls and mid != self.member_id:
+                self.transport.remove_peer(mid)
 
     def _has_other_members(self) -> bool:
         """Whether the configuration (or the one being bootstrapped) has a member besides this one."""
@@ -80,6 +85,11 @@ class MemberCluster(MemberCore):
             return True
         with read_txn(self.reader):
             return any(mid != self.member_id for mid in membership.load_members(self.reader))
+
+    def _has_removed_members(self) -> bool:
+        """Whether some member was removed (a member reset to a cluster of one listens, to refuse the others)."""
+        with read_txn(self.reader):
+            return bool(membership.removed_ids(self.reader))
 
     async def _start_transport_logged(self) -> None:
         try:
@@ -223,7 +233,9 @@ class MemberCluster(MemberCore):
         the leader stopped talking to us). Record it, so a restart on this data dir is refused too."""
         if self._removed.is_set():
             return
-        log.warning("a peer says this member was removed from the cluster; stopping",
+        log.warning("a peer says this member was removed from the cluster (member remove, or a cluster reset on "
+                    "that peer); stopping: delete this data dir, 'member add' this member on the cluster and start it "
+                    "with --initial-cluster-state existing",
                     extra={"member-id": f"{self.member_id:x}", "peer": f"{peer:x}"})
         try:
             with self.backend.write_txn() as c:

@@ -106,6 +106,9 @@ class ServerConfig:
     auto_compaction_mode: str = "periodic"
     auto_compaction_retention: str = "0"
     force_new_cluster: bool = False
+    #: K3s's --cluster-reset and --cluster-reset-restore-path (server/reset.py).
+    cluster_reset: bool = False
+    cluster_reset_restore_path: str = ""
 
     # Auth
     auth_token: str = "simple"
@@ -242,6 +245,9 @@ class ServerConfig:
         self._validate_choices()
         self._validate_snapshots()
         self.auto_compaction_retention_parsed()
+        if self.cluster_reset_restore_path and not self.cluster_reset:  # cluster reset (server/reset.py)
+            raise ConfigError("--cluster-reset-restore-path needs --cluster-reset: add --cluster-reset to restore "
+                              "the snapshot as a new one-member cluster", flag="--cluster-reset-restore-path")
 
     def _validate_snapshots(self) -> None:
         from croniter import croniter

@@ -285,6 +285,22 @@ FLAG_SPECS: tuple[FlagSpec, ...] = (
     _s(
         "force-new-cluster", "force_new_cluster", "bool", "false", "Force to create a new one-member cluster."
     ),
+    # -- cluster reset (K3s; server/reset.py) --
+    _s(
+        "cluster-reset",
+        "cluster_reset",
+        "bool",
+        "false",
+        "Forget all peers and become the sole member of a new cluster, data kept (once: leaves reset-flag).",
+    ),
+    _s(
+        "cluster-reset-restore-path",
+        "cluster_reset_restore_path",
+        "str",
+        "",
+        "With --cluster-reset: restore this snapshot (file, .zip or s3://) into the data dir first.",
+    ),
+    # -- end cluster reset --
     _s(
         "experimental-watch-progress-notify-interval",
         "watch_progress_notify_interval_ms",

@@ -522,6 +522,17 @@ class RaftNode:
     def status(self) -> NodeStatus:
         return NodeStatus(term=self.term, commit_index=self.commit_index, applied_index=self.applier.applied_index)
 
+    def apply_committed(self) -> int:
+        """Before ``start``, on the calling thread: persist and apply what the stored log commits (a cluster
+        reset; server/reset.py). Messages are dropped. Returns the applied index; the node is spent afterwards."""
+        assert self._thread is None, "apply_committed runs before start"
+        with self.write_lock:
+            while self.raw.has_ready():
+                rd = self.raw.ready()
+                self._sm.result = self.applier.new_result()
+                self._ready.handle(rd)
+        return self.applier.applied_index
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -657,7 +668,8 @@ class RaftNode:
 
     def _send_from_thread(self, messages: list[Message]) -> None:
         loop = self._loop
-        assert loop is not None
+        if loop is None:  # apply_committed before start (a cluster reset): nobody to send to
+            return
         loop.call_soon_threadsafe(self._send, messages)
 
     def _handle_ready(self, rd: Ready) -> None:

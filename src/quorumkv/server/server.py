@@ -24,7 +24,7 @@ from quorumkv.errors import EtcdError
 from quorumkv.lease.lessor import Clock, Lessor, SystemClock
 from quorumkv.mvcc import store
 from quorumkv.mvcc.watch import WatchHub
-from quorumkv.server import compactor, defrag
+from quorumkv.server import compactor, defrag, reset
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.auth import MemberAuth
 from quorumkv.server.cluster import MemberCluster
@@ -54,8 +54,16 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
         self.clock = clock or SystemClock()
         self._hooks = on_applied_hooks or []
         _ = self.tokens  # a bad --auth-token (an unreadable key) fails the start before the data dir is touched
+        if settings.cluster_reset and reset.is_fresh(settings.data_dir):
+            raise EtcdError("FAILED_PRECONDITION",
+                            f"--cluster-reset: data dir {settings.data_dir} holds no member to reset: start without "
+                            "--cluster-reset, or give --cluster-reset-restore-path=SNAPSHOT to restore one")
         self.datadir: DataDir = open_data_dir(settings.data_dir)
         try:
+            if settings.cluster_reset:
+                reset.check_guard(self.datadir.path)
+            else:
+                reset.clear_guard(self.datadir.path)
             _remove_stale_temp_files(self.datadir.path)
             self.backend = Backend(self.datadir.db_path)
             self.applier = Applier(self.backend.writer, min_lease_ttl_seconds=settings.min_lease_ttl_seconds)
@@ -64,6 +72,14 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
             self.waits = WaitRegistry()
             self._fsync_observer = fsync_observer
             self._node: Node | None = None
+            #: --cluster-reset/--force-new-cluster: the members this start removed (None: no reset).
+            self.reset_removed: list[int] | None = None
+            if (settings.cluster_reset or settings.force_new_cluster) and not self.joining \
+                    and self.bootstrap_members is None:
+                self.reset_removed = reset.reset_membership(
+                    self.backend, lambda: self._make_node(None), self.member_id, data_dir=str(self.datadir.path))
+                if settings.cluster_reset:
+                    reset.write_guard(self.datadir.path)
             if not self.joining:
                 self._node = self._make_node(fsync_observer)
         except BaseException:
@@ -159,7 +175,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
         if self.settings.peer_dial_map:
             log.warning("QUORUMKV_TEST_PEER_DIAL_MAP is set: peers are dialled through the URLs it names "
                         "(a test-only setting; unset it in production)", extra={"map": self.settings.peer_dial_map})
-        if self.joining or self._has_other_members():
+        if self.joining or self._has_other_members() or self._has_removed_members():
             await self._start_transport()
         with read_txn(self.reader):
             rev = store.current_revision(self.reader)

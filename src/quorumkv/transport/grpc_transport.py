@@ -25,6 +25,7 @@ import collections
 import enum
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,6 +161,8 @@ class PeerTransport:
         self._channel_credentials = channel_credentials
         self._peers: dict[int, _Peer] = {}
         self._removed: set[int] = set()
+        #: (sender, its cluster ID) -> when its refused stream was last logged (once per minute).
+        self._refusals_logged: dict[tuple[int, int], float] = {}
         self._handlers: dict[str, CallHandler] = {}
         self._received: dict[int, list[int]] = {}  # sender → [messages, bytes]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -711,8 +714,9 @@ class PeerTransport:
             return cluster_mismatch_message(self.cluster_id, cluster_id, sender_id)
         if receiver_id != self.member_id:
             return member_mismatch_message(self.member_id, receiver_id)
-        if sender_id in self._removed:
-            return removed_member_message(sender_id)
+        if sender_id in self._removed:  # the peer matches the first part; the rest is for whoever reads the log
+            return removed_member_message(sender_id) + (
+                " (wipe its data dir, then 'member add' it and start it with --initial-cluster-state existing)")
         return None
 
     def _deliver(self, sender_id: int, frames: Sequence[bytes]) -> str | None:
@@ -778,9 +782,12 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame of a peer stream needs a header")
         refusal = t._refusal(h.cluster_id, h.sender_id, h.receiver_id)
         if refusal is not None:
-            log.warning("refused a peer stream", extra={"remote-peer-id": f"{h.sender_id:x}", "reason": refusal,
-                                                        "local-member-cluster-id": f"{t.cluster_id:x}",
-                                                        "remote-peer-cluster-id": f"{h.cluster_id:x}"})
+            now = time.monotonic()  # once per peer (and its cluster ID) per minute: it keeps redialling
+            if now - t._refusals_logged.get((h.sender_id, h.cluster_id), -1e9) >= 60:
+                t._refusals_logged[(h.sender_id, h.cluster_id)] = now
+                log.warning("refused a peer stream", extra={"remote-peer-id": f"{h.sender_id:x}", "reason": refusal,
+                                                            "local-member-cluster-id": f"{t.cluster_id:x}",
+                                                            "remote-peer-cluster-id": f"{h.cluster_id:x}"})
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         yield peer_pb2.StreamAck(member_id=t.member_id)
         sender = h.sender_id
