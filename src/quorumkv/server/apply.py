@@ -74,6 +74,8 @@ class ApplyResult:
     events: list[tuple[int, list[Event]]] = field(default_factory=list)  # (revision, events) in order
     leases_granted: list[tuple[int, int]] = field(default_factory=list)  # (lease id, ttl seconds)
     leases_revoked: list[int] = field(default_factory=list)
+    #: Lease checkpoints applied, as (lease id, remaining TTL seconds; 0: cleared by a renewal).
+    leases_checkpointed: list[tuple[int, int]] = field(default_factory=list)
     compacted_to: int = 0
     alarms_changed: bool = False
     members_changed: bool = False
@@ -109,6 +111,9 @@ class Applier:
         self.compact_revision = store.compact_revision(conn)
         self.applied_index = schema.applied_index(conn)
         self.leases: dict[int, int] = leases.load_leases(conn)
+        #: Checkpointed remaining TTLs (lease ID -> seconds), only for leases that have one; a new leader starts
+        #: those leases' clocks from here instead of their full TTL.
+        self.lease_remaining: dict[int, int] = leases.load_lease_remaining(conn)
         #: Raised alarms as (member ID (uint64), AlarmType); persisted in the ``alarm`` table.
         self.alarms: set[tuple[int, int]] = leases.load_alarms(conn)
         #: Users, roles and flags (an immutable value replaced by each auth entry; the event loop reads it).
@@ -142,7 +147,8 @@ class Applier:
             return
         savepoint(conn, "entry")
         saved = (self.revision, self.compact_revision, dict(self.leases) if kind >= EntryKind.LEASE_GRANT else None,
-                 set(self.alarms), self.auth)
+                 set(self.alarms), self.auth,
+                 dict(self.lease_remaining) if kind >= EntryKind.LEASE_GRANT else None)
         n_events = len(result.events)
         try:
             response = self._dispatch(conn, kind, payload, result)
@@ -153,6 +159,8 @@ class Applier:
             self.revision, self.compact_revision = saved[0], saved[1]
             if saved[2] is not None:
                 self.leases = saved[2]
+            if saved[5] is not None:
+                self.lease_remaining = saved[5]
             self.alarms = saved[3]
             self.auth = saved[4]
             del result.events[n_events:]
@@ -281,6 +289,8 @@ class Applier:
             return self.lease_grant(conn, pb.LeaseGrantRequest.FromString(payload), result)
         if kind == EntryKind.LEASE_REVOKE:
             return self.lease_revoke(conn, pb.LeaseRevokeRequest.FromString(payload), result)
+        if kind == EntryKind.LEASE_CHECKPOINT:
+            return self.lease_checkpoint(conn, pb.LeaseCheckpointRequest.FromString(payload), result)
         if kind == EntryKind.ALARM:
             return self.alarm(conn, pb.AlarmRequest.FromString(payload), result)
         if kind == EntryKind.NOOP:
@@ -466,6 +476,22 @@ class Applier:
 
     # -- leases ---------------------------------------------------------------------------------------------
 
+    def lease_checkpoint(self, conn: sqlite3.Connection, req: pb.LeaseCheckpointRequest, result: ApplyResult
+                         ) -> pb.LeaseCheckpointResponse:
+        """Record each lease's remaining TTL as the leader measured it (etcd's lessor.Checkpoint): the value is in
+        the entry, so every member stores the same. Unknown leases are skipped (revoked since)."""
+        for cp in req.checkpoints:
+            if cp.ID not in self.leases:
+                continue
+            remaining = max(0, int(cp.remaining_TTL))
+            leases.set_lease_remaining(conn, cp.ID, remaining)
+            if remaining:
+                self.lease_remaining[cp.ID] = remaining
+            else:
+                self.lease_remaining.pop(cp.ID, None)
+            result.leases_checkpointed.append((cp.ID, remaining))
+        return pb.LeaseCheckpointResponse(header=self._header(self.revision))
+
     def lease_grant(self, conn: sqlite3.Connection, req: pb.LeaseGrantRequest, result: ApplyResult
                     ) -> pb.LeaseGrantResponse:
         if req.ID == 0:
@@ -490,6 +516,7 @@ class Applier:
         self._end(txn, result)
         leases.delete_lease(conn, req.ID)
         del self.leases[req.ID]
+        self.lease_remaining.pop(req.ID, None)
         result.leases_revoked.append(req.ID)
         return pb.LeaseRevokeResponse(header=self._header(self.revision))
 

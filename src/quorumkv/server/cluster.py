@@ -195,9 +195,11 @@ class MemberCluster(MemberCore):
         if lead:
             self.leader_changes += 1
         if is_leader and not self._is_leader:
-            # a new leader restarts every lease clock, extended by an election timeout (as etcd's Promote):
+            # a new leader restarts every lease clock (from its checkpointed remaining TTL, with checkpointing),
+            # extended by an election timeout (as etcd's Promote):
             # no lease expires early because leadership moved
-            self.lessor.promote(dict(self.applier.leases), extend_s=self.settings.election_timeout_ms / 1000)
+            self.lessor.promote(dict(self.applier.leases), extend_s=self.settings.election_timeout_ms / 1000,
+                                remaining=self.applier.lease_remaining if self.settings.lease_checkpoint else None)
             log.info("became leader", extra={"member-id": f"{self.member_id:x}", "term": self.node.term})
         elif not is_leader and self._is_leader:
             self.lessor.promote({})

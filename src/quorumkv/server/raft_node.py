@@ -690,6 +690,7 @@ class RaftNode:
                 futs = [f for pr in ready for f in pr.futures]
                 loop.call_soon_threadsafe(_release_reads, futs)
         if result.responses or result.events or result.revision or result.leases_granted or result.leases_revoked \
+                or result.leases_checkpointed \
                 or result.compacted_to or result.alarms_changed or result.members_changed or result.auth_changed \
                 or rd.snapshot:
             if rd.snapshot is not None:

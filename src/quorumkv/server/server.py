@@ -73,7 +73,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
         self._auth_seen = self.applier.auth
         self._failed_auth = {}
         self._allocated_bytes: int | None = None
-        self.lessor = Lessor(self.clock)
+        self.lessor = Lessor(self.clock, settings.lease_checkpoint_interval_s if settings.lease_checkpoint else None)
         self.transport: Transport | None = None
         self._transport_starting: asyncio.Task[None] | None = None
         #: Builds the peer transport (tests inject an in-memory one); None: the gRPC ``PeerTransport``.
@@ -209,9 +209,11 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
             self.lessor.granted(lid, ttl)
         for lid in result.leases_revoked:
             self.lessor.revoked(lid)
+        for lid, _remaining in result.leases_checkpointed:
+            self.lessor.checkpointed(lid)  # the leader schedules the lease's next checkpoint
         hub = self.hub
         if result.restored:
-            self.lessor.promote(dict(self.applier.leases))  # only a leader's clocks matter
+            self.lessor.promote(dict(self.applier.leases), remaining=self._lease_remaining())  # a leader's clocks
             self.alarms = frozenset(self.applier.alarms)
             if hub is not None:
                 hub.resync(self.applier.revision, self.applier.compact_revision)
