@@ -2,7 +2,7 @@
 and a member that becomes leader again (here: after a restart) starts each lease's clock from its checkpoint.
 
 In-process members with a fake clock, so the numbers are exact. Multi-member and real-process tests live in
-``tests/server/test_lease_checkpoint_processes.py``.
+``tests/lease/test_lease_checkpoint_processes.py``.
 """
 
 from __future__ import annotations
