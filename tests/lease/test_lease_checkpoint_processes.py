@@ -50,7 +50,7 @@ def _restart_single(server: ServerProcess, tmp_path: Path, start: object, args: 
 
 
 @pytest.mark.skipif(os.environ.get("QUORUMKV_SLOW") != "1",
-                    reason="slow: set QUORUMKV_SLOW=1 to run (tests/lease/test_lease_checkpoint.py restarts in-process)")
+                    reason="slow: set QUORUMKV_SLOW=1 (test_lease_checkpoint.py restarts in-process)")
 def test_single_member_kill9_restart_keeps_the_remaining_ttl(tmp_path: Path) -> None:
     server = start_quorumkv(tmp_path, extra_args=CHECKPOINT)
     try:
