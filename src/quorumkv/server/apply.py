@@ -77,6 +77,10 @@ class ApplyResult:
     #: Lease checkpoints applied, as (lease id, remaining TTL seconds; 0: cleared by a renewal).
     leases_checkpointed: list[tuple[int, int]] = field(default_factory=list)
     compacted_to: int = 0
+    #: Rows (revisions) the compaction in this batch removed; and how long the writer spent on the batch that
+    #: compacted (seconds, measured by the node around apply, never inside it; 0 until then).
+    compacted_keys: int = 0
+    compaction_s: float = 0.0
     alarms_changed: bool = False
     members_changed: bool = False
     #: An auth entry changed users, roles, the enabled flag or the auth revision (tokens may be stale).
@@ -469,7 +473,7 @@ class Applier:
             raise errors.COMPACTED
         if rev > self.revision:
             raise errors.FUTURE_REV
-        store.compact(conn, rev)
+        result.compacted_keys += store.compact(conn, rev)
         self.compact_revision = rev
         result.compacted_to = rev
         return pb.CompactionResponse(header=self._header(self.revision))
