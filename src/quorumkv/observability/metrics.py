@@ -178,7 +178,8 @@ class ServerStats:
         self.compaction_keys = 0
         #: Defragment RPCs that succeeded, start to end
         self.defrag = Histogram(DEFRAG_BUCKETS)
-        #: protobuf bytes of every request received from / response sent to gRPC clients (as etcd counts them)
+        #: encoded size of every message received from / sent to gRPC clients (as etcd counts them); bumped by the
+        #: method table's (de)serializers
         self.client_received_bytes = 0
         self.client_sent_bytes = 0
         self.slow_fdatasync_s = SLOW_FDATASYNC_S
@@ -209,6 +210,14 @@ class ServerStats:
             self.slow_fsyncs += 1
             log.warning("slow fdatasync", extra={"took": format_duration(seconds),
                                                  "expected-duration": format_duration(self.slow_fdatasync_s)})
+
+    def count_received_bytes(self, n: int) -> None:
+        """A request message from a gRPC client was decoded (its encoded size)."""
+        self.client_received_bytes += n
+
+    def count_sent_bytes(self, n: int) -> None:
+        """A response message to a gRPC client was encoded."""
+        self.client_sent_bytes += n
 
     # -- per-request counting (called by the servicer wrappers) ------------------------------------------
 
@@ -355,7 +364,6 @@ def _wrap_unary(fn: Callable[[Any, Any], Awaitable[Any]], base: tuple[str, str, 
 
     async def unary(request: Any, context: Any) -> Any:
         started[base] += 1
-        stats.client_received_bytes += request.ByteSize()
         try:
             resp = await fn(request, context)
         except asyncio.CancelledError:
@@ -368,7 +376,6 @@ def _wrap_unary(fn: Callable[[Any, Any], Awaitable[Any]], base: tuple[str, str, 
                 stats.proposals_failed += 1
             raise
         handled[ok_key] += 1
-        stats.client_sent_bytes += resp.ByteSize()
         if on_ok is not None:
             on_ok(request, resp)
         return resp
@@ -406,7 +413,6 @@ def _wrap_stream(fn: Callable[[Any, Any], AsyncIterator[Any]], base: tuple[str, 
     async def counted(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for req in requests:
             received[base] += 1
-            stats.client_received_bytes += req.ByteSize()
             yield req
 
     async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
@@ -417,13 +423,11 @@ def _wrap_stream(fn: Callable[[Any, Any], AsyncIterator[Any]], base: tuple[str, 
             request = counted(request)
         else:
             received[base] += 1  # the one request message of a server stream
-            stats.client_received_bytes += request.ByteSize()
         try:
             async for resp in fn(request, context):
                 if on_msg is not None:
                     on_msg(resp)
                 sent[base] += 1
-                stats.client_sent_bytes += resp.ByteSize()
                 yield resp
         except (asyncio.CancelledError, GeneratorExit):
             code = "Canceled"
