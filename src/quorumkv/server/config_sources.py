@@ -394,6 +394,8 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
     _c("experimental-corrupt-check-time", "0s"),
     _c("experimental-enable-v2v3", "", refuse=True),
     _c("experimental-backend-bbolt-freelist-type", "array"),
+    # etcd 3.4.23 keeps checkpoints across a restart with or without it (observed); quorumkv always does
+    _c("experimental-enable-lease-checkpoint-persist", "false"),
     _c("experimental-compaction-batch-limit", "1000"),
     _c("experimental-peer-skip-client-san-verification", "false"),
     _c("experimental-warning-apply-duration", "100ms"),
