@@ -309,7 +309,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
         grpc_servers.extend(grpc.aio.server(options=options, interceptors=interceptors)
                             for _ in range(CLIENT_GRPC_SERVERS))
         servicers = add_servicers(grpc_servers, server,
-                                  instrument=lambda servicer, name: instrument_servicer(servicer, name, stats))
+                                  instrument=lambda servicer, name: instrument_servicer(servicer, name, stats),
+                                  count_bytes=(stats.count_received_bytes, stats.count_sent_bytes))
         bound = []
         for url in listen_client_urls:
             addr, secure = listen_address(url)

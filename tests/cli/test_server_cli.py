@@ -102,6 +102,8 @@ FLAG_CASES: list[tuple[list[str], str, Any]] = [
      ["TLS_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]),
     (["--metrics", "extensive"], "metrics", "extensive"),
     (["--experimental-watch-progress-notify-interval", "10s"], "watch_progress_notify_interval_ms", 10_000),
+    (["--experimental-enable-lease-checkpoint"], "experimental_enable_lease_checkpoint", True),
+    (["--experimental-lease-checkpoint-interval", "2s"], "lease_checkpoint_interval_ms", 2_000),
     (["--client-cert-auth"], "client_cert_auth", True),
     (["--auto-tls"], "auto_tls", True),
     (["--peer-client-cert-auth"], "peer_client_cert_auth", True),

@@ -54,6 +54,8 @@ ETCD_34_DEFAULTS: dict[str, Any] = {
     "log_outputs": ["default"],
     "log_level": "info",
     "watch_progress_notify_interval_ms": 600_000,
+    "experimental_enable_lease_checkpoint": False,
+    "lease_checkpoint_interval_ms": 300_000,  # not a flag in etcd 3.4, whose lessor fixes it at 5m
 }
 # Where quorumkv deliberately differs from etcd 3.4 (documented in docs/configuration.md).
 QUORUMKV_DIFFERENCES: dict[str, Any] = {
@@ -170,6 +172,7 @@ def test_auto_compaction_retention_parsed(mode: str, retention: str, parsed: int
         ({"heartbeat_interval_ms": 0}, "--heartbeat-interval", r"must be > 0 \(set to 0ms\)"),
         ({"election_timeout_ms": -5}, "--election-timeout", "must be > 0"),
         ({"watch_progress_notify_interval_ms": 0}, "--experimental-watch-progress-notify-interval", "> 0"),
+        ({"lease_checkpoint_interval_ms": 0}, "--experimental-lease-checkpoint-interval", "> 0"),
         (
             {"election_timeout_ms": 400},
             "--election-timeout",

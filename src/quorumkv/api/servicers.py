@@ -459,12 +459,15 @@ class AuthServicer(pb_grpc.AuthServicer):
 
 
 def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
-                  instrument: Callable[[Any, str], None] | None = None) -> dict[str, Any]:
+                  instrument: Callable[[Any, str], None] | None = None,
+                  count_bytes: tuple[Callable[[int], None], Callable[[int], None]] | None = None) -> dict[str, Any]:
     """Register etcd's services on every server of ``grpc_servers`` (the same servicer objects on each);
     returns the servicers by service name ("KV", ...).
 
     ``instrument(servicer, service_name)`` (metrics) may wrap a servicer's methods before registration; the
     JSON gateway calls the same servicer objects, so both paths behave (and count) alike.
+    ``count_bytes = (received, sent)`` is told the size of every message a gRPC client sent or was sent (the
+    bytes the (de)serializers already handle: no extra encoding).
     """
     servicers: dict[str, Any] = {
         "KV": KVServicer(server),
@@ -474,7 +477,7 @@ def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
         "Cluster": ClusterServicer(server),
         "Auth": AuthServicer(server),
     }
-    table = _MethodTable()
+    table = _MethodTable(count_bytes)
     for name, servicer in servicers.items():
         if instrument is not None:
             instrument(servicer, name)
@@ -482,6 +485,22 @@ def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
     for grpc_server in grpc_servers:
         grpc_server.add_generic_rpc_handlers((table,))
     return servicers
+
+
+def _counting(handler: Any, received: Callable[[int], None], sent: Callable[[int], None]) -> Any:
+    """``handler`` with (de)serializers that report each message's encoded size."""
+    deserialize, serialize = handler.request_deserializer, handler.response_serializer
+
+    def counted_deserialize(data: bytes) -> Any:
+        received(len(data))
+        return deserialize(data)
+
+    def counted_serialize(message: Any) -> bytes:
+        data: bytes = serialize(message)
+        sent(len(data))
+        return data
+
+    return handler._replace(request_deserializer=counted_deserialize, response_serializer=counted_serialize)
 
 
 class _MethodTable:
@@ -493,8 +512,9 @@ class _MethodTable:
     handler. With one generic handler it waits on a single future (see docs/performance.md).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, count_bytes: tuple[Callable[[int], None], Callable[[int], None]] | None = None) -> None:
         self.handlers: dict[str, Any] = {}
+        self.count_bytes = count_bytes
 
     # what the generated add_*Servicer_to_server functions call on their ``server`` argument
     def add_generic_rpc_handlers(self, handlers: object) -> None:
@@ -502,6 +522,8 @@ class _MethodTable:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         for method, handler in handlers.items():
+            if self.count_bytes is not None:
+                handler = _counting(handler, *self.count_bytes)
             self.handlers[f"/{service}/{method}"] = handler
 
     def service(self, handler_call_details: Any) -> Any:

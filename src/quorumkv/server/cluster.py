@@ -186,6 +186,7 @@ class MemberCluster(MemberCore):
             del self._peer_urls[mid]
 
     def _send_raft_messages(self, messages: list[Any]) -> None:
+        self._heartbeats.observe(messages)
         if self.transport is not None:
             self.transport.send(messages)
 
@@ -205,9 +206,12 @@ class MemberCluster(MemberCore):
         if lead:
             self.leader_changes += 1
         if is_leader and not self._is_leader:
-            # a new leader restarts every lease clock, extended by an election timeout (as etcd's Promote):
+            # a new leader restarts every lease clock (from its checkpointed remaining TTL, with checkpointing),
+            # extended by an election timeout (as etcd's Promote):
             # no lease expires early because leadership moved
-            self.lessor.promote(dict(self.applier.leases), extend_s=self.settings.election_timeout_ms / 1000)
+            self.lessor.promote(dict(self.applier.leases), extend_s=self.settings.election_timeout_ms / 1000,
+                                remaining=self.applier.lease_remaining if self.settings.lease_checkpoint else None)
+            self._heartbeats.reset()
             log.info("became leader", extra={"member-id": f"{self.member_id:x}", "term": self.node.term})
         elif not is_leader and self._is_leader:
             self.lessor.promote({})

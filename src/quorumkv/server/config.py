@@ -144,6 +144,10 @@ class ServerConfig:
     # Experimental
     #: ``--experimental-watch-progress-notify-interval`` (a Go duration such as ``10m``) in milliseconds.
     watch_progress_notify_interval_ms: int = 600_000
+    #: ``--experimental-enable-lease-checkpoint``: the leader checkpoints remaining lease TTLs through the log.
+    experimental_enable_lease_checkpoint: bool = False
+    #: ``--experimental-lease-checkpoint-interval`` in milliseconds (etcd 3.4's fixed 5m by default).
+    lease_checkpoint_interval_ms: int = 300_000
 
     # Snapshots and S3 (K3s's flags; quorumkv.backup)
     #: five cron fields (croniter); a sixth field is seconds (docs/operations.md: the test hook).
@@ -283,6 +287,7 @@ class ServerConfig:
             ("heartbeat_interval_ms", "ms", "100"),
             ("election_timeout_ms", "ms", "1000"),
             ("watch_progress_notify_interval_ms", "ms", "10m"),
+            ("lease_checkpoint_interval_ms", "ms", "5m"),
         ):
             value = getattr(self, fname)
             if value <= 0:
@@ -449,6 +454,7 @@ _FLAG_EXCEPTIONS = {
     "election_timeout_ms": "--election-timeout",
     "watch_progress_notify_interval_ms": "--experimental-watch-progress-notify-interval",
     "etcd_s3_timeout_ms": "--etcd-s3-timeout",
+    "lease_checkpoint_interval_ms": "--experimental-lease-checkpoint-interval",
 }
 
 

@@ -28,11 +28,12 @@ from quorumkv.server import compactor, defrag, reset
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.auth import MemberAuth
 from quorumkv.server.cluster import MemberCluster
+from quorumkv.server.heartbeats import HeartbeatDetector
 from quorumkv.server.identity import IdGenerator, compute_cluster_id, compute_member_id, parse_initial_cluster
 from quorumkv.server.kv import MemberKV
 from quorumkv.server.lease import MemberLeases
 from quorumkv.server.maintenance import MemberMaintenance
-from quorumkv.server.node import Node
+from quorumkv.server.node import CommitObserver, Node
 from quorumkv.server.raft_node import RaftNode
 from quorumkv.server.settings import ServerSettings
 from quorumkv.server.wait import WaitRegistry
@@ -49,7 +50,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
 
     def __init__(self, settings: ServerSettings, *, clock: Clock | None = None,
                  on_applied_hooks: list[Callable[[ApplyResult], None]] | None = None,
-                 fsync_observer: Callable[[float], None] | None = None) -> None:
+                 fsync_observer: CommitObserver | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self._hooks = on_applied_hooks or []
@@ -89,7 +90,8 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
         self._auth_seen = self.applier.auth
         self._failed_auth = {}
         self._allocated_bytes: int | None = None
-        self.lessor = Lessor(self.clock)
+        self.lessor = Lessor(self.clock, settings.lease_checkpoint_interval_s if settings.lease_checkpoint else None)
+        self._heartbeats = HeartbeatDetector(settings.heartbeat_interval_ms / 1000, self.clock)
         self.transport: Transport | None = None
         self._transport_starting: asyncio.Task[None] | None = None
         #: Builds the peer transport (tests inject an in-memory one); None: the gRPC ``PeerTransport``.
@@ -158,7 +160,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
                             f"{self.settings.data_dir} cannot be used again: remove the data dir, add the member "
                             "again (member add) and start it with --initial-cluster-state existing")
 
-    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> RaftNode:
+    def _make_node(self, fsync_observer: CommitObserver | None) -> RaftNode:
         s = self.settings
         node = RaftNode(
             self.backend, self.applier, member_id=self.member_id, on_applied=self._on_applied,
@@ -225,9 +227,11 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
             self.lessor.granted(lid, ttl)
         for lid in result.leases_revoked:
             self.lessor.revoked(lid)
+        for lid, _remaining in result.leases_checkpointed:
+            self.lessor.checkpointed(lid)  # the leader schedules the lease's next checkpoint
         hub = self.hub
         if result.restored:
-            self.lessor.promote(dict(self.applier.leases))  # only a leader's clocks matter
+            self.lessor.promote(dict(self.applier.leases), remaining=self._lease_remaining())  # a leader's clocks
             self.alarms = frozenset(self.applier.alarms)
             if hub is not None:
                 hub.resync(self.applier.revision, self.applier.compact_revision)

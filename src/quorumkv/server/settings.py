@@ -57,6 +57,9 @@ class ServerSettings:
     force_new_cluster: bool = False
     cluster_reset: bool = False
     cluster_reset_restore_path: str = ""
+    #: --experimental-enable-lease-checkpoint and --experimental-lease-checkpoint-interval (seconds).
+    lease_checkpoint: bool = False
+    lease_checkpoint_interval_s: float = 300.0
 
     @property
     def request_timeout_s(self) -> float:
@@ -97,6 +100,8 @@ class ServerSettings:
             force_new_cluster=bool(getattr(cfg, "force_new_cluster", False)),
             cluster_reset=bool(getattr(cfg, "cluster_reset", False)),
             cluster_reset_restore_path=str(getattr(cfg, "cluster_reset_restore_path", "") or ""),
+            lease_checkpoint=bool(getattr(cfg, "experimental_enable_lease_checkpoint", False)),
+            lease_checkpoint_interval_s=int(getattr(cfg, "lease_checkpoint_interval_ms", 300_000)) / 1000,
         )
 
     @property
