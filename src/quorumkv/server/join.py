@@ -455,10 +455,17 @@ def _join(config: ServerConfig, managed: Managed, url: str, token_text: str) -> 
     open_data_dir(config.data_dir).close()  # format the (new) data dir before anything is written into it
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 0
-    try:
-        ca_pem = fetch_ca(host, port)
-    except (OSError, ValueError) as exc:
-        raise JoinError(f"cannot join through {url}: cannot read its TLS certificate chain ({exc})") from None
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while True:  # the member may still be starting (or itself joining): retry, bounded
+        try:
+            ca_pem = fetch_ca(host, port)
+            break
+        except (OSError, ValueError) as exc:
+            if time.monotonic() >= deadline:
+                raise JoinError(f"cannot join through {url}: cannot read its TLS certificate chain ({exc})"
+                                ) from None
+            log.info("join through %s: %s; retrying", url, exc)
+            time.sleep(JOIN_RETRY_S)
     if token.pinned:
         got = pki.ca_hash(ca_pem)
         if got != token.ca_hash:
@@ -472,7 +479,7 @@ def _join(config: ServerConfig, managed: Managed, url: str, token_text: str) -> 
         "peer_urls": list(out.initial_advertise_peer_urls), "client_urls": list(out.advertise_client_urls),
         "tls_san": list(config.tls_san), "settings": must_match(config),
     }
-    answer = _call_join(url, ca_pem, request, time.monotonic() + JOIN_TIMEOUT_S)
+    answer = _call_join(url, ca_pem, request, deadline)
     try:
         member_id = int(answer["member_id"], 16)
         cluster_id = int(answer["cluster_id"], 16)
