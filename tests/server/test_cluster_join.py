@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +176,57 @@ def hashkvs(members: list[Member], timeout_s: float = 30.0) -> list[tuple[int, i
     return seen
 
 
+class RoundRobinFront:
+    """A TCP front on a loopback address that hands each connection to the next member's client port."""
+
+    def __init__(self, ip: str, members: list[Member]) -> None:
+        self.ip = ip
+        self.members = members
+        self.connections = 0
+        self._sock = socket.create_server((ip, 0))
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            target = self.members[self.connections % len(self.members)]
+            self.connections += 1
+            try:
+                upstream = socket.create_connection((target.ip, target.client_port), timeout=5)
+            except OSError:
+                conn.close()
+                continue
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            src.settimeout(120)
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(5)
+
+
 def _ips(n: int) -> list[str]:
     net = random.randint(2, 250)
     return [f"127.83.{net}.{k}" for k in range(1, n + 1)]
@@ -209,10 +263,12 @@ def _get(member: Member, key: str) -> str:
 
 @pytest.mark.slow
 def test_init_two_joins_through_different_members_and_follower_join_reconnect(tmp_path: Path) -> None:
-    ip = _ips(4)
+    ip = _ips(5)
     a, b, c, d = (Member(n, ip[k], tmp_path) for k, n in enumerate("abcd"))
+    front = RoundRobinFront(ip[4], [a, b, c])
+    san = f"kv.example.test,{front.ip}"  # the front's address is a name every member's certificate carries
     try:
-        a.start("--cluster-init", "--tls-san", "kv.example.test")
+        a.start("--cluster-init", "--tls-san", san)
         token = a.token()
         ca_pem = (a.tls_dir / "ca.crt").read_bytes()
         assert token.startswith("K10" + hashlib.sha256(ca_pem).hexdigest() + "::server:"), token
@@ -229,14 +285,14 @@ def test_init_two_joins_through_different_members_and_follower_join_reconnect(tm
         assert plain.returncode != 0
         assert a.ctl("put", "k1", "v1").returncode == 0
 
-        b.start("--server", a.client_url, "--token", token)
+        b.start("--server", a.client_url, "--token", token, "--tls-san", san)
         wait_voters(a, 2)
         status = b.ctl_json("endpoint", "status")
         assert isinstance(status, list) and not status[0]["Status"]["leader"] == status[0]["Status"]["header"][
             "member_id"], "b should be a follower"
         # c joins through the follower b; b's token file holds the same token
         assert b.token() == token
-        c.start("--server", b.client_url, "--token-file", str(b.data_dir / "token"))
+        c.start("--server", b.client_url, "--token-file", str(b.data_dir / "token"), "--tls-san", san)
         members = wait_voters(a, 3)
         assert sorted(str(m["name"]) for m in members) == ["a", "b", "c"]
         assert all(str(u).startswith("https://") for m in members for u in m["peerURLs"])  # type: ignore[attr-defined]
@@ -248,6 +304,10 @@ def test_init_two_joins_through_different_members_and_follower_join_reconnect(tm
         log = _refused(d, "--server", a.client_url, "--token", bad_hash)
         assert "quorumkv: refusing to join through" in log and "Nothing was sent" in log
         assert "d" not in {m["name"] for m in wait_voters(a, 3)}
+        # d joins through a round-robin TCP front whose address is a --tls-san of every member
+        d.start("--server", f"https://{front.ip}:{front.port}", "--token", token)
+        assert sorted(str(m["name"]) for m in wait_voters(a, 4)) == ["a", "b", "c", "d"]
+        assert front.connections >= 2  # the CA read, then the join call
 
         # the follower b and the leader a restart; c (joined through b) finds them by itself
         b.stop()
@@ -255,11 +315,12 @@ def test_init_two_joins_through_different_members_and_follower_join_reconnect(tm
         a.start(ready=False)
         b.start(ready=False)
         assert retry_ctl(c, "put", "k4", "v4", attempts=60).returncode == 0
-        for m in (a, b, c):
+        for m in (a, b, c, d):
             assert [_get(m, k) for k in ("k1", "k2", "k3", "k4")] == ["v1", "v2", "v3", "v4"]
-        seen = hashkvs([a, b, c])
+        seen = hashkvs([a, b, c, d])
         assert len(set(seen)) == 1, seen
     finally:
+        front.close()
         for m in (d, c, b, a):
             m.stop()
 
