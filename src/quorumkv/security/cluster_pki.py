@@ -210,9 +210,12 @@ def _general_names(names: Iterable[str]) -> list[x509.GeneralName]:
     out: list[x509.GeneralName] = []
     for n in dict.fromkeys(n.strip() for n in names if n.strip()):
         try:
-            out.append(x509.IPAddress(ipaddress.ip_address(n)))
+            ip = ipaddress.ip_address(n.strip("[]"))
         except ValueError:
             out.append(x509.DNSName(n))
+            continue
+        if not ip.is_unspecified:  # a listen URL on 0.0.0.0 names no address a client dials
+            out.append(x509.IPAddress(ip))
     return out
 
 

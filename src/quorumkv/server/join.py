@@ -356,7 +356,9 @@ def prepare_member(config: ServerConfig) -> tuple[ServerConfig, Managed | None]:
         raise JoinError("internal: nothing to set up")  # unreachable: one of the cases above applies
     if not has_ca:
         if not config.cluster_init:
-            raise JoinError(f"data dir {data_dir} has no cluster CA; start with --cluster-init or --server")
+            raise JoinError(f"data dir {data_dir} already holds member {stored.member_id or 0:x} of a cluster made "
+                            "without --cluster-init, so --server cannot join it to another cluster: use a new "
+                            "--data-dir, or restart it with --cluster-init to make it a managed cluster's first server")
         text = _token_text(config, token_path)
         secret = pki.parse_token(text).secret if text else pki.new_secret()
         ca = pki.make_ca(tls_dir)
@@ -422,6 +424,11 @@ def fetch_ca(host: str, port: int, timeout_s: float = 5.0) -> bytes:
     return pki.ca_from_chain(ders)
 
 
+def _tls_name_problem(details: str) -> bool:
+    text = details.lower()
+    return "peer name" in text or "not in peer certificate" in text or "hostname" in text
+
+
 def _call_join(url: str, ca_pem: bytes, request: dict[str, Any], deadline: float) -> dict[str, Any]:
     import grpc
 
@@ -437,6 +444,11 @@ def _call_join(url: str, ca_pem: bytes, request: dict[str, Any], deadline: float
                 break
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details() or ""
+                if code == grpc.StatusCode.UNAVAILABLE and _tls_name_problem(details):
+                    raise JoinError(f"cannot join through {url}: its certificate does not name "
+                                    f"{parts.hostname} ({details}); add --tls-san {parts.hostname} to the members "
+                                    "(they re-issue their certificates at restart), or join through a URL they "
+                                    "advertise") from None
                 if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline:
                     log.info("join through %s: %s; retrying", url, details)
                     time.sleep(JOIN_RETRY_S)
