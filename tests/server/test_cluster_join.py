@@ -428,26 +428,52 @@ def test_single_member_becomes_a_cluster_keeping_history_and_a_stalled_learner_i
 
 
 @pytest.mark.slow
-def test_removed_member_moves_its_data_aside_and_rejoins(tmp_path: Path) -> None:
-    ip = _ips(2)
-    a, b = Member("a", ip[0], tmp_path), Member("b", ip[1], tmp_path)
+def test_removed_members_move_their_data_aside_and_rejoin(tmp_path: Path) -> None:
+    ip = _ips(3)
+    a, b, c = (Member(n, ip[k], tmp_path) for k, n in enumerate("abc"))
+
+    def ids(members: list[dict[str, object]]) -> dict[str, int]:
+        return {str(m["name"]): int(str(m["ID"])) for m in members}
+
     try:
         a.start("--cluster-init")
         b.start("--server", a.client_url, "--token", a.token())
-        members = wait_voters(a, 2)
-        old_b = next(int(str(m["ID"])) for m in members if m["name"] == "b")
+        wait_voters(a, 2)
+        c.start("--server", b.client_url, "--token", a.token())
+        old = ids(wait_voters(a, 3))
         assert a.ctl("put", "before", "1").returncode == 0
-        removed = a.ctl("member", "remove", f"{old_b:x}")
+        # b is removed while it runs: it applies its removal, moves its data aside and rejoins as "b"
+        removed = a.ctl("member", "remove", f"{old['b']:x}")
         assert removed.returncode == 0, removed.stderr
-        assert a.ctl("put", "while-away", "2").returncode == 0
-        # b applies its removal: it moves its old data aside and rejoins as "b" (a new member ID), by itself
-        members = wait_voters(a, 2, timeout_s=90)
-        new_b = next(int(str(m["ID"])) for m in members if m["name"] == "b")
-        assert new_b != old_b
-        assert list(tmp_path.glob("b.data.removed-*")), "the old data dir was not moved aside"
-        assert _get(b, "while-away") == "2" and _get(b, "before") == "1"
-        seen = hashkvs([a, b])
+        assert a.ctl("put", "while-b-away", "2").returncode == 0
+        deadline = time.monotonic() + 90
+        while (now := ids(wait_voters(a, 3, timeout_s=90)))["b"] == old["b"]:
+            assert time.monotonic() < deadline, "b did not rejoin"
+            time.sleep(0.5)
+        assert list(tmp_path.glob("b.data.removed-*")), "b's old data dir was not moved aside"
+        # c is stopped, removed, and the others restart (nothing of the removal left in memory); c comes back on
+        # its old data: refused as removed by its peers, it moves the data aside and rejoins as "c"
+        c.stop()
+        removed = a.ctl("member", "remove", f"{now['c']:x}")
+        assert removed.returncode == 0, removed.stderr
+        assert retry_ctl(a, "put", "while-c-away", "3").returncode == 0
+        a.stop()
+        b.stop()
+        a.start(ready=False)
+        b.start(ready=False)
+        assert retry_ctl(a, "put", "after-restart", "4", attempts=60).returncode == 0
+        c.start(ready=False)
+        deadline = time.monotonic() + 120
+        while (final := ids(wait_voters(a, 3, timeout_s=120))).get("c", now["c"]) == now["c"]:
+            assert time.monotonic() < deadline, "c did not rejoin"
+            time.sleep(0.5)
+        assert list(tmp_path.glob("c.data.removed-*")), "c's old data dir was not moved aside"
+        assert len(set(final.values())) == 3
+        for m in (a, b, c):
+            got = [_get(m, k) for k in ("before", "while-b-away", "while-c-away", "after-restart")]
+            assert got == ["1", "2", "3", "4"], m.name
+        seen = hashkvs([a, b, c])
         assert len(set(seen)) == 1, seen
     finally:
-        for m in (b, a):
+        for m in (c, b, a):
             m.stop()

@@ -69,6 +69,11 @@ class MemberCluster(MemberCore):
         self.transport.register_handler("cluster_info", self._handle_cluster_info)
         self.transport.open_methods.add("cluster_info")
         self.transport.on_removed = self._on_refused_as_removed
+        with read_txn(self.reader):  # members removed before this start are refused too (they may come back)
+            removed = membership.removed_ids(self.reader)
+        for mid in removed:
+            if mid != self.member_id:
+                self.transport.remove_peer(mid)
         await self.transport.start(list(self.settings.listen_peer_urls))
         if self.joining:
             await self._join()
