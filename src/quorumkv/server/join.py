@@ -210,8 +210,7 @@ def _transport_connected(server: Any) -> set[int]:
 async def run_promoter(server: Any, managed: Managed) -> None:
     """On the leader: promote a caught-up learner when the cluster keeps a quorum of connected voters with it;
     remove a learner that has not caught up within ``stall_timeout_s`` (reported in the log)."""
-    if managed.converted:
-        await _update_own_peer_urls(server)
+    await _update_own_peer_urls(server)
     first_seen: dict[int, float] = {}
     loop = asyncio.get_running_loop()
     while True:
@@ -261,11 +260,14 @@ async def _promote_once(server: Any, managed: Managed, first_seen: dict[int, flo
 
 async def _update_own_peer_urls(server: Any) -> None:
     """A single member converted to a managed cluster serves its peer URLs over TLS now: its member record
-    (written with the old URLs) is updated once, so joiners dial the right scheme."""
+    (written with http:// URLs) is updated, so joiners dial the right scheme (checked at every start, so a
+    conversion interrupted before the update finishes it next time)."""
     want = list(server.settings.initial_advertise_peer_urls)
-    for _ in range(100):  # bounded: the sole voter commits at once
+    for _ in range(100):  # bounded: retried while there is no leader yet
         me = server._members().get(server.member_id)
-        if me is None or sorted(me.peer_urls) == sorted(want):
+        # only the scheme may differ (a member's recorded http:// URLs, served over TLS now): other URL changes
+        # stay the operator's (member update)
+        if me is None or sorted(me.peer_urls) == sorted(want) or sorted(_https(me.peer_urls)) != sorted(want):
             return
         try:
             await server.member_update(pb.MemberUpdateRequest(ID=server.member_id, peerURLs=want))
