@@ -474,6 +474,9 @@ def _join(config: ServerConfig, managed: Managed, url: str, token_text: str) -> 
         try:
             ca_pem = fetch_ca(host, port)
             break
+        except ssl.SSLError as exc:  # something answers, but not a managed member's TLS port: no point waiting
+            raise JoinError(f"cannot join through {url}: no TLS there ({exc.reason or exc}); give the client URL "
+                            "of a member of a managed cluster (started with --cluster-init or --server)") from None
         except (OSError, ValueError) as exc:
             if time.monotonic() >= deadline:
                 raise JoinError(f"cannot join through {url}: cannot read its TLS certificate chain ({exc})"
