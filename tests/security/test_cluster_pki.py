@@ -99,3 +99,25 @@ def test_token_show_and_rotate(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out.strip() == pki.format_token(ca.pem, "fresh")
     assert token_main(["rotate", "--data-dir", str(tmp_path)]) == 0
     assert pki.parse_token(capsys.readouterr().out).secret != "fresh"
+
+
+def test_prepare_member_cluster_init_and_interrupted_join(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from quorumkv.server.join import JoinError, prepare_member
+    from quorumkv.storage.datadir import open_data_dir
+
+    first = tmp_path / "first"
+    cfg = load_config({"data-dir": str(first), "cluster-init": "true", "token": "chosen"}, {}).config
+    out, managed = prepare_member(cfg)
+    assert managed is not None and out.listen_client_urls == ["https://localhost:2379"]
+    assert pki.parse_token((first / "token").read_text()) == pki.Token(
+        pki.ca_hash((first / "tls" / "ca.crt").read_bytes()), "chosen")
+    assert "join token written to" in capsys.readouterr().out
+    again, _ = prepare_member(load_config({"data-dir": str(first)}, {}).config)  # a restart: nothing changes
+    assert again.cert_file == out.cert_file and (first / "token").read_text().endswith(":chosen\n")
+
+    broken = tmp_path / "broken"
+    open_data_dir(broken).close()
+    pki.make_ca(broken / "tls")
+    (broken / "tls" / "joining").touch()
+    with pytest.raises(JoinError, match="a join that did not finish"):
+        prepare_member(load_config({"data-dir": str(broken)}, {}).config)

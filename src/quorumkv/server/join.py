@@ -51,6 +51,8 @@ JOIN_TIMEOUT_S = 120.0
 JOIN_RETRY_S = 1.0
 #: How often the leader looks at its learners (promotion, stall eviction).
 PROMOTE_CHECK_S = 0.5
+#: In ``<data-dir>/tls`` while a joiner stores what the cluster sent (removed once its identity is stored).
+JOINING_MARK = "joining"
 
 
 class JoinError(ValueError):
@@ -352,10 +354,12 @@ def prepare_member(config: ServerConfig) -> tuple[ServerConfig, Managed | None]:
     managed = Managed(tls_dir, token_path, list(config.tls_san), config.learner_stall_timeout_ms / 1000)
     if stored.removed and has_ca:
         return _rejoin_after_removal(config, stored, managed)
-    if stored.member_id is None and not has_ca and config.server:
+    if stored.member_id is None and config.server:
+        # a new member (or one whose earlier join stopped before it stored its identity: joined again)
         return _join(config, managed, config.server, _token_text(config, token_path))
-    if stored.member_id is None and not config.cluster_init and not has_ca:
-        raise JoinError("internal: nothing to set up")  # unreachable: one of the cases above applies
+    if stored.member_id is None and (tls_dir / JOINING_MARK).exists():
+        raise JoinError(f"data dir {data_dir} has cluster certificates but no member identity (a join that did not "
+                        "finish): start it again with --server https://<member>:<client port> --token ...")
     if not has_ca:
         if not config.cluster_init:
             raise JoinError(f"data dir {data_dir} already holds member {stored.member_id or 0:x} of a cluster made "
@@ -400,16 +404,18 @@ def _rejoin_after_removal(config: ServerConfig, stored: _Stored, managed: Manage
     log.warning("this member was removed from the cluster: moved its old data aside and rejoining as a new member",
                 extra={"old-member-id": f"{stored.member_id:x}", "moved-to": str(aside)})
     print(f"quorumkv: removed from the cluster; old data moved to {aside}, rejoining", flush=True)
-    last: JoinError | None = None
+    last: ValueError | None = None
     for url in servers:
         try:
             return _join(config, managed, url, text)
-        except JoinError as exc:
+        except ValueError as exc:  # JoinError, TokenError
             last = exc
             log.warning("rejoining through %s failed: %s", url, exc)
             shutil.rmtree(config.data_dir, ignore_errors=True)
+    # the old data goes back: the next start tries again (never a fresh cluster on this member's URLs)
+    os.rename(aside, config.data_dir)
     assert last is not None
-    raise last
+    raise JoinError(f"{last} (the old data is back in {config.data_dir}; the next start retries the rejoin)")
 
 
 def fetch_ca(host: str, port: int, timeout_s: float = 5.0) -> bytes:
@@ -507,7 +513,10 @@ def _join(config: ServerConfig, managed: Managed, url: str, token_text: str) -> 
         raise JoinError(f"cannot join through {url}: malformed answer ({exc})") from None
     if ca_cert != ca_pem:
         raise JoinError(f"cannot join through {url}: it answered with another CA than it serves")
-    # certificates and token first, identity last: a data dir with an identity is always a complete member
+    # certificates and token first, identity last: a data dir with an identity is always a complete member; the
+    # mark tells an interrupted join (certificates, no identity) from an interrupted --cluster-init
+    managed.tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (managed.tls_dir / JOINING_MARK).touch()
     pki.store_ca(managed.tls_dir, ca_cert, ca_key)
     pki.store_member_certs(managed.tls_dir, certs)
     pki.write_token_file(managed.token_path, pki.format_token(ca_cert, token.secret))
@@ -523,6 +532,7 @@ def _join(config: ServerConfig, managed: Managed, url: str, token_text: str) -> 
             backend.close()
     finally:
         dd.close()
+    (managed.tls_dir / JOINING_MARK).unlink(missing_ok=True)
     log.warning("joined the cluster as a learner", extra={"server": url, "member-id": f"{member_id:x}",
                                                           "cluster-id": f"{cluster_id:x}"})
     return out, managed
