@@ -130,6 +130,12 @@ FLAG_CASES: list[tuple[list[str], str, Any]] = [
     (["--etcd-s3-insecure"], "etcd_s3_insecure", True),
     (["--etcd-s3-timeout", "30s"], "etcd_s3_timeout_ms", 30_000),
     (["--etcd-s3-retention", "12"], "etcd_s3_retention", 12),
+    (["--cluster-init"], "cluster_init", True),
+    (["--server", "https://127.0.0.1:2379", "--token", "t"], "server", "https://127.0.0.1:2379"),
+    (["--token", "s3cret"], "token", "s3cret"),
+    (["--token-file", "/etc/quorumkv/token"], "token_file", "/etc/quorumkv/token"),
+    (["--tls-san", "kv.example.com,10.0.0.9"], "tls_san", ["kv.example.com", "10.0.0.9"]),
+    (["--learner-stall-timeout", "90s"], "learner_stall_timeout_ms", 90_000),
 ]
 
 

@@ -86,6 +86,15 @@ K3S_SNAPSHOT_DEFAULTS: dict[str, Any] = {
     "etcd_s3_timeout_ms": 300_000,
     "etcd_s3_retention": 5,
 }
+# K3s's cluster lifecycle flags (docs/ha.md).
+K3S_CLUSTER_DEFAULTS: dict[str, Any] = {
+    "cluster_init": False,
+    "server": "",
+    "token": "",
+    "token_file": "",
+    "tls_san": [],
+    "learner_stall_timeout_ms": 600_000,
+}
 
 
 def test_auth_flags_are_checked() -> None:
@@ -100,7 +109,8 @@ def test_auth_flags_are_checked() -> None:
 def test_defaults_are_etcds() -> None:
     config = ServerConfig()
     actual = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    assert actual == {**ETCD_34_DEFAULTS, **QUORUMKV_DIFFERENCES, **K3S_SNAPSHOT_DEFAULTS, **CLUSTER_RESET_DEFAULTS}
+    assert actual == {**ETCD_34_DEFAULTS, **QUORUMKV_DIFFERENCES, **K3S_SNAPSHOT_DEFAULTS, **CLUSTER_RESET_DEFAULTS,
+                      **K3S_CLUSTER_DEFAULTS}
 
 
 def test_derived_fields_follow_name() -> None:

@@ -69,15 +69,15 @@ class MemberCluster(MemberCore):
         self.transport.register_handler("cluster_info", self._handle_cluster_info)
         self.transport.open_methods.add("cluster_info")
         self.transport.on_removed = self._on_refused_as_removed
+        with read_txn(self.reader):  # members removed before this start are refused too (they may come back)
+            removed = membership.removed_ids(self.reader)
+        for mid in removed:
+            if mid != self.member_id:
+                self.transport.remove_peer(mid)
         await self.transport.start(list(self.settings.listen_peer_urls))
         if self.joining:
             await self._join()
         self._sync_peers()
-        with read_txn(self.reader):
-            removed = membership.removed_ids(self.reader)
-        for mid in removed:  # refused from the first message on, not only once this process removed them
-            if mid not in self._peer_urls and mid != self.member_id:
-                self.transport.remove_peer(mid)
 
     def _has_other_members(self) -> bool:
         """Whether the configuration (or the one being bootstrapped) has a member besides this one."""

@@ -352,6 +352,15 @@ FLAG_SPECS: tuple[FlagSpec, ...] = (
         "5",
         "Number of snapshots to retain in S3 (separate from --etcd-snapshot-retention).",
     ),
+    # managed (K3s-style) cluster lifecycle: docs/ha.md
+    _s("cluster-init", "cluster_init", "bool", "false",
+       "Initialize a managed cluster: generate its CA, this member's certificates and a join token."),
+    _s("server", "server", "str", "", "Join the managed cluster through this member's client URL (https://...)."),
+    _s("token", "token", "str", "", "The cluster's join token (K10<ca hash>::server:<secret>, or a bare secret)."),
+    _s("token-file", "token_file", "str", "", "File holding the cluster's join token."),
+    _s("tls-san", "tls_san", "list", "", "Extra names/IPs for the generated server and peer certificates."),
+    _s("learner-stall-timeout", "learner_stall_timeout_ms", "duration_ms", "10m",
+       "A joined learner that has not caught up within this long is removed from the cluster."),
 )
 
 
