@@ -88,7 +88,7 @@ LOCK_FLAGS = (GoFlag("ttl", "int", "10", "timeout for session"),)
          flags=LOCK_FLAGS)
 def lock_cmd(settings: Settings, args: list[str], ttl: int) -> None:
     if not args:
-        bad_args("lock takes a lock name argument and an optional command to execute.")
+        bad_args("lock takes a lock name argument and an optional command to execute")
     name, cmd_args = arg_bytes(args[0]), args[1:]
     show = printer(settings)
     with Session(settings) as session, _trap() as sigs:
@@ -128,7 +128,7 @@ def _run_locked(cmd_args: list[str], key: bytes, rev: int) -> None:
     if code < 0:
         raise CtlError(EXIT_ERROR, f"signal: {signal.Signals(-code).name}")
     if code != 0:
-        raise CtlError(code, f"exit status {code}")
+        raise CtlError(EXIT_ERROR, f"exit status {code}")  # etcdctl 3.4 exits 1 whatever the command's status
 
 
 ELECT_FLAGS = (GoFlag("listen", "bool", False, "observation mode", short="l"),)
@@ -139,14 +139,14 @@ ELECT_FLAGS = (GoFlag("listen", "bool", False, "observation mode", short="l"),)
          flags=ELECT_FLAGS)
 def elect_cmd(settings: Settings, args: list[str], listen: bool) -> None:
     if len(args) not in (1, 2):
-        bad_args("elect takes one election name argument and an optional proposal argument.")
+        bad_args("elect takes one election name argument and an optional proposal argument")
     if listen:
         if len(args) != 1:
-            bad_args("no proposal argument is allowed with observation mode")
+            bad_args("proposal given but -l is set")
         _observe(settings, arg_bytes(args[0]))
         return
     if len(args) != 2:
-        bad_args("no proposal argument is given")
+        bad_args("no proposal argument but -l not set")
     _campaign(settings, arg_bytes(args[0]), arg_bytes(args[1]))
 
 
