@@ -12,12 +12,14 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 import pytest
 
+from quorumkv.api.authpb import auth_pb2
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from quorumkv.api.v3electionpb import v3election_pb2 as epb
@@ -242,6 +244,132 @@ def test_election_grpc_matches_etcd(sides: dict[str, Side]) -> None:
     got = {kind: election_scenario(side, b"gelect") for kind, side in sides.items()}
     assert got["quorumkv"] == got["etcd"]
     assert ("second waits", False) in got["etcd"]
+
+
+# ------------------------------------------------------------------------------------------- gRPC: edges
+
+def edges_scenario(side: Side, name: bytes) -> list[Any]:
+    n = Norm(side.revision())
+    out: list[Any] = []
+    lease_id = side.grant()
+    n.lease(lease_id)
+    el, lk = side.election, side.lock
+    no_key = epb.LeaderKey(name=name, rev=5, lease=lease_id)
+    out.append(("proclaim no key", call(lambda: el.Proclaim(epb.ProclaimRequest(leader=no_key), timeout=WAIT_S))))
+    out.append(("resign no key", call(lambda: el.Resign(epb.ResignRequest(leader=no_key), timeout=WAIT_S))))
+    out.append(("resign empty leader", call(lambda: el.Resign(epb.ResignRequest(leader=epb.LeaderKey()),
+                                                              timeout=WAIT_S))))
+    # Proclaim only compares the key's create revision: rev 0 on an absent key puts it (under a new lease)
+    ghost = epb.LeaderKey(name=name, key=name + b"/ghost", rev=0)
+    p = el.Proclaim(epb.ProclaimRequest(leader=ghost, value=b"boo"), timeout=WAIT_S)
+    got = side.kv.Range(pb.RangeRequest(key=name + b"/ghost"), timeout=WAIT_S).kvs
+    out.append(("proclaim ghost", n.rev(p.header.revision), [(kv.value, kv.lease != 0) for kv in got]))
+    if got:
+        side.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=got[0].lease), timeout=WAIT_S)
+    out.append(("campaign bad lease", call(lambda: el.Campaign(
+        epb.CampaignRequest(name=name, lease=999, value=b"v"), timeout=WAIT_S))))
+    out.append(("lock negative lease", call(lambda: lk.Lock(lpb.LockRequest(name=name, lease=-5), timeout=WAIT_S))))
+    # etcd 3.4: a waiter whose own key went with its lease still gets the lock once the holder leaves
+    l1, l2 = side.grant(), side.grant()
+    n.lease(l1)
+    n.lease(l2)
+    r1 = lk.Lock(lpb.LockRequest(name=name + b"w", lease=l1), timeout=WAIT_S)
+    f2 = lk.Lock.future(lpb.LockRequest(name=name + b"w", lease=l2), timeout=WAIT_S)
+    wait_until(lambda: len(side.keys(name + b"w/")) == 2, 10.0)
+    side.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=l2), timeout=WAIT_S)
+    out.append(("waiter without key", wait_until(f2.done, 1.0)))
+    lk.Unlock(lpb.UnlockRequest(key=r1.key), timeout=WAIT_S)
+    r2 = f2.result(timeout=WAIT_S)
+    out.append(("granted anyway", n.key(r2.key), n.rev(r2.header.revision), side.keys(name + b"w/")))
+    # Unlock deletes any key
+    side.kv.Put(pb.PutRequest(key=name + b"plain", value=b"v"), timeout=WAIT_S)
+    lk.Unlock(lpb.UnlockRequest(key=name + b"plain"), timeout=WAIT_S)
+    out.append(("plain unlocked", side.keys(name + b"plain")))
+    # Observe with no leader: the first key put under the name, then its changes, then the next oldest
+    stream = el.Observe(epb.LeaderRequest(name=name + b"o"), timeout=WAIT_S)
+    time.sleep(0.5)  # the server looks for a leader before the keys are written (if not, the answer is the same)
+    side.kv.Put(pb.PutRequest(key=name + b"o/zzz", value=b"first"), timeout=WAIT_S)
+    side.kv.Put(pb.PutRequest(key=name + b"o/aaa", value=b"second"), timeout=WAIT_S)
+    seen = []
+    resp = next(stream)
+    seen.append((n.rev(resp.header.revision), resp.kv.key, resp.kv.value))
+    side.kv.Put(pb.PutRequest(key=name + b"o/zzz", value=b"third"), timeout=WAIT_S)
+    resp = next(stream)
+    seen.append((n.rev(resp.header.revision), resp.kv.key, resp.kv.value))
+    side.kv.DeleteRange(pb.DeleteRangeRequest(key=name + b"o/zzz"), timeout=WAIT_S)
+    resp = next(stream)
+    seen.append((n.rev(resp.header.revision), resp.kv.key, resp.kv.value))
+    stream.cancel()
+    out.append(("observed", seen))
+    side.kv.DeleteRange(pb.DeleteRangeRequest(key=name + b"o/aaa"), timeout=WAIT_S)
+    for granted in (lease_id, l1):
+        side.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=granted), timeout=WAIT_S)
+    return out
+
+
+def test_edges_match_etcd(sides: dict[str, Side]) -> None:
+    got = {kind: edges_scenario(side, b"edge") for kind, side in sides.items()}
+    assert got["quorumkv"] == got["etcd"]
+
+
+def auth_scenario(server: ServerProcess) -> list[Any]:
+    url = server.client_url
+    out: list[Any] = []
+    with grpc.insecure_channel(url.removeprefix("http://")) as ch:
+        admin = pb_grpc.AuthStub(ch)
+        admin.RoleAdd(pb.AuthRoleAddRequest(name="root"), timeout=WAIT_S)
+        admin.UserAdd(pb.AuthUserAddRequest(name="root", password="rootpw"), timeout=WAIT_S)
+        admin.UserGrantRole(pb.AuthUserGrantRoleRequest(user="root", role="root"), timeout=WAIT_S)
+        admin.UserAdd(pb.AuthUserAddRequest(name="bob", password="bobpw"), timeout=WAIT_S)
+        admin.RoleAdd(pb.AuthRoleAddRequest(name="r"), timeout=WAIT_S)
+        admin.RoleGrantPermission(pb.AuthRoleGrantPermissionRequest(name="r", perm=auth_pb2.Permission(
+            permType=auth_pb2.Permission.READWRITE, key=b"bobs/", range_end=b"bobs0")), timeout=WAIT_S)
+        admin.UserGrantRole(pb.AuthUserGrantRoleRequest(user="bob", role="r"), timeout=WAIT_S)
+        admin.AuthEnable(pb.AuthEnableRequest(), timeout=WAIT_S)
+        token = pb_grpc.AuthStub(ch).Authenticate(pb.AuthenticateRequest(name="bob", password="bobpw"),
+                                                  timeout=WAIT_S).token
+        md = (("token", token),)
+        lease_id = pb_grpc.LeaseStub(ch).LeaseGrant(pb.LeaseGrantRequest(TTL=60), metadata=md, timeout=WAIT_S).ID
+        lk, el = lpb_grpc.LockStub(ch), epb_grpc.ElectionStub(ch)
+
+        def named(fn: Callable[[], Any]) -> Any:
+            got = call(fn)
+            return got if isinstance(got, tuple) else "ok"
+
+        out.append(("no token", call(lambda: lk.Lock(lpb.LockRequest(name=b"bobs", lease=lease_id), timeout=WAIT_S))))
+        out.append(("bad token", call(lambda: lk.Lock(lpb.LockRequest(name=b"bobs", lease=lease_id), timeout=WAIT_S,
+                                                      metadata=(("token", "junk"),)))))
+        out.append(("denied", call(lambda: lk.Lock(lpb.LockRequest(name=b"other", lease=lease_id), timeout=WAIT_S,
+                                                   metadata=md))))
+        out.append(("allowed", named(lambda: lk.Lock(lpb.LockRequest(name=b"bobs/x", lease=lease_id),
+                                                     timeout=WAIT_S, metadata=md))))
+        out.append(("denied leader", call(lambda: el.Leader(epb.LeaderRequest(name=b"other"), timeout=WAIT_S,
+                                                            metadata=md))))
+        out.append(("denied unlock", call(lambda: lk.Unlock(lpb.UnlockRequest(key=b"other/1"), timeout=WAIT_S,
+                                                            metadata=md))))
+        out.append(("campaign", named(lambda: el.Campaign(epb.CampaignRequest(name=b"bobs/e", lease=lease_id),
+                                                          timeout=WAIT_S, metadata=md))))
+        out.append(("leader", named(lambda: el.Leader(epb.LeaderRequest(name=b"bobs/e"), timeout=WAIT_S,
+                                                      metadata=md))))
+    return out
+
+
+def test_auth_matches_etcd(tmp_path: Path) -> None:
+    """With auth on, the services act as the caller: its token, its key permissions (etcd's errors, code
+    Unknown)."""
+    import shutil
+
+    if shutil.which("etcd") is None or shutil.which("etcdctl") is None:
+        pytest.skip("etcd/etcdctl not found on PATH")
+    got = {}
+    for kind, start in (("etcd", start_etcd), ("quorumkv", start_quorumkv)):
+        server = start(tmp_path / kind)
+        try:
+            got[kind] = auth_scenario(server)
+        finally:
+            server.stop()
+    assert got["quorumkv"] == got["etcd"]
+    assert ("denied", ("UNKNOWN", "etcdserver: permission denied")) in got["etcd"]
 
 
 # ------------------------------------------------------------------------------------------------ gateway
