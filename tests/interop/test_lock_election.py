@@ -564,3 +564,21 @@ def test_grpc_metrics_name_the_services(sides: dict[str, Side]) -> None:
         assert unlocks is not None and float(unlocks.group(1)) >= 1, kind
     assert found["quorumkv"] == found["etcd"]
     assert ("Unlock", "v3lockpb.Lock", "unary") in found["etcd"]
+
+
+def test_client_raw_calls_reach_the_services(sides: dict[str, Side]) -> None:
+    """``quorumkv.client``'s raw_call names the Lock and Election services; etcd's errors come back as EtcdError."""
+    from quorumkv.client import Client, EtcdError
+
+    got = {}
+    for kind, side in sides.items():
+        with Client([side.server.client_url.removeprefix("http://")], timeout=WAIT_S) as client:
+            lease_id = client.raw_call("Lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=60)).ID
+            resp = client.raw_call("Lock", "Lock", lpb.LockRequest(name=b"raw", lease=lease_id))
+            client.raw_call("Lock", "Unlock", lpb.UnlockRequest(key=resp.key))
+            with pytest.raises(EtcdError) as info:
+                client.raw_call("Election", "Leader", epb.LeaderRequest(name=b"raw"), idempotent=True)
+            client.raw_call("Lease", "LeaseRevoke", pb.LeaseRevokeRequest(ID=lease_id))
+            got[kind] = (resp.key == b"raw/" + format(lease_id, "x").encode(), str(info.value))
+    assert got["quorumkv"] == got["etcd"]
+    assert got["etcd"][0]
