@@ -482,6 +482,7 @@ def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
         if instrument is not None:
             instrument(servicer, name)
         getattr(pb_grpc, f"add_{name}Servicer_to_server")(servicer, table)
+    _add_concurrency_servicers(server, servicers, table, instrument)
     for grpc_server in grpc_servers:
         grpc_server.add_generic_rpc_handlers((table,))
     return servicers
@@ -501,6 +502,23 @@ def _counting(handler: Any, received: Callable[[int], None], sent: Callable[[int
         return data
 
     return handler._replace(request_deserializer=counted_deserialize, response_serializer=counted_serialize)
+
+
+def _add_concurrency_servicers(server: Member, servicers: dict[str, Any], table: _MethodTable,
+                               instrument: Callable[[Any, str], None] | None) -> None:
+    """etcd's v3lockpb.Lock and v3electionpb.Election (api/concurrency.py)."""
+    from quorumkv.api.concurrency import ElectionServicer, LockServicer
+    from quorumkv.api.v3electionpb import v3election_pb2_grpc
+    from quorumkv.api.v3lockpb import v3lock_pb2_grpc
+
+    servicers["Lock"] = LockServicer(server)
+    servicers["Election"] = ElectionServicer(server)
+    if instrument is not None:
+        instrument(servicers["Lock"], "Lock")
+        instrument(servicers["Election"], "Election")
+    v3lock_pb2_grpc.add_LockServicer_to_server(servicers["Lock"], table)  # type: ignore[no-untyped-call]
+    v3election_pb2_grpc.add_ElectionServicer_to_server(  # type: ignore[no-untyped-call]
+        servicers["Election"], table)
 
 
 class _MethodTable:

@@ -33,6 +33,8 @@ from prometheus_client.registry import Collector
 
 from quorumkv import ETCD_CLUSTER_VERSION, ETCD_COMPAT_VERSION
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.api.v3electionpb import v3election_pb2
+from quorumkv.api.v3lockpb import v3lock_pb2
 from quorumkv.server.apply import ApplyResult
 from quorumkv.transport.base import RTT_BUCKETS
 
@@ -297,13 +299,17 @@ def _grpc_type(client_streaming: bool, server_streaming: bool) -> str:
     return "unary"
 
 
+#: Where the services the member registers are described: etcdserverpb's, v3lockpb.Lock, v3electionpb.Election.
+_SERVICE_FILES = (pb.DESCRIPTOR, v3lock_pb2.DESCRIPTOR, v3election_pb2.DESCRIPTOR)
+
+
 def instrument_servicer(servicer: Any, service: str, stats: ServerStats) -> None:
     """Replace the servicer's RPC methods (on the instance) by counting wrappers. Call before registering.
 
-    ``service`` is the short name in rpc.proto ("KV", "Watch", ...). Unary wrappers add one coroutine frame
-    and two dict increments per call.
+    ``service`` is the short name in rpc.proto ("KV", "Watch", ...), or "Lock" / "Election". Unary wrappers add
+    one coroutine frame and two dict increments per call.
     """
-    desc = pb.DESCRIPTOR.services_by_name[service]
+    desc = next(fd.services_by_name[service] for fd in _SERVICE_FILES if service in fd.services_by_name)
     full = desc.full_name
     on_ok_by_method: dict[str, Callable[[Any, Any], None]] = {
         "Put": stats.count_put, "Range": stats.count_range, "DeleteRange": stats.count_delete,
