@@ -40,6 +40,9 @@ from quorumkv.observability.metrics import ServerStats, build_registry, instrume
 from quorumkv.security.autotls import self_cert
 from quorumkv.security.ciphers import openssl_names
 from quorumkv.security.reload import ReloadingServerCredentials, reloading_ssl_context
+from quorumkv.server.config import ServerConfig
+from quorumkv.server.join import JoinService, Managed, prepare_member, run_promoter
+from quorumkv.server.join import grpc_handler as grpc_join_handler
 from quorumkv.server.node import SLOW_APPLY_S
 from quorumkv.server.server import QuorumServer
 from quorumkv.server.settings import ServerSettings
@@ -161,6 +164,7 @@ class RunningMember:
                  client_http_urls: list[str] | None = None,
                  snapshot_scheduler: SnapshotScheduler | None = None,
                  snapshot_task: asyncio.Task[None] | None = None,
+                 promoter_task: asyncio.Task[None] | None = None,
                  client_mux: _ClientPorts | None = None) -> None:
         self.server = server
         #: the client gRPC servers (``CLIENT_GRPC_SERVERS`` of them, sharing the client URLs' ports)
@@ -175,10 +179,18 @@ class RunningMember:
         #: the scheduled snapshots (``--etcd-snapshot-schedule-cron``), None when disabled
         self.snapshot_scheduler = snapshot_scheduler
         self._snapshot_task = snapshot_task
+        #: a managed cluster's learner promotion and stall eviction (server/join.py), None otherwise
+        self._promoter_task = promoter_task
         #: gRPC and HTTP/1.1 on the client URLs (None: the client URLs serve gRPC only)
         self.client_mux = client_mux
 
     async def close(self, grace_s: float = 1.0) -> None:
+        if self._promoter_task is not None:
+            self._promoter_task.cancel()
+            try:
+                await self._promoter_task
+            except asyncio.CancelledError:
+                pass
         if self._snapshot_task is not None:
             if self.snapshot_scheduler is not None:
                 await self.snapshot_scheduler.stop()
@@ -337,13 +349,16 @@ def peer_dial_map_from_env(text: str) -> dict[str, str]:
 
 async def start_member(settings: ServerSettings, listen_client_urls: list[str],
                        tls: TLSFiles | None = None, http: HttpOptions | None = None, *,
-                       backups: BackupOptions | None = None, snapshot_clock: Clock | None = None) -> RunningMember:
+                       backups: BackupOptions | None = None, snapshot_clock: Clock | None = None,
+                       managed: Managed | None = None) -> RunningMember:
     """Open the data dir, start the member, its gRPC listeners and its HTTP listeners (``http``: metrics,
     health, JSON gateway) and, with ``backups`` not disabled, the snapshot schedule (``snapshot_clock``: tests'
     fake clock); raise on any startup problem."""
     http = http or HttpOptions()
     if not settings.peer_dial_map:
         settings.peer_dial_map = peer_dial_map_from_env(os.environ.get(PEER_DIAL_MAP_ENV, ""))
+    if settings.cluster_reset_restore_path:  # before the data dir is opened (it is replaced)
+        _restore_for_cluster_reset(settings, backups.s3 if backups is not None else None)
     stats = ServerStats(extensive=http.metrics == "extensive")
     server = QuorumServer(settings, on_applied_hooks=[stats.on_applied], fsync_observer=stats.observe_commit)
     if server._node is not None:  # a joining member creates its node once it has joined
@@ -357,8 +372,6 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     ports = _ClientPorts() if not http.listen_client_http_urls else None
     try:
         bound: list[str] = []
-        if ports is not None:
-            bound = ports.bind_front(listen_client_urls)
         await server.start()
         options = [
             ("grpc.max_receive_message_length", settings.max_request_bytes + GRPC_OVERHEAD_BYTES),
@@ -374,7 +387,12 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
         grpc_servers.extend(grpc.aio.server(options=options, interceptors=interceptors)
                             for _ in range(CLIENT_GRPC_SERVERS))
         servicers = add_servicers(grpc_servers, server,
-                                  instrument=lambda servicer, name: instrument_servicer(servicer, name, stats))
+                                  instrument=lambda servicer, name: instrument_servicer(servicer, name, stats),
+                                  count_bytes=(stats.count_received_bytes, stats.count_sent_bytes))
+        if managed is not None:  # a managed cluster's members serve joins on their client port
+            join_handler = grpc_join_handler(JoinService(server, managed))
+            for grpc_server in grpc_servers:
+                grpc_server.add_generic_rpc_handlers((join_handler,))
         for url in listen_client_urls if ports is None else ():
             addr, secure = listen_address(url)
             _refuse_busy_address(addr, url)
@@ -404,6 +422,9 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
         if ports is not None:
             srv = HttpServer(gateway.client_handler, max_body_bytes=body_limit, extra_headers=CORS_HEADERS)
             http_servers.append(srv)
+            # bound once the member serves, as the gRPC-only servers are: a client dialling earlier is refused
+            # and retries, rather than waiting in the listen backlog through a long start (a join)
+            bound = ports.bind_front(listen_client_urls)
             ports.start_front(listen_client_urls, srv, tls)
     except BaseException:
         if ports is not None and ports.front is not None:
@@ -427,17 +448,26 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
         task = asyncio.get_running_loop().create_task(scheduler.run(), name="etcd-snapshot-schedule")
         log.info("scheduled snapshots", extra={"cron": backups.cron, "dir": backups.directory,
                                                "retention": backups.retention, "s3": backups.s3 is not None})
+    promoter = (asyncio.get_running_loop().create_task(run_promoter(server, managed), name="learner-promoter")
+                if managed is not None else None)
     return RunningMember(server, grpc_servers, bound, stats=stats, registry=registry, http_servers=http_servers,
                          metrics_urls=metrics_urls, client_http_urls=client_http_urls,
-                         snapshot_scheduler=scheduler, snapshot_task=task, client_mux=ports)
+                         snapshot_scheduler=scheduler, snapshot_task=task, promoter_task=promoter,
+                         client_mux=ports)
 
 
 async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TLSFiles | None = None,
                 *, on_ready: Callable[[RunningMember], None] | None = None,
                 stop_event: asyncio.Event | None = None, http: HttpOptions | None = None,
-                backups: BackupOptions | None = None) -> None:
-    """Run until ``stop_event`` is set (or SIGTERM/SIGINT when it is None)."""
-    member = await start_member(settings, listen_client_urls, tls, http, backups=backups)
+                backups: BackupOptions | None = None, managed: Managed | None = None) -> bool:
+    """Run until ``stop_event`` is set (or SIGTERM/SIGINT when it is None). Returns whether the member stopped
+    because it was removed from the cluster."""
+    member = await start_member(settings, listen_client_urls, tls, http, backups=backups, managed=managed)
+    if member.server.reset_removed is not None:  # --cluster-reset/--force-new-cluster: what to do next
+        from quorumkv.server.reset import next_steps
+
+        print(next_steps(member.server.member_id, member.server.reset_removed, cluster_reset=settings.cluster_reset,
+                         data_dir=settings.data_dir), file=sys.stderr, flush=True)
     stop = stop_event or asyncio.Event()
     if stop_event is None:
         loop = asyncio.get_running_loop()
@@ -458,6 +488,7 @@ async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TL
     finally:
         log.info("stopping member")
         await member.close()
+    return removed.is_set() and not stop.is_set()
 
 
 #: ``QUORUMKV_GC=default`` keeps CPython's collector settings in the ``quorumkv`` command (see tune_gc).
@@ -595,21 +626,50 @@ class _RevokedClientInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
                                                      handler.response_serializer)
 
 
+def _restore_for_cluster_reset(settings: ServerSettings, s3: Any) -> None:
+    """--cluster-reset-restore-path: fetch and verify the snapshot, then restore it as the data dir (the old one
+    is kept beside it); the member then starts as a cluster of one (server/reset.py)."""
+    import shutil
+    from pathlib import Path
+
+    from quorumkv.backup.restore_source import RestoreSourceError, resolve_restore_source
+    from quorumkv.server import reset
+    from quorumkv.server.snapshot import SnapshotError
+
+    if Path(settings.data_dir).is_dir():
+        reset.check_guard(settings.data_dir)
+    target = Path(settings.data_dir)
+    work = target.parent / f".{target.name}.reset-download-{os.getpid()}"
+    try:
+        path = resolve_restore_source(settings.cluster_reset_restore_path, work_dir=work, s3=s3)
+        reset.restore_data_dir(path, settings)
+    except (RestoreSourceError, SnapshotError) as exc:
+        raise ValueError(f"--cluster-reset-restore-path: {exc}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def run_server(config: Any) -> int:
     """Blocking entry for the ``quorumkv`` command: returns the process exit code."""
     setup_logging(getattr(config, "log_level", "info"), getattr(config, "log_format", "json"))
     config = _apply_auto_tls(config)
     ciphers = _apply_cipher_suites(config)
-    settings = ServerSettings.from_config(config)
-    tls = TLSFiles(cert_file=getattr(config, "cert_file", ""), key_file=getattr(config, "key_file", ""),
-                   trusted_ca_file=getattr(config, "trusted_ca_file", ""),
-                   client_cert_auth=bool(getattr(config, "client_cert_auth", False)),
-                   crl_file=getattr(config, "client_crl_file", "") or "", ciphers=ciphers)
     try:
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(serve(settings, list(config.listen_client_urls), tls, http=HttpOptions.from_config(config),
-                             backups=BackupOptions.from_config(config) if hasattr(config, "etcd_snapshot_dir")
-                             else None))
+        # at most twice: a managed member removed from its cluster moves its data aside and rejoins once
+        for _ in range(2):
+            run_config, managed = prepare_member(config) if isinstance(config, ServerConfig) else (config, None)
+            settings = ServerSettings.from_config(run_config)
+            tls = TLSFiles(cert_file=getattr(run_config, "cert_file", ""), key_file=getattr(run_config, "key_file", ""),
+                           trusted_ca_file=getattr(run_config, "trusted_ca_file", ""),
+                           client_cert_auth=bool(getattr(run_config, "client_cert_auth", False)),
+                           crl_file=getattr(run_config, "client_crl_file", "") or "", ciphers=ciphers)
+            with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                removed = runner.run(serve(
+                    settings, list(run_config.listen_client_urls), tls, http=HttpOptions.from_config(run_config),
+                    backups=BackupOptions.from_config(run_config) if hasattr(run_config, "etcd_snapshot_dir")
+                    else None, managed=managed))
+            if not (removed and managed is not None):
+                break
     except (DataDirError, StorageError, ValueError, OSError) as exc:
         print(f"quorumkv: {exc}", file=sys.stderr)
         return 1

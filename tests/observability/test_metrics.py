@@ -48,7 +48,14 @@ async def test_exposition_has_etcd_names_on_both_listeners(member: Member) -> No
 
 
 async def test_put_range_delete_move_the_counters(member: Member) -> None:
-    before = await scrape(member.metrics_url)
+    # start-up entries (the member's attributes) may still be in flight: count from a settled state (the
+    # applied index moves inside the commit, the committed one right after it)
+    for _ in range(100):
+        before = await scrape(member.metrics_url)
+        if (before["etcd_server_proposals_pending"] == 0 and before["etcd_server_proposals_committed_total"]
+                == before["etcd_server_proposals_applied_total"]):
+            break
+        await asyncio.sleep(0.05)
     await member.kv.Put(pb.PutRequest(key=b"a", value=b"1"))
     await member.kv.Put(pb.PutRequest(key=b"b", value=b"2"))
     await member.kv.Range(pb.RangeRequest(key=b"a"))

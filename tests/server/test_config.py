@@ -54,6 +54,8 @@ ETCD_34_DEFAULTS: dict[str, Any] = {
     "log_outputs": ["default"],
     "log_level": "info",
     "watch_progress_notify_interval_ms": 600_000,
+    "experimental_enable_lease_checkpoint": False,
+    "lease_checkpoint_interval_ms": 300_000,  # not a flag in etcd 3.4, whose lessor fixes it at 5m
 }
 # Where quorumkv deliberately differs from etcd 3.4 (documented in docs/configuration.md).
 QUORUMKV_DIFFERENCES: dict[str, Any] = {
@@ -63,6 +65,9 @@ QUORUMKV_DIFFERENCES: dict[str, Any] = {
     "log_format": "json",  # not an etcd 3.4 flag
 }
 # K3s's snapshot and S3 flags (not etcd's): K3s's defaults, the snapshot dir under the data dir.
+#: K3s's cluster reset flags (server/reset.py).
+CLUSTER_RESET_DEFAULTS: dict[str, Any] = {"cluster_reset": False, "cluster_reset_restore_path": ""}
+
 K3S_SNAPSHOT_DEFAULTS: dict[str, Any] = {
     "etcd_snapshot_schedule_cron": "0 */12 * * *",
     "etcd_snapshot_retention": 5,
@@ -81,6 +86,15 @@ K3S_SNAPSHOT_DEFAULTS: dict[str, Any] = {
     "etcd_s3_timeout_ms": 300_000,
     "etcd_s3_retention": 5,
 }
+# K3s's cluster lifecycle flags (docs/ha.md).
+K3S_CLUSTER_DEFAULTS: dict[str, Any] = {
+    "cluster_init": False,
+    "server": "",
+    "token": "",
+    "token_file": "",
+    "tls_san": [],
+    "learner_stall_timeout_ms": 600_000,
+}
 
 
 def test_auth_flags_are_checked() -> None:
@@ -95,7 +109,8 @@ def test_auth_flags_are_checked() -> None:
 def test_defaults_are_etcds() -> None:
     config = ServerConfig()
     actual = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    assert actual == {**ETCD_34_DEFAULTS, **QUORUMKV_DIFFERENCES, **K3S_SNAPSHOT_DEFAULTS}
+    assert actual == {**ETCD_34_DEFAULTS, **QUORUMKV_DIFFERENCES, **K3S_SNAPSHOT_DEFAULTS, **CLUSTER_RESET_DEFAULTS,
+                      **K3S_CLUSTER_DEFAULTS}
 
 
 def test_derived_fields_follow_name() -> None:
@@ -167,6 +182,7 @@ def test_auto_compaction_retention_parsed(mode: str, retention: str, parsed: int
         ({"heartbeat_interval_ms": 0}, "--heartbeat-interval", r"must be > 0 \(set to 0ms\)"),
         ({"election_timeout_ms": -5}, "--election-timeout", "must be > 0"),
         ({"watch_progress_notify_interval_ms": 0}, "--experimental-watch-progress-notify-interval", "> 0"),
+        ({"lease_checkpoint_interval_ms": 0}, "--experimental-lease-checkpoint-interval", "> 0"),
         (
             {"election_timeout_ms": 400},
             "--election-timeout",

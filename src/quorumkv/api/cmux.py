@@ -174,9 +174,8 @@ class _Splice(asyncio.Protocol):
 
 
 class ClientMux:
-    """The front of one or more client URLs: :meth:`listen` binds them (early, so that clients connecting while
-    the member starts wait in the kernel's backlog instead of being refused and backing off), :meth:`start`
-    begins accepting once the gRPC servers and the HTTP side are up."""
+    """The front of one or more client URLs: :meth:`listen` binds them, :meth:`start` begins accepting (the
+    gRPC servers and the HTTP side must be up by then)."""
 
     def __init__(self, *, stream_limit: int) -> None:
         self._grpc_paths: dict[bool, itertools.cycle[str]] = {}

@@ -29,6 +29,8 @@ from google.protobuf.message import Message
 from quorumkv import ETCD_CLUSTER_VERSION, ETCD_COMPAT_VERSION
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.http import HttpError, Request, Response, StreamResponse
+from quorumkv.api.v3electionpb import v3election_pb2 as epb
+from quorumkv.api.v3lockpb import v3lock_pb2 as lpb
 from quorumkv.observability.health import Health
 from quorumkv.observability.health import Response as HealthAnswer
 from quorumkv.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -93,6 +95,60 @@ ROUTES: dict[str, tuple[str, str, type[Message], str]] = {
     "/v3/auth/role/grant": ("Auth", "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest, ""),
     "/v3/auth/role/revoke": ("Auth", "RoleRevokePermission", pb.AuthRoleRevokePermissionRequest, ""),
 }
+
+
+# -- etcd's v3lock and v3election services (api/concurrency.py) ------------------------------------------
+# "wait": a unary call that may wait for long (a lock, a campaign): abandoned, as a cancelled gRPC call, when
+# the HTTP client goes away; "observe": a server stream ended the same way.
+ROUTES.update({
+    "/v3/lock/lock": ("Lock", "Lock", lpb.LockRequest, "wait"),
+    "/v3/lock/unlock": ("Lock", "Unlock", lpb.UnlockRequest, ""),
+    "/v3/election/campaign": ("Election", "Campaign", epb.CampaignRequest, "wait"),
+    "/v3/election/proclaim": ("Election", "Proclaim", epb.ProclaimRequest, ""),
+    "/v3/election/leader": ("Election", "Leader", epb.LeaderRequest, ""),
+    "/v3/election/observe": ("Election", "Observe", epb.LeaderRequest, "observe"),
+    "/v3/election/resign": ("Election", "Resign", epb.ResignRequest, ""),
+})
+
+
+async def _call_until_gone(req: Request, method: Callable[[Any, Any], Awaitable[Message]], message: Message,
+                           ctx: GatewayContext) -> Message | None:
+    """``method(message, ctx)``, cancelled if the client closes the connection first (then None)."""
+    call = asyncio.ensure_future(method(message, ctx))
+    gone = asyncio.ensure_future(req.wait_disconnect())
+    try:
+        done, _ = await asyncio.wait([call, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if call in done:
+        return call.result()
+    call.cancel()
+    await asyncio.wait([call])
+    return None
+
+
+def _observe_until_gone(req: Request, responses: AsyncIterator[Message]) -> tuple[AsyncIterator[Message],
+                                                                                    asyncio.Event]:
+    """``responses`` and the event set when the client closes the connection."""
+    gone = asyncio.Event()
+
+    async def watch_connection() -> None:
+        await req.wait_disconnect()
+        gone.set()
+
+    watcher = asyncio.ensure_future(watch_connection())
+
+    async def stream() -> AsyncIterator[Message]:
+        try:
+            async for msg in responses:
+                yield msg
+        finally:
+            watcher.cancel()
+            aclose: Callable[[], Awaitable[None]] | None = getattr(responses, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return stream(), gone
 
 
 class GatewayAbort(Exception):
@@ -281,8 +337,17 @@ class Gateway:
         ctx = GatewayContext(token=_authorization(req))
         if streaming == "server":
             return StreamResponse(self._stream_out(method(message, ctx), ctx), headers=_STREAM_HEADERS)
+        if streaming == "observe":
+            changes, gone = _observe_until_gone(req, method(message, ctx))
+            return StreamResponse(self._stream_out(changes, ctx, gone), headers=_STREAM_HEADERS)
         try:
-            resp = await method(message, ctx)
+            if streaming == "wait":
+                waited = await _call_until_gone(req, method, message, ctx)
+                if waited is None:
+                    return error_response(1, "context canceled")
+                resp = waited
+            else:
+                resp = await method(message, ctx)
         except GatewayAbort as exc:
             return error_response(_code_value(exc.code), exc.message)
         except NotImplementedError:

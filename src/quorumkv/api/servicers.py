@@ -459,12 +459,15 @@ class AuthServicer(pb_grpc.AuthServicer):
 
 
 def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
-                  instrument: Callable[[Any, str], None] | None = None) -> dict[str, Any]:
+                  instrument: Callable[[Any, str], None] | None = None,
+                  count_bytes: tuple[Callable[[int], None], Callable[[int], None]] | None = None) -> dict[str, Any]:
     """Register etcd's services on every server of ``grpc_servers`` (the same servicer objects on each);
     returns the servicers by service name ("KV", ...).
 
     ``instrument(servicer, service_name)`` (metrics) may wrap a servicer's methods before registration; the
     JSON gateway calls the same servicer objects, so both paths behave (and count) alike.
+    ``count_bytes = (received, sent)`` is told the size of every message a gRPC client sent or was sent (the
+    bytes the (de)serializers already handle: no extra encoding).
     """
     servicers: dict[str, Any] = {
         "KV": KVServicer(server),
@@ -474,14 +477,48 @@ def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
         "Cluster": ClusterServicer(server),
         "Auth": AuthServicer(server),
     }
-    table = _MethodTable()
+    table = _MethodTable(count_bytes)
     for name, servicer in servicers.items():
         if instrument is not None:
             instrument(servicer, name)
         getattr(pb_grpc, f"add_{name}Servicer_to_server")(servicer, table)
+    _add_concurrency_servicers(server, servicers, table, instrument)
     for grpc_server in grpc_servers:
         grpc_server.add_generic_rpc_handlers((table,))
     return servicers
+
+
+def _counting(handler: Any, received: Callable[[int], None], sent: Callable[[int], None]) -> Any:
+    """``handler`` with (de)serializers that report each message's encoded size."""
+    deserialize, serialize = handler.request_deserializer, handler.response_serializer
+
+    def counted_deserialize(data: bytes) -> Any:
+        received(len(data))
+        return deserialize(data)
+
+    def counted_serialize(message: Any) -> bytes:
+        data: bytes = serialize(message)
+        sent(len(data))
+        return data
+
+    return handler._replace(request_deserializer=counted_deserialize, response_serializer=counted_serialize)
+
+
+def _add_concurrency_servicers(server: Member, servicers: dict[str, Any], table: _MethodTable,
+                               instrument: Callable[[Any, str], None] | None) -> None:
+    """etcd's v3lockpb.Lock and v3electionpb.Election (api/concurrency.py)."""
+    from quorumkv.api.concurrency import ElectionServicer, LockServicer
+    from quorumkv.api.v3electionpb import v3election_pb2_grpc
+    from quorumkv.api.v3lockpb import v3lock_pb2_grpc
+
+    servicers["Lock"] = LockServicer(server)
+    servicers["Election"] = ElectionServicer(server)
+    if instrument is not None:
+        instrument(servicers["Lock"], "Lock")
+        instrument(servicers["Election"], "Election")
+    v3lock_pb2_grpc.add_LockServicer_to_server(servicers["Lock"], table)  # type: ignore[no-untyped-call]
+    v3election_pb2_grpc.add_ElectionServicer_to_server(  # type: ignore[no-untyped-call]
+        servicers["Election"], table)
 
 
 class _MethodTable:
@@ -493,8 +530,9 @@ class _MethodTable:
     handler. With one generic handler it waits on a single future (see docs/performance.md).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, count_bytes: tuple[Callable[[int], None], Callable[[int], None]] | None = None) -> None:
         self.handlers: dict[str, Any] = {}
+        self.count_bytes = count_bytes
 
     # what the generated add_*Servicer_to_server functions call on their ``server`` argument
     def add_generic_rpc_handlers(self, handlers: object) -> None:
@@ -502,6 +540,8 @@ class _MethodTable:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         for method, handler in handlers.items():
+            if self.count_bytes is not None:
+                handler = _counting(handler, *self.count_bytes)
             self.handlers[f"/{service}/{method}"] = handler
 
     def service(self, handler_call_details: Any) -> Any:

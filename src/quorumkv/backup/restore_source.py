@@ -1,7 +1,7 @@
 """Where a restore's snapshot comes from: a local file, a compressed (``.zip``) snapshot, or S3.
 
 :func:`resolve_restore_source` turns any of them into a verified local etcd-format snapshot file; it is what
-``quorumkvctl snapshot restore`` calls and what ``--cluster-reset-restore-path`` is meant to call. Invariant:
+``quorumkvctl snapshot restore`` calls and what ``--cluster-reset-restore-path`` calls (``app.py``). Invariant:
 the file returned has passed the SHA-256 trailer check (unless ``skip_hash_check`` for a plain local file, as
 etcdctl's flag), so nothing is replaced before the snapshot is known good.
 """

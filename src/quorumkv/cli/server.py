@@ -90,7 +90,8 @@ def _build_command() -> click.Command:
         params=params,
         callback=callback,
         help="Start a quorumkv server (etcd 3.4 compatible flags). "
-        "Snapshots: 'quorumkv etcd-snapshot --help' (save, ls, delete, prune).",
+        "Snapshots: 'quorumkv etcd-snapshot --help' (save, ls, delete, prune). "
+        "Join tokens: 'quorumkv token --help' (show, rotate).",
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     )
 
@@ -178,6 +179,10 @@ def main(
         from quorumkv.cli.etcd_snapshot import main as etcd_snapshot_main
 
         return etcd_snapshot_main(args[1:])
+    if args and args[0] == "token":  # K3s's ``token show|rotate``
+        from quorumkv.cli.token import main as token_main
+
+        return token_main(args[1:])
     check_certs = args[:2] == ["check", "certs"]  # ``quorumkv check certs [server TLS flags]``
     if check_certs:
         args = args[2:]

@@ -22,13 +22,16 @@ if TYPE_CHECKING:
 __all__ = ["Election", "Lock"]
 
 
-def wait_deletes(client: Client, prefix: bytes, my_rev: int, deadline: Deadline, lease: Lease) -> None:
-    """Return once no key under ``prefix`` has a create revision below ``my_rev``; bounded by ``deadline``."""
+def wait_deletes(client: Client, prefix: bytes, my_rev: int, deadline: Deadline, lease: Lease) -> int:
+    """Return once no key under ``prefix`` has a create revision below ``my_rev``; bounded by ``deadline``.
+    Returns the revision at which that was seen, 0 if there was nothing to wait for."""
+    waited = False
     while True:
         res = client.get_range(prefix, prefix=True, max_create_revision=my_rev - 1, sort_order="descend",
                                sort_target="create", limit=1)
         if not res.kvs:
-            return
+            return res.header.revision if waited else 0
+        waited = True
         with client.watch(res.kvs[0].key, start_revision=res.header.revision + 1, filters=("NOPUT",)) as w:
             while True:
                 if lease.error is not None:
@@ -56,6 +59,8 @@ class Lock:
         self.lease: Lease | None = None
         self.key: bytes | None = None
         self.revision = 0
+        #: The revision at which the lock was seen held (etcd's ``Mutex.Header().Revision``).
+        self.header_revision = 0
 
     def acquire(self) -> None:
         """Block (at most ``timeout`` seconds) until held; raises :class:`DeadlineExceededError` on timeout."""
@@ -66,12 +71,14 @@ class Lock:
             r = (self._client.txn().if_(create_revision(key) == 0)
                  .then(put(key, b"", lease=lease.id)).else_(get(key)).commit())  # fmt: skip
             self.key = key
-            self.revision = r.header.revision
+            self.revision = self.header_revision = r.header.revision
             if not r.succeeded:
                 got = r.responses[0]
                 assert hasattr(got, "kvs") and got.kvs
                 self.revision = got.kvs[0].create_revision
-            wait_deletes(self._client, self.prefix, self.revision, deadline, lease)
+            seen = wait_deletes(self._client, self.prefix, self.revision, deadline, lease)
+            if seen:  # waited: held since the predecessors' deletion was seen
+                self.header_revision = seen
         except BaseException:
             self.release()
             raise

@@ -15,6 +15,8 @@ import grpc
 from google.protobuf.message import Message
 
 from quorumkv.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from quorumkv.api.v3electionpb import v3election_pb2_grpc
+from quorumkv.api.v3lockpb import v3lock_pb2_grpc
 from quorumkv.client import _codec as codec
 from quorumkv.client._codec import Call
 from quorumkv.client._conn import (
@@ -80,6 +82,8 @@ _STUBS: dict[str, Callable[[Any], Any]] = {
     "Cluster": rpc_pb2_grpc.ClusterStub,
     "Maintenance": rpc_pb2_grpc.MaintenanceStub,
     "Auth": rpc_pb2_grpc.AuthStub,
+    "Lock": v3lock_pb2_grpc.LockStub,  # etcd's server-side lock and election: raw_call/raw_stream only
+    "Election": v3election_pb2_grpc.ElectionStub,
 }
 
 
@@ -701,7 +705,8 @@ class Client:
 
     def raw_call(self, service: str, method: str, request: Message, *, idempotent: bool = False,
                  endpoint: str | None = None) -> Any:  # fmt: skip
-        """One unary RPC ``service.method`` (e.g. ``"KV", "Range"``) with an ``etcdserverpb`` request; returns the
+        """One unary RPC ``service.method`` (e.g. ``"KV", "Range"``) with an ``etcdserverpb`` request (or, for
+        ``"Lock"`` / ``"Election"``, a ``v3lockpb`` / ``v3electionpb`` one); returns the
         server's response message unchanged. Timeout, auth, error mapping and the retry rule are the typed
         methods': ``idempotent`` says whether the call may be resent after an ambiguous failure; with ``endpoint``
         it goes to that member only."""

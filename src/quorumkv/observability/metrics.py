@@ -7,9 +7,14 @@ from the member (indexes, DB size, watchers, keys), into metric families when Pr
 the request path touches prometheus-client.
 
 Gauges etcd sets from Raft (``etcd_server_proposals_committed_total`` / ``applied_total``) are the committed and
-applied log indexes, as in etcd. The single member has measured one commit (its SQLite COMMIT with the WAL
-fsync), so ``etcd_disk_wal_fsync_duration_seconds`` and ``etcd_disk_backend_commit_duration_seconds`` observe the
-same duration.
+applied log indexes, as in etcd.
+
+Disk histograms: a member persists each Raft Ready (log entries, hard state, and the entries it applies) in one
+SQLite transaction. ``etcd_disk_wal_fsync_duration_seconds`` observes the COMMIT of each transaction that had to
+be durable (SQLite's fsync of its write-ahead log, which holds the Raft log: etcd's WAL fsync);
+``etcd_disk_backend_commit_duration_seconds`` observes the COMMIT of each transaction that applied committed
+entries (etcd's backend commit). A follower's apply-only transactions are not synced and appear only in the
+second; a sole voter appends, applies and fsyncs in one COMMIT, which both observe with the same duration.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from prometheus_client.registry import Collector
 
 from quorumkv import ETCD_CLUSTER_VERSION, ETCD_COMPAT_VERSION
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.api.v3electionpb import v3election_pb2
+from quorumkv.api.v3lockpb import v3lock_pb2
 from quorumkv.server.apply import ApplyResult
+from quorumkv.transport.base import RTT_BUCKETS
 
 log = logging.getLogger("quorumkv.metrics")
 
@@ -37,6 +45,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: etcd's buckets for WAL fsync and backend commit: prometheus.ExponentialBuckets(0.001, 2, 14).
 DISK_BUCKETS = tuple(0.001 * 2**i for i in range(14))
+
+#: etcd 3.4's buckets: etcd_debugging_mvcc_db_compaction_pause_duration_milliseconds (ExponentialBuckets(1, 2, 13)),
+#: ..._total_duration_milliseconds (ExponentialBuckets(100, 2, 14)), etcd_disk_backend_defrag_duration_seconds
+#: (ExponentialBuckets(.1, 2, 13)).
+COMPACTION_PAUSE_MS_BUCKETS = tuple(float(2**i) for i in range(13))
+COMPACTION_TOTAL_MS_BUCKETS = tuple(100.0 * 2**i for i in range(14))
+DEFRAG_BUCKETS = tuple(0.1 * 2**i for i in range(13))
 
 #: go-grpc-prometheus's buckets for grpc_server_handling_seconds (prometheus.DefBuckets), kept with
 #: ``--metrics extensive`` only, as etcd does.
@@ -103,6 +118,17 @@ class Histogram:
         return fam
 
 
+def _cumulative(bounds: tuple[float, ...], counts: Iterable[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts (the last one past the largest bound) as cumulative ``(le, count)`` pairs."""
+    out: list[tuple[str, float]] = []
+    acc = 0
+    labels = [_float_label(b) for b in bounds] + ["+Inf"]
+    for label, n in zip(labels, counts, strict=False):
+        acc += n
+        out.append((label, acc))
+    return out
+
+
 def _float_label(v: float) -> str:
     """A bucket bound as Go's Prometheus client prints it: ``0.005``, ``1``, ``2.5``, ``10``."""
     v = round(v, 6)
@@ -147,6 +173,17 @@ class ServerStats:
         self.handling: dict[tuple[str, str, str], Histogram] = {}
         self.wal_fsync = Histogram(DISK_BUCKETS)
         self.backend_commit = Histogram(DISK_BUCKETS)
+        #: compactions applied here: how long the writer was busy with the batch that compacted (quorumkv
+        #: compacts in one statement, so the pause is the whole compaction), and revisions (rows) removed
+        self.compaction_pause_ms = Histogram(COMPACTION_PAUSE_MS_BUCKETS)
+        self.compaction_total_ms = Histogram(COMPACTION_TOTAL_MS_BUCKETS)
+        self.compaction_keys = 0
+        #: Defragment RPCs that succeeded, start to end
+        self.defrag = Histogram(DEFRAG_BUCKETS)
+        #: encoded size of every message received from / sent to gRPC clients (as etcd counts them); bumped by the
+        #: method table's (de)serializers
+        self.client_received_bytes = 0
+        self.client_sent_bytes = 0
         self.slow_fdatasync_s = SLOW_FDATASYNC_S
 
     # -- hooks the member calls --------------------------------------------------------------------------
@@ -157,15 +194,32 @@ class ServerStats:
             self.lease_granted += len(result.leases_granted)
         if result.leases_revoked:
             self.lease_revoked += len(result.leases_revoked)
+        if result.compacted_to:
+            took_ms = result.compaction_s * 1000
+            self.compaction_pause_ms.observe(took_ms)
+            self.compaction_total_ms.observe(took_ms)
+            self.compaction_keys += result.compacted_keys
 
-    def observe_commit(self, seconds: float) -> None:
-        """The node's fsync observer (writer thread): one durable COMMIT, WAL fsync included."""
+    def observe_commit(self, seconds: float, *, synced: bool = True, applied: bool = True) -> None:
+        """The node's commit observer (writer thread): one COMMIT of a Ready's transaction; ``synced``: it was
+        fsynced (the WAL fsync), ``applied``: it applied committed entries (the backend commit)."""
+        if applied:
+            self.backend_commit.observe(seconds)
+        if not synced:
+            return
         self.wal_fsync.observe(seconds)
-        self.backend_commit.observe(seconds)
         if seconds > self.slow_fdatasync_s:
             self.slow_fsyncs += 1
             log.warning("slow fdatasync", extra={"took": format_duration(seconds),
                                                  "expected-duration": format_duration(self.slow_fdatasync_s)})
+
+    def count_received_bytes(self, n: int) -> None:
+        """A request message from a gRPC client was decoded (its encoded size)."""
+        self.client_received_bytes += n
+
+    def count_sent_bytes(self, n: int) -> None:
+        """A response message to a gRPC client was encoded."""
+        self.client_sent_bytes += n
 
     # -- per-request counting (called by the servicer wrappers) ------------------------------------------
 
@@ -245,13 +299,17 @@ def _grpc_type(client_streaming: bool, server_streaming: bool) -> str:
     return "unary"
 
 
+#: Where the services the member registers are described: etcdserverpb's, v3lockpb.Lock, v3electionpb.Election.
+_SERVICE_FILES = (pb.DESCRIPTOR, v3lock_pb2.DESCRIPTOR, v3election_pb2.DESCRIPTOR)
+
+
 def instrument_servicer(servicer: Any, service: str, stats: ServerStats) -> None:
     """Replace the servicer's RPC methods (on the instance) by counting wrappers. Call before registering.
 
-    ``service`` is the short name in rpc.proto ("KV", "Watch", ...). Unary wrappers add one coroutine frame
-    and two dict increments per call.
+    ``service`` is the short name in rpc.proto ("KV", "Watch", ...), or "Lock" / "Election". Unary wrappers add
+    one coroutine frame and two dict increments per call.
     """
-    desc = pb.DESCRIPTOR.services_by_name[service]
+    desc = next(fd.services_by_name[service] for fd in _SERVICE_FILES if service in fd.services_by_name)
     full = desc.full_name
     on_ok_by_method: dict[str, Callable[[Any, Any], None]] = {
         "Put": stats.count_put, "Range": stats.count_range, "DeleteRange": stats.count_delete,
@@ -273,12 +331,28 @@ def instrument_servicer(servicer: Any, service: str, stats: ServerStats) -> None
             stats.stream_sent.setdefault(base, 0)
             on_msg = _renewed_counter(stats) if m.name == "LeaseKeepAlive" else None
             setattr(servicer, m.name, _wrap_stream(fn, base, stats, on_msg, m.client_streaming))
-        elif stats.extensive:
+            continue
+        if service == "Maintenance" and m.name == "Defragment":
+            fn = _timed_defrag(fn, stats)
+        if stats.extensive:
             setattr(servicer, m.name, _wrap_unary_timed(fn, base, stats, on_ok_by_method.get(m.name),
                                                         m.name in _WRITE_METHODS))
         else:
             setattr(servicer, m.name, _wrap_unary(fn, base, stats, on_ok_by_method.get(m.name),
                                                   m.name in _WRITE_METHODS))
+
+
+def _timed_defrag(fn: Callable[[Any, Any], Awaitable[Any]],
+                  stats: ServerStats) -> Callable[[Any, Any], Awaitable[Any]]:
+    """etcd_disk_backend_defrag_duration_seconds: each Defragment that succeeded, start to end."""
+
+    async def defragment(request: Any, context: Any) -> Any:
+        t0 = time.perf_counter()
+        resp = await fn(request, context)
+        stats.defrag.observe(time.perf_counter() - t0)
+        return resp
+
+    return defragment
 
 
 def _renewed_counter(stats: ServerStats) -> Callable[[Any], None]:
@@ -448,6 +522,22 @@ class EtcdCollector(Collector):
                                   "The latency distributions of fsync called by WAL.")
         yield st.backend_commit.family("etcd_disk_backend_commit_duration_seconds",
                                        "The latency distributions of commit called by backend.")
+        yield st.defrag.family("etcd_disk_backend_defrag_duration_seconds",
+                               "The latency distribution of backend defragmentation.")
+        yield st.compaction_pause_ms.family("etcd_debugging_mvcc_db_compaction_pause_duration_milliseconds",
+                                            "Bucketed histogram of db compaction pause duration.")
+        yield st.compaction_total_ms.family("etcd_debugging_mvcc_db_compaction_total_duration_milliseconds",
+                                            "Bucketed histogram of db compaction total duration.")
+        yield _counter("etcd_debugging_mvcc_db_compaction_keys", "Total number of db keys compacted.",
+                       st.compaction_keys)
+        yield _counter("etcd_network_client_grpc_received_bytes", "The total number of bytes received from grpc "
+                       "clients.", st.client_received_bytes)
+        yield _counter("etcd_network_client_grpc_sent_bytes", "The total number of bytes sent to grpc clients.",
+                       st.client_sent_bytes)
+        yield _counter("etcd_server_heartbeat_send_failures", "The total number of leader heartbeat send failures "
+                       "(likely overloaded from slow disk).", getattr(s, "heartbeat_send_failures", 0))
+        yield _counter("etcd_server_slow_read_indexes", "The total number of pending read indexes not in sync with "
+                       "leader's or timed out read index requests.", getattr(s, "slow_read_indexes", 0))
 
         yield _gauge("etcd_mvcc_db_total_size_in_bytes",
                      "Total size of the underlying database physically allocated in bytes.", s.backend.size_bytes())
@@ -556,13 +646,18 @@ class PeerNetworkCollector(Collector):
                                        "The total number of bytes received from peers.", labels=["From"])
         failures = CounterMetricFamily("etcd_network_peer_sent_failures",
                                        "The total number of send failures from peers.", labels=["To"])
+        rtt = HistogramMetricFamily("etcd_network_peer_round_trip_time_seconds",
+                                    "Round-Trip-Time histogram between peers", labels=["To"])
         for mid, p in sorted(peers.items()):
             sent.add_metric([f"{mid:x}"], p.sent_bytes)
             received.add_metric([f"{mid:x}"], p.received_bytes)
             failures.add_metric([f"{mid:x}"], p.dropped)
+            if p.rtt_counts and sum(p.rtt_counts):  # as etcd: a peer appears once it has a sample
+                rtt.add_metric([f"{mid:x}"], _cumulative(RTT_BUCKETS, p.rtt_counts), sum_value=p.rtt_sum_s)
         yield sent
         yield received
         yield failures
+        yield rtt
         yield GaugeMetricFamily("etcd_network_active_peers", "The current number of active peer connections.",
                                 value=sum(1 for p in peers.values() if p.connected))
 

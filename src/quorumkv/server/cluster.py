@@ -69,6 +69,11 @@ class MemberCluster(MemberCore):
         self.transport.register_handler("cluster_info", self._handle_cluster_info)
         self.transport.open_methods.add("cluster_info")
         self.transport.on_removed = self._on_refused_as_removed
+        with read_txn(self.reader):  # members removed before this start are refused too (they may come back)
+            removed = membership.removed_ids(self.reader)
+        for mid in removed:
+            if mid != self.member_id:
+                self.transport.remove_peer(mid)
         await self.transport.start(list(self.settings.listen_peer_urls))
         if self.joining:
             await self._join()
@@ -80,6 +85,11 @@ class MemberCluster(MemberCore):
             return True
         with read_txn(self.reader):
             return any(mid != self.member_id for mid in membership.load_members(self.reader))
+
+    def _has_removed_members(self) -> bool:
+        """Whether some member was removed (a member reset to a cluster of one listens, to refuse the others)."""
+        with read_txn(self.reader):
+            return bool(membership.removed_ids(self.reader))
 
     async def _start_transport_logged(self) -> None:
         try:
@@ -176,6 +186,7 @@ class MemberCluster(MemberCore):
             del self._peer_urls[mid]
 
     def _send_raft_messages(self, messages: list[Any]) -> None:
+        self._heartbeats.observe(messages)
         if self.transport is not None:
             self.transport.send(messages)
 
@@ -195,9 +206,12 @@ class MemberCluster(MemberCore):
         if lead:
             self.leader_changes += 1
         if is_leader and not self._is_leader:
-            # a new leader restarts every lease clock, extended by an election timeout (as etcd's Promote):
+            # a new leader restarts every lease clock (from its checkpointed remaining TTL, with checkpointing),
+            # extended by an election timeout (as etcd's Promote):
             # no lease expires early because leadership moved
-            self.lessor.promote(dict(self.applier.leases), extend_s=self.settings.election_timeout_ms / 1000)
+            self.lessor.promote(dict(self.applier.leases), extend_s=self.settings.election_timeout_ms / 1000,
+                                remaining=self.applier.lease_remaining if self.settings.lease_checkpoint else None)
+            self._heartbeats.reset()
             log.info("became leader", extra={"member-id": f"{self.member_id:x}", "term": self.node.term})
         elif not is_leader and self._is_leader:
             self.lessor.promote({})
@@ -223,7 +237,9 @@ class MemberCluster(MemberCore):
         the leader stopped talking to us). Record it, so a restart on this data dir is refused too."""
         if self._removed.is_set():
             return
-        log.warning("a peer says this member was removed from the cluster; stopping",
+        log.warning("a peer says this member was removed from the cluster (member remove, or a cluster reset on "
+                    "that peer); stopping: delete this data dir, 'member add' this member on the cluster and start it "
+                    "with --initial-cluster-state existing",
                     extra={"member-id": f"{self.member_id:x}", "peer": f"{peer:x}"})
         try:
             with self.backend.write_txn() as c:

@@ -106,6 +106,9 @@ class ServerConfig:
     auto_compaction_mode: str = "periodic"
     auto_compaction_retention: str = "0"
     force_new_cluster: bool = False
+    #: K3s's --cluster-reset and --cluster-reset-restore-path (server/reset.py).
+    cluster_reset: bool = False
+    cluster_reset_restore_path: str = ""
 
     # Auth
     auth_token: str = "simple"
@@ -141,6 +144,10 @@ class ServerConfig:
     # Experimental
     #: ``--experimental-watch-progress-notify-interval`` (a Go duration such as ``10m``) in milliseconds.
     watch_progress_notify_interval_ms: int = 600_000
+    #: ``--experimental-enable-lease-checkpoint``: the leader checkpoints remaining lease TTLs through the log.
+    experimental_enable_lease_checkpoint: bool = False
+    #: ``--experimental-lease-checkpoint-interval`` in milliseconds (etcd 3.4's fixed 5m by default).
+    lease_checkpoint_interval_ms: int = 300_000
 
     # Snapshots and S3 (K3s's flags; quorumkv.backup)
     #: five cron fields (croniter); a sixth field is seconds (docs/operations.md: the test hook).
@@ -162,6 +169,19 @@ class ServerConfig:
     #: ``--etcd-s3-timeout`` (a Go duration, default ``5m``) in milliseconds.
     etcd_s3_timeout_ms: int = 300_000
     etcd_s3_retention: int = 5
+
+    # Managed (K3s-style) cluster lifecycle (server/join.py, docs/ha.md)
+    #: generate the cluster CA, this member's certificates and a join token (first server, or a single member
+    #: becoming the first server of a cluster)
+    cluster_init: bool = False
+    #: ``https://host:port``: join the cluster through this member's client URL (any live member)
+    server: str = ""
+    token: str = ""
+    token_file: str = ""
+    #: extra names and addresses for the generated server and peer certificates
+    tls_san: list[str] = field(default_factory=list)
+    #: a learner that has not caught up this long after joining is removed (stall eviction)
+    learner_stall_timeout_ms: int = 600_000
 
     def __post_init__(self) -> None:
         hints = _field_types()
@@ -241,7 +261,39 @@ class ServerConfig:
         self._validate_tls()
         self._validate_choices()
         self._validate_snapshots()
+        self._validate_managed()
         self.auto_compaction_retention_parsed()
+        if self.cluster_reset_restore_path and not self.cluster_reset:  # cluster reset (server/reset.py)
+            raise ConfigError("--cluster-reset-restore-path needs --cluster-reset: add --cluster-reset to restore "
+                              "the snapshot as a new one-member cluster", flag="--cluster-reset-restore-path")
+
+    def _validate_managed(self) -> None:
+        if self.cluster_init and self.server:
+            raise ConfigError("--cluster-init and --server cannot be used together: the first server takes "
+                              "--cluster-init, the others --server https://<any member>:<client port> --token ...",
+                              flag="--server")
+        if self.token and self.token_file:
+            raise ConfigError("give either --token (or QUORUMKV_TOKEN) or --token-file, not both",
+                              flag="--token-file")
+        if self.server:
+            try:
+                parts = urllib.parse.urlsplit(self.server)
+                port = parts.port
+            except ValueError:
+                port = None
+                parts = urllib.parse.urlsplit("")
+            if parts.scheme != "https" or not parts.hostname or port is None or parts.path not in ("", "/"):
+                raise ConfigError(f"--server={self.server!r} must be a member's client URL https://host:port "
+                                  "(a managed cluster serves its client URLs over TLS)", flag="--server")
+            if not (self.token or self.token_file):
+                raise ConfigError("--server needs the cluster's token: --token, QUORUMKV_TOKEN or --token-file "
+                                  "(printed by the first server; 'quorumkv token show --data-dir ...')",
+                                  flag="--token")
+        for san in self.tls_san:
+            if not san or (any(c.isspace() or c in "/:," for c in san.strip("[]")) and not _is_ip(san)):
+                raise ConfigError(f"--tls-san {san!r} must be a DNS name or an IP address", flag="--tls-san")
+        if self.learner_stall_timeout_ms <= 0:
+            raise ConfigError("--learner-stall-timeout must be > 0, e.g. 10m", flag="--learner-stall-timeout")
 
     def _validate_snapshots(self) -> None:
         from croniter import croniter
@@ -277,6 +329,7 @@ class ServerConfig:
             ("heartbeat_interval_ms", "ms", "100"),
             ("election_timeout_ms", "ms", "1000"),
             ("watch_progress_notify_interval_ms", "ms", "10m"),
+            ("lease_checkpoint_interval_ms", "ms", "5m"),
         ):
             value = getattr(self, fname)
             if value <= 0:
@@ -443,7 +496,17 @@ _FLAG_EXCEPTIONS = {
     "election_timeout_ms": "--election-timeout",
     "watch_progress_notify_interval_ms": "--experimental-watch-progress-notify-interval",
     "etcd_s3_timeout_ms": "--etcd-s3-timeout",
+    "lease_checkpoint_interval_ms": "--experimental-lease-checkpoint-interval",
+    "learner_stall_timeout_ms": "--learner-stall-timeout",
 }
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def flag_for_field(field_name: str) -> str:

@@ -285,12 +285,44 @@ FLAG_SPECS: tuple[FlagSpec, ...] = (
     _s(
         "force-new-cluster", "force_new_cluster", "bool", "false", "Force to create a new one-member cluster."
     ),
+    # -- cluster reset (K3s; server/reset.py) --
+    _s(
+        "cluster-reset",
+        "cluster_reset",
+        "bool",
+        "false",
+        "Forget all peers and become the sole member of a new cluster, data kept (once: leaves reset-flag).",
+    ),
+    _s(
+        "cluster-reset-restore-path",
+        "cluster_reset_restore_path",
+        "str",
+        "",
+        "With --cluster-reset: restore this snapshot (file, .zip or s3://) into the data dir first.",
+    ),
+    # -- end cluster reset --
     _s(
         "experimental-watch-progress-notify-interval",
         "watch_progress_notify_interval_ms",
         "duration_ms",
         "10m",
         "Duration of periodical watch progress notification.",
+    ),
+    _s(
+        "experimental-enable-lease-checkpoint",
+        "experimental_enable_lease_checkpoint",
+        "bool",
+        "false",
+        "Enable the leader to checkpoint remaining lease TTLs through the log, so a lease keeps its remaining TTL "
+        "across a leader change or a restart.",
+    ),
+    _s(
+        "experimental-lease-checkpoint-interval",
+        "lease_checkpoint_interval_ms",
+        "duration_ms",
+        "5m",
+        "How often the leader checkpoints a lease's remaining TTL (with --experimental-enable-lease-checkpoint; "
+        "quorumkv flag, etcd 3.4 fixes it at 5m).",
     ),
     _s(
         "etcd-snapshot-schedule-cron",
@@ -320,6 +352,15 @@ FLAG_SPECS: tuple[FlagSpec, ...] = (
         "5",
         "Number of snapshots to retain in S3 (separate from --etcd-snapshot-retention).",
     ),
+    # managed (K3s-style) cluster lifecycle: docs/ha.md
+    _s("cluster-init", "cluster_init", "bool", "false",
+       "Initialize a managed cluster: generate its CA, this member's certificates and a join token."),
+    _s("server", "server", "str", "", "Join the managed cluster through this member's client URL (https://...)."),
+    _s("token", "token", "str", "", "The cluster's join token (K10<ca hash>::server:<secret>, or a bare secret)."),
+    _s("token-file", "token_file", "str", "", "File holding the cluster's join token."),
+    _s("tls-san", "tls_san", "list", "", "Extra names/IPs for the generated server and peer certificates."),
+    _s("learner-stall-timeout", "learner_stall_timeout_ms", "duration_ms", "10m",
+       "A joined learner that has not caught up within this long is removed from the cluster."),
 )
 
 
@@ -378,7 +419,8 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
     _c("experimental-corrupt-check-time", "0s"),
     _c("experimental-enable-v2v3", "", refuse=True),
     _c("experimental-backend-bbolt-freelist-type", "array"),
-    _c("experimental-enable-lease-checkpoint", "false"),
+    # etcd 3.4.23 keeps checkpoints across a restart with or without it (observed); quorumkv always does
+    _c("experimental-enable-lease-checkpoint-persist", "false"),
     _c("experimental-compaction-batch-limit", "1000"),
     _c("experimental-peer-skip-client-san-verification", "false"),
     _c("experimental-warning-apply-duration", "100ms"),

@@ -117,5 +117,9 @@ class AuthService(Headers, Authorizer, Protocol):
                                      ) -> pb.AuthRoleRevokePermissionResponse: ...
 
 
+class ConcurrencyBackend(KVService, WatchService, LeaseService, Protocol):
+    """What the Lock and Election services run on (``server/concurrency.py``): keys, watches and leases."""
+
+
 class Member(KVService, WatchService, LeaseService, MaintenanceService, ClusterService, AuthService, Protocol):
     """Everything the API layer registers: one member."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from quorumkv import errors
@@ -20,8 +19,9 @@ from quorumkv.lease.lessor import Clock, Lessor
 from quorumkv.mvcc.watch import WatchHub
 from quorumkv.server.apply import Applier
 from quorumkv.server.entries import EntryKind
+from quorumkv.server.heartbeats import HeartbeatDetector
 from quorumkv.server.identity import IdGenerator
-from quorumkv.server.node import Node
+from quorumkv.server.node import CommitObserver, Node
 from quorumkv.server.settings import ServerSettings
 from quorumkv.server.wait import WaitRegistry
 from quorumkv.storage import membership
@@ -70,11 +70,19 @@ class MemberCore:
     _peer_urls: dict[int, list[str]]
     _removed: asyncio.Event
     _transport_starting: asyncio.Task[None] | None
-    _fsync_observer: Callable[[float], None] | None
+    _fsync_observer: CommitObserver | None
     waits: WaitRegistry
+    _heartbeats: HeartbeatDetector
+    #: Linearizable reads whose ReadIndex timed out (etcd_server_slow_read_indexes_total).
+    slow_read_indexes: int = 0
+
+    @property
+    def heartbeat_send_failures(self) -> int:
+        """Leader heartbeats sent late (etcd_server_heartbeat_send_failures_total)."""
+        return self._heartbeats.failures
 
     # implemented by QuorumServer and the other parts
-    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> Node:
+    def _make_node(self, fsync_observer: CommitObserver | None) -> Node:
         raise NotImplementedError
 
     async def _handle_lease_renew(self, payload: bytes) -> bytes:
@@ -159,6 +167,7 @@ class MemberCore:
         try:
             await asyncio.wait_for(node.read_index(), self.settings.request_timeout_s)
         except TimeoutError:
+            self.slow_read_indexes += 1
             if node.lead == 0:
                 raise errors.NO_LEADER from None
             if node.lead != lead_before:

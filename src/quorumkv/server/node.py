@@ -23,6 +23,13 @@ from quorumkv.storage.membership import Member
 SLOW_APPLY_S = 0.1
 
 
+class CommitObserver(Protocol):
+    """Told (on the engine's thread) how long the COMMIT of one Ready's transaction took; ``synced``: it was
+    fsynced (etcd's WAL fsync), ``applied``: it applied committed entries (etcd's backend commit)."""
+
+    def __call__(self, seconds: float, *, synced: bool = True, applied: bool = True) -> None: ...
+
+
 @dataclass
 class NodeStatus:
     term: int

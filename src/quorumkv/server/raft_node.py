@@ -65,7 +65,7 @@ from quorumkv.raft.rawnode import RawNode, Ready
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.entries import EntryKind, decode_entry, encode_entry
 from quorumkv.server.failpoints import Failpoints
-from quorumkv.server.node import Node, NodeStatus
+from quorumkv.server.node import CommitObserver, Node, NodeStatus
 from quorumkv.server.ready import AppliedStateStorage, ReadyProcessor
 from quorumkv.server.wait import WaitRegistry
 from quorumkv.storage import membership, schema, state_snapshot
@@ -104,7 +104,7 @@ class SqliteLogStore:
     applies_in_transaction = True
 
     def __init__(self, backend: Backend, *, trimmed_index: int, rows_stored: bool,
-                 fsync_observer: Callable[[float], None] | None) -> None:
+                 fsync_observer: CommitObserver | None) -> None:
         self.backend = backend
         self.table = RaftLogTable()
         #: ``meta.log_trimmed_index`` as stored: ``raft_log`` rows cover (trimmed, last index].
@@ -113,6 +113,8 @@ class SqliteLogStore:
         self.rows_stored = rows_stored
         self.fsync_observer = fsync_observer
         self._conn: sqlite3.Connection | None = None
+        #: Set by the state machine when the open transaction applied committed entries.
+        self.applied_in_txn = False
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -121,6 +123,7 @@ class SqliteLogStore:
 
     @contextmanager
     def transaction(self, sync: bool) -> Iterator[None]:
+        self.applied_in_txn = False
         with self.backend.write_txn(sync=sync) as conn:
             self._conn = conn
             try:
@@ -128,8 +131,8 @@ class SqliteLogStore:
             finally:
                 self._conn = None
             commit_started = time.perf_counter()
-        if self.fsync_observer is not None:
-            self.fsync_observer(time.perf_counter() - commit_started)
+        if self.fsync_observer is not None and (sync or self.applied_in_txn):
+            self.fsync_observer(time.perf_counter() - commit_started, synced=sync, applied=self.applied_in_txn)
 
     def install_snapshot(self, meta: SnapshotMetadata) -> None:
         self.table.clear(self.conn, meta.index, meta.term)
@@ -176,6 +179,7 @@ class ApplierStateMachine:
         return self.applier.applied_index
 
     def apply_entries(self, entries: list[Entry]) -> None:
+        self.store.applied_in_txn = True
         self.applier.apply_many(self.store.conn, [(int(e.index), e.data or _NOOP_DATA) for e in entries],
                                 self.result)
 
@@ -280,7 +284,7 @@ class RaftNode:
                  heartbeat_interval_ms: int = 100, election_timeout_ms: int = 1000,
                  snapshot_count: int = 10_000, snapshot_catchup_entries: int = 5_000,
                  rng: random.Random | None = None,
-                 fsync_observer: Callable[[float], None] | None = None,
+                 fsync_observer: CommitObserver | None = None,
                  on_leader_change: Callable[[int, bool], None] | None = None,
                  on_conf_applied: Callable[[ConfChange], None] | None = None,
                  on_fatal: Callable[[BaseException], None] | None = None,
@@ -522,6 +526,17 @@ class RaftNode:
     def status(self) -> NodeStatus:
         return NodeStatus(term=self.term, commit_index=self.commit_index, applied_index=self.applier.applied_index)
 
+    def apply_committed(self) -> int:
+        """Before ``start``, on the calling thread: persist and apply what the stored log commits (a cluster
+        reset; server/reset.py). Messages are dropped. Returns the applied index; the node is spent afterwards."""
+        assert self._thread is None, "apply_committed runs before start"
+        with self.write_lock:
+            while self.raw.has_ready():
+                rd = self.raw.ready()
+                self._sm.result = self.applier.new_result()
+                self._ready.handle(rd)
+        return self.applier.applied_index
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -657,7 +672,8 @@ class RaftNode:
 
     def _send_from_thread(self, messages: list[Message]) -> None:
         loop = self._loop
-        assert loop is not None
+        if loop is None:  # apply_committed before start (a cluster reset): nobody to send to
+            return
         loop.call_soon_threadsafe(self._send, messages)
 
     def _handle_ready(self, rd: Ready) -> None:
@@ -689,7 +705,10 @@ class RaftNode:
                 self._waiting_reads = [pr for pr in self._waiting_reads if pr not in ready]
                 futs = [f for pr in ready for f in pr.futures]
                 loop.call_soon_threadsafe(_release_reads, futs)
+        if result.compacted_to:
+            result.compaction_s = time.perf_counter() - started  # the writer was busy with it (a pause)
         if result.responses or result.events or result.revision or result.leases_granted or result.leases_revoked \
+                or result.leases_checkpointed \
                 or result.compacted_to or result.alarms_changed or result.members_changed or result.auth_changed \
                 or rd.snapshot:
             if rd.snapshot is not None:

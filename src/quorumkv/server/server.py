@@ -24,15 +24,16 @@ from quorumkv.errors import EtcdError
 from quorumkv.lease.lessor import Clock, Lessor, SystemClock
 from quorumkv.mvcc import store
 from quorumkv.mvcc.watch import WatchHub
-from quorumkv.server import compactor, defrag
+from quorumkv.server import compactor, defrag, reset
 from quorumkv.server.apply import Applier, ApplyResult
 from quorumkv.server.auth import MemberAuth
 from quorumkv.server.cluster import MemberCluster
+from quorumkv.server.heartbeats import HeartbeatDetector
 from quorumkv.server.identity import IdGenerator, compute_cluster_id, compute_member_id, parse_initial_cluster
 from quorumkv.server.kv import MemberKV
 from quorumkv.server.lease import MemberLeases
 from quorumkv.server.maintenance import MemberMaintenance
-from quorumkv.server.node import Node
+from quorumkv.server.node import CommitObserver, Node
 from quorumkv.server.raft_node import RaftNode
 from quorumkv.server.settings import ServerSettings
 from quorumkv.server.wait import WaitRegistry
@@ -49,13 +50,21 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
 
     def __init__(self, settings: ServerSettings, *, clock: Clock | None = None,
                  on_applied_hooks: list[Callable[[ApplyResult], None]] | None = None,
-                 fsync_observer: Callable[[float], None] | None = None) -> None:
+                 fsync_observer: CommitObserver | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self._hooks = on_applied_hooks or []
         _ = self.tokens  # a bad --auth-token (an unreadable key) fails the start before the data dir is touched
+        if settings.cluster_reset and reset.is_fresh(settings.data_dir):
+            raise EtcdError("FAILED_PRECONDITION",
+                            f"--cluster-reset: data dir {settings.data_dir} holds no member to reset: start without "
+                            "--cluster-reset, or give --cluster-reset-restore-path=SNAPSHOT to restore one")
         self.datadir: DataDir = open_data_dir(settings.data_dir)
         try:
+            if settings.cluster_reset:
+                reset.check_guard(self.datadir.path)
+            else:
+                reset.clear_guard(self.datadir.path)
             _remove_stale_temp_files(self.datadir.path)
             self.backend = Backend(self.datadir.db_path)
             self.applier = Applier(self.backend.writer, min_lease_ttl_seconds=settings.min_lease_ttl_seconds)
@@ -64,6 +73,14 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
             self.waits = WaitRegistry()
             self._fsync_observer = fsync_observer
             self._node: Node | None = None
+            #: --cluster-reset/--force-new-cluster: the members this start removed (None: no reset).
+            self.reset_removed: list[int] | None = None
+            if (settings.cluster_reset or settings.force_new_cluster) and not self.joining \
+                    and self.bootstrap_members is None:
+                self.reset_removed = reset.reset_membership(
+                    self.backend, lambda: self._make_node(None), self.member_id, data_dir=str(self.datadir.path))
+                if settings.cluster_reset:
+                    reset.write_guard(self.datadir.path)
             if not self.joining:
                 self._node = self._make_node(fsync_observer)
         except BaseException:
@@ -73,7 +90,8 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
         self._auth_seen = self.applier.auth
         self._failed_auth = {}
         self._allocated_bytes: int | None = None
-        self.lessor = Lessor(self.clock)
+        self.lessor = Lessor(self.clock, settings.lease_checkpoint_interval_s if settings.lease_checkpoint else None)
+        self._heartbeats = HeartbeatDetector(settings.heartbeat_interval_ms / 1000, self.clock)
         self.transport: Transport | None = None
         self._transport_starting: asyncio.Task[None] | None = None
         #: Builds the peer transport (tests inject an in-memory one); None: the gRPC ``PeerTransport``.
@@ -142,7 +160,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
                             f"{self.settings.data_dir} cannot be used again: remove the data dir, add the member "
                             "again (member add) and start it with --initial-cluster-state existing")
 
-    def _make_node(self, fsync_observer: Callable[[float], None] | None) -> RaftNode:
+    def _make_node(self, fsync_observer: CommitObserver | None) -> RaftNode:
         s = self.settings
         node = RaftNode(
             self.backend, self.applier, member_id=self.member_id, on_applied=self._on_applied,
@@ -159,7 +177,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
         if self.settings.peer_dial_map:
             log.warning("QUORUMKV_TEST_PEER_DIAL_MAP is set: peers are dialled through the URLs it names "
                         "(a test-only setting; unset it in production)", extra={"map": self.settings.peer_dial_map})
-        if self.joining or self._has_other_members():
+        if self.joining or self._has_other_members() or self._has_removed_members():
             await self._start_transport()
         with read_txn(self.reader):
             rev = store.current_revision(self.reader)
@@ -209,9 +227,11 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
             self.lessor.granted(lid, ttl)
         for lid in result.leases_revoked:
             self.lessor.revoked(lid)
+        for lid, _remaining in result.leases_checkpointed:
+            self.lessor.checkpointed(lid)  # the leader schedules the lease's next checkpoint
         hub = self.hub
         if result.restored:
-            self.lessor.promote(dict(self.applier.leases))  # only a leader's clocks matter
+            self.lessor.promote(dict(self.applier.leases), remaining=self._lease_remaining())  # a leader's clocks
             self.alarms = frozenset(self.applier.alarms)
             if hub is not None:
                 hub.resync(self.applier.revision, self.applier.compact_revision)

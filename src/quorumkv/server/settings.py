@@ -53,6 +53,13 @@ class ServerSettings:
     bcrypt_cost: int = 10
     peer_cert_allowed_cn: str = ""
     peer_crl_file: str = ""
+    #: Recovery from quorum loss (server/reset.py): etcd's --force-new-cluster, K3s's --cluster-reset[-restore-path].
+    force_new_cluster: bool = False
+    cluster_reset: bool = False
+    cluster_reset_restore_path: str = ""
+    #: --experimental-enable-lease-checkpoint and --experimental-lease-checkpoint-interval (seconds).
+    lease_checkpoint: bool = False
+    lease_checkpoint_interval_s: float = 300.0
 
     @property
     def request_timeout_s(self) -> float:
@@ -90,6 +97,11 @@ class ServerSettings:
             bcrypt_cost=int(getattr(cfg, "bcrypt_cost", 10)),
             peer_cert_allowed_cn=str(getattr(cfg, "peer_cert_allowed_cn", "") or ""),
             peer_crl_file=str(getattr(cfg, "peer_crl_file", "") or ""),
+            force_new_cluster=bool(getattr(cfg, "force_new_cluster", False)),
+            cluster_reset=bool(getattr(cfg, "cluster_reset", False)),
+            cluster_reset_restore_path=str(getattr(cfg, "cluster_reset_restore_path", "") or ""),
+            lease_checkpoint=bool(getattr(cfg, "experimental_enable_lease_checkpoint", False)),
+            lease_checkpoint_interval_s=int(getattr(cfg, "lease_checkpoint_interval_ms", 300_000)) / 1000,
         )
 
     @property

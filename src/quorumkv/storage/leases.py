@@ -15,6 +15,16 @@ def load_leases(conn: sqlite3.Connection) -> dict[int, int]:
     return {int(r[0]): int(r[1]) for r in conn.execute("SELECT id, ttl FROM lease")}
 
 
+def load_lease_remaining(conn: sqlite3.Connection) -> dict[int, int]:
+    """``lease ID -> checkpointed remaining TTL (seconds)`` for the leases that have one (0: none, the full TTL)."""
+    return {int(r[0]): int(r[1]) for r in conn.execute("SELECT id, remaining_ttl FROM lease WHERE remaining_ttl > 0")}
+
+
+def set_lease_remaining(conn: sqlite3.Connection, lease_id: int, remaining_ttl_s: int) -> None:
+    """Record a lease checkpoint (0 clears it); a lease that no longer exists is left alone."""
+    conn.execute("UPDATE lease SET remaining_ttl = ? WHERE id = ?", (remaining_ttl_s, lease_id))
+
+
 def insert_lease(conn: sqlite3.Connection, lease_id: int, ttl_s: int) -> None:
     conn.execute("INSERT INTO lease(id, ttl, remaining_ttl) VALUES (?, ?, 0)", (lease_id, ttl_s))
 

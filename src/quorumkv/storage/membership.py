@@ -66,6 +66,11 @@ def is_removed(conn: sqlite3.Connection, member_id: int) -> bool:
     return conn.execute("SELECT 1 FROM removed_member WHERE id=?", (to_i64(member_id),)).fetchone() is not None
 
 
+def removed_ids(conn: sqlite3.Connection) -> list[int]:
+    """Every member ID ever removed from this cluster (by ``member remove`` or a cluster reset)."""
+    return sorted(to_u64(int(r[0])) for r in conn.execute("SELECT id FROM removed_member"))
+
+
 def upsert_member(conn: sqlite3.Connection, m: Member) -> None:
     conn.execute(
         "INSERT INTO member(id, name, peer_urls, client_urls, is_learner) VALUES (?,?,?,?,?) "

@@ -106,14 +106,14 @@ def save_identity(conn: sqlite3.Connection, member: int, cluster: int) -> None:
     meta_set(conn, CLUSTER_ID, f"{cluster:x}")
 
 
-def reset_raft_state(conn: sqlite3.Connection, voters: list[int], *, index: int) -> None:
+def reset_raft_state(conn: sqlite3.Connection, voters: list[int], *, index: int, term: int = 1) -> None:
     """A new cluster of ``voters`` whose state machine is already at ``index`` (as etcd's snapshot restore
-    writes it): no log rows, the log starts after ``index`` at term 1, everything up to it committed and applied,
-    and no vote. Every restored member writes the same state, so they form one cluster, and none of them can
-    win an election (nor acknowledge a write) without a quorum of the others."""
+    writes it): no log rows, the log starts after ``index`` at ``term`` (1; a cluster reset keeps its term),
+    everything up to it committed and applied, and no vote. Every restored member writes the same state, so they
+    form one cluster, and none of them can win an election (nor acknowledge a write) without a quorum of the others."""
     from quorumkv.storage.raftlog import RaftLogTable  # raftlog imports this module
 
-    RaftLogTable().clear(conn, index, 1)
+    RaftLogTable().clear(conn, index, term)
     save_applied_index(conn, index)
-    save_hard_state(conn, HardState(Term(1), NodeId(0), Index(index)))
+    save_hard_state(conn, HardState(Term(term), NodeId(0), Index(index)))
     save_conf_state(conn, ConfState(tuple(NodeId(v) for v in sorted(voters))))

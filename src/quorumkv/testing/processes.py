@@ -93,10 +93,20 @@ def etcdctl_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _is_loopback_ip(host: str) -> bool:
+    """Any 127.0.0.0/8 address (tests give members distinct loopback IPs)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_loopback(endpoint: str) -> None:
     for one in endpoint.split(","):
         host = urlsplit(one if "://" in one else f"http://{one}").hostname or ""
-        if host not in _LOOPBACK_HOSTS:
+        if host not in _LOOPBACK_HOSTS and not _is_loopback_ip(host):
             raise ValueError(f"refusing to run etcdctl against non-loopback endpoint {one!r}")
 
 

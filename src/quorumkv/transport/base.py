@@ -61,6 +61,10 @@ class RemoteCallError(TransportError):
         self.detail = detail
 
 
+#: etcd's buckets for etcd_network_peer_round_trip_time_seconds: ExponentialBuckets(0.0001, 2, 16).
+RTT_BUCKETS = tuple(0.0001 * 2**i for i in range(16))
+
+
 @dataclass(frozen=True, slots=True)
 class PeerStats:
     """A snapshot of one peer's counters. Counters only grow while the peer stays added.
@@ -92,6 +96,10 @@ class PeerStats:
     connects: int
     #: the most recent connection or send error ("" if none yet)
     last_error: str
+    #: round trips of the transport's probe calls to this peer: per-bucket counts over ``RTT_BUCKETS`` (the last
+    #: one past the largest bound) and their sum in seconds (``etcd_network_peer_round_trip_time_seconds{To}``)
+    rtt_counts: tuple[int, ...] = ()
+    rtt_sum_s: float = 0.0
 
 
 @runtime_checkable

@@ -21,10 +21,12 @@ handed to ``on_messages``. ``Peer/Call`` dispatches to handlers registered by na
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import enum
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,7 @@ import grpc
 from quorumkv.api.quorumkvpb import peer_pb2, peer_pb2_grpc
 from quorumkv.raft.messages import LOCAL_MESSAGES, DecodeError, Message, MessageType, decode_message, encode_message
 from quorumkv.transport.base import (
+    RTT_BUCKETS,
     CallErrorKind,
     CallHandler,
     OnMessages,
@@ -85,6 +88,17 @@ class TransportOptions:
     keepalive_timeout_s: float = 5.0
     #: grace given to in-flight handlers when the listener stops
     stop_grace_s: float = 0.2
+    #: how often each connected peer gets a probe call whose round trip is recorded (etcd probes every few
+    #: seconds and exports the RTT histogram); 0: no probes
+    probe_interval_s: float = 5.0
+
+
+#: The transport's own Call method: answered empty by every member, timed by the caller (round-trip time).
+PROBE_METHOD = "transport.probe"
+
+
+async def _answer_probe(payload: bytes) -> bytes:
+    return b""
 
 
 class _LaneState(enum.Enum):
@@ -128,6 +142,8 @@ class _Peer:
     last_error: str = ""
     call_channels: dict[str, Any] = field(default_factory=dict)
     call_url_index: int = 0
+    rtt_counts: list[int] = field(default_factory=lambda: [0] * (len(RTT_BUCKETS) + 1))
+    rtt_sum_s: float = 0.0
 
 
 class PeerTransport:
@@ -160,6 +176,8 @@ class PeerTransport:
         self._channel_credentials = channel_credentials
         self._peers: dict[int, _Peer] = {}
         self._removed: set[int] = set()
+        #: (sender, its cluster ID) -> when its refused stream was last logged (once per minute).
+        self._refusals_logged: dict[tuple[int, int], float] = {}
         self._handlers: dict[str, CallHandler] = {}
         self._received: dict[int, list[int]] = {}  # sender → [messages, bytes]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -177,6 +195,8 @@ class PeerTransport:
         #: TLS: why dialling ``(host, port)`` fails, looked up (in a thread) when an https dial fails
         self.diagnose_tls: Callable[[str, int], str | None] | None = None
         self._tls_reported: dict[str, float] = {}  # peer address -> when its TLS failure was last logged
+        self._handlers[PROBE_METHOD] = _answer_probe
+        self._probe_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -227,6 +247,8 @@ class PeerTransport:
         self.bound_urls = bound
         for peer in self._peers.values():
             self._start_lanes(peer)
+        if self.options.probe_interval_s > 0:
+            self._probe_task = self._loop.create_task(self._probe_loop(), name="peer-probe")
         log.info("serving peer traffic", extra={"listen-peer-urls": bound, "member-id": f"{self.member_id:x}",
                                                 "cluster-id": f"{self.cluster_id:x}"})
         return list(bound)
@@ -236,6 +258,13 @@ class PeerTransport:
         if self._stopped:
             return
         self._stopped = True
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            try:
+                await self._probe_task
+            except asyncio.CancelledError:
+                pass
+            self._probe_task = None
         for peer in self._peers.values():
             for lane in peer.lanes:
                 self._close_lane(lane)
@@ -669,6 +698,27 @@ class PeerTransport:
             raise PeerCallError(member_id, method, CallErrorKind.UNAVAILABLE, "; ".join(errors))
         raise PeerCallError(member_id, method, CallErrorKind.TIMEOUT, f"no answer within {timeout_s:g}s")
 
+    async def _probe_loop(self) -> None:
+        """Every ``probe_interval_s``: one probe call to each connected peer; its round trip is recorded."""
+        loop = asyncio.get_running_loop()
+        interval = self.options.probe_interval_s
+        while not self._stopped:
+            await asyncio.sleep(interval)
+            for pid in list(self._peers):
+                peer = self._peers.get(pid)
+                if peer is None or peer.lanes[0].state != _LaneState.CONNECTED:
+                    continue
+                started = loop.time()
+                try:
+                    await self.call(pid, PROBE_METHOD, b"", min(interval, self.options.connect_timeout_s))
+                except Exception as exc:  # unreachable, timed out, stopping: no sample this round
+                    log.debug("peer probe failed", extra={"to": f"{pid:x}", "error": str(exc)})
+                    continue
+                rtt = loop.time() - started
+                if self._peers.get(pid) is peer:
+                    peer.rtt_counts[bisect.bisect_left(RTT_BUCKETS, rtt)] += 1
+                    peer.rtt_sum_s += rtt
+
     async def _close_call_channels(self, peer: _Peer) -> None:
         channels = list(peer.call_channels.values())
         peer.call_channels.clear()
@@ -697,6 +747,8 @@ class PeerTransport:
                 dropped=p.dropped,
                 connects=p.connects,
                 last_error=p.last_error,
+                rtt_counts=tuple(p.rtt_counts),
+                rtt_sum_s=p.rtt_sum_s,
             )
         return out
 
@@ -711,8 +763,9 @@ class PeerTransport:
             return cluster_mismatch_message(self.cluster_id, cluster_id, sender_id)
         if receiver_id != self.member_id:
             return member_mismatch_message(self.member_id, receiver_id)
-        if sender_id in self._removed:
-            return removed_member_message(sender_id)
+        if sender_id in self._removed:  # the peer matches the first part; the rest is for whoever reads the log
+            return removed_member_message(sender_id) + (
+                " (wipe its data dir, then 'member add' it and start it with --initial-cluster-state existing)")
         return None
 
     def _deliver(self, sender_id: int, frames: Sequence[bytes]) -> str | None:
@@ -778,9 +831,12 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame of a peer stream needs a header")
         refusal = t._refusal(h.cluster_id, h.sender_id, h.receiver_id)
         if refusal is not None:
-            log.warning("refused a peer stream", extra={"remote-peer-id": f"{h.sender_id:x}", "reason": refusal,
-                                                        "local-member-cluster-id": f"{t.cluster_id:x}",
-                                                        "remote-peer-cluster-id": f"{h.cluster_id:x}"})
+            now = time.monotonic()  # once per peer (and its cluster ID) per minute: it keeps redialling
+            if now - t._refusals_logged.get((h.sender_id, h.cluster_id), -1e9) >= 60:
+                t._refusals_logged[(h.sender_id, h.cluster_id)] = now
+                log.warning("refused a peer stream", extra={"remote-peer-id": f"{h.sender_id:x}", "reason": refusal,
+                                                            "local-member-cluster-id": f"{t.cluster_id:x}",
+                                                            "remote-peer-cluster-id": f"{h.cluster_id:x}"})
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         yield peer_pb2.StreamAck(member_id=t.member_id)
         sender = h.sender_id

@@ -558,7 +558,7 @@ class Registry:
     def load(cls) -> None:
         if cls.loaded:
             return
-        from quorumkv.cli.ctl import auth, check, cluster, kv, lease, maintenance, mirror, watch  # noqa: F401
+        from quorumkv.cli.ctl import auth, check, cluster, kv, lease, lock, maintenance, mirror, watch  # noqa: F401
 
         cls.loaded = True
 
