@@ -13,6 +13,8 @@ import click
 from quorumkv.server.durations import DurationError, parse_duration_ns
 
 _PROG = "quorumkv robustness"
+#: Flag errors, as the server's own command line (verdicts: 0 PASS, 1 FAIL, 3 UNKNOWN).
+EXIT_USAGE = 2
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
@@ -46,7 +48,7 @@ def cli() -> None:
 @click.option("--watchers", type=click.IntRange(1, 16), default=3, show_default=True)
 def run(target: str, members: str, profile: str, faults_text: str, duration: str, seed: int,
         report: Path | None, clients: int, watchers: int) -> None:
-    """Start a cluster, drive traffic, inject faults, validate; exit 0 PASS, 1 FAIL, 2 UNKNOWN."""
+    """Start a cluster, drive traffic, inject faults, validate; exit 0 PASS, 1 FAIL, 3 UNKNOWN."""
     from quorumkv.testing.robustness.faults import parse_faults
     from quorumkv.testing.robustness.runner import RunConfig
     from quorumkv.testing.robustness.runner import run as run_robustness
@@ -109,7 +111,7 @@ def main(argv: list[str]) -> int:
         cli.main(argv, prog_name=_PROG, standalone_mode=False)
     except click.ClickException as exc:
         click.echo(f"{_PROG}: {exc.format_message()}", err=True)
-        return 2 if not isinstance(exc, click.UsageError) else 2
+        return EXIT_USAGE
     except click.Abort:
         return 130
     except SystemExit as exc:

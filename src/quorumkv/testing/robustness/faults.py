@@ -202,7 +202,7 @@ def _defrag(ctx: FaultContext) -> str:
                 pb_grpc.MaintenanceStub(ch).Defragment(pb.DefragmentRequest(), timeout=10)  # type: ignore[no-untyped-call]
             result.append("defrag finished")
         except grpc.RpcError as exc:
-            result.append(f"defrag failed: {exc.code().name}")  # type: ignore[attr-defined]
+            result.append(f"defrag failed: {exc.code().name}")
 
     t = threading.Thread(target=defrag, daemon=True)
     t.start()
@@ -228,15 +228,19 @@ def _replace(ctx: FaultContext) -> str:
                        if f", {name}, " in line), None)
     if member_hex is None:
         raise Skipped(f"member-replace: {name} not in the member list: {listing.stdout.strip()[:200]}")
-    removed = patient_etcdctl(endpoints, "member", "remove", member_hex)
+    for _ in range(10):  # etcd refuses while a member is recently (re)started ("unhealthy cluster"): retry
+        removed = patient_etcdctl(endpoints, "member", "remove", member_hex)
+        if removed.returncode == 0 or "unhealthy" not in removed.stderr:
+            break
+        time.sleep(1.0)
     if removed.returncode != 0:
-        raise Skipped(f"member-replace: member remove failed: {removed.stderr.strip()[:200]}")
+        raise Skipped(f"member-replace: member remove failed: {_last(removed.stderr)}")
     c.kill(name)
     shutil.rmtree(member.data_dir, ignore_errors=True)
     added = patient_etcdctl(endpoints, "member", "add", name, f"--peer-urls={member.peer_url}")
     if added.returncode != 0:
         raise RuntimeError(f"member-replace: member add {name} failed after its removal: "
-                           f"{added.stderr.strip()[:300]}")
+                           f"{_last(added.stderr)}")
     initial = next((line.split("=", 1)[1].strip().strip('"') for line in added.stdout.splitlines()
                     if line.startswith("ETCD_INITIAL_CLUSTER=")), None)
     argv = list(member.argv)
@@ -248,6 +252,11 @@ def _replace(ctx: FaultContext) -> str:
     return f"removed {name} ({member_hex}), wiped its data dir, added it back and restarted it"
 
 
+def _last(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][-300:] if lines else "(no output)"
+
+
 def _disk_full(ctx: FaultContext) -> str:
     name = ctx.rng.choice(ctx.cluster.names)
     member = ctx.cluster.member(name)
@@ -256,7 +265,7 @@ def _disk_full(ctx: FaultContext) -> str:
     data = member.data_dir
     saved = data.with_name(data.name + ".saved")
     used = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
-    size_kb = max(used // 1024 + ctx.rng.randint(64, 512), 256)
+    size_kb = used // 1024 + ctx.rng.randint(16, 256)
     data.rename(saved)
     data.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(data)],
@@ -268,7 +277,7 @@ def _disk_full(ctx: FaultContext) -> str:
         raise Skipped(f"disk-full: refused: mount tmpfs failed: {mounted.stderr.strip()[:200]}")
     try:
         for item in saved.iterdir():
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, data / item.name)  # type: ignore[operator]
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, data / item.name)
         ctx.restart(name, wait=False)
         held = ctx.hold() + ctx.hold()
         died = not member.alive
@@ -276,7 +285,7 @@ def _disk_full(ctx: FaultContext) -> str:
         shutil.rmtree(saved)
         saved.mkdir()
         for item in data.iterdir():
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, saved / item.name)  # type: ignore[operator]
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, saved / item.name)
     finally:
         subprocess.run(["umount", "-l", str(data)], capture_output=True, timeout=30)
     shutil.rmtree(data, ignore_errors=True)
@@ -317,5 +326,13 @@ def dead_members(cluster: Cluster) -> list[ClusterMember]:
     return [m for m in cluster.members if m.process is not None and not m.alive]
 
 
-__all__ = ["FAULTS", "FaultContext", "Skipped", "applicable", "dead_members", "inject", "parse_faults",
-           "Path"]
+__all__ = [
+    "FAULTS",
+    "FaultContext",
+    "Path",
+    "Skipped",
+    "applicable",
+    "dead_members",
+    "inject",
+    "parse_faults",
+]

@@ -12,7 +12,7 @@ watches catch up, and validates:
 3. HashKV is equal on every member at one revision;
 4. no member died other than by an injected fault.
 
-The verdict: ``PASS`` (exit 0), ``FAIL`` (exit 1) or ``UNKNOWN`` (exit 2: the linearizability search ran out of
+The verdict: ``PASS`` (exit 0), ``FAIL`` (exit 1) or ``UNKNOWN`` (exit 3: the linearizability search ran out of
 budget). ``--duration`` bounds the traffic-and-fault phase; cluster start-up and validation come on top (both
 bounded) and the total is printed.
 """
@@ -93,7 +93,7 @@ class Verdict:
 
     @property
     def exit_code(self) -> int:
-        return {"PASS": 0, "FAIL": 1, "UNKNOWN": 2}[self.outcome]
+        return {"PASS": 0, "FAIL": 1, "UNKNOWN": 3}[self.outcome]
 
 
 def validate(rec: Recording, *, max_seconds: float = 60.0) -> Verdict:
@@ -128,7 +128,7 @@ def _hashkv(cluster: Cluster, timeout_s: float = 60.0) -> tuple[list[Finding], d
                         pb.RangeRequest(key=b"\0", serializable=True), timeout=5)
                 revisions[m.name] = int(resp.header.revision)
             except grpc.RpcError as exc:
-                last_error = f"{m.name}: {exc.code().name}"  # type: ignore[attr-defined]
+                last_error = f"{m.name}: {exc.code().name}"
         if len(revisions) == len(cluster.members) and len(set(revisions.values())) == 1:
             break
         time.sleep(0.5)
@@ -144,11 +144,20 @@ def _hashkv(cluster: Cluster, timeout_s: float = 60.0) -> tuple[list[Finding], d
                     pb.HashKVRequest(revision=revision), timeout=30)
             hashes[m.name] = (int(resp.hash), int(resp.compact_revision))
         except grpc.RpcError as exc:
-            return [Finding("hashkv", f"HashKV on {m.name} failed: {exc.code().name}")], {}  # type: ignore[attr-defined]
+            return [Finding("hashkv", f"HashKV on {m.name} failed: {exc.code().name}")], {}
     info = {"revision": revision, "hashes": {k: list(v) for k, v in hashes.items()}}
     if len({h for h, _ in hashes.values()}) != 1:
         return [Finding("hashkv", f"HashKV differs at revision {revision}: {hashes}")], info
     return [], info
+
+
+def _crashed(cluster: Cluster, excused: set[str], when: str) -> list[Finding]:
+    out = []
+    for m in dead_members(cluster):
+        if m.name not in excused:
+            code = m.process.returncode if m.process is not None else None
+            out.append(Finding("crashed", f"{m.name} exited {code} {when}: {m.log_tail(5)}"))
+    return out
 
 
 def _start(cfg: RunConfig, base: Path) -> Cluster:
@@ -224,17 +233,13 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> Verdict:
                 counts[fault] += 1
                 injected.append({"fault": fault, "at_s": round(at, 2), "what": text})
                 echo(f"robustness: [{at:6.1f}s] {fault}: {text}")
-                for m in dead_members(cluster):
-                    if m.name not in ctx.excused:
-                        crash_findings.append(Finding("crashed", f"{m.name} exited {m.process.returncode if m.process else '?'} "
-                                                                 f"outside any fault: {m.log_tail(5)}"))
+                crash_findings.extend(_crashed(cluster, ctx.excused, "outside any fault"))
                 ctx.excused.clear()
             if cluster.proxies:
                 cluster.heal()
+            dead = _crashed(cluster, set(), "outside any fault")
+            crash_findings.extend(dead)
             for m in dead_members(cluster):
-                crash_findings.append(Finding("crashed", f"{m.name} exited "
-                                                         f"{m.process.returncode if m.process else '?'} outside any "
-                                                         f"fault: {m.log_tail(5)}"))
                 cluster.restart(m.name, ready_timeout_s=60.0)
             thread.join(cfg.duration_s + 180.0)
             if thread.is_alive():
@@ -243,9 +248,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> Verdict:
                 crash_findings.append(Finding("traffic", f"the traffic failed: {box['error']!r}"))
             recording = box.get("rec")
             hash_findings, hash_info = _hashkv(cluster)
-            for m in dead_members(cluster):
-                crash_findings.append(Finding("crashed", f"{m.name} exited {m.process.returncode if m.process else '?'} "
-                                                         f"after the run: {m.log_tail(5)}"))
+            crash_findings.extend(_crashed(cluster, set(), "after the run"))
         finally:
             cluster.close()
         if recording is not None:
@@ -276,8 +279,8 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> Verdict:
          f"{s.get('watch_events', 0)} watch events in {s.get('watch_streams', 0)} streams, "
          f"{s.get('lists', 0)} lists, {len(injected)} faults injected in {elapsed:.0f}s; "
          f"linearizability: {verdict.linearizability}")
-    for f in verdict.findings:
-        echo(f"robustness: VIOLATION {f}")
+    for finding in verdict.findings:
+        echo(f"robustness: VIOLATION {finding}")
     echo(f"robustness: verdict {verdict.outcome}")
     echo(f"robustness: reproduce with: {repro}")
     return verdict
@@ -288,8 +291,8 @@ def check_file(path: Path, echo: Callable[[str], None] = print) -> Verdict:
     verdict = validate(rec)
     echo(f"robustness check: {path}: {verdict.stats.get('operations', 0)} operations, "
          f"{verdict.stats.get('watch_streams', 0)} watch streams; linearizability: {verdict.linearizability}")
-    for f in verdict.findings:
-        echo(f"robustness check: VIOLATION {f}")
+    for finding in verdict.findings:
+        echo(f"robustness check: VIOLATION {finding}")
     echo(f"robustness check: verdict {verdict.outcome}")
     return verdict
 

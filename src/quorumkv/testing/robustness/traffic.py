@@ -486,4 +486,4 @@ def record_traffic_sync(config: TrafficConfig) -> Recording:
     return asyncio.run(record_traffic(config))
 
 
-__all__ = ["PROFILES", "TrafficConfig", "record_traffic", "record_traffic_sync", "DeleteResult", "PutResult"]
+__all__ = ["PROFILES", "DeleteResult", "PutResult", "TrafficConfig", "record_traffic", "record_traffic_sync"]
