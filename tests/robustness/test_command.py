@@ -71,8 +71,8 @@ def test_check_gives_the_verdict_of_a_recording(tmp_path: Path, capsys: pytest.C
 
 def test_a_one_member_run_injects_faults_and_passes(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
-    proc = _cli("run", "--members=1", "--profile=etcd", "--faults=kill-random,pause-random,slow-fsync,blackhole",
-                "--duration=8s", "--seed=7", "--clients=4", "--watchers=2", f"--report={report}")
+    proc = _cli("run", "--members=1", "--profile=etcd", "--faults=kill-random,pause-random,blackhole",
+                "--duration=6s", "--seed=7", "--clients=4", "--watchers=2", f"--report={report}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "blackhole: skipped with one member" in proc.stdout
     assert "robustness: verdict PASS" in proc.stdout

@@ -265,7 +265,7 @@ def _disk_full(ctx: FaultContext) -> str:
     data = member.data_dir
     saved = data.with_name(data.name + ".saved")
     used = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
-    size_kb = used // 1024 + ctx.rng.randint(16, 256)
+    size_kb = used // 1024 + 1024
     data.rename(saved)
     data.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(data)],
@@ -278,9 +278,19 @@ def _disk_full(ctx: FaultContext) -> str:
     try:
         for item in saved.iterdir():
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, data / item.name)
+        st = os.statvfs(data)  # leave only a few KiB free: the member's next writes hit ENOSPC
+        filler = data / ".robustness-filler"
+        with filler.open("wb") as fh:
+            with contextlib.suppress(OSError):
+                fh.write(b"\0" * max(st.f_bavail * st.f_frsize - ctx.rng.randint(8, 64) * 1024, 0))
         ctx.restart(name, wait=False)
+        with contextlib.suppress(Exception):  # it may well not come up on a full disk
+            if member.process is not None:
+                member.process.wait_ready(15.0)
         held = ctx.hold() + ctx.hold()
+        filler.unlink()
         died = not member.alive
+        full = any(w in member.log_tail(200).lower() for w in ("no space", "disk is full", "enospc"))
         ctx.cluster.kill(name)
         shutil.rmtree(saved)
         saved.mkdir()
@@ -291,7 +301,8 @@ def _disk_full(ctx: FaultContext) -> str:
     shutil.rmtree(data, ignore_errors=True)
     saved.rename(data)
     ctx.restart(name)
-    return (f"{name} on a {size_kb} KiB tmpfs for {held:.1f}s ({'it died' if died else 'it kept running'}), "
+    state = ("it died" if died else "it kept running") + (", its log reports the full disk" if full else "")
+    return (f"{name} on a full {size_kb} KiB tmpfs for {held:.1f}s ({state}), "
             "moved back and restarted")
 
 
