@@ -14,7 +14,8 @@ from quorumkv.cli.server import main
 from quorumkv.testing.processes import quorumkv_env, start_etcd
 from quorumkv.testing.robustness.anomalies import PLANTS, clean_recording
 from quorumkv.testing.robustness.faults import FAULTS, applicable, parse_faults
-from quorumkv.testing.robustness.runner import RunConfig, reproduce_command
+from quorumkv.testing.robustness.record import Recording
+from quorumkv.testing.robustness.runner import RunConfig, reproduce_command, validate
 
 
 def _cli(*args: str, timeout_s: float = 240.0) -> subprocess.CompletedProcess[str]:
@@ -83,6 +84,12 @@ def test_a_one_member_run_injects_faults_and_passes(tmp_path: Path) -> None:
     assert report.with_suffix(".recording.json").exists()
     again = _cli("check", str(report.with_suffix(".recording.json")))
     assert again.returncode == 0 and "verdict PASS" in again.stdout
+    # the validators catch anomalies planted into this real recording too
+    recorded = Recording.from_json(report.with_suffix(".recording.json").read_text())
+    for name in ("duplicated watch event", "reordered watch event", "early bookmark", "lost watch event"):
+        plant, check = PLANTS[name]
+        verdict = validate(plant(recorded, random.Random(1)))
+        assert check in {f.check for f in verdict.findings}, (name, [str(f) for f in verdict.findings])
 
 
 def test_record_against_a_running_etcd_then_check(tmp_path: Path) -> None:
