@@ -116,3 +116,11 @@ def test_a_three_member_run_with_every_fault(target: str, tmp_path: Path) -> Non
     assert data["stats"]["faults_injected"] >= 3, proc.stdout[-3000:]
     if target == "quorumkv":
         assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_the_help_names_every_fault(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["robustness"]) == 0
+    assert "run" in capsys.readouterr().out
+    assert main(["robustness", "run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")
+    assert all(f in text for f in FAULTS), text

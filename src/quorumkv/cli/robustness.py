@@ -1,7 +1,7 @@
 """``quorumkv robustness run|check|record``: etcd-style robustness testing (docs/reliability.md).
 
-The command line only parses and validates; the work is done by :mod:`quorumkv.testing.robustness` (imported
-when a subcommand runs, so the server's start-up never loads the test harness).
+The command line only parses and validates; the work is done by :mod:`quorumkv.testing.robustness` (this
+module is imported only for ``quorumkv robustness``, so the server's start-up never loads the test harness).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from quorumkv.server.durations import DurationError, parse_duration_ns
+from quorumkv.testing.robustness.faults import FAULTS
 
 _PROG = "quorumkv robustness"
 #: Flag errors, as the server's own command line (verdicts: 0 PASS, 1 FAIL, 3 UNKNOWN).
@@ -39,7 +40,7 @@ def cli() -> None:
 @click.option("--profile", type=click.Choice(["kubernetes", "etcd", "lease-heavy"]), default="kubernetes",
               show_default=True)
 @click.option("--faults", "faults_text", default="all", show_default=True,
-              help="Comma-separated fault names, 'all', or 'none'.")
+              help=f"Comma-separated fault names, 'all', or 'none'. Faults: {', '.join(FAULTS)}.")
 @click.option("--duration", default="30s", show_default=True, help="Traffic-and-fault phase (e.g. 90s, 5m).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -107,6 +108,10 @@ def record(endpoints: str, profile: str, duration: str, seed: int, clients: int,
 
 
 def main(argv: list[str]) -> int:
+    if not argv:
+        with click.Context(cli, info_name=_PROG) as ctx:
+            click.echo(cli.get_help(ctx))
+        return 0
     try:
         cli.main(argv, prog_name=_PROG, standalone_mode=False)
     except click.ClickException as exc:
