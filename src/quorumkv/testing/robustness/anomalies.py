@@ -57,8 +57,15 @@ def clean_recording(seed: int = 0, operations: int = 120) -> Recording:
     txn = Operation(len(h.operations), 0, end, end + 5, Txn((), (Put("k0", "both-0"), Put("k1", "both-1"))),
                     TxnResult(True, (PutResult(rev), PutResult(rev)), rev))
     history = History([*h.operations, txn], h.initial_revision, dict(h.initial_values))
-    events = [WatchEventRec(e.revision, e.key, e.value) for e in h.watch]
-    events += [WatchEventRec(rev, "k0", "both-0"), WatchEventRec(rev, "k1", "both-1")]
+    values: dict[str, str] = {}
+    events = []
+    plain = [(e.revision, e.key, e.value) for e in h.watch] + [(rev, "k0", "both-0"), (rev, "k1", "both-1")]
+    for revision, key, value in plain:
+        events.append(WatchEventRec(revision, key, value, values.get(key)))
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
     # watcher 0: one stream to the middle, then resumed from the revision after its last event
     middle = events[len(events) // 2].revision
     first = [e for e in events if e.revision < middle]
@@ -154,6 +161,20 @@ def plant_bad_resume(rec: Recording, rng: random.Random) -> Recording:
     return out
 
 
+def plant_wrong_prev_kv(rec: Recording, rng: random.Random) -> Recording:
+    """An event whose prev_kv names a value the key did not hold just before it (in every stream)."""
+    out = copy.deepcopy(rec)
+    with_prev = sorted({(e.revision, e.key) for s in out.watches for e in s.events() if e.prev is not None})
+    if not with_prev:
+        raise ValueError("no event carries a prev_kv")
+    target = rng.choice(with_prev)
+    for s in out.watches:
+        s.responses = [replace(r, events=tuple(replace(e, prev="not-the-previous-value")
+                                               if (e.revision, e.key) == target else e for e in r.events))
+                       for r in s.responses]
+    return out
+
+
 def _history_plant(fn: Callable[[History, random.Random], object]) -> Callable[[Recording, random.Random],
                                                                                  Recording]:
     def plant(rec: Recording, rng: random.Random) -> Recording:
@@ -176,4 +197,5 @@ PLANTS: dict[str, tuple[Callable[[Recording, random.Random], Recording], str]] =
     "split revision": (plant_split_revision, "watch-atomic"),
     "early bookmark": (plant_early_bookmark, "watch-bookmarkable"),
     "bad resume": (plant_bad_resume, "watch-resumable"),
+    "wrong prev_kv": (plant_wrong_prev_kv, "watch-prev-kv"),
 }

@@ -17,7 +17,8 @@ of one revision are reported (``watch-consistent``). Then the cross-checks:
 
 - **acknowledged writes present**: every write the history saw acknowledged shows in the reference, at its
   revision, with its value (``acked-write``);
-- **lists**: a paginated list read at revision R equals the state the reference events give at R (``list``).
+- **lists**: a paginated list read at revision R equals the state the reference events give at R (``list``);
+- **prev_kv**: an event's previous value is the key's value just before it (``watch-prev-kv``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from quorumkv.testing.robustness.record import Recording, WatchEventRec, WatchSt
 _MAX_PER_CHECK = 5
 
 CHECKS = ("watch-ordered", "watch-unique", "watch-atomic", "watch-bookmarkable", "watch-resumable",
-          "watch-reliable", "watch-consistent", "acked-write", "list")
+          "watch-reliable", "watch-consistent", "watch-prev-kv", "acked-write", "list")
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,24 @@ def check_lists(rec: Recording, ref: dict[int, tuple[WatchEventRec, ...]], throu
     return findings
 
 
+def check_prev_kv(rec: Recording, ref: dict[int, tuple[WatchEventRec, ...]], through: int) -> list[Finding]:
+    """Every event's ``prev_kv`` value is the key's value just before the event (replaying the reference from
+    the initial state); only events that carry one (the watchers ask for ``prev_kv``)."""
+    findings: list[Finding] = []
+    state = {k: v for k, (v, _) in rec.history.initial_values.items() if k.startswith(rec.prefix)}
+    for rev in sorted(r for r in ref if r <= through):
+        for e in ref[rev]:
+            before = state.get(e.key)
+            if e.prev is not None and e.prev != before and len(findings) < _MAX_PER_CHECK:
+                findings.append(Finding("watch-prev-kv", f"event ({rev}, {e.key!r}) carries prev_kv {e.prev!r}, the "
+                                                         f"value before it was {before!r}"))
+            if e.value is None:
+                state.pop(e.key, None)
+            else:
+                state[e.key] = e.value
+    return findings
+
+
 def validate_watches(rec: Recording) -> tuple[list[Finding], int]:
     """Every watch/list/acknowledged-write finding, and the revision the watches are complete through."""
     ref, findings = reference_events(rec.watches)
@@ -229,6 +248,7 @@ def validate_watches(rec: Recording) -> tuple[list[Finding], int]:
     if rec.watches:
         findings.extend(check_acknowledged(rec, ref, through))
         findings.extend(check_lists(rec, ref, through))
+        findings.extend(check_prev_kv(rec, ref, through))
     return findings, through
 
 
