@@ -146,9 +146,15 @@ def _hashkv(cluster: Cluster, timeout_s: float = 60.0) -> tuple[list[Finding], d
         except grpc.RpcError as exc:
             return [Finding("hashkv", f"HashKV on {m.name} failed: {exc.code().name}")], {}
     info = {"revision": revision, "hashes": {k: list(v) for k, v in hashes.items()}}
-    if len({h for h, _ in hashes.values()}) != 1:
-        return [Finding("hashkv", f"HashKV differs at revision {revision}: {hashes}")], info
-    return [], info
+    return compare_hashes(revision, hashes), info
+
+
+def compare_hashes(revision: int, hashes: dict[str, tuple[int, int]]) -> list[Finding]:
+    """``hashes``: member -> (HashKV hash, compact revision) at ``revision``; members must all agree."""
+    if len(set(hashes.values())) > 1:
+        shown = ", ".join(f"{m}={h:#x} (compacted at {c})" for m, (h, c) in sorted(hashes.items()))
+        return [Finding("hashkv", f"HashKV differs at revision {revision}: {shown}")]
+    return []
 
 
 def _crashed(cluster: Cluster, excused: set[str], when: str) -> list[Finding]:
