@@ -85,6 +85,8 @@ class FaultContext:
     #: Members that are down or may die because of the fault being injected now.
     excused: set[str] = field(default_factory=set)
     hold_s: tuple[float, float] = (0.5, 2.0)
+    #: tmpfs mounts a disk-full fault has not undone yet (the runner unmounts them if the run is cut short)
+    mounts: list[Path] = field(default_factory=list)
     ready_timeout_s: float = 60.0
 
     def hold(self) -> float:
@@ -252,6 +254,10 @@ def _replace(ctx: FaultContext) -> str:
     return f"removed {name} ({member_hex}), wiped its data dir, added it back and restarted it"
 
 
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
 def _last(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][-300:] if lines else "(no output)"
@@ -270,7 +276,9 @@ def _disk_full(ctx: FaultContext) -> str:
     data.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(data)],
                              capture_output=True, text=True, timeout=30)
-    if mounted.returncode != 0:
+    if mounted.returncode == 0:
+        ctx.mounts.append(data)
+    else:
         data.rmdir()
         saved.rename(data)
         ctx.restart(name)
@@ -297,7 +305,8 @@ def _disk_full(ctx: FaultContext) -> str:
         for item in data.iterdir():
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, saved / item.name)
     finally:
-        subprocess.run(["umount", "-l", str(data)], capture_output=True, timeout=30)
+        unmount(data)
+        ctx.mounts.remove(data)
     shutil.rmtree(data, ignore_errors=True)
     saved.rename(data)
     ctx.restart(name)

@@ -45,6 +45,7 @@ from quorumkv.testing.robustness.faults import (
     applicable,
     dead_members,
     inject,
+    unmount,
 )
 from quorumkv.testing.robustness.record import Recording
 from quorumkv.testing.robustness.traffic import TrafficConfig, record_traffic
@@ -202,6 +203,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> Verdict:
         hash_findings: list[Finding] = []
         hash_info: dict[str, Any] = {}
         counts: Counter[str] = Counter()
+        ctx = FaultContext(cluster, cfg.target, rng, echo)
         try:
             echo(f"robustness: members {', '.join(f'{m.name}={m.client_url}' for m in cluster.members)}")
             tcfg = TrafficConfig(cluster.client_urls, profile=cfg.profile, clients=cfg.clients,
@@ -217,7 +219,6 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> Verdict:
             thread = threading.Thread(target=traffic, name="robustness-traffic", daemon=True)
             thread.start()
             fault_deadline = time.monotonic() + cfg.duration_s - 1.0
-            ctx = FaultContext(cluster, cfg.target, rng, echo)
             for _ in range(100_000):
                 if not runnable or time.monotonic() >= fault_deadline or not thread.is_alive():
                     break
@@ -257,6 +258,8 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> Verdict:
             crash_findings.extend(_crashed(cluster, set(), "after the run"))
         finally:
             cluster.close()
+            for path in list(ctx.mounts):  # a run cut short inside a disk-full fault
+                unmount(path)
         if recording is not None:
             verdict = validate(recording)
         else:
