@@ -73,7 +73,7 @@ def test_check_gives_the_verdict_of_a_recording(tmp_path: Path, capsys: pytest.C
 def test_a_one_member_run_injects_faults_and_passes(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     proc = _cli("run", "--members=1", "--profile=etcd", "--faults=kill-random,pause-random,blackhole",
-                "--duration=6s", "--seed=7", "--clients=4", "--watchers=2", f"--report={report}")
+                "--duration=5s", "--seed=7", "--clients=4", "--watchers=2", f"--report={report}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "blackhole: skipped with one member" in proc.stdout
     assert "robustness: verdict PASS" in proc.stdout
@@ -82,8 +82,7 @@ def test_a_one_member_run_injects_faults_and_passes(tmp_path: Path) -> None:
     assert data["verdict"] == "PASS" and data["stats"]["faults_injected"] >= 1
     assert data["stats"]["operations"] > 0 and data["stats"]["watch_events"] > 0
     assert report.with_suffix(".recording.json").exists()
-    again = _cli("check", str(report.with_suffix(".recording.json")))
-    assert again.returncode == 0 and "verdict PASS" in again.stdout
+    assert main(["robustness", "check", str(report.with_suffix(".recording.json"))]) == 0
     # the validators catch anomalies planted into this real recording too
     recorded = Recording.from_json(report.with_suffix(".recording.json").read_text())
     for name in ("duplicated watch event", "reordered watch event", "early bookmark", "lost watch event"):
