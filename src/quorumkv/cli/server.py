@@ -183,6 +183,10 @@ def main(
         from quorumkv.cli.token import main as token_main
 
         return token_main(args[1:])
+    if args and args[0] == "robustness":  # ``quorumkv robustness run|check|record`` (docs/reliability.md)
+        from quorumkv.cli.robustness import main as robustness_main
+
+        return robustness_main(args[1:])
     check_certs = args[:2] == ["check", "certs"]  # ``quorumkv check certs [server TLS flags]``
     if check_certs:
         args = args[2:]

@@ -194,7 +194,7 @@ class ClusterMember:
 
     @property
     def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{urlsplit(self.client_url).hostname or '127.0.0.1'}:{self.client_port}"
 
     def log_tail(self, max_lines: int = 40) -> str:
         try:
@@ -446,10 +446,11 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else "(empty log)"
 
 
-def _start_proxy(loop_thread: EventLoopThread, ports: list[int], target: int, src: str, dst: str) -> FaultProxy:
-    """A proxy to ``ports[target]`` whose own (OS-chosen) port is none of the members' planned ``ports``."""
+def _start_proxy(loop_thread: EventLoopThread, ports: list[int], target: int, src: str, dst: str,
+                 host: str = "127.0.0.1") -> FaultProxy:
+    """A proxy to ``host:ports[target]`` whose own (OS-chosen) port is none of the members' planned ``ports``."""
     for _ in range(10):
-        proxy = FaultProxy("127.0.0.1", ports[target], name=f"{src}->{dst}").start(loop_thread)
+        proxy = FaultProxy(host, ports[target], name=f"{src}->{dst}").start(loop_thread)
         if proxy.port not in ports:
             return proxy
         proxy.stop()
@@ -511,7 +512,12 @@ def _start_cluster(
     names: Sequence[str] | None,
     ready_timeout_s: float | None,
     tls: ServerTLS | None = None,
+    hosts: Sequence[str] | None = None,
 ) -> Cluster:
+    if not 1 <= n <= MAX_MEMBERS:
+        raise ValueError(f"a cluster has 1..{MAX_MEMBERS} members, not {n}")
+    if hosts is not None and (len(hosts) != n or not all(h.startswith("127.") for h in hosts)):
+        raise ValueError(f"need {n} loopback (127.x) member addresses, got {list(hosts)}")
     if not 1 <= n <= MAX_MEMBERS:
         raise ValueError(f"a cluster has 1..{MAX_MEMBERS} members, not {n}")
     member_names = list(names) if names is not None else [f"m{i + 1}" for i in range(n)]
@@ -525,8 +531,9 @@ def _start_cluster(
         cluster_token = token or f"{kind}-test-{base.name}"
         ports = _free_ports(2 * n)
         scheme = "https" if tls is not None else "http"
-        client_urls = [f"{scheme}://127.0.0.1:{p}" for p in ports[:n]]
-        peer_urls = [f"{scheme}://127.0.0.1:{p}" for p in ports[n:]]
+        member_hosts = list(hosts) if hosts is not None else ["127.0.0.1"] * n
+        client_urls = [f"{scheme}://{h}:{p}" for h, p in zip(member_hosts, ports[:n], strict=True)]
+        peer_urls = [f"{scheme}://{h}:{p}" for h, p in zip(member_hosts, ports[n:], strict=True)]
         initial_cluster = ",".join(f"{name}={url}" for name, url in zip(member_names, peer_urls, strict=True))
         cluster = Cluster(kind=kind, members=[], base_dir=base, token=cluster_token)
         try:
@@ -535,7 +542,8 @@ def _start_cluster(
                 for i, src in enumerate(member_names):
                     for j, dst in enumerate(member_names):
                         if i != j:
-                            cluster.proxies[(src, dst)] = _start_proxy(cluster._loop_thread, ports, n + j, src, dst)
+                            cluster.proxies[(src, dst)] = _start_proxy(cluster._loop_thread, ports, n + j, src, dst,
+                                                                    member_hosts[j])
             for i, name in enumerate(member_names):
                 member_dir = base / name
                 member_dir.mkdir()
@@ -602,17 +610,19 @@ def start_etcd_cluster(
     names: Sequence[str] | None = None,
     ready_timeout_s: float | None = 30.0,
     tls: ServerTLS | None = None,
+    hosts: Sequence[str] | None = None,
 ) -> Cluster:
     """Start ``n`` real etcd 3.4 members (names ``m1..mn`` unless ``names``), data and logs under ``tmp_path``.
 
-    Waits until every member serves a linearizable read unless ``ready_timeout_s`` is None.
+    Waits until every member serves a linearizable read unless ``ready_timeout_s`` is None. ``hosts``: one
+    127.x address per member (default: all on 127.0.0.1).
     Raises :class:`ServerNotReady` (with each member's log tail) if the cluster does not come up.
     """
     etcd = shutil.which(ETCD_BIN) or ETCD_BIN
     return _start_cluster(
         "etcd", n, tmp_path, [etcd], base_env=None, with_proxies=False, extra_args=extra_args,
         heartbeat_ms=heartbeat_ms, election_ms=election_ms, token=token, names=names,
-        ready_timeout_s=ready_timeout_s, tls=tls,
+        ready_timeout_s=ready_timeout_s, tls=tls, hosts=hosts,
     )  # fmt: skip
 
 
@@ -629,6 +639,7 @@ def start_quorumkv_cluster(
     names: Sequence[str] | None = None,
     ready_timeout_s: float | None = 30.0,
     tls: ServerTLS | None = None,
+    hosts: Sequence[str] | None = None,
 ) -> Cluster:
     """Start ``n`` ``python -m quorumkv`` members with etcd's clustering flags (see :func:`start_etcd_cluster`).
 
@@ -637,5 +648,5 @@ def start_quorumkv_cluster(
     return _start_cluster(
         "quorumkv", n, tmp_path, [sys.executable, "-m", "quorumkv"], base_env=quorumkv_env(env),
         with_proxies=with_proxies, extra_args=extra_args, heartbeat_ms=heartbeat_ms, election_ms=election_ms,
-        token=token, names=names, ready_timeout_s=ready_timeout_s, tls=tls,
+        token=token, names=names, ready_timeout_s=ready_timeout_s, tls=tls, hosts=hosts,
     )  # fmt: skip

@@ -80,7 +80,7 @@ def _clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith(("ETCD_", "ETCDCTL_")) and key.lower() not in _PROXY_VARS
     }
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost,::1"
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,127.0.0.0/8,localhost,::1"
     if extra:
         env.update(extra)
     return env

@@ -89,7 +89,7 @@ def _target(endpoint: str) -> str:
     """``host:port`` of a loopback endpoint (``http://`` accepted); anything else is refused."""
     parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
     host = parts.hostname or ""
-    if host not in _LOOPBACK or parts.port is None:
+    if not (host in _LOOPBACK or host.startswith("127.")) or parts.port is None:
         raise ValueError(f"refusing endpoint {endpoint!r}: only loopback host:port endpoints are allowed")
     return f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
 
