@@ -24,6 +24,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from quorumkv import ETCD_CLUSTER_VERSION, ETCD_COMPAT_VERSION
+from quorumkv.api import jsonpb
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.http import HttpError, Request, Response, StreamResponse
 from quorumkv.observability.health import Health
@@ -168,9 +169,9 @@ def _code_value(code: grpc.StatusCode | None) -> int:
 
 
 def parse_message(data: Any, cls: type[Message]) -> Message:
-    msg = cls()
-    json_format.ParseDict(data, msg, ignore_unknown_fields=True)
-    return msg
+    """A decoded JSON body as ``cls``, with etcd's gateway rules (strict base64, typed numbers, named enums);
+    raises :class:`~quorumkv.api.jsonpb.DecodeError` with etcd's message."""
+    return jsonpb.parse_message(data, cls)
 
 
 class _ObjectReader:
@@ -179,7 +180,6 @@ class _ObjectReader:
     def __init__(self, req: Request) -> None:
         self.req = req
         self.buf = ""
-        self.decoder = json.JSONDecoder()
         self._pending = b""
 
     async def next(self) -> Any | None:
@@ -188,8 +188,8 @@ class _ObjectReader:
             text = self.buf.lstrip()
             if text:
                 try:
-                    obj, end = self.decoder.raw_decode(text)
-                except json.JSONDecodeError:
+                    obj, end = jsonpb.decode_value(text)
+                except jsonpb.DecodeError:
                     if self.req.body_done:
                         raise
                 else:
@@ -267,13 +267,10 @@ class Gateway:
             return await self._bidi(req, method, req_cls)
         try:
             body = await req.read_body()
-            data = json.loads(body) if body.strip() else {}
-            if not isinstance(data, dict):
-                raise ValueError("request body must be a JSON object")
-            message = parse_message(data, req_cls)
+            message = parse_message(jsonpb.loads(body) if body.strip() else {}, req_cls)
         except HttpError:
             raise
-        except (ValueError, json_format.ParseError) as exc:
+        except jsonpb.DecodeError as exc:
             return error_response(3, str(exc))
         ctx = GatewayContext(token=_authorization(req))
         if streaming == "server":
@@ -295,7 +292,7 @@ class Gateway:
             first_msg = parse_message(first if first is not None else {}, req_cls)
         except HttpError:
             raise
-        except (ValueError, json_format.ParseError) as exc:
+        except jsonpb.DecodeError as exc:
             return error_response(2, str(exc))
 
         async def requests() -> AsyncIterator[Message]:
@@ -303,13 +300,13 @@ class Gateway:
             while True:
                 try:
                     obj = await objects.next()
-                except (ValueError, HttpError):
+                except (jsonpb.DecodeError, HttpError):
                     break
                 if obj is None:
                     break
                 try:
                     yield parse_message(obj, req_cls)
-                except json_format.ParseError:
+                except jsonpb.DecodeError:
                     break
             # etcd keeps the stream open after the request body ends, until the client goes away.
             await req.wait_disconnect()

@@ -53,6 +53,10 @@ class ServerSettings:
     bcrypt_cost: int = 10
     peer_cert_allowed_cn: str = ""
     peer_crl_file: str = ""
+    #: --pre-vote: a member that lost its leader asks for votes without raising its term first.
+    pre_vote: bool = True
+    #: --strict-reconfig-check: refuse member add/remove that would leave too few started/connected voters.
+    strict_reconfig_check: bool = True
 
     @property
     def request_timeout_s(self) -> float:
@@ -90,6 +94,8 @@ class ServerSettings:
             bcrypt_cost=int(getattr(cfg, "bcrypt_cost", 10)),
             peer_cert_allowed_cn=str(getattr(cfg, "peer_cert_allowed_cn", "") or ""),
             peer_crl_file=str(getattr(cfg, "peer_crl_file", "") or ""),
+            pre_vote=bool(getattr(cfg, "pre_vote", True)),
+            strict_reconfig_check=bool(getattr(cfg, "strict_reconfig_check", True)),
         )
 
     @property
