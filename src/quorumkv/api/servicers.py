@@ -593,10 +593,6 @@ def tolerant_handler(handler: Any) -> Any:
                 await refuse(context)
             yield request
 
-    async def refused_stream(context: Any) -> AsyncIterator[Any]:
-        await refuse(context)
-        yield  # pragma: no cover - makes this an async generator
-
     if handler.unary_unary is not None:
         unary_unary = handler.unary_unary
 
@@ -609,15 +605,20 @@ def tolerant_handler(handler: Any) -> Any:
     if handler.unary_stream is not None:
         unary_stream = handler.unary_stream
 
-        def us(request: Any, context: Any) -> Any:
-            return refused_stream(context) if request is _UNDECODABLE else unary_stream(request, context)
+        async def us(request: Any, context: Any) -> AsyncIterator[Any]:
+            if request is _UNDECODABLE:
+                await refuse(context)
+            async for response in unary_stream(request, context):
+                yield response
 
         return handler._replace(unary_stream=us, request_deserializer=deserialize)
     if handler.stream_stream is not None:
         stream_stream = handler.stream_stream
 
-        def ss(requests: Any, context: Any) -> Any:
-            return stream_stream(checked(requests, context), context)
+        async def ss(requests: Any, context: Any) -> AsyncIterator[Any]:
+            # grpc.aio streams the responses of an async generator *function* only: one more layer
+            async for response in stream_stream(checked(requests, context), context):
+                yield response
 
         return handler._replace(stream_stream=ss, request_deserializer=deserialize)
     stream_unary = handler.stream_unary
