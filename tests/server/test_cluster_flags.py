@@ -35,15 +35,14 @@ pytestmark = [
                        reason="etcd/etcdctl 3.4 not on PATH"),
 ]
 
-FAST = {"heartbeat_ms": 50, "election_ms": 500}
 #: Kubernetes' feature_support_checker turns RequestWatchProgress on for 3.4 servers from this version.
 KUBE_PROGRESS_MIN_3_4 = (3, 4, 31)
 
 
 def _start(kind: str, tmp_path: Path, extra: Sequence[str]) -> Cluster:
     if kind == "etcd":
-        return start_etcd_cluster(3, tmp_path / "etcd", extra_args=extra, **FAST)
-    return start_quorumkv_cluster(3, tmp_path / "q", extra_args=extra, **FAST)
+        return start_etcd_cluster(3, tmp_path / "etcd", extra_args=extra, heartbeat_ms=50, election_ms=500)
+    return start_quorumkv_cluster(3, tmp_path / "q", extra_args=extra, heartbeat_ms=50, election_ms=500)
 
 
 def etcdctl_answer(proc: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
