@@ -70,6 +70,9 @@ def _syntax_error(text: str, exc: json.JSONDecodeError) -> DecodeError:
         return DecodeError("unexpected end of JSON input")
     char = text[pos]
     shown = _shown(char)
+    if char == "-" and exc.msg.startswith("Expecting value"):  # a minus sign not followed by a digit
+        after = text[pos + 1] if pos + 1 < len(text) else " "  # Go feeds a space at the end of input
+        return DecodeError(f"invalid character '{_shown(after)}' in numeric literal")
     literal = _LITERALS.get(char)
     if literal is not None and exc.msg.startswith("Expecting value"):
         for i, expected in enumerate(literal):
