@@ -300,6 +300,7 @@ def _shrink_freely(surface: str) -> Iterator[None]:
         raise
 
 
+@pytest.mark.timeout(int(FUZZ_SECONDS * 3) + 180)  # the budget, the examples' tail and the fixture
 @settings(max_examples=_EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
@@ -340,6 +341,7 @@ def test_fuzz_grpc_surface(fuzz_member: tuple[ServerProcess, int], data: st.Data
                 stream.cancel()
 
 
+@pytest.mark.timeout(int(FUZZ_SECONDS * 3) + 180)  # the budget, the examples' tail and the fixture
 @settings(max_examples=_EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
