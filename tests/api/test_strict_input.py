@@ -89,6 +89,9 @@ def test_base64_accepts_exactly_padded_standard_base64(text: str) -> None:
     ('{"key":1}', "json: cannot unmarshal number into Go value of type []uint8"),
     ("[1]", "json: cannot unmarshal array into Go value of type map[string]json.RawMessage"),
     ("notjson", "invalid character 'o' in literal null (expecting 'u')"),
+    ('{"key":"YQ==","limit":' + "9" * 5000 + "}",  # longer than Python's int() takes: still Go's answer
+     "json: cannot unmarshal number " + "9" * 5000 + " into Go value of type int64"),
+    ('{"key":"YQ==","limit":"-"}', "invalid character ' ' in numeric literal"),
 ])
 def test_json_errors_in_gos_words(body: str, expected: str) -> None:
     with pytest.raises(DecodeError) as info:

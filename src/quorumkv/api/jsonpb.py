@@ -204,6 +204,14 @@ _GO_INT = {
 }
 
 
+def _in_range(literal: str, lo: int, hi: int) -> int | None:
+    """The integer a JSON number literal spells if it is one in ``lo..hi`` (no fraction, no exponent)."""
+    if len(literal) > 21 or not _INT_RE.match(literal):  # 21 characters hold any 64-bit value and its sign
+        return None
+    value = int(literal)
+    return value if lo <= value <= hi else None
+
+
 def _go_enum_name(enum: EnumDescriptor) -> str:
     package = enum.file.package
     local = enum.full_name[len(package) + 1:] if package else enum.full_name
@@ -218,10 +226,10 @@ def _integer(value: Any, go_type: str) -> int:
         value = loads(inner)
     if not isinstance(value, _Number):
         raise _type_error(value, go_type)
-    lo, hi = _INT_RANGES[go_type]
-    if not _INT_RE.match(value) or not lo <= int(value) <= hi:
+    number = _in_range(value, *_INT_RANGES[go_type])
+    if number is None:
         raise DecodeError(f"json: cannot unmarshal number {value} into Go value of type {go_type}")
-    return int(value)
+    return number
 
 
 def _float(value: Any, go_type: str) -> float:
@@ -231,7 +239,10 @@ def _float(value: Any, go_type: str) -> float:
         value = loads(value) if value.strip() else _constant("\x00")
     if not isinstance(value, _Number):
         raise _type_error(value, go_type)
-    return float(value)
+    try:
+        return float(value)
+    except (ValueError, OverflowError):  # pragma: no cover - JSON numbers always parse as floats
+        raise DecodeError(f"json: cannot unmarshal number {value} into Go value of type {go_type}") from None
 
 
 def _scalar(field: Any, value: Any) -> Any:
@@ -248,9 +259,10 @@ def _scalar(field: Any, value: Any) -> Any:
             return ev.number
         if not isinstance(value, _Number):
             raise _type_error(value, go_type)
-        if not _INT_RE.match(value) or not -(2**31) <= int(value) < 2**31:
+        number = _in_range(value, -(2**31), 2**31 - 1)
+        if number is None:
             raise DecodeError(f"json: cannot unmarshal number {value} into Go value of type {go_type}")
-        return int(value)
+        return number
     if t in _GO_INT:
         return _integer(value, _GO_INT[t])
     if t in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
@@ -275,9 +287,10 @@ def _scalar(field: Any, value: Any) -> Any:
 def _byte(value: Any) -> int:
     if not isinstance(value, _Number):
         raise _type_error(value, "uint8")
-    if not _INT_RE.match(value) or not 0 <= int(value) <= 255:
+    number = _in_range(value, 0, 255)
+    if number is None:
         raise DecodeError(f"json: cannot unmarshal number {value} into Go value of type uint8")
-    return int(value)
+    return number
 
 
 def _fill(msg: Message, data: Any) -> None:
