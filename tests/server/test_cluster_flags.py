@@ -4,7 +4,7 @@
   quorum; etcd refuses it with ``etcdserver: unhealthy cluster`` and so does quorumkv.
 * ``hasleader`` metadata (``clientv3.WithRequireLeader``, which kube-apiserver puts on every watch): a member
   without a leader refuses the watch with ``etcdserver: no leader`` (Unavailable); a watch without the metadata
-  is still created.
+  is still created; a unary call with the metadata is refused the same way.
 * ``--pre-vote``: the lone quorumkv member's term grows with every election it starts when pre-vote is off
   (etcd 3.4's default), and stays put when it is on (quorumkv's default): a pre-candidate asks before raising
   its term. (etcd's Status shows the term of the last applied entry, so etcd cannot show this one.)
@@ -112,6 +112,13 @@ def test_pre_vote_hasleader_and_reconfig_with_members_down(tmp_path: Path, kind:
         assert (refused.code(), refused.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
         plain = _first_watch_answer(target, ())
         assert isinstance(plain, pb.WatchResponse) and plain.created, plain
+        with grpc.insecure_channel(target) as channel:  # unary calls too (etcd's unary interceptor)
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.KVStub(channel).Range(pb.RangeRequest(key=b"k", serializable=True),
+                                              metadata=(("hasleader", "true"),), timeout=15)
+            assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+            status = pb_grpc.MaintenanceStub(channel).Status(pb.StatusRequest(), timeout=15)  # without: answered
+            assert status.leader == 0
 
         if term_grows is None:
             return

@@ -498,7 +498,7 @@ def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
         "Cluster": ClusterServicer(server),
         "Auth": AuthServicer(server),
     }
-    table = _MethodTable()
+    table = _MethodTable(lambda: bool(getattr(server, "has_leader", True)))
     for name, servicer in servicers.items():
         if instrument is not None:
             instrument(servicer, name)
@@ -517,8 +517,9 @@ class _MethodTable:
     handler. With one generic handler it waits on a single future (see docs/performance.md).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, has_leader: Callable[[], bool] | None = None) -> None:
         self.handlers: dict[str, Any] = {}
+        self._has_leader = has_leader
 
     # what the generated add_*Servicer_to_server functions call on their ``server`` argument
     def add_generic_rpc_handlers(self, handlers: object) -> None:
@@ -526,7 +527,7 @@ class _MethodTable:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         for method, handler in handlers.items():
-            self.handlers[f"/{service}/{method}"] = tolerant_handler(handler)
+            self.handlers[f"/{service}/{method}"] = tolerant_handler(handler, self._has_leader)
 
     def service(self, handler_call_details: Any) -> Any:
         """grpc.GenericRpcHandler's one method: the handler of the called method; for an unknown one, a handler
@@ -570,9 +571,13 @@ class _Undecodable:
 _UNDECODABLE = _Undecodable()
 
 
-def tolerant_handler(handler: Any) -> Any:
+def tolerant_handler(handler: Any, has_leader: Callable[[], bool] | None = None) -> Any:
     """``handler`` with a deserializer that never raises: undecodable bytes get grpc-go's INTERNAL answer
-    (:data:`UNDECODABLE_REQUEST`) instead of grpcio's UNKNOWN naming a Python exception class."""
+    (:data:`UNDECODABLE_REQUEST`) instead of grpcio's UNKNOWN naming a Python exception class.
+
+    With ``has_leader``, a call carrying ``hasleader=true`` metadata on a member without a leader is refused
+    with ``etcdserver: no leader`` (etcd's unary and stream interceptors); the metadata is only read when there
+    is no leader, so the common path costs one property read."""
     parse = handler.request_deserializer
     if parse is None:
         return handler
@@ -587,6 +592,10 @@ def tolerant_handler(handler: Any) -> Any:
         await context.abort(grpc.StatusCode.INTERNAL, UNDECODABLE_REQUEST)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def require_leader(context: Any) -> None:
+        if has_leader is not None and not has_leader() and _requires_leader(context):
+            await abort(context, errors.NO_LEADER)
+
     async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         async for request in requests:
             if request is _UNDECODABLE:
@@ -599,6 +608,7 @@ def tolerant_handler(handler: Any) -> Any:
         async def uu(request: Any, context: Any) -> Any:
             if request is _UNDECODABLE:
                 await refuse(context)
+            await require_leader(context)
             return await unary_unary(request, context)
 
         return handler._replace(unary_unary=uu, request_deserializer=deserialize)
@@ -608,6 +618,7 @@ def tolerant_handler(handler: Any) -> Any:
         async def us(request: Any, context: Any) -> AsyncIterator[Any]:
             if request is _UNDECODABLE:
                 await refuse(context)
+            await require_leader(context)
             async for response in unary_stream(request, context):
                 yield response
 
@@ -617,6 +628,7 @@ def tolerant_handler(handler: Any) -> Any:
 
         async def ss(requests: Any, context: Any) -> AsyncIterator[Any]:
             # grpc.aio streams the responses of an async generator *function* only: one more layer
+            await require_leader(context)
             async for response in stream_stream(checked(requests, context), context):
                 yield response
 
@@ -624,6 +636,7 @@ def tolerant_handler(handler: Any) -> Any:
     stream_unary = handler.stream_unary
 
     async def su(requests: Any, context: Any) -> Any:
+        await require_leader(context)
         return await stream_unary(checked(requests, context), context)
 
     return handler._replace(stream_unary=su, request_deserializer=deserialize)
