@@ -112,11 +112,59 @@ class ConsoleLogFormatter(JsonLogFormatter):
         return line
 
 
-def setup_logging(level: str = "info", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter() if fmt == "json" else ConsoleLogFormatter())
+class CapnslogFormatter(logging.Formatter):
+    """etcd 3.4's ``--logger=capnslog`` pretty lines: ``2026-12-07 18:00:00.123456 I | quorumkv: msg``."""
+
+    _LEVELS = {"DEBUG": "D", "INFO": "I", "WARNING": "W", "ERROR": "E", "CRITICAL": "C"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        dt = datetime.datetime.fromtimestamp(record.created)
+        line = (f"{dt.strftime('%Y-%m-%d %H:%M:%S')}.{dt.microsecond:06d} "
+                f"{self._LEVELS.get(record.levelname, 'I')} | {record.name}: {record.getMessage()}")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _log_streams(outputs: list[str] | tuple[str, ...]) -> list[logging.Handler]:
+    """--log-outputs: ``default`` and ``stderr`` write to stderr, ``stdout`` to stdout, anything else is a file
+    opened for appending (as etcd's zap logger opens it). Raises OSError naming the file that cannot be opened."""
+    handlers: list[logging.Handler] = []
+    seen: set[str] = set()
+    for output in outputs:
+        target = "stderr" if output == "default" else output
+        if target in seen:
+            continue
+        seen.add(target)
+        if target == "stderr":
+            handlers.append(logging.StreamHandler(sys.stderr))
+        elif target == "stdout":
+            handlers.append(logging.StreamHandler(sys.stdout))
+        else:
+            try:
+                handlers.append(logging.FileHandler(target, mode="a", encoding="utf-8"))
+            except OSError as exc:
+                raise OSError(f"cannot open --log-outputs file {target!r}: {exc.strerror or exc}; "
+                              "give a writable path, stderr or stdout") from None
+    return handlers
+
+
+def setup_logging(level: str = "info", fmt: str = "json", outputs: list[str] | tuple[str, ...] = ("default",),
+                  logger: str = "zap") -> None:
+    """Route the ``logging`` records as --logger, --log-outputs, --log-level and --log-format say."""
+    handlers = _log_streams(outputs)
+    formatter: logging.Formatter
+    if logger == "capnslog":
+        formatter = CapnslogFormatter()
+    else:
+        formatter = JsonLogFormatter() if fmt == "json" else ConsoleLogFormatter()
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in root.handlers:
+        if isinstance(old, logging.FileHandler):
+            old.close()
+    root.handlers[:] = handlers
     lvl = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR,
            "panic": logging.CRITICAL, "fatal": logging.CRITICAL}.get(level, logging.INFO)
     root.setLevel(lvl)
@@ -651,7 +699,13 @@ def _restore_for_cluster_reset(settings: ServerSettings, s3: Any) -> None:
 
 def run_server(config: Any) -> int:
     """Blocking entry for the ``quorumkv`` command: returns the process exit code."""
-    setup_logging(getattr(config, "log_level", "info"), getattr(config, "log_format", "json"))
+    try:
+        setup_logging(getattr(config, "log_level", "info"), getattr(config, "log_format", "json"),
+                      list(getattr(config, "log_outputs", ["default"]) or ["default"]),
+                      getattr(config, "logger", "zap"))
+    except OSError as exc:
+        print(f"quorumkv: {exc}", file=sys.stderr)
+        return 1
     config = _apply_auto_tls(config)
     ciphers = _apply_cipher_suites(config)
     try:

@@ -43,8 +43,9 @@ LEASE_TTL_TOO_LARGE = _e("OUT_OF_RANGE", "etcdserver: too large lease TTL")
 
 MEMBER_EXIST = _e("FAILED_PRECONDITION", "etcdserver: member ID already exist")
 PEER_URL_EXIST = _e("FAILED_PRECONDITION", "etcdserver: Peer URLs already exists")
+#: etcd 3.4 does not translate this one for gRPC: clients see code Unknown (checked against etcd 3.4.23).
 MEMBER_NOT_ENOUGH_STARTED = _e(
-    "FAILED_PRECONDITION", "etcdserver: re-configuration failed due to not enough started members"
+    "UNKNOWN", "etcdserver: re-configuration failed due to not enough started members"
 )
 MEMBER_BAD_URLS = _e("INVALID_ARGUMENT", "etcdserver: given member URLs are invalid")
 MEMBER_NOT_FOUND = _e("NOT_FOUND", "etcdserver: member not found")

@@ -61,10 +61,11 @@ def configs(draw: st.DrawFn) -> ServerConfig:
         )
     )
     with_tls = draw(st.booleans())
+    logger = draw(st.sampled_from(LOGGERS))
     kwargs: dict[str, Any] = {
         "name": name,
         "data_dir": draw(_text),
-        "wal_dir": draw(_text),
+        "wal_dir": "",  # refused when set (tests/server/test_flag_effects.py)
         "snapshot_count": draw(st.integers(1, 10**12)),
         "heartbeat_interval_ms": heartbeat,
         "election_timeout_ms": draw(st.integers(5 * heartbeat, 50_000)),
@@ -96,10 +97,11 @@ def configs(draw: st.DrawFn) -> ServerConfig:
         "peer_trusted_ca_file": draw(_text),
         "peer_auto_tls": draw(st.booleans()),
         "cipher_suites": draw(st.lists(st.sampled_from(_SUITES), max_size=3)),
-        "enable_pprof": draw(st.booleans()),
+        "enable_pprof": False,  # refused when set
         "metrics": draw(st.sampled_from(METRICS_LEVELS)),
-        "logger": draw(st.sampled_from(LOGGERS)),
-        "log_outputs": draw(st.lists(_item, min_size=1, max_size=3)),
+        "logger": logger,
+        "log_outputs": (draw(st.lists(_item, min_size=1, max_size=3)) if logger == "zap"
+                        else [draw(st.sampled_from(["default", "stderr", "stdout"]))]),
         "log_level": draw(st.sampled_from(LOG_LEVELS)),
         "log_format": draw(st.sampled_from(LOG_FORMATS)),
         "watch_progress_notify_interval_ms": draw(st.integers(1, 10**9)),

@@ -166,7 +166,7 @@ async def test_watch_from_a_past_revision_and_bad_body(member: Member) -> None:
 async def test_maintenance_and_cluster(member: Member) -> None:
     url = member.http_url
     _, st = await post_json(url + "/v3/maintenance/status", {})
-    assert st["version"] == "3.4.23" and st["leader"] == str(member.running.server.member_id)
+    assert st["version"] == "3.4.34" and st["leader"] == str(member.running.server.member_id)
     status, _ = await post_json(url + "/v3/maintenance/alarm", {"action": "GET"})
     assert status == 200
     _, members = await post_json(url + "/v3/cluster/member/list", {})

@@ -83,7 +83,7 @@ async def test_livez_readyz_verbose_exclude_and_per_check(member: Member) -> Non
 async def test_version_and_unknown_paths(member: Member) -> None:
     status, headers, body = await request("GET", member.http_url + "/version")
     assert status == 200 and headers["content-type"] == "application/json"
-    assert json.loads(body) == {"etcdserver": "3.4.23", "etcdcluster": "3.4.0"}
+    assert json.loads(body) == {"etcdserver": "3.4.34", "etcdcluster": "3.4.0"}
     status, _, body = await request("GET", member.http_url + "/nope")
     assert (status, body) == (404, b"404 page not found\n")
     # The metrics listener serves metrics and health only, as etcd's.

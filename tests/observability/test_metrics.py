@@ -25,7 +25,7 @@ REQUIRED = [
     "etcd_debugging_mvcc_slow_watcher_total", "etcd_mvcc_put_total", "etcd_mvcc_range_total",
     "etcd_mvcc_delete_total", "etcd_mvcc_txn_total", "etcd_debugging_mvcc_put_total",
     "etcd_debugging_lease_granted_total", "etcd_debugging_lease_revoked_total", "etcd_debugging_lease_renewed_total",
-    "etcd_server_quota_backend_bytes", 'etcd_server_version{server_version="3.4.23"}',
+    "etcd_server_quota_backend_bytes", 'etcd_server_version{server_version="3.4.34"}',
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
 ]
 

@@ -123,7 +123,7 @@ initial-cluster-token: tkn
 initial-cluster-state: existing
 strict-reconfig-check: false
 pre-vote: false
-enable-pprof: true
+enable-pprof: false
 metrics: extensive
 auto-compaction-mode: revision
 auto-compaction-retention: 1000
@@ -169,7 +169,7 @@ def test_yaml_file_keys_and_tls_sections(tmp_path: Path) -> None:
     assert (c.strict_reconfig_check, c.pre_vote, c.enable_pprof, c.metrics) == (
         False,
         False,
-        True,
+        False,
         "extensive",
     )
     assert c.auto_compaction_retention_parsed() == 1000 and c.auto_compaction_mode == "revision"

@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from quorumkv import ETCD_CLUSTER_VERSION, ETCD_COMPAT_VERSION
+from quorumkv.api import jsonpb
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.http import HttpError, Request, Response, StreamResponse
 from quorumkv.api.v3electionpb import v3election_pb2 as epb
@@ -227,9 +228,9 @@ def _code_value(code: grpc.StatusCode | None) -> int:
 
 
 def parse_message(data: Any, cls: type[Message]) -> Message:
-    msg = cls()
-    json_format.ParseDict(data, msg, ignore_unknown_fields=True)
-    return msg
+    """A decoded JSON body as ``cls``, with etcd's gateway rules (strict base64, typed numbers, named enums);
+    raises :class:`~quorumkv.api.jsonpb.DecodeError` with etcd's message."""
+    return jsonpb.parse_message(data, cls)
 
 
 class _ObjectReader:
@@ -238,7 +239,6 @@ class _ObjectReader:
     def __init__(self, req: Request) -> None:
         self.req = req
         self.buf = ""
-        self.decoder = json.JSONDecoder()
         self._pending = b""
 
     async def next(self) -> Any | None:
@@ -247,8 +247,8 @@ class _ObjectReader:
             text = self.buf.lstrip()
             if text:
                 try:
-                    obj, end = self.decoder.raw_decode(text)
-                except json.JSONDecodeError:
+                    obj, end = jsonpb.decode_value(text)
+                except jsonpb.DecodeError:
                     if self.req.body_done:
                         raise
                 else:
@@ -326,13 +326,10 @@ class Gateway:
             return await self._bidi(req, method, req_cls)
         try:
             body = await req.read_body()
-            data = json.loads(body) if body.strip() else {}
-            if not isinstance(data, dict):
-                raise ValueError("request body must be a JSON object")
-            message = parse_message(data, req_cls)
+            message = parse_message(jsonpb.loads(body) if body.strip() else {}, req_cls)
         except HttpError:
             raise
-        except (ValueError, json_format.ParseError) as exc:
+        except jsonpb.DecodeError as exc:
             return error_response(3, str(exc))
         ctx = GatewayContext(token=_authorization(req))
         if streaming == "server":
@@ -366,7 +363,7 @@ class Gateway:
             first_msg = parse_message(first, req_cls) if first is not None else None
         except HttpError:
             raise
-        except (ValueError, json_format.ParseError) as exc:
+        except jsonpb.DecodeError as exc:
             return error_response(2, str(exc))
 
         async def requests() -> AsyncIterator[Message]:
@@ -375,13 +372,13 @@ class Gateway:
             while first_msg is not None:
                 try:
                     obj = await objects.next()
-                except (ValueError, HttpError):
+                except (jsonpb.DecodeError, HttpError):
                     break
                 if obj is None or not isinstance(obj, dict):
                     break
                 try:
                     yield parse_message(obj, req_cls)
-                except json_format.ParseError:
+                except jsonpb.DecodeError:
                     break
             # the body has ended: the request stream half-closes here (grpc-gateway's CloseSend), and from
             # now on the connection is only watched for the client going away

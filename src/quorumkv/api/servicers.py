@@ -145,8 +145,11 @@ class WatchServicer(pb_grpc.WatchServicer):
                     ) -> AsyncIterator[pb.WatchResponse]:
         hub = self.s.hub
         assert hub is not None
-        stream = hub.new_stream()
         s = self.s
+        require_leader = _requires_leader(context)
+        if require_leader and not s.has_leader:
+            await abort(context, errors.NO_LEADER)
+        stream = hub.new_stream()
 
         async def receive() -> None:
             """Requests until the client half-closes. As etcd, a half-closed stream keeps its watchers and goes
@@ -165,22 +168,43 @@ class WatchServicer(pb_grpc.WatchServicer):
                         stream.cancel(req.cancel_request.watch_id)
                     elif which == "progress_request":
                         stream.request_progress()
-            except (asyncio.CancelledError, grpc.aio.AioRpcError):
-                stream.close()
+            except (asyncio.CancelledError, grpc.aio.AioRpcError, grpc.aio.AbortError):
+                stream.close()  # AbortError: an undecodable request ended the call (tolerant_handler)
             except Exception:  # a malformed stream must not take the server down
                 log.exception("watch stream receive failed")
                 stream.close()
 
         receiver = asyncio.get_running_loop().create_task(receive())
+        leaderless_checks = 0
         try:
             while True:
-                resp = await stream.queue.get()
+                if require_leader:
+                    try:
+                        resp = await asyncio.wait_for(stream.queue.get(), s.no_leader_check_s)
+                    except TimeoutError:
+                        # etcd's monitorLeader: a hasleader stream ends after NO_LEADER_CHECKS election timeouts
+                        # without a leader (new ones are refused at once, above)
+                        leaderless_checks = 0 if s.has_leader else leaderless_checks + 1
+                        if leaderless_checks >= NO_LEADER_CHECKS:
+                            await abort(context, errors.NO_LEADER)
+                        continue
+                else:
+                    resp = await stream.queue.get()
                 if resp is None:
                     break
                 yield resp
         finally:
             receiver.cancel()
             stream.close()
+
+
+#: etcd's maxNoLeaderCnt: election timeouts without a leader before a ``hasleader`` watch stream is ended.
+NO_LEADER_CHECKS = 3
+
+
+def _requires_leader(context: Any) -> bool:
+    """clientv3.WithRequireLeader: the ``hasleader`` metadata key set to ``true``."""
+    return any(key == "hasleader" and value == "true" for key, value in context.invocation_metadata() or ())
 
 
 def _watch_permitted(s: Authorizer, context: Any, req: pb.WatchCreateRequest) -> bool:
@@ -477,7 +501,7 @@ def add_servicers(grpc_servers: Sequence[grpc.aio.Server], server: Member,
         "Cluster": ClusterServicer(server),
         "Auth": AuthServicer(server),
     }
-    table = _MethodTable(count_bytes)
+    table = _MethodTable(count_bytes, lambda: bool(getattr(server, "has_leader", True)))
     for name, servicer in servicers.items():
         if instrument is not None:
             instrument(servicer, name)
@@ -530,9 +554,11 @@ class _MethodTable:
     handler. With one generic handler it waits on a single future (see docs/performance.md).
     """
 
-    def __init__(self, count_bytes: tuple[Callable[[int], None], Callable[[int], None]] | None = None) -> None:
+    def __init__(self, count_bytes: tuple[Callable[[int], None], Callable[[int], None]] | None = None,
+                 has_leader: Callable[[], bool] | None = None) -> None:
         self.handlers: dict[str, Any] = {}
         self.count_bytes = count_bytes
+        self._has_leader = has_leader
 
     # what the generated add_*Servicer_to_server functions call on their ``server`` argument
     def add_generic_rpc_handlers(self, handlers: object) -> None:
@@ -542,8 +568,116 @@ class _MethodTable:
         for method, handler in handlers.items():
             if self.count_bytes is not None:
                 handler = _counting(handler, *self.count_bytes)
-            self.handlers[f"/{service}/{method}"] = handler
+            self.handlers[f"/{service}/{method}"] = tolerant_handler(handler, self._has_leader)
 
     def service(self, handler_call_details: Any) -> Any:
-        """grpc.GenericRpcHandler's one method: the handler of the called method, None if unknown."""
-        return self.handlers.get(handler_call_details.method)
+        """grpc.GenericRpcHandler's one method: the handler of the called method; for an unknown one, a handler
+        answering UNIMPLEMENTED in grpc-go's words (``unknown service etcdserverpb.X``), as etcd does. Paths
+        outside ``etcdserverpb`` get None, so generic handlers registered after this one still see them."""
+        path = handler_call_details.method
+        handler = self.handlers.get(path)
+        if handler is None and path.startswith("/etcdserverpb."):
+            return _unknown_method(path)
+        return handler
+
+
+def _unknown_method(path: str) -> Any:
+    service, _, method = path.lstrip("/").partition("/")
+    known = any(name.startswith(f"/{service}/") for name in _KNOWN_PATHS)
+    detail = f"unknown method {method} for service {service}" if known else f"unknown service {service}"
+
+    async def unimplemented(request: bytes, context: Any) -> bytes:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, detail)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return grpc.unary_unary_rpc_method_handler(unimplemented)
+
+
+#: Every method path etcd's services define (filled from the generated descriptors).
+_KNOWN_PATHS = frozenset(
+    f"/{svc.full_name}/{m.name}" for svc in pb.DESCRIPTOR.services_by_name.values() for m in svc.methods)
+
+
+#: What grpc-go (and so etcd) answers, with code INTERNAL, when a request's bytes are not a valid message; the
+#: detail is protobuf-go's text for malformed wire data.
+UNDECODABLE_REQUEST = "grpc: error unmarshalling request: proto: cannot parse invalid wire-format data"
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse (the handler answers INTERNAL, as grpc-go does)."""
+
+    __slots__ = ()
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def tolerant_handler(handler: Any, has_leader: Callable[[], bool] | None = None) -> Any:
+    """``handler`` with a deserializer that never raises: undecodable bytes get grpc-go's INTERNAL answer
+    (:data:`UNDECODABLE_REQUEST`) instead of grpcio's UNKNOWN naming a Python exception class.
+
+    With ``has_leader``, a call carrying ``hasleader=true`` metadata on a member without a leader is refused
+    with ``etcdserver: no leader`` (etcd's unary and stream interceptors); the metadata is only read when there
+    is no leader, so the common path costs one property read."""
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:
+            return _UNDECODABLE
+
+    async def refuse(context: Any) -> NoReturn:
+        await context.abort(grpc.StatusCode.INTERNAL, UNDECODABLE_REQUEST)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def require_leader(context: Any) -> None:
+        if has_leader is not None and not has_leader() and _requires_leader(context):
+            await abort(context, errors.NO_LEADER)
+
+    async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for request in requests:
+            if request is _UNDECODABLE:
+                await refuse(context)
+            yield request
+
+    if handler.unary_unary is not None:
+        unary_unary = handler.unary_unary
+
+        async def uu(request: Any, context: Any) -> Any:
+            if request is _UNDECODABLE:
+                await refuse(context)
+            await require_leader(context)
+            return await unary_unary(request, context)
+
+        return handler._replace(unary_unary=uu, request_deserializer=deserialize)
+    if handler.unary_stream is not None:
+        unary_stream = handler.unary_stream
+
+        async def us(request: Any, context: Any) -> AsyncIterator[Any]:
+            if request is _UNDECODABLE:
+                await refuse(context)
+            await require_leader(context)
+            async for response in unary_stream(request, context):
+                yield response
+
+        return handler._replace(unary_stream=us, request_deserializer=deserialize)
+    if handler.stream_stream is not None:
+        stream_stream = handler.stream_stream
+
+        async def ss(requests: Any, context: Any) -> AsyncIterator[Any]:
+            # grpc.aio streams the responses of an async generator *function* only: one more layer
+            await require_leader(context)
+            async for response in stream_stream(checked(requests, context), context):
+                yield response
+
+        return handler._replace(stream_stream=ss, request_deserializer=deserialize)
+    stream_unary = handler.stream_unary
+
+    async def su(requests: Any, context: Any) -> Any:
+        await require_leader(context)
+        return await stream_unary(checked(requests, context), context)
+
+    return handler._replace(stream_unary=su, request_deserializer=deserialize)

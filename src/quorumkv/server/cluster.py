@@ -42,6 +42,10 @@ class MemberCluster(MemberCore):
         return node is not None and node.lead != 0
 
     @property
+    def no_leader_check_s(self) -> float:
+        return self.settings.election_timeout_ms / 1000
+
+    @property
     def is_leader(self) -> bool:
         return self._is_leader
 
@@ -327,6 +331,8 @@ class MemberCluster(MemberCore):
         new_id = compute_member_id(urls, "", int(time.time()))
         if new_id in members:
             raise errors.MEMBER_EXIST
+        if not req.isLearner:
+            self._strict_reconfig_check(members, adding=True)
         m = membership.Member(new_id, "", urls, [], bool(req.isLearner))
         await self._propose_conf_change(
             ConfChangeType.ADD_LEARNER_NODE if req.isLearner else ConfChangeType.ADD_NODE, new_id, m)
@@ -338,8 +344,11 @@ class MemberCluster(MemberCore):
     async def member_remove(self, req: pb.MemberRemoveRequest) -> pb.MemberRemoveResponse:
         from quorumkv.raft.messages import ConfChangeType
 
-        if req.ID not in self._members():
+        members = self._members()
+        if req.ID not in members:
             raise errors.MEMBER_NOT_FOUND
+        if not members[req.ID].is_learner:
+            self._strict_reconfig_check(members, removing=req.ID)
         change = asyncio.ensure_future(self._propose_conf_change(ConfChangeType.REMOVE_NODE, req.ID, None))
         if req.ID == self.member_id:
             # Removing ourselves: the leader may stop talking to us before we apply it; a peer refusing us as
@@ -385,6 +394,7 @@ class MemberCluster(MemberCore):
             raise errors.MEMBER_NOT_FOUND
         if not members[req.ID].is_learner:
             raise errors.MEMBER_NOT_LEARNER
+        self._strict_reconfig_check(members, promoting=req.ID)
         if not node.is_leader:
             data = await self._call_leader("member_promote", req.SerializeToString())
             return pb.MemberPromoteResponse.FromString(data)
@@ -400,6 +410,41 @@ class MemberCluster(MemberCore):
         resp.members.extend(self._member_pbs())
         resp.header.revision = self.current_revision
         return resp
+
+    def _strict_reconfig_check(self, members: dict[int, membership.Member], *, adding: bool = False,
+                               removing: int = 0, promoting: int = 0) -> None:
+        """--strict-reconfig-check (etcd's mayAddMember/mayRemoveMember/mayPromoteMember): refuse a change of the
+        voters that would leave fewer started members (ones that published their name) than the new quorum, or
+        that this member cannot vouch for (it is not connected to the voters the change relies on)."""
+        if not self.settings.strict_reconfig_check:
+            return
+        voters = [m for m in members.values() if not m.is_learner]
+        started = [m for m in voters if m.name and m.id != removing]
+        count = len([m for m in voters if m.id != removing]) + (1 if adding or promoting else 0)
+        nstarted = len(started) + (1 if promoting else 0)
+        if not (adding and nstarted == 1 and count == 2) and nstarted < count // 2 + 1:
+            raise errors.MEMBER_NOT_ENOUGH_STARTED
+        connected = self._connected_voters(voters)
+        if adding and connected < len(voters):
+            raise errors.UNHEALTHY  # etcd: not connected to every voter, the new quorum may be unreachable
+        if removing:
+            if removing != self.member_id and removing not in self._connected_ids():
+                return  # a member that is down is safe to remove: it is not part of the active quorum
+            if connected - 1 < 1 + (len(voters) - 1) // 2:
+                raise errors.UNHEALTHY
+
+    def _connected_ids(self) -> set[int]:
+        if self.transport is None:
+            return set()
+        stats = getattr(self.transport, "stats", None)
+        if stats is None:  # a transport that cannot tell (test doubles): every known peer counts as reachable
+            return set(self._peer_urls)
+        return {pid for pid, st in stats().items() if st.connected}
+
+    def _connected_voters(self, voters: list[membership.Member]) -> int:
+        """Voters this member reaches now (itself included), as etcd's numConnectedSince counts them."""
+        ids = self._connected_ids()
+        return sum(1 for m in voters if m.id == self.member_id or m.id in ids)
 
     def member_list(self) -> pb.MemberListResponse:
         resp = pb.MemberListResponse()

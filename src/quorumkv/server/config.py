@@ -27,6 +27,7 @@ __all__ = [
     "LOG_LEVELS",
     "MAX_ELECTION_TIMEOUT_MS",
     "METRICS_LEVELS",
+    "REFUSED_FIELDS",
     "ConfigError",
     "ServerConfig",
     "parse_initial_cluster",
@@ -45,6 +46,16 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "panic", "fatal")
 LOGGERS = ("zap", "capnslog")
 LOG_FORMATS = ("json", "console")
 METRICS_LEVELS = ("basic", "extensive")
+
+
+#: Flags that are part of etcd 3.4's command line but not implemented by quorumkv: a non-default value is refused
+#: at start-up with this line (the flag and what to do instead).
+REFUSED_FIELDS: dict[str, str] = {
+    "wal_dir": "--wal-dir is not supported by quorumkv: the raft log is kept in the SQLite database inside "
+               "--data-dir, not in a separate WAL directory; remove --wal-dir and put --data-dir on the fast disk",
+    "enable_pprof": "--enable-pprof is not supported by quorumkv (Go's pprof does not exist in Python); remove it "
+                    "and profile the process with py-spy (py-spy top --pid <pid>) instead",
+}
 
 
 class ConfigError(ValueError):
@@ -318,6 +329,9 @@ class ServerConfig:
                               flag="--etcd-s3-bucket")
 
     def _validate_member(self) -> None:
+        for fname, refusal in REFUSED_FIELDS.items():
+            if getattr(self, fname):
+                raise ConfigError(refusal, flag=flag_for_field(fname))
         if self.name == "":
             raise ConfigError(
                 "--name must not be empty; pass a member name such as --name=infra0", flag="--name"
@@ -479,6 +493,14 @@ class ServerConfig:
                 "--log-outputs must list at least one output (default, stdout, stderr or a file path)",
                 flag="--log-outputs",
             )
+        if self.logger == "capnslog":  # etcd 3.4's rules for its deprecated logger
+            if len(self.log_outputs) != 1:
+                raise ConfigError(f"--logger=capnslog supports only 1 value in '--log-outputs', got "
+                                  f"{self.log_outputs}", flag="--log-outputs")
+            if self.log_outputs[0] not in ("default", "stderr", "stdout"):
+                raise ConfigError(f'unknown log-output "{self.log_outputs[0]}" (only supports "default", '
+                                  '"stderr", "stdout" with --logger=capnslog; use --logger=zap to log to a file)',
+                                  flag="--log-outputs")
 
 
 _FIELD_TYPES: dict[str, str] = {}

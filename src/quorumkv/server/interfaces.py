@@ -59,6 +59,12 @@ class KVService(Headers, Authorizer, Protocol):
 class WatchService(Authorizer, Protocol):
     @property
     def hub(self) -> WatchHub | None: ...
+    @property
+    def has_leader(self) -> bool:
+        """Whether this member knows a leader now (``hasleader`` metadata refuses watches otherwise)."""
+    @property
+    def no_leader_check_s(self) -> float:
+        """How often a ``hasleader`` watch looks for a leader (etcd: one election timeout)."""
 
 
 class LeaseService(Headers, Authorizer, Protocol):

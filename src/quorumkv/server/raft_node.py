@@ -288,7 +288,8 @@ class RaftNode:
                  on_leader_change: Callable[[int, bool], None] | None = None,
                  on_conf_applied: Callable[[ConfChange], None] | None = None,
                  on_fatal: Callable[[BaseException], None] | None = None,
-                 failpoints: Failpoints | None = None, waits: WaitRegistry | None = None) -> None:
+                 failpoints: Failpoints | None = None, waits: WaitRegistry | None = None,
+                 pre_vote: bool = True) -> None:
         self.backend = backend
         self.log_table = RaftLogTable()
         self.applier = applier
@@ -335,7 +336,7 @@ class RaftNode:
         self.raw = RawNode(Config(
             id=NodeId(member_id), storage=self.storage, rng=rng or random.Random(member_id ^ time.time_ns()),
             election_timeout_ticks=self.election_ticks, heartbeat_interval_ticks=1,
-            applied=Index(self.applier.applied_index), check_quorum=True, pre_vote=True,
+            applied=Index(self.applier.applied_index), check_quorum=True, pre_vote=pre_vote,
             max_size_per_msg_bytes=1 << 20, max_inflight_msgs=256,
         ))
         self.failpoints = failpoints if failpoints is not None else Failpoints.from_env()

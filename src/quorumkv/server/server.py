@@ -168,7 +168,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
             heartbeat_interval_ms=s.heartbeat_interval_ms, election_timeout_ms=s.election_timeout_ms,
             snapshot_count=s.snapshot_count, fsync_observer=fsync_observer,
             on_leader_change=self._on_leader_change, on_conf_applied=self._on_conf_applied,
-            on_fatal=self._on_node_fatal, waits=self.waits)
+            on_fatal=self._on_node_fatal, waits=self.waits, pre_vote=s.pre_vote)
         node.parked_timeout_s = s.request_timeout_s
         return node
 

@@ -60,6 +60,10 @@ class ServerSettings:
     #: --experimental-enable-lease-checkpoint and --experimental-lease-checkpoint-interval (seconds).
     lease_checkpoint: bool = False
     lease_checkpoint_interval_s: float = 300.0
+    #: --pre-vote: a member that lost its leader asks for votes without raising its term first.
+    pre_vote: bool = True
+    #: --strict-reconfig-check: refuse member add/remove that would leave too few started/connected voters.
+    strict_reconfig_check: bool = True
 
     @property
     def request_timeout_s(self) -> float:
@@ -102,6 +106,8 @@ class ServerSettings:
             cluster_reset_restore_path=str(getattr(cfg, "cluster_reset_restore_path", "") or ""),
             lease_checkpoint=bool(getattr(cfg, "experimental_enable_lease_checkpoint", False)),
             lease_checkpoint_interval_s=int(getattr(cfg, "lease_checkpoint_interval_ms", 300_000)) / 1000,
+            pre_vote=bool(getattr(cfg, "pre_vote", True)),
+            strict_reconfig_check=bool(getattr(cfg, "strict_reconfig_check", True)),
         )
 
     @property
