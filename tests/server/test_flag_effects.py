@@ -118,19 +118,26 @@ EFFECTS: dict[str, str] = {
     "etcd-s3-retention": "tests/backup/test_s3.py::test_scheduled_upload_with_separate_s3_retention",
 }
 
-#: Flags made real by work in progress on other branches: flag -> the test file that will show the effect.
-#: (The lead replaces these with test ids at merge; a pending flag may not be in the table yet.)
-PENDING: dict[str, str] = {
-    "force-new-cluster": "tests/server/test_cluster_reset.py",
-    "cluster-reset": "tests/server/test_cluster_reset.py",
-    "cluster-reset-restore-path": "tests/server/test_cluster_reset.py",
-    "experimental-enable-lease-checkpoint": "tests/server/test_lease_checkpoint.py",
-    "experimental-lease-checkpoint-interval": "tests/server/test_lease_checkpoint.py",
-    "cluster-init": "tests/cluster/test_join.py",
-    "server": "tests/cluster/test_join.py",
-    "token": "tests/cluster/test_join.py",
-    "tls-san": "tests/cluster/test_join.py",
-}
+#: Flags whose effect is shown by a test elsewhere (added with the work that made them real).
+EFFECTS.update({
+    "force-new-cluster": "tests/server/test_reset_unit.py::test_force_new_cluster_resets_on_every_start_without_a_guard",
+    "cluster-reset": "tests/server/test_cluster_reset.py::" + "test_cluster_reset_after_quorum_loss",
+    "cluster-reset-restore-path": "tests/server/test_cluster_reset.py::" + "test_cluster_reset_restore_path",
+    "experimental-enable-lease-checkpoint":
+        "tests/lease/test_lease_checkpoint_processes.py::test_cluster_leader_kill9_keeps_the_remaining_ttl",
+    "experimental-lease-checkpoint-interval":
+        "tests/lease/test_lease_checkpoint_processes.py::test_cluster_leader_kill9_keeps_the_remaining_ttl",
+    "cluster-init": "tests/server/test_cluster_join.py::" + "test_single_member_becomes_a_cluster_keeping_history_and_a_stalled_learner_is_evicted",
+    "server": "tests/server/test_cluster_join.py::" + "test_single_member_becomes_a_cluster_keeping_history_and_a_stalled_learner_is_evicted",
+    "token": "tests/server/test_cluster_join.py::" + "test_single_member_becomes_a_cluster_keeping_history_and_a_stalled_learner_is_evicted",
+    "token-file": "tests/server/test_cluster_join.py::" + "test_init_two_joins_through_different_members_and_follower_join_reconnect",
+    "tls-san": "tests/server/test_cluster_join.py::" + "test_init_two_joins_through_different_members_and_follower_join_reconnect",
+    "learner-stall-timeout":
+        "tests/server/test_cluster_join.py::" + "test_single_member_becomes_a_cluster_keeping_history_and_a_stalled_learner_is_evicted",
+})
+
+#: Flags made real by work in progress (flag -> the test file that will show the effect); none today.
+PENDING: dict[str, str] = {}
 
 #: Refused at start-up by a check outside ServerConfig (cli/server.py), with the reason in the line.
 REFUSED_AT_START = {"peer-auto-tls": "--peer-auto-tls is not supported"}
@@ -138,6 +145,8 @@ REFUSED_AT_START = {"peer-auto-tls": "--peer-auto-tls is not supported"}
 #: etcd 3.4 flags accepted with a warning that the value is ignored: what each would tune does not exist in
 #: quorumkv (or is not configurable in grpcio), and ignoring it changes no answer a client sees.
 IGNORED: dict[str, str] = {
+    "experimental-enable-lease-checkpoint-persist": "checkpoints always survive a restart (etcd 3.4.23 kept them "
+                                                    "without it too, observed)",
     "initial-election-tick-advance": "quorumkv's first election timer is not fast-forwarded either way",
     "max-snapshots": "quorumkv keeps no .snap files (the state lives in SQLite)",
     "max-wals": "quorumkv keeps no WAL segment files (the log lives in SQLite)",
