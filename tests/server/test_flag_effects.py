@@ -119,21 +119,24 @@ EFFECTS: dict[str, str] = {
 }
 
 #: Flags whose effect is shown by a test elsewhere (added with the work that made them real).
+JOIN = "tests/server/test_cluster_join.py::"
+RESET = "tests/server/test_cluster_reset.py::"
+CONVERSION = JOIN + "test_single_member_becomes_a_cluster_keeping_history_and_a_stalled_learner_is_evicted"
 EFFECTS.update({
-    "force-new-cluster": "tests/server/test_reset_unit.py::test_force_new_cluster_resets_on_every_start_without_a_guard",
-    "cluster-reset": "tests/server/test_cluster_reset.py::" + "test_cluster_reset_after_quorum_loss",
-    "cluster-reset-restore-path": "tests/server/test_cluster_reset.py::" + "test_cluster_reset_restore_path",
+    "force-new-cluster":
+        "tests/server/test_reset_unit.py::test_force_new_cluster_resets_on_every_start_without_a_guard",
+    "cluster-reset": RESET + "test_cluster_reset_after_quorum_loss",
+    "cluster-reset-restore-path": RESET + "test_cluster_reset_restore_path",
     "experimental-enable-lease-checkpoint":
         "tests/lease/test_lease_checkpoint_processes.py::test_cluster_leader_kill9_keeps_the_remaining_ttl",
     "experimental-lease-checkpoint-interval":
         "tests/lease/test_lease_checkpoint_processes.py::test_cluster_leader_kill9_keeps_the_remaining_ttl",
-    "cluster-init": "tests/server/test_cluster_join.py::" + "test_single_member_becomes_a_cluster_keeping_history_and_a_stalled_learner_is_evicted",
-    "server": "tests/server/test_cluster_join.py::" + "test_single_member_becomes_a_cluster_keeping_history_and_a_stalled_learner_is_evicted",
-    "token": "tests/server/test_cluster_join.py::" + "test_single_member_becomes_a_cluster_keeping_history_and_a_stalled_learner_is_evicted",
-    "token-file": "tests/server/test_cluster_join.py::" + "test_init_two_joins_through_different_members_and_follower_join_reconnect",
-    "tls-san": "tests/server/test_cluster_join.py::" + "test_init_two_joins_through_different_members_and_follower_join_reconnect",
-    "learner-stall-timeout":
-        "tests/server/test_cluster_join.py::" + "test_single_member_becomes_a_cluster_keeping_history_and_a_stalled_learner_is_evicted",
+    "cluster-init": CONVERSION,
+    "server": CONVERSION,
+    "token": CONVERSION,
+    "token-file": JOIN + "test_init_two_joins_through_different_members_and_follower_join_reconnect",
+    "tls-san": JOIN + "test_init_two_joins_through_different_members_and_follower_join_reconnect",
+    "learner-stall-timeout": CONVERSION,
 })
 
 #: Flags made real by work in progress (flag -> the test file that will show the effect); none today.
