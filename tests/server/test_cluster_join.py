@@ -479,3 +479,56 @@ def test_removed_members_move_their_data_aside_and_rejoin(tmp_path: Path) -> Non
     finally:
         for m in (c, b, a):
             m.stop()
+
+
+def test_quorum_loss_cluster_reset_then_wiped_members_rejoin_with_the_token(tmp_path: Path) -> None:
+    """K3s's recovery: 2 of 3 managed members lost with their data; ``--cluster-reset`` on the survivor keeps
+    every acknowledged write; the lost servers come back on empty data dirs with ``--server`` and the token and
+    join as new members; a second start with ``--cluster-reset`` is refused by the guard."""
+    ip = _ips(3)
+    a, b, c = (Member(n, ip[k], tmp_path) for k, n in enumerate("abc"))
+    try:
+        a.start("--cluster-init")
+        token = a.token()
+        b.start("--server", a.client_url, "--token", token)
+        wait_voters(a, 2)
+        c.start("--server", b.client_url, "--token", token)
+        wait_voters(a, 3)
+        acked = []
+        for i in range(20):
+            out = retry_ctl(a if i % 2 else c, "put", f"k{i:02d}", f"v{i}")
+            assert out.returncode == 0, out.stderr
+            acked.append(f"k{i:02d}")
+        # a holds the last acknowledged write before everything dies (the survivor must have it to keep it)
+        deadline = time.monotonic() + 30
+        while a.ctl("get", "k19", "--consistency=s", "--print-value-only").stdout.strip() != "v19":
+            assert time.monotonic() < deadline, "a never saw the last write"
+            time.sleep(0.2)
+        for m in (b, c, a):
+            assert m.process is not None
+            m.process.kill9()
+        shutil.rmtree(b.data_dir)
+        shutil.rmtree(c.data_dir)
+        # the survivor resets to a cluster of itself and serves at once
+        a.start("--cluster-reset")
+        assert [m["name"] for m in wait_voters(a, 1)] == ["a"]
+        assert retry_ctl(a, "put", "after-reset", "r").returncode == 0
+        # the lost servers join again, as new members, with the same token
+        b.start("--server", a.client_url, "--token", token)
+        wait_voters(a, 2, timeout_s=120)
+        c.start("--server", b.client_url, "--token", token)
+        final = wait_voters(a, 3, timeout_s=120)
+        assert sorted(str(m["name"]) for m in final) == ["a", "b", "c"]
+        for m in (a, b, c):
+            for i, key in enumerate(acked):
+                assert _get(m, key) == f"v{i}", (m.name, key)
+            assert _get(m, "after-reset") == "r"
+        seen = hashkvs([a, b, c])
+        assert len(set(seen)) == 1, seen
+        # the guard: starting again with --cluster-reset is refused and says how to go on
+        a.stop()
+        log = _refused(a, "--cluster-reset")
+        assert "reset-flag" in log and "remove --cluster-reset" in log, log
+    finally:
+        for m in (c, b, a):
+            m.stop()
