@@ -18,6 +18,9 @@ from quorumkv.server.entries import EntryKind
 from quorumkv.server.member import MemberCore
 from quorumkv.storage.backend import read_txn
 
+#: Revisions compacted per log entry (see ``MemberKV.compact``).
+COMPACTION_STEP_REVISIONS = 1000
+
 log = logging.getLogger("quorumkv.server")
 
 
@@ -64,6 +67,21 @@ class MemberKV(MemberCore):
         return resp
 
     async def compact(self, req: pb.CompactionRequest) -> pb.CompactionResponse:
+        """Compact in steps of :data:`COMPACTION_STEP_REVISIONS`: one log entry per step, each proposed once the
+        previous one is applied, so the writes queued meanwhile commit between two steps (etcd deletes 1,000
+        keys per batch for the same reason). The last entry is the request itself and gives the answer; a step
+        that someone else's compaction overtook is skipped."""
+        target = req.revision
+        if target <= self.applier.revision:  # a future revision fails in the request's own entry, at once
+            step = max(self.applier.compact_revision, 0) + COMPACTION_STEP_REVISIONS
+            while step < target:
+                try:
+                    await self._propose(EntryKind.COMPACTION,
+                                        pb.CompactionRequest(revision=step).SerializeToString())
+                except errors.EtcdError as exc:
+                    if exc.message != errors.COMPACTED.message:
+                        raise
+                step = max(step, self.applier.compact_revision) + COMPACTION_STEP_REVISIONS
         resp: pb.CompactionResponse = await self._propose(EntryKind.COMPACTION, req.SerializeToString())
         return resp
 
