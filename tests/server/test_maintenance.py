@@ -432,11 +432,11 @@ def test_restore_rejects_bad_membership_arguments(tmp_path: Path) -> None:
 
 
 def test_compaction_goes_through_the_log_in_steps_and_writes_commit_between_them(tmp_path: Path) -> None:
-    """A compaction of 2,500 revisions is three log entries (1000, 2000, then the request's own): a write issued
-    while it runs is applied between two steps, and the result is what one compaction would leave."""
+    """A compaction of 2,500 revisions is one log entry per step (500, 1000, ..., then the request's own): a
+    write issued while it runs is applied between two steps, and the result is what one compaction leaves."""
     from quorumkv.server.kv import COMPACTION_STEP_REVISIONS
 
-    assert COMPACTION_STEP_REVISIONS == 1000
+    assert COMPACTION_STEP_REVISIONS == 500
 
     async def body(srv: QuorumServer) -> None:
         for i in range(2500):
@@ -456,7 +456,7 @@ def test_compaction_goes_through_the_log_in_steps_and_writes_commit_between_them
             await asyncio.sleep(0.001)
         written = await put(srv, "during", b"x")
         resp = await compaction
-        assert [rev for rev, _ in seen] == [1000, 2000, target]
+        assert [rev for rev, _ in seen] == [500, 1000, 1500, 2000, target]
         assert seen[0][1] < written <= seen[-1][1]  # issued during the first step, applied before the last one
         assert resp.header.revision >= written
         assert store.compact_revision(srv.reader) == target
