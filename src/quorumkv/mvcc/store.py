@@ -157,18 +157,27 @@ def range_at(
         rows = _page(conn, key, range_end, rev, limit)
         if len(rows) < limit:
             return RangeResult(rows, len(rows), cur)
-        (count,) = conn.execute(
-            f"SELECT count(*) FROM ({_latest_rows_sql(pred, 'l.id').format(rev=n)})", hargs).fetchone()
-        return RangeResult(rows, count, cur)
+        return RangeResult(rows, _count_live(conn, key, range_end, rev), cur)
     if count_only:
-        (count,) = conn.execute(
-            f"SELECT count(*) FROM ({_latest_rows_sql(pred, 'l.id').format(rev=n)})", hargs).fetchone()
-        return RangeResult([], count, cur)
+        return RangeResult([], _count_live(conn, key, range_end, rev), cur)
     rows = [_kv(r) for r in conn.execute(_latest_rows_sql(pred).format(rev=n), hargs)]
     count = len(rows)
     if limit > 0:
         rows = rows[:limit]
     return RangeResult(rows, count, cur)
+
+
+def _count_live(conn: sqlite3.Connection, key: bytes, range_end: bytes, rev: int) -> int:
+    """How many keys of [key, range_end) exist at ``rev``: the keys with a row at or before it (the ``kv_by_key``
+    index alone), less those whose latest such row is a tombstone (the ``kv_tombstones`` partial index)."""
+    pred, args = _bounds(key, range_end)
+    (keys,) = conn.execute(f"SELECT count(DISTINCT key) FROM kv WHERE {pred} AND rev <= ?", (*args, rev)).fetchone()
+    tpred, _ = _bounds(key, range_end, column="t.key")
+    (deleted,) = conn.execute(
+        f"SELECT count(*) FROM kv AS t WHERE t.value IS NULL AND {tpred} AND t.rev <= ? AND NOT EXISTS (SELECT 1 "
+        "FROM kv AS n WHERE n.key = t.key AND n.rev <= ? AND (n.rev, n.sub) > (t.rev, t.sub))",
+        (*args, rev, rev)).fetchone()
+    return int(keys) - int(deleted)
 
 
 def _page(conn: sqlite3.Connection, key: bytes, range_end: bytes, rev: int, limit: int) -> list[KeyValue]:
