@@ -57,8 +57,6 @@ RESTART_TIMEOUT_S = 600.0
 TARGETS = {"restart": 1.0, "peak_rss": 0.5, "data_dir": 1.0, "list": 1.5}
 MAX_STALL_MS = 100.0
 _CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-_FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
-                   ("grpc.max_reconnect_backoff_ms", 20)]
 
 
 @dataclass
@@ -138,24 +136,22 @@ def restart(server: ServerProcess, tmp: Path) -> tuple[ServerProcess, float]:
         again = start_etcd(tmp, extra_args=args, data_dir=server.data_dir, ready_timeout_s=None)
     else:
         again = start_quorumkv(tmp, extra_args=args, data_dir=server.data_dir, ready_timeout_s=None)
-    # gRPC's reconnect backoff (1 s, then longer) would be measured instead of the server: retry every 20 ms
-    channel = grpc.insecure_channel(_target(again), options=[*_CHANNEL_OPTIONS, *_FAST_RECONNECT])
-    try:
-        stub = rpc_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
-        deadline = t0 + RESTART_TIMEOUT_S
-        while True:
+    # a fresh channel per attempt: a channel's reconnect backoff (1 s, then longer) would be measured instead
+    deadline = t0 + RESTART_TIMEOUT_S
+    while True:
+        with grpc.insecure_channel(_target(again), options=_CHANNEL_OPTIONS) as channel:
             try:
-                stub.Range(rpc_pb2.RangeRequest(key=b"probe"), timeout=1.0)
+                rpc_pb2_grpc.KVStub(channel).Range(  # type: ignore[no-untyped-call]
+                    rpc_pb2.RangeRequest(key=b"probe"), timeout=1.0)
                 took = time.monotonic() - t0
                 break
             except grpc.RpcError:
-                if not again.alive() or time.monotonic() > deadline:
-                    again.stop()
-                    raise RuntimeError(f"{again.kind} did not serve within {RESTART_TIMEOUT_S} s after a restart:\n"
-                                       f"{again.log_tail()}") from None
-                time.sleep(0.02)
-    finally:
-        channel.close()
+                pass
+        if not again.alive() or time.monotonic() > deadline:
+            again.stop()
+            raise RuntimeError(f"{again.kind} did not serve within {RESTART_TIMEOUT_S} s after a restart:\n"
+                               f"{again.log_tail()}")
+        time.sleep(0.02)
     again.wait_ready(60.0)  # fills the ids; already serving
     return again, took
 
