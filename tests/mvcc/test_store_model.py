@@ -316,6 +316,19 @@ class StoreMachine(RuleBasedStateMachine):
         assert store.compact_revision(conn) == self.real.applier.compact_revision == self.model.compact_revision
 
     @invariant()
+    def compaction_keeps_exactly_each_keys_latest_live_row(self) -> None:
+        """At or below the compaction only each key's latest row at or below it is stored, unless a tombstone
+        (compaction reads only the window since the last one: nothing may be left behind, nothing more dropped)."""
+        conn = self.real.backend.writer
+        c = store.compact_revision(conn)
+        stored = {(r[0], r[1]) for r in conn.execute("SELECT rev, sub FROM kv WHERE rev <= ?", (c,))}
+        latest: dict[bytes, tuple[int, int, bool]] = {}
+        for key, rev, sub, dead in conn.execute(
+                "SELECT key, rev, sub, value IS NULL FROM kv WHERE rev <= ? ORDER BY rev, sub", (c,)):
+            latest[key] = (rev, sub, bool(dead))
+        assert stored == {(rev, sub) for rev, sub, dead in latest.values() if not dead}
+
+    @invariant()
     def same_key_space_at_every_readable_revision(self) -> None:
         m = self.model
         for rev in range(max(m.compact_revision, 1), m.revision + 1):

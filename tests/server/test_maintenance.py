@@ -429,3 +429,41 @@ def test_restore_rejects_bad_membership_arguments(tmp_path: Path) -> None:
         restore(snap, tmp_path / "r", name="x", initial_cluster="x=http://127.0.0.1:1",
                 initial_advertise_peer_urls=["http://127.0.0.1:2"])
     shutil.rmtree(tmp_path / "d")
+
+
+def test_compaction_goes_through_the_log_in_steps_and_writes_commit_between_them(tmp_path: Path) -> None:
+    """A compaction of 2,500 revisions is one log entry per step (500, 1000, ..., then the request's own): a
+    write issued while it runs is applied between two steps, and the result is what one compaction leaves."""
+    from quorumkv.server.kv import COMPACTION_STEP_REVISIONS
+
+    assert COMPACTION_STEP_REVISIONS == 500
+
+    async def body(srv: QuorumServer) -> None:
+        for i in range(2500):
+            await put(srv, f"k{i % 50}", f"v{i}".encode())
+        target = srv.current_revision - 1  # 2500: one put of each key stays above it
+        expected = all_kvs(srv)
+        seen: list[tuple[int, int]] = []  # (compaction revision, store revision when it was applied)
+        original = srv.applier.compaction
+
+        def spy(conn: Any, req: pb.CompactionRequest, result: Any) -> pb.CompactionResponse:
+            seen.append((req.revision, srv.applier.revision))
+            return original(conn, req, result)
+
+        srv.applier.compaction = spy  # type: ignore[method-assign]
+        compaction = asyncio.create_task(srv.compact(pb.CompactionRequest(revision=target)))
+        while not seen:
+            await asyncio.sleep(0.001)
+        written = await put(srv, "during", b"x")
+        resp = await compaction
+        assert [rev for rev, _ in seen] == [500, 1000, 1500, 2000, target]
+        assert seen[0][1] < written <= seen[-1][1]  # issued during the first step, applied before the last one
+        assert resp.header.revision >= written
+        assert store.compact_revision(srv.reader) == target
+        assert [kv for kv in all_kvs(srv) if kv[0] != b"during"] == expected
+        with pytest.raises(EtcdError, match="has been compacted"):
+            await srv.compact(pb.CompactionRequest(revision=1500))
+        stored = srv.reader.execute("SELECT count(*) FROM kv WHERE rev <= ?", (target,)).fetchone()[0]
+        assert stored == 50  # each key's latest row at or below the compaction
+
+    run_with_server(tmp_path / "d", body)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from quorumkv import errors
@@ -17,6 +18,13 @@ from quorumkv.server.apply import (
 from quorumkv.server.entries import EntryKind
 from quorumkv.server.member import MemberCore
 from quorumkv.storage.backend import read_txn
+
+#: Revisions compacted per log entry, and the pause between two entries (see ``MemberKV.compact``). etcd 3.4
+#: deletes 1,000 keys per batch with 10 ms between batches; a step here also writes the kv indexes in the same
+#: transaction as the writes it shares a turn with, so it is half that size (bench/datascale.py,
+#: docs/performance.md).
+COMPACTION_STEP_REVISIONS = 500
+COMPACTION_PAUSE_S = 0.01
 
 log = logging.getLogger("quorumkv.server")
 
@@ -64,6 +72,22 @@ class MemberKV(MemberCore):
         return resp
 
     async def compact(self, req: pb.CompactionRequest) -> pb.CompactionResponse:
+        """Compact in steps of :data:`COMPACTION_STEP_REVISIONS`: one log entry per step, each proposed
+        :data:`COMPACTION_PAUSE_S` after the previous one is applied, so the writes queued meanwhile commit
+        between two steps (etcd deletes its keys in batches for the same reason). The last entry is the request
+        itself and gives the answer; a step that someone else's compaction overtook is skipped."""
+        target = req.revision
+        if target <= self.applier.revision:  # a future revision fails in the request's own entry, at once
+            step = max(self.applier.compact_revision, 0) + COMPACTION_STEP_REVISIONS
+            while step < target:
+                try:
+                    await self._propose(EntryKind.COMPACTION,
+                                        pb.CompactionRequest(revision=step).SerializeToString())
+                except errors.EtcdError as exc:
+                    if exc.message != errors.COMPACTED.message:
+                        raise
+                step = max(step, self.applier.compact_revision) + COMPACTION_STEP_REVISIONS
+                await asyncio.sleep(COMPACTION_PAUSE_S)  # the writes queued meanwhile get turns of their own
         resp: pb.CompactionResponse = await self._propose(EntryKind.COMPACTION, req.SerializeToString())
         return resp
 

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS kv (
 CREATE UNIQUE INDEX IF NOT EXISTS kv_by_rev ON kv(rev, sub);
 CREATE INDEX IF NOT EXISTS kv_by_key ON kv(key, rev, sub);
 CREATE INDEX IF NOT EXISTS kv_by_lease ON kv(lease) WHERE lease != 0;
+CREATE INDEX IF NOT EXISTS kv_tombstones ON kv(key, rev, sub) WHERE value IS NULL;
 CREATE TABLE IF NOT EXISTS lease (
     id            INTEGER PRIMARY KEY,
     ttl           INTEGER NOT NULL,
@@ -114,6 +115,9 @@ def _migrate_from_2(conn: sqlite3.Connection) -> None:
             conn.execute(stmt)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     log.info("storage schema upgraded to version %d (auth tables added)", SCHEMA_VERSION)
+
+
+TOMBSTONE_INDEX_SQL = "CREATE INDEX IF NOT EXISTS kv_tombstones ON kv(key, rev, sub) WHERE value IS NULL"
 
 
 class StorageError(Exception):
@@ -228,6 +232,9 @@ class Backend:
                 f"{db_path} has schema version {version}, this quorumkv reads {SCHEMA_VERSION}; "
                 "use the quorumkv version that wrote it, or restore a snapshot into a new --data-dir"
             )
+        # the tombstones' index (a Range's count reads it, docs/storage.md): a store written before it existed
+        # gets it at its first open, built once from the kv rows (derived data: nothing else changes)
+        self._writer.execute(TOMBSTONE_INDEX_SQL)
 
     @property
     def writer(self) -> sqlite3.Connection:

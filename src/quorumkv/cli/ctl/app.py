@@ -300,10 +300,11 @@ class PrefixGroup(click.Group):
 class CtlGroup(PrefixGroup):
     """A command group (``lease``, ``member``, ...): unknown subcommands and bare use print like cobra."""
 
-    def __init__(self, name: str, *, path: str, short: str, usage: str, **kwargs: Any) -> None:
+    def __init__(self, name: str, *, path: str, short: str, usage: str, long: str = "", **kwargs: Any) -> None:
         self.path = path
         self.short = short
         self.usage_line = usage
+        self.long = long
         super().__init__(name, add_help_option=False, invoke_without_command=True, no_args_is_help=False, **kwargs)
 
     def usage_text(self) -> str:
@@ -312,11 +313,19 @@ class CtlGroup(PrefixGroup):
         width = (max((len(name) for name, _ in commands), default=0) + 1 + 7) // 8 * 8
         listing = "".join(f"\t{name}{chr(9) * max(1, -(-(width - len(name)) // 8))}{text}\n" for name, text in commands)
         help_flag = GoFlag("help", "bool", False, f"help for {self.name}", short="h")
+        description = ("DESCRIPTION:\n" + "".join(f"\t{line}\n" for line in self.long.split("\n")) + "\n"
+                       if self.long else "")
         return (
             f"NAME:\n\t{self.path} - {self.short}\n\nUSAGE:\n\t{PROG} {self.usage_line} [flags]\n\n"
-            f"API VERSION:\n\t{API_VERSION}\n\n\nCOMMANDS:\n{listing}\nOPTIONS:\n{_flag_block([help_flag])}\n"
-            f"GLOBAL OPTIONS:\n{_flag_block(GLOBAL_FLAGS)}\n"
+            f"API VERSION:\n\t{API_VERSION}\n\n\nCOMMANDS:\n{listing}\n{description}"
+            f"OPTIONS:\n{_flag_block([help_flag])}\nGLOBAL OPTIONS:\n{_flag_block(GLOBAL_FLAGS)}\n"
         )
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] in ("-h", "--help"):  # cobra: a group's own help
+            write_out(self.usage_text())
+            raise CtlError(-1, "")
+        return super().parse_args(ctx, args)
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
@@ -336,10 +345,11 @@ class CtlGroup(PrefixGroup):
 
 def _command_listing(rows: Sequence[tuple[str, str]]) -> str:
     """cobra's command list: a tab, the name, tabs up to a common tab stop, the short help."""
-    named = [(f"\t{name}", text) for name, text in rows]
-    width = max((len(name) for name, _ in named), default=0) + 1
+    # the leading tab is a column of its own: the names' column is the longest name plus one, rounded up to a
+    # tab stop, and each name is padded to it with tabs
+    width = max((len(name) for name, _ in rows), default=0) + 1
     width = (width + 7) // 8 * 8
-    return "".join(f"{name}{chr(9) * max(1, -(-(width - len(name)) // 8))}{text}\n" for name, text in named)
+    return "".join(f"\t{name}{chr(9) * max(1, -(-(width - len(name)) // 8))}{text}\n" for name, text in rows)
 
 
 class RootGroup(PrefixGroup):
@@ -438,8 +448,8 @@ def command(
     return decorate
 
 
-def group(parent: click.Group, name: str, *, short: str, usage: str) -> CtlGroup:
-    grp = CtlGroup(name, path=name, short=short, usage=usage)
+def group(parent: click.Group, name: str, *, short: str, usage: str, long: str = "") -> CtlGroup:
+    grp = CtlGroup(name, path=name, short=short, usage=usage, long=long)
     parent.add_command(grp)
     return grp
 
@@ -558,7 +568,18 @@ class Registry:
     def load(cls) -> None:
         if cls.loaded:
             return
-        from quorumkv.cli.ctl import auth, check, cluster, kv, lease, lock, maintenance, mirror, watch  # noqa: F401
+        from quorumkv.cli.ctl import (  # noqa: F401
+            auth,
+            check,
+            cluster,
+            completion,
+            kv,
+            lease,
+            lock,
+            maintenance,
+            mirror,
+            watch,
+        )
 
         cls.loaded = True
 
@@ -566,6 +587,11 @@ class Registry:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``quorumkvctl``; returns the exit status (``sys.exit`` it)."""
     Registry.load()
+    from quorumkv.cli.ctl.completion import complete, requested
+
+    instruction = requested()
+    if instruction is not None:  # a call from a completion script (``completion bash|zsh|fish``)
+        return complete(instruction)
     args = list(sys.argv[1:] if argv is None else argv)
     warn_unknown_env()
     try:

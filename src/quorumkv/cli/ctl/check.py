@@ -52,13 +52,18 @@ from quorumkv.cli.ctl.session import (
 )
 
 __all__ = [
+    "DATASCALE_LIMIT_ENV",
+    "DATASCALE_LOADS",
     "DURATION_ENV",
     "LOAD_ALIASES",
     "PERF_LOADS",
     "PerfLoad",
     "PerfResult",
     "ProgressBar",
+    "datascale_key",
     "go_float",
+    "metrics_url",
+    "parse_resident_memory",
     "perf_key",
     "run_load",
     "verdict",
@@ -560,3 +565,257 @@ def check_perf_cmd(settings: Settings, args: list[str], auto_compact: bool, auto
     cfg = _duration(PERF_LOADS[model])
     if not asyncio.run(_check_perf(settings, cfg, prefix, auto_compact, auto_defrag)):
         raise CtlError(EXIT_ERROR, "")
+
+
+# ---------------------------------------------------------------------------------------------- datascale
+
+
+@dataclass(frozen=True)
+class DatascaleLoad:
+    """One ``check datascale --load`` model of etcdctl 3.4."""
+
+    limit: int  #: key-value pairs written
+    kv_size: int  #: bytes per pair (as printed; the key and the value are 512 bytes each)
+    clients: int  #: concurrent clients
+
+
+DATASCALE_LOADS: dict[str, DatascaleLoad] = {
+    "s": DatascaleLoad(limit=10_000, kv_size=1024, clients=50),
+    "m": DatascaleLoad(limit=100_000, kv_size=1024, clients=200),
+    "l": DatascaleLoad(limit=1_000_000, kv_size=1024, clients=500),
+    "xl": DatascaleLoad(limit=3_000_000, kv_size=1024, clients=1000),
+}
+DATASCALE_KEY_SIZE = 512
+DATASCALE_VALUE_SIZE = 512
+#: Hidden override of the number of pairs written (tests only; not in the usage text).
+DATASCALE_LIMIT_ENV = "QUORUMKVCTL_CHECK_DATASCALE_LIMIT"
+RESIDENT_MEMORY_METRIC = "process_resident_memory_bytes"
+#: etcdctl waits without a deadline for its first read (for ever when the endpoint is down), the metrics and the
+#: clean-up; quorumkvctl bounds the first read by --dial-timeout + --command-timeout, the others by these.
+DATASCALE_CALL_TIMEOUT_S = 600.0
+METRICS_TIMEOUT_S = 30.0
+
+
+def datascale_key(prefix: bytes, number: int) -> bytes:
+    """etcdctl's datascale key: the prefix, then 512 bytes starting with ``binary.PutVarint(number)``."""
+    head = _varint(number << 1 if number >= 0 else ~(number << 1))
+    return prefix + head + bytes(DATASCALE_KEY_SIZE - len(head))
+
+
+def metrics_url(endpoint: str) -> str:
+    """Where etcdctl reads the member's memory: ``http://`` + the endpoint (prefixed unless it starts with
+    ``http://``) + ``/metrics``: the client port itself, where etcd serves HTTP beside gRPC."""
+    host = endpoint if endpoint.startswith("http://") else "http://" + endpoint
+    return host + "/metrics"
+
+
+def parse_resident_memory(text: str) -> float | str:
+    """The first ``process_resident_memory_bytes`` sample of a Prometheus text page, or etcdctl's complaint."""
+    value = ""
+    for line in text.split("\n"):
+        if line.startswith(RESIDENT_MEMORY_METRIC):
+            value = line[len(RESIDENT_MEMORY_METRIC):].strip()
+            break
+    if not value:
+        return f"could not find: {RESIDENT_MEMORY_METRIC}"
+    try:
+        return float(value)
+    except ValueError:
+        return f'parse error: strconv.ParseFloat: parsing "{value}": invalid syntax'
+
+
+def endpoint_memory(endpoint: str) -> float:
+    """etcdctl's ``endpointMemoryMetrics``: resident bytes from the endpoint's ``/metrics``; 0 (after printing
+    why, on stdout, as etcdctl does) when they cannot be read."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    url = metrics_url(endpoint)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=METRICS_TIMEOUT_S) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:  # Go's http.Get returns the body of any status
+        body = exc.read()
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, ConnectionRefusedError):
+            hostport = url.removeprefix("http://").split("/", 1)[0]
+            text = f"dial tcp {hostport}: connect: connection refused"
+        elif isinstance(exc, http.client.BadStatusLine):  # e.g. a gRPC-only port answering with HTTP/2 frames
+            line = str(exc.args[0] if exc.args else "").rstrip("\r\n").encode("latin-1", "replace")
+            text = f"net/http: HTTP/1.x transport connection broken: malformed HTTP response {go_quote(line)}"
+        elif isinstance(exc, http.client.HTTPException | ValueError):
+            text = f"net/http: HTTP/1.x transport connection broken: {exc}"
+        else:
+            text = str(reason)
+        write_out(f'fetch error: Get "{url}": {text}\n')
+        return 0.0
+    parsed = parse_resident_memory(body.decode("utf-8", "replace"))
+    if isinstance(parsed, str):
+        write_out(parsed + "\n")
+        return 0.0
+    return parsed
+
+
+def _go_fixed2(value: float) -> str:
+    """``strconv.FormatFloat(v, 'f', 2, 64)``."""
+    text = f"{value:.2f}"
+    return "-0.00" if text == "-0.00" else text
+
+
+def _datascale_limit(load: DatascaleLoad) -> DatascaleLoad:
+    raw = os.environ.get(DATASCALE_LIMIT_ENV)
+    if not raw:
+        return load
+    try:
+        limit = int(raw)
+    except ValueError:
+        return load
+    return DatascaleLoad(limit, load.kv_size, load.clients) if limit > 0 else load
+
+
+async def run_datascale_puts(puts: Sequence[Put], load: DatascaleLoad, prefix: bytes,
+                             on_done: Callable[[], None] | None = None, *, seed: int | None = None) -> PerfResult:
+    """Write ``load.limit`` pairs from ``load.clients`` workers as fast as they go; measure each Put."""
+    rng = random.Random(seed)
+    value = bytes(DATASCALE_VALUE_SIZE)
+    result = PerfResult()
+    latencies, errors = result.latencies, result.errors
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=load.clients)
+    perf = time.perf_counter
+
+    async def worker(put: Put) -> None:
+        while True:
+            request = await queue.get()
+            if request is None:
+                return
+            started = perf()
+            try:
+                await put(request)
+            except grpc.aio.AioRpcError as err:
+                errors[request_error_text(err)] += 1
+            else:
+                latencies.append(perf() - started)
+            if on_done is not None:
+                on_done()
+
+    async def generate() -> None:
+        for _ in range(load.limit):
+            key = datascale_key(prefix, rng.getrandbits(63))
+            await queue.put(rpc_pb2.PutRequest(key=key, value=value).SerializeToString())
+        for _ in range(load.clients):
+            await queue.put(None)
+
+    started = perf()
+    workers = [asyncio.create_task(worker(puts[i % len(puts)])) for i in range(load.clients)]
+    try:
+        await generate()
+        await asyncio.gather(*workers)
+    finally:
+        for task in workers:
+            task.cancel()
+    result.total_s = perf() - started
+    return result
+
+
+async def _check_datascale(settings: Settings, load: DatascaleLoad, prefix: str, auto_compact: bool,
+                           auto_defrag: bool) -> None:
+    key = prefix.encode("utf-8", "surrogateescape")
+    end = prefix_range_end(key)
+    session = _Session(settings, min(load.clients, MAX_CHANNELS))
+    loop = asyncio.get_running_loop()
+    try:
+        found = rpc_pb2.RangeResponse.FromString(await session.unary(
+            0, "/etcdserverpb.KV/Range", rpc_pb2.RangeRequest(key=key, range_end=end, limit=1).SerializeToString(),
+            timeout=settings.dial_timeout + settings.command_timeout))
+        if found.kvs:
+            raise CtlError(EXIT_INVALID_INPUT, f"prefix {go_quote(key)} has keys. Delete with etcdctl del --prefix "
+                                               f"{prefix} first")
+        endpoint = session.endpoints[0]
+        before = await loop.run_in_executor(None, endpoint_memory, endpoint)
+        if before == 0:
+            write_out("FAIL: Could not read process_resident_memory_bytes before the put operations.\n")
+            raise CtlError(EXIT_ERROR, "")
+        write_out(f"Start data scale check for work load [{load.limit} key-value pairs, {load.kv_size} bytes per "
+                  f"key-value, {load.clients} concurrent clients].\n")
+        sys.stdout.flush()
+        await session.connect_all()
+        bar: ProgressBar | None = None
+        redraw: asyncio.Task[None] | None = None
+        if sys.stdout.isatty():
+            def draw(text: str) -> None:
+                write_out(text)
+                sys.stdout.flush()
+
+            bar = ProgressBar(load.limit, _terminal_width(), draw)
+
+            async def refresh(progress: ProgressBar) -> None:
+                while True:
+                    progress.draw()
+                    await asyncio.sleep(ProgressBar.REFRESH_S)
+
+            redraw = asyncio.create_task(refresh(bar))
+        puts = [session.method(i, PUT_METHOD) for i in range(len(session.channels))]
+        try:
+            result = await run_datascale_puts(puts, load, key, bar.add if bar is not None else None)
+        finally:
+            if redraw is not None:
+                redraw.cancel()
+            if bar is not None:
+                bar.finish()
+        after = await loop.run_in_executor(None, endpoint_memory, endpoint)
+        if after == 0:
+            write_out("FAIL: Could not read process_resident_memory_bytes after the put operations.\n")
+            raise CtlError(EXIT_ERROR, "")
+        deleted = rpc_pb2.DeleteRangeResponse.FromString(await session.unary(
+            0, "/etcdserverpb.KV/DeleteRange", rpc_pb2.DeleteRangeRequest(key=key, range_end=end).SerializeToString(),
+            timeout=DATASCALE_CALL_TIMEOUT_S))
+        if auto_compact:
+            revision = deleted.header.revision
+            write_out(f"Compacting with revision {revision}\n")
+            sys.stdout.flush()
+            await session.unary(0, "/etcdserverpb.KV/Compact", rpc_pb2.CompactionRequest(
+                revision=revision, physical=True).SerializeToString(), timeout=DATASCALE_CALL_TIMEOUT_S)
+            write_out(f"Compacted with revision {revision}\n")
+        if auto_defrag:
+            for index, ep in enumerate(session.endpoints):
+                write_out(f"Defragmenting {go_quote(ep)}\n")
+                sys.stdout.flush()
+                await session.unary(index, "/etcdserverpb.Maintenance/Defragment",
+                                    rpc_pb2.DefragmentRequest().SerializeToString(), timeout=DATASCALE_CALL_TIMEOUT_S)
+                write_out(f"Defragmented {go_quote(ep)}\n")
+    finally:
+        await session.close()
+    if result.errors:
+        write_out("FAIL: too many errors\n")
+        for text, count in result.errors.items():
+            write_out(f"FAIL: ERROR({text}) -> {count}\n")
+        raise CtlError(EXIT_ERROR, "")
+    write_out(f"PASS: Approximate system memory used : {_go_fixed2((after - before) / (1024 * 1024))} MB.\n")
+
+
+@command(
+    check_group,
+    "datascale",
+    short="Check the memory usage of holding data for different workloads on a given server endpoint.",
+    long="If no endpoint is provided, localhost will be used. If multiple endpoints are provided, first endpoint "
+         "will be used.",
+    usage="check datascale [options]",
+    flags=(
+        GoFlag("auto-compact", "bool", False, "Compact storage with last revision after test is finished."),
+        GoFlag("auto-defrag", "bool", False, "Defragment storage after test is finished."),
+        GoFlag("load", "string", "s", "The datascale check's workload model. Accepted workloads: s(small), "
+               "m(medium), l(large), xl(xLarge)"),
+        GoFlag("prefix", "string", "/etcdctl-check-datascale/", "The prefix for writing the datascale check's "
+               "keys."),
+    ),
+)
+def check_datascale_cmd(settings: Settings, args: list[str], auto_compact: bool, auto_defrag: bool, load: str,
+                        prefix: str) -> None:
+    model = LOAD_ALIASES.get(load)
+    if model is None:
+        raise CtlError(EXIT_BAD_FEATURE, f"unknown load option {load}")
+    asyncio.run(_check_datascale(settings, _datascale_limit(DATASCALE_LOADS[model]), prefix, auto_compact,
+                                 auto_defrag))

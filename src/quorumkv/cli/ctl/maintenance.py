@@ -74,7 +74,16 @@ def alarm_disarm_cmd(settings: Settings, args: list[str]) -> None:
 )
 def defrag_cmd(settings: Settings, args: list[str], cluster: bool, data_dir: str) -> None:
     if data_dir:
-        raise CtlError(EXIT_ERROR, "defrag --data-dir is not supported by quorumkvctl")
+        from quorumkv.storage.datadir import DataDirError
+        from quorumkv.storage.offline import defragment_data_dir
+
+        # etcdctl 3.4: nothing on success; one line on stderr and exit 1 on failure (its panics become a line)
+        try:
+            defragment_data_dir(data_dir)
+        except DataDirError as exc:
+            write_err(f"Failed to defragment etcd data[{data_dir}] ({exc})\n")
+            raise CtlError(EXIT_ERROR, "") from None
+        return
     settings.cluster = cluster
     failures = 0
     for endpoint in endpoints_from_cluster(settings):
@@ -286,6 +295,45 @@ def move_leader_cmd(settings: Settings, args: list[str]) -> None:
     with leader:
         resp = leader.call("Maintenance", "MoveLeader", rpc_pb2.MoveLeaderRequest(targetID=target))
     printer(settings).move_leader(leader_id, target, resp)
+
+
+@command(
+    root,
+    "migrate",
+    short="Migrates keys in a v2 store to a mvcc store",
+    usage="migrate",
+    flags=(
+        GoFlag("data-dir", "string", "", "Path to the data directory"),
+        GoFlag("no-ttl", "bool", False, "Do not convert TTL keys"),
+        GoFlag("transformer", "string", "", "Path to the user-provided transformer program"),
+        GoFlag("wal-dir", "string", "", "Path to the WAL directory"),
+    ),
+)
+def migrate_cmd(settings: Settings, args: list[str], data_dir: str, no_ttl: bool, transformer: str,
+                wal_dir: str) -> None:
+    """etcdctl 3.4 converts a v2 store (rebuilt from the member's snapshot and WAL) into v3 keys. quorumkv never
+    had a v2 store, so a quorumkv data dir has no v2 keys: the answer etcdctl gives for a data dir without any.
+    The transformer is never started (it would be fed nothing)."""
+    from quorumkv.storage.datadir import DATA_FORMAT, FORMAT_FILE
+
+    if not transformer:
+        write_out("using default transformer\n")
+    root_dir = Path(data_dir) if data_dir else Path()
+    if wal_dir:
+        raise CtlError(EXIT_ERROR, "--wal-dir: a quorumkv member keeps its log inside its data dir (there is no "
+                                   "v2 WAL to read); omit --wal-dir")
+    if (root_dir / "member" / "snap" / "db").exists():
+        raise CtlError(EXIT_ERROR, f"{data_dir or '.'} is an etcd data dir: migrate its v2 keys with etcdctl 3.4, "
+                                   "then snapshot save / quorumkvctl snapshot restore the result")
+    marker = root_dir / FORMAT_FILE
+    try:
+        found = marker.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError as exc:
+        raise CtlError(EXIT_ERROR, f"open {marker}: {(exc.strerror or str(exc)).lower()} (give the --data-dir of "
+                                   "a quorumkv member)") from None
+    if found != DATA_FORMAT:
+        raise CtlError(EXIT_ERROR, f"data dir {data_dir or '.'} has format {found!r}, not {DATA_FORMAT!r}")
+    write_out("no v2 keys to migrate\n")
 
 
 @command(root, "version", short="Prints the version of etcdctl", usage="version")
