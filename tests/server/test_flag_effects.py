@@ -90,8 +90,7 @@ EFFECTS: dict[str, str] = {
     "peer-trusted-ca-file": f"{TLS}::test_three_members_with_client_and_peer_mtls",
     "peer-cert-allowed-cn": "tests/transport/test_peer_tls.py::test_refused_cn_is_logged_by_the_refusing_member",
     "client-crl-file": f"{TLS}::test_revoked_client_certificate_is_refused",
-    # the peer listener's CRL check is the one the transport tests build with crl_file (no revoked-peer case yet)
-    "peer-crl-file": "tests/transport/test_peer_tls.py::test_peers_talk_over_mtls",
+    "peer-crl-file": "tests/transport/test_peer_tls.py::test_revoked_peer_is_refused_only_with_peer_crl_file",
     "cipher-suites": f"{TLS}::test_cipher_suites_limit_tls12",
     "metrics": f"{HERE}::test_limits_metrics_http_and_progress_flags_in_a_real_member",
     "logger": f"{HERE}::test_logger_capnslog_writes_capnslog_lines",

@@ -35,9 +35,9 @@ async def transports() -> AsyncIterator[list[PeerTransport]]:
 
 
 async def start(made: list[PeerTransport], member_id: int, pki: PKI, cert: str, *, ca: str = "",
-                allowed_cn: str = "") -> tuple[PeerTransport, str, list[object]]:
+                allowed_cn: str = "", crl: bool = True) -> tuple[PeerTransport, str, list[object]]:
     tls = peer_tls(pki.cert(cert), pki.key(cert), ca or str(pki.ca.path), client_cert_auth=True,
-                   allowed_cn=allowed_cn, crl_file=str(pki.crl))
+                   allowed_cn=allowed_cn, crl_file=str(pki.crl) if crl else "")
     received: list[object] = []
     t = PeerTransport(member_id, CLUSTER, received.append, lambda _id: None, random.Random(member_id),
                       options=FAST, server_credentials=tls.server_credentials,
@@ -73,6 +73,28 @@ async def test_refused_cn_is_logged_by_the_refusing_member(pki: PKI, transports:
     await asyncio.sleep(0.6)  # b redials (a new connection, a new port, each time)
     rejections = [r for r in caplog.records if r.getMessage() == "rejected peer connection"]
     assert len(rejections) == 1  # once per address per minute, though b keeps retrying
+
+
+@pytest.mark.parametrize("crl", [True, False], ids=["peer-crl-file", "no-crl"])
+async def test_revoked_peer_is_refused_only_with_peer_crl_file(pki: PKI, transports: list[PeerTransport],
+                                                               caplog: pytest.LogCaptureFixture, crl: bool) -> None:
+    """--peer-crl-file: a peer whose certificate the CRL revokes is refused (and logged by the refusing member);
+    without the CRL the same certificate is accepted."""
+    caplog.set_level(logging.WARNING)
+    _, url_a, got_a = await start(transports, 1, pki, "peer", crl=crl)
+    b, _, _ = await start(transports, 2, pki, "revoked", crl=False)
+    b.add_peer(1, [url_a])
+    b.send([hb(2, 1)])
+    if not crl:
+        await eventually(lambda: bool(got_a), 10, "a heartbeat from the revoked certificate without a CRL")
+        return
+
+    def refused() -> bool:
+        return any(r.getMessage() == "rejected peer connection" for r in caplog.records)
+    await eventually(refused, 10, "the refusal in a's log")
+    record = next(r for r in caplog.records if r.getMessage() == "rejected peer connection")
+    assert "revoked" in str(record.__dict__["error"]), record.__dict__["error"]
+    assert not got_a
 
 
 async def test_dial_to_an_untrusted_peer_is_diagnosed(pki: PKI, transports: list[PeerTransport],
