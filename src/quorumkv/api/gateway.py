@@ -358,7 +358,7 @@ class Gateway:
         try:  # the first request is read before answering, so a bad body gets a plain error (as etcd)
             first = await objects.next()
             if first is not None and not isinstance(first, dict):
-                raise ValueError(f"json: cannot unmarshal {type(first).__name__} into a request object")
+                raise jsonpb.DecodeError(f"json: cannot unmarshal {type(first).__name__} into a request object")
             # an empty body sends no request at all (etcd: a keepalive answers nothing and ends)
             first_msg = parse_message(first, req_cls) if first is not None else None
         except HttpError:
