@@ -520,23 +520,8 @@ async def _check_perf(settings: Settings, load: PerfLoad, prefix: str, auto_comp
                 if not bar.finished:
                     bar.add(bar.total - bar.current)
                     bar.finish()
-        deleted = rpc_pb2.DeleteRangeResponse.FromString(await session.unary(
-            0, "/etcdserverpb.KV/DeleteRange", rpc_pb2.DeleteRangeRequest(key=key, range_end=end).SerializeToString(),
-            timeout=CLEANUP_TIMEOUT_S))
-        if auto_compact:
-            revision = deleted.header.revision
-            write_out(f"Compacting with revision {revision}\n")
-            sys.stdout.flush()
-            await session.unary(0, "/etcdserverpb.KV/Compact", rpc_pb2.CompactionRequest(
-                revision=revision, physical=True).SerializeToString(), timeout=CLEANUP_TIMEOUT_S)
-            write_out(f"Compacted with revision {revision}\n")
-        if auto_defrag:
-            for index, endpoint in enumerate(session.endpoints):
-                write_out(f"Defragmenting {go_quote(endpoint)}\n")
-                sys.stdout.flush()
-                await session.unary(index, "/etcdserverpb.Maintenance/Defragment",
-                                    rpc_pb2.DefragmentRequest().SerializeToString(), timeout=CLEANUP_TIMEOUT_S)
-                write_out(f"Defragmented {go_quote(endpoint)}\n")
+        await _clean_up(session, key, end, auto_compact=auto_compact, auto_defrag=auto_defrag,
+                        timeout_s=CLEANUP_TIMEOUT_S)
     finally:
         await session.close()
     lines, ok = verdict(result, load.limit)
@@ -769,23 +754,8 @@ async def _check_datascale(settings: Settings, load: DatascaleLoad, prefix: str,
         if after == 0:
             write_out("FAIL: Could not read process_resident_memory_bytes after the put operations.\n")
             raise CtlError(EXIT_ERROR, "")
-        deleted = rpc_pb2.DeleteRangeResponse.FromString(await session.unary(
-            0, "/etcdserverpb.KV/DeleteRange", rpc_pb2.DeleteRangeRequest(key=key, range_end=end).SerializeToString(),
-            timeout=DATASCALE_CALL_TIMEOUT_S))
-        if auto_compact:
-            revision = deleted.header.revision
-            write_out(f"Compacting with revision {revision}\n")
-            sys.stdout.flush()
-            await session.unary(0, "/etcdserverpb.KV/Compact", rpc_pb2.CompactionRequest(
-                revision=revision, physical=True).SerializeToString(), timeout=DATASCALE_CALL_TIMEOUT_S)
-            write_out(f"Compacted with revision {revision}\n")
-        if auto_defrag:
-            for index, ep in enumerate(session.endpoints):
-                write_out(f"Defragmenting {go_quote(ep)}\n")
-                sys.stdout.flush()
-                await session.unary(index, "/etcdserverpb.Maintenance/Defragment",
-                                    rpc_pb2.DefragmentRequest().SerializeToString(), timeout=DATASCALE_CALL_TIMEOUT_S)
-                write_out(f"Defragmented {go_quote(ep)}\n")
+        await _clean_up(session, key, end, auto_compact=auto_compact, auto_defrag=auto_defrag,
+                        timeout_s=DATASCALE_CALL_TIMEOUT_S)
     finally:
         await session.close()
     if result.errors:
@@ -819,3 +789,26 @@ def check_datascale_cmd(settings: Settings, args: list[str], auto_compact: bool,
         raise CtlError(EXIT_BAD_FEATURE, f"unknown load option {load}")
     asyncio.run(_check_datascale(settings, _datascale_limit(DATASCALE_LOADS[model]), prefix, auto_compact,
                                  auto_defrag))
+
+
+async def _clean_up(session: _Session, key: bytes, end: bytes, *, auto_compact: bool, auto_defrag: bool,
+                    timeout_s: float) -> None:
+    """What etcdctl's check perf and check datascale do after their load: delete the check's keys, then
+    (``--auto-compact``) compact at the delete's revision and (``--auto-defrag``) defragment every endpoint."""
+    deleted = rpc_pb2.DeleteRangeResponse.FromString(await session.unary(
+        0, "/etcdserverpb.KV/DeleteRange", rpc_pb2.DeleteRangeRequest(key=key, range_end=end).SerializeToString(),
+        timeout=timeout_s))
+    if auto_compact:
+        revision = deleted.header.revision
+        write_out(f"Compacting with revision {revision}\n")
+        sys.stdout.flush()
+        await session.unary(0, "/etcdserverpb.KV/Compact", rpc_pb2.CompactionRequest(
+            revision=revision, physical=True).SerializeToString(), timeout=timeout_s)
+        write_out(f"Compacted with revision {revision}\n")
+    if auto_defrag:
+        for index, endpoint in enumerate(session.endpoints):
+            write_out(f"Defragmenting {go_quote(endpoint)}\n")
+            sys.stdout.flush()
+            await session.unary(index, "/etcdserverpb.Maintenance/Defragment",
+                                rpc_pb2.DefragmentRequest().SerializeToString(), timeout=timeout_s)
+            write_out(f"Defragmented {go_quote(endpoint)}\n")
