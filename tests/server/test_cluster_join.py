@@ -532,3 +532,46 @@ def test_quorum_loss_cluster_reset_then_wiped_members_rejoin_with_the_token(tmp_
     finally:
         for m in (c, b, a):
             m.stop()
+
+
+def test_restore_with_the_token_on_a_new_host_recovers_the_cluster_ca(tmp_path: Path) -> None:
+    """K3s's ``--cluster-reset --cluster-reset-restore-path=<snapshot> --token=<token>`` on a brand-new host: the
+    snapshot carries the CA encrypted with the token (``/bootstrap/<id>``); the new member restores the data,
+    recovers the CA (the token's CA hash) and a new server joins it with the same token. A wrong token is
+    refused with one line and leaves nothing behind."""
+    ip = _ips(3)
+    a, x, y = Member("a", ip[0], tmp_path), Member("x", ip[1], tmp_path), Member("y", ip[2], tmp_path)
+    snap = tmp_path / "snap.db"
+    try:
+        a.start("--cluster-init")
+        token = a.token()
+        for i in range(5):
+            assert retry_ctl(a, "put", f"k{i}", f"v{i}").returncode == 0
+        deadline = time.monotonic() + 30
+        while not a.ctl("get", "/bootstrap/", "--prefix", "--keys-only").stdout.strip():
+            assert time.monotonic() < deadline, "no bootstrap record was stored"
+            time.sleep(0.2)
+        out = a.ctl("snapshot", "save", str(snap))
+        assert out.returncode == 0, out.stderr
+        a.stop()
+        # a wrong token: one line, nothing written
+        wrong = token.rsplit(":", 1)[0] + ":not-the-secret"
+        log = _refused(x, "--cluster-reset", "--cluster-reset-restore-path", str(snap), "--token", wrong)
+        assert "the snapshot's cluster CA cannot be decrypted with this token" in log, log
+        assert not x.data_dir.exists() or not any(x.data_dir.iterdir()), list(x.data_dir.iterdir())
+        # the right token on a new host (another address, empty data dir)
+        x.start("--cluster-reset", "--cluster-reset-restore-path", str(snap), "--token", token)
+        assert [m["name"] for m in wait_voters(x, 1)] == ["x"]
+        for i in range(5):
+            assert _get(x, f"k{i}") == f"v{i}"
+        assert hashlib.sha256((x.tls_dir / "ca.crt").read_bytes()).hexdigest() == parse_token(token).ca_hash
+        assert x.token() == token
+        # a replacement server joins the restored member with the same token
+        y.start("--server", x.client_url, "--token", token)
+        final = wait_voters(x, 2, timeout_s=120)
+        assert sorted(str(m["name"]) for m in final) == ["x", "y"]
+        assert _get(y, "k4") == "v4"
+        assert (y.tls_dir / "ca.crt").read_bytes() == (x.tls_dir / "ca.crt").read_bytes()
+    finally:
+        for m in (y, x, a):
+            m.stop()
