@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from quorumkv.cli.token import main as token_main
-from quorumkv.security.cluster_pki import parse_token
+from quorumkv.security.cluster_pki import bootstrap_key, open_bootstrap, parse_token
 from quorumkv.server.config_sources import load_config
 from quorumkv.server.join import JoinError, _call_join, fetch_ca, must_match, prepare_member
 from quorumkv.server.settings import ServerSettings
@@ -572,6 +572,17 @@ def test_restore_with_the_token_on_a_new_host_recovers_the_cluster_ca(tmp_path: 
         assert sorted(str(m["name"]) for m in final) == ["x", "y"]
         assert _get(y, "k4") == "v4"
         assert (y.tls_dir / "ca.crt").read_bytes() == (x.tls_dir / "ca.crt").read_bytes()
+        # token rotate on a running member: its record is re-encrypted with the new secret, the old one deleted
+        assert token_main(["rotate", "--data-dir", str(x.data_dir), "--new-token", "rotated-secret"]) == 0
+        deadline = time.monotonic() + 30
+        while True:
+            keys = x.ctl("get", "/bootstrap/", "--prefix", "--keys-only").stdout.split()
+            if keys == [bootstrap_key("rotated-secret").decode()]:
+                break
+            assert time.monotonic() < deadline, keys
+            time.sleep(0.2)
+        record = x.ctl("get", keys[0], "--print-value-only").stdout.strip().encode()
+        assert open_bootstrap("rotated-secret", record)[0] == (x.tls_dir / "ca.crt").read_bytes()
     finally:
         for m in (y, x, a):
             m.stop()
