@@ -583,6 +583,11 @@ def test_restore_with_the_token_on_a_new_host_recovers_the_cluster_ca(tmp_path: 
             time.sleep(0.2)
         record = x.ctl("get", keys[0], "--print-value-only").stdout.strip().encode()
         assert open_bootstrap("rotated-secret", record)[0] == (x.tls_dir / "ca.crt").read_bytes()
+        # the same restore on the old server's own host (its tls/ and token are kept; no --token needed)
+        ca_before = (a.tls_dir / "ca.crt").read_bytes()
+        a.start("--cluster-reset", "--cluster-reset-restore-path", str(snap))
+        assert _get(a, "k3") == "v3"
+        assert (a.tls_dir / "ca.crt").read_bytes() == ca_before and a.token() == token
     finally:
         for m in (y, x, a):
             m.stop()

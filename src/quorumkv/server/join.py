@@ -19,6 +19,7 @@ Protocol (the ``quorumkv.v1.Join/Join`` gRPC method on every member's client por
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -211,19 +212,42 @@ def _transport_connected(server: Any) -> set[int]:
 
 async def run_promoter(server: Any, managed: Managed) -> None:
     """On the leader: promote a caught-up learner when the cluster keeps a quorum of connected voters with it;
-    remove a learner that has not caught up within ``stall_timeout_s`` (reported in the log)."""
+    remove a learner that has not caught up within ``stall_timeout_s`` (reported in the log). Meanwhile, on
+    every member, keep the bootstrap record (:func:`_sync_bootstrap`)."""
     await _update_own_peer_urls(server)
     first_seen: dict[int, float] = {}
     loop = asyncio.get_running_loop()
+    keeper = loop.create_task(_keep_bootstrap(server, managed), name="bootstrap-record")
+    try:
+        await _promote_loop(server, managed, first_seen, loop)
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+
+
+async def _keep_bootstrap(server: Any, managed: Managed) -> None:
+    """On every member: :func:`_sync_bootstrap` twice a second (a write that waits for a leader does not hold up
+    promotions); failures are retried, logged once until the next success."""
     synced: list[str] = []  # the secret whose bootstrap record this member last wrote
+    failing = False
     while True:
         await asyncio.sleep(PROMOTE_CHECK_S)
         try:
             await _sync_bootstrap(server, managed, synced)
+            failing = False
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # no leader yet, a quota alarm...: retried on the next round
-            log.info("storing the bootstrap record: %s; retrying", getattr(exc, "message", exc))
+            if not failing:
+                log.info("storing the bootstrap record: %s; retrying", getattr(exc, "message", exc))
+            failing = True
+
+
+async def _promote_loop(server: Any, managed: Managed, first_seen: dict[int, float],
+                        loop: asyncio.AbstractEventLoop) -> None:
+    while True:
+        await asyncio.sleep(PROMOTE_CHECK_S)
         try:
             await _promote_once(server, managed, first_seen, loop.time())
         except asyncio.CancelledError:
