@@ -6,7 +6,8 @@
   comes back by itself after the follower and the leader restart;
 - a single member converted with ``--cluster-init`` keeps its history revision by revision, its compaction and
   its leases; a learner that never catches up is evicted; a member joins and holds the same history;
-- a member removed from the cluster moves its data aside and rejoins with the same name.
+- a member removed from the cluster moves its data aside and rejoins with the same name;
+- a snapshot restored with the token on a new host recovers the cluster CA (bootstrap record) and takes joins.
 """
 
 from __future__ import annotations
