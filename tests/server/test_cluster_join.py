@@ -540,8 +540,9 @@ def test_restore_with_the_token_on_a_new_host_recovers_the_cluster_ca(tmp_path: 
     snapshot carries the CA encrypted with the token (``/bootstrap/<id>``); the new member restores the data,
     recovers the CA (the token's CA hash) and a new server joins it with the same token. A wrong token is
     refused with one line and leaves nothing behind."""
-    ip = _ips(3)
+    ip = _ips(4)
     a, x, y = Member("a", ip[0], tmp_path), Member("x", ip[1], tmp_path), Member("y", ip[2], tmp_path)
+    z = Member("z", ip[3], tmp_path)
     snap = tmp_path / "snap.db"
     try:
         a.start("--cluster-init")
@@ -589,6 +590,36 @@ def test_restore_with_the_token_on_a_new_host_recovers_the_cluster_ca(tmp_path: 
         a.start("--cluster-reset", "--cluster-reset-restore-path", str(snap))
         assert _get(a, "k3") == "v3"
         assert (a.tls_dir / "ca.crt").read_bytes() == ca_before and a.token() == token
+        # with --cluster-init too, the snapshot's CA is recovered (not a new one made)
+        z.start("--cluster-reset", "--cluster-reset-restore-path", str(snap), "--token", token, "--cluster-init")
+        assert _get(z, "k2") == "v2"
+        assert (z.tls_dir / "ca.crt").read_bytes() == ca_before and z.token() == token
     finally:
-        for m in (y, x, a):
+        for m in (z, y, x, a):
+            m.stop()
+
+
+def test_restore_with_a_token_of_a_snapshot_without_a_cluster_ca(tmp_path: Path) -> None:
+    """A snapshot of a cluster made without --cluster-init holds no bootstrap record: ``--token`` alone is refused
+    (it could not be honoured), with ``--cluster-init`` the restored member makes a new CA for that token."""
+    ip = _ips(2)
+    plain, x = Member("p", ip[0], tmp_path), Member("x", ip[1], tmp_path)
+    snap = tmp_path / "plain.db"
+    try:
+        plain.start(plain=True)
+        url = f"http://{plain.ip}:{plain.client_port}"
+        assert run_etcdctl(url, "put", "k", "v").returncode == 0
+        out = run_etcdctl(url, "snapshot", "save", str(snap))
+        assert out.returncode == 0, out.stderr
+        plain.stop()
+        token = "K10::server:some-secret"
+        log = _refused(x, "--cluster-reset", "--cluster-reset-restore-path", str(snap), "--token", token)
+        assert "the snapshot holds no cluster CA" in log and "--cluster-init" in log, log
+        assert not x.data_dir.exists() or not any(x.data_dir.iterdir())
+        x.start("--cluster-reset", "--cluster-reset-restore-path", str(snap), "--token", token, "--cluster-init")
+        assert _get(x, "k") == "v"
+        assert parse_token(x.token()).secret == "some-secret"
+        assert parse_token(x.token()).ca_hash == hashlib.sha256((x.tls_dir / "ca.crt").read_bytes()).hexdigest()
+    finally:
+        for m in (x, plain):
             m.stop()
