@@ -187,6 +187,9 @@ def member_progress_cmd(settings: Settings, args: list[str]) -> None:
         raise CtlError(EXIT_ERROR, "no member reported a leader")
 
 
+member_progress_cmd.hidden = True  # not etcdctl's: absent from the help listings, which match etcdctl 3.4's
+
+
 def endpoints_from_cluster(settings: Settings) -> list[str]:
     """``--cluster``: every client URL of every member; otherwise ``--endpoints``."""
     if not settings.cluster:
