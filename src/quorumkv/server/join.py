@@ -309,11 +309,13 @@ async def _sync_bootstrap(server: Any, managed: Managed, synced: list[str]) -> N
     current = False
     if have:
         try:
-            current = pki.open_bootstrap(secret, have[0].value)[0] == ca_cert
+            # PBKDF2 takes a while: off the event loop (heartbeats)
+            current = (await asyncio.to_thread(pki.open_bootstrap, secret, have[0].value))[0] == ca_cert
         except pki.BootstrapError:
             current = False
     if not current:
-        record = pki.seal_bootstrap(secret, ca_cert, (managed.tls_dir / pki.CA_KEY).read_bytes())
+        record = await asyncio.to_thread(pki.seal_bootstrap, secret, ca_cert,
+                                         (managed.tls_dir / pki.CA_KEY).read_bytes())
         await server.put(pb.PutRequest(key=key, value=record))
         log.info("stored the cluster CA's bootstrap record (encrypted with the token)", extra={"key": key.decode()})
     if synced and pki.bootstrap_key(synced[0]) != key:  # token rotate: the old secret no longer opens the CA
