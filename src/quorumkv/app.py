@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +44,7 @@ from quorumkv.security.reload import ReloadingServerCredentials, reloading_ssl_c
 from quorumkv.server.config import ServerConfig
 from quorumkv.server.join import JoinService, Managed, prepare_member, run_promoter
 from quorumkv.server.join import grpc_handler as grpc_join_handler
+from quorumkv.server.join import token_text as join_token_text
 from quorumkv.server.node import SLOW_APPLY_S
 from quorumkv.server.server import QuorumServer
 from quorumkv.server.settings import ServerSettings
@@ -674,9 +676,12 @@ class _RevokedClientInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
                                                      handler.response_serializer)
 
 
-def _restore_for_cluster_reset(settings: ServerSettings, s3: Any) -> None:
+def _restore_for_cluster_reset(settings: ServerSettings, s3: Any, token: str | None = None,
+                               cluster_init: bool = False) -> None:
     """--cluster-reset-restore-path: fetch and verify the snapshot, then restore it as the data dir (the old one
-    is kept beside it); the member then starts as a cluster of one (server/reset.py)."""
+    is kept beside it); the member then starts as a cluster of one (server/reset.py). ``token`` (not None: the
+    ``quorumkv`` command, a managed cluster possible): the old data dir's CA and token are carried into the
+    restored one; without them, the CA is recovered from the snapshot's bootstrap record with the token."""
     import shutil
     from pathlib import Path
 
@@ -690,11 +695,30 @@ def _restore_for_cluster_reset(settings: ServerSettings, s3: Any) -> None:
     work = target.parent / f".{target.name}.reset-download-{os.getpid()}"
     try:
         path = resolve_restore_source(settings.cluster_reset_restore_path, work_dir=work, s3=s3)
-        reset.restore_data_dir(path, settings)
+        reset.restore_data_dir(path, settings, None if token is None else
+                               lambda staging, old: _carry_cluster_ca(staging, old, token, cluster_init))
     except (RestoreSourceError, SnapshotError) as exc:
         raise ValueError(f"--cluster-reset-restore-path: {exc}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _carry_cluster_ca(staging: Path, old: Path, token: str, cluster_init: bool) -> None:
+    """A managed member's restore: its CA and token stay (from the old data dir), else the snapshot's bootstrap
+    record is opened with ``token`` (server/join.py)."""
+    import shutil
+
+    from quorumkv.security import cluster_pki as pki
+    from quorumkv.server.join import adopt_bootstrap
+
+    if (old / pki.TLS_DIR / pki.CA_CERT).exists() and (old / pki.TLS_DIR / pki.CA_KEY).exists():
+        shutil.copytree(old / pki.TLS_DIR, staging / pki.TLS_DIR)
+        if (old / pki.TOKEN_FILE).exists():
+            shutil.copy2(old / pki.TOKEN_FILE, staging / pki.TOKEN_FILE)
+    elif token and not adopt_bootstrap(staging, token) and not cluster_init:
+        raise ValueError("--token: the snapshot holds no cluster CA (no /bootstrap/ record: it was not taken from "
+                         "a managed cluster); add --cluster-init to make a new CA, or drop --token (nothing was "
+                         "changed)")
 
 
 def run_server(config: Any) -> int:
@@ -709,6 +733,12 @@ def run_server(config: Any) -> int:
     config = _apply_auto_tls(config)
     ciphers = _apply_cipher_suites(config)
     try:
+        if isinstance(config, ServerConfig) and config.cluster_reset_restore_path:
+            # before prepare_member: a managed cluster's CA may come from the snapshot (with the token)
+            backups = BackupOptions.from_config(config) if hasattr(config, "etcd_snapshot_dir") else None
+            _restore_for_cluster_reset(ServerSettings.from_config(config), backups.s3 if backups else None,
+                                       token=join_token_text(config), cluster_init=config.cluster_init)
+            config = dataclasses.replace(config, cluster_reset_restore_path="")
         # at most twice: a managed member removed from its cluster moves its data aside and rejoins once
         for _ in range(2):
             run_config, managed = prepare_member(config) if isinstance(config, ServerConfig) else (config, None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,25 @@ def test_prepare_member_cluster_init_and_interrupted_join(tmp_path: Path, capsys
     (broken / "tls" / "joining").touch()
     with pytest.raises(JoinError, match="a join that did not finish"):
         prepare_member(load_config({"data-dir": str(broken)}, {}).config)
+
+
+def test_bootstrap_record_opens_only_with_its_secret(tmp_path: Path) -> None:
+    ca = pki.make_ca(tmp_path / "tls")
+    record = pki.seal_bootstrap("s3cret", ca.pem, ca.key_pem)
+    assert b"PRIVATE KEY" not in record and b"s3cret" not in record
+    assert pki.open_bootstrap("s3cret", record) == (ca.pem, ca.key_pem)
+    assert pki.seal_bootstrap("s3cret", ca.pem, ca.key_pem) != record  # fresh salt and nonce each time
+    with pytest.raises(pki.BootstrapError, match="cannot be decrypted"):
+        pki.open_bootstrap("other", record)
+    doc = json.loads(record)
+    data = bytearray(base64.b64decode(doc["data"]))
+    data[0] ^= 1
+    doc["data"] = base64.b64encode(bytes(data)).decode()
+    with pytest.raises(pki.BootstrapError, match="cannot be decrypted"):
+        pki.open_bootstrap("s3cret", json.dumps(doc).encode())
+    for junk in (b"", b"[]", b'{"version": 2}', b'{"version": 1, "kdf": "pbkdf2-sha256"}'):
+        with pytest.raises(pki.BootstrapError):
+            pki.open_bootstrap("s3cret", junk)
+    key = pki.bootstrap_key("s3cret")
+    assert key.startswith(b"/bootstrap/") and len(key) == len(b"/bootstrap/") + 12
+    assert pki.bootstrap_key("other") != key

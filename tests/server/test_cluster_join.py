@@ -6,7 +6,8 @@
   comes back by itself after the follower and the leader restart;
 - a single member converted with ``--cluster-init`` keeps its history revision by revision, its compaction and
   its leases; a learner that never catches up is evicted; a member joins and holds the same history;
-- a member removed from the cluster moves its data aside and rejoins with the same name.
+- a member removed from the cluster moves its data aside and rejoins with the same name;
+- a snapshot restored with the token on a new host recovers the cluster CA (bootstrap record) and takes joins.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from quorumkv.cli.token import main as token_main
-from quorumkv.security.cluster_pki import parse_token
+from quorumkv.security.cluster_pki import bootstrap_key, open_bootstrap, parse_token
 from quorumkv.server.config_sources import load_config
 from quorumkv.server.join import JoinError, _call_join, fetch_ca, must_match, prepare_member
 from quorumkv.server.settings import ServerSettings
@@ -531,4 +532,94 @@ def test_quorum_loss_cluster_reset_then_wiped_members_rejoin_with_the_token(tmp_
         assert "reset-flag" in log and "remove --cluster-reset" in log, log
     finally:
         for m in (c, b, a):
+            m.stop()
+
+
+def test_restore_with_the_token_on_a_new_host_recovers_the_cluster_ca(tmp_path: Path) -> None:
+    """K3s's ``--cluster-reset --cluster-reset-restore-path=<snapshot> --token=<token>`` on a brand-new host: the
+    snapshot carries the CA encrypted with the token (``/bootstrap/<id>``); the new member restores the data,
+    recovers the CA (the token's CA hash) and a new server joins it with the same token. A wrong token is
+    refused with one line and leaves nothing behind."""
+    ip = _ips(4)
+    a, x, y = Member("a", ip[0], tmp_path), Member("x", ip[1], tmp_path), Member("y", ip[2], tmp_path)
+    z = Member("z", ip[3], tmp_path)
+    snap = tmp_path / "snap.db"
+    try:
+        a.start("--cluster-init")
+        token = a.token()
+        for i in range(5):
+            assert retry_ctl(a, "put", f"k{i}", f"v{i}").returncode == 0
+        deadline = time.monotonic() + 30
+        while not a.ctl("get", "/bootstrap/", "--prefix", "--keys-only").stdout.strip():
+            assert time.monotonic() < deadline, "no bootstrap record was stored"
+            time.sleep(0.2)
+        out = a.ctl("snapshot", "save", str(snap))
+        assert out.returncode == 0, out.stderr
+        a.stop()
+        # a wrong token: one line, nothing written
+        wrong = token.rsplit(":", 1)[0] + ":not-the-secret"
+        log = _refused(x, "--cluster-reset", "--cluster-reset-restore-path", str(snap), "--token", wrong)
+        assert "the snapshot's cluster CA cannot be decrypted with this token" in log, log
+        assert not x.data_dir.exists() or not any(x.data_dir.iterdir()), list(x.data_dir.iterdir())
+        # the right token on a new host (another address, empty data dir)
+        x.start("--cluster-reset", "--cluster-reset-restore-path", str(snap), "--token", token)
+        assert [m["name"] for m in wait_voters(x, 1)] == ["x"]
+        for i in range(5):
+            assert _get(x, f"k{i}") == f"v{i}"
+        assert hashlib.sha256((x.tls_dir / "ca.crt").read_bytes()).hexdigest() == parse_token(token).ca_hash
+        assert x.token() == token
+        # a replacement server joins the restored member with the same token
+        y.start("--server", x.client_url, "--token", token)
+        final = wait_voters(x, 2, timeout_s=120)
+        assert sorted(str(m["name"]) for m in final) == ["x", "y"]
+        assert _get(y, "k4") == "v4"
+        assert (y.tls_dir / "ca.crt").read_bytes() == (x.tls_dir / "ca.crt").read_bytes()
+        # token rotate on a running member: its record is re-encrypted with the new secret, the old one deleted
+        assert token_main(["rotate", "--data-dir", str(x.data_dir), "--new-token", "rotated-secret"]) == 0
+        deadline = time.monotonic() + 30
+        while True:
+            keys = x.ctl("get", "/bootstrap/", "--prefix", "--keys-only").stdout.split()
+            if keys == [bootstrap_key("rotated-secret").decode()]:
+                break
+            assert time.monotonic() < deadline, keys
+            time.sleep(0.2)
+        record = x.ctl("get", keys[0], "--print-value-only").stdout.strip().encode()
+        assert open_bootstrap("rotated-secret", record)[0] == (x.tls_dir / "ca.crt").read_bytes()
+        # the same restore on the old server's own host (its tls/ and token are kept; no --token needed)
+        ca_before = (a.tls_dir / "ca.crt").read_bytes()
+        a.start("--cluster-reset", "--cluster-reset-restore-path", str(snap))
+        assert _get(a, "k3") == "v3"
+        assert (a.tls_dir / "ca.crt").read_bytes() == ca_before and a.token() == token
+        # with --cluster-init too, the snapshot's CA is recovered (not a new one made)
+        z.start("--cluster-reset", "--cluster-reset-restore-path", str(snap), "--token", token, "--cluster-init")
+        assert _get(z, "k2") == "v2"
+        assert (z.tls_dir / "ca.crt").read_bytes() == ca_before and z.token() == token
+    finally:
+        for m in (z, y, x, a):
+            m.stop()
+
+
+def test_restore_with_a_token_of_a_snapshot_without_a_cluster_ca(tmp_path: Path) -> None:
+    """A snapshot of a cluster made without --cluster-init holds no bootstrap record: ``--token`` alone is refused
+    (it could not be honoured), with ``--cluster-init`` the restored member makes a new CA for that token."""
+    ip = _ips(2)
+    plain, x = Member("p", ip[0], tmp_path), Member("x", ip[1], tmp_path)
+    snap = tmp_path / "plain.db"
+    try:
+        plain.start(plain=True)
+        url = f"http://{plain.ip}:{plain.client_port}"
+        assert run_etcdctl(url, "put", "k", "v").returncode == 0
+        out = run_etcdctl(url, "snapshot", "save", str(snap))
+        assert out.returncode == 0, out.stderr
+        plain.stop()
+        token = "K10::server:some-secret"
+        log = _refused(x, "--cluster-reset", "--cluster-reset-restore-path", str(snap), "--token", token)
+        assert "the snapshot holds no cluster CA" in log and "--cluster-init" in log, log
+        assert not x.data_dir.exists() or not any(x.data_dir.iterdir())
+        x.start("--cluster-reset", "--cluster-reset-restore-path", str(snap), "--token", token, "--cluster-init")
+        assert _get(x, "k") == "v"
+        assert parse_token(x.token()).secret == "some-secret"
+        assert parse_token(x.token()).ca_hash == hashlib.sha256((x.tls_dir / "ca.crt").read_bytes()).hexdigest()
+    finally:
+        for m in (x, plain):
             m.stop()

@@ -3,7 +3,9 @@
 ``show`` prints ``<data-dir>/token``. ``rotate`` gives the member a new secret (``--new-token``, or a generated
 one) and prints the new token: the running member reads its token file for every join, so no restart is needed;
 members that already joined keep working (they authenticate with their certificates, never with the token). The
-secret is per member: rotate it on every member you will join through (docs/ha.md). Errors are one
+secret is per member: rotate it on every member you will join through (docs/ha.md). A running member re-encrypts
+its bootstrap record (the CA in the replicated data, ``/bootstrap/<id>``) with the new secret; a snapshot taken
+after that is restored on a new host with the new token. Errors are one
 ``quorumkv: ...`` line and exit status 1 (2 for bad usage).
 """
 

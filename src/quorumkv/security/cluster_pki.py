@@ -12,14 +12,21 @@ Fixed places under the data dir (``<data-dir>/tls``):
 
 The token (``<data-dir>/token``) is K3s's format ``K10<sha256 hex of ca.crt>::server:<secret>``; a bare
 secret is accepted too (no CA pinning).
+
+The bootstrap record (K3s's "bootstrap data"): the CA certificate and key, encrypted with a key derived from the
+token's secret (PBKDF2-HMAC-SHA256, AES-256-GCM), stored under the reserved key ``/bootstrap/<id>`` (``<id>``:
+the first 12 hex digits of the secret's SHA-256) so that every snapshot carries the CA and a restore with the
+token on a new host recovers it (:func:`seal_bootstrap`, :func:`open_bootstrap`).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import hmac
 import ipaddress
+import json
 import os
 import secrets
 from collections.abc import Iterable, Sequence
@@ -30,13 +37,15 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
-    "CA_CERT", "CLIENT_CERT", "CLIENT_KEY", "PEER_CERT", "PEER_KEY", "SERVER_CERT", "SERVER_KEY", "TLS_DIR",
-    "TOKEN_FILE", "ClusterCA", "Token", "TokenError", "ca_hash", "ensure_member_certs", "format_token",
-    "hosts_of", "issue_member_certs", "load_ca", "make_ca", "new_secret", "parse_token", "read_token_file",
-    "write_token_file",
+    "BOOTSTRAP_PREFIX", "CA_CERT", "CLIENT_CERT", "CLIENT_KEY", "PEER_CERT", "PEER_KEY", "SERVER_CERT",
+    "SERVER_KEY", "TLS_DIR", "TOKEN_FILE", "BootstrapError", "ClusterCA", "Token", "TokenError", "bootstrap_key",
+    "ca_hash", "ensure_member_certs", "format_token", "hosts_of", "issue_member_certs", "load_ca", "make_ca",
+    "new_secret", "open_bootstrap", "parse_token", "read_token_file", "seal_bootstrap", "write_token_file",
 ]
 
 TLS_DIR = "tls"
@@ -51,6 +60,16 @@ _DAY = datetime.timedelta(days=1)
 #: leaf certificates are issued for a year and re-issued at start when less than this is left
 LEAF_DAYS = 365
 RENEW_BEFORE = datetime.timedelta(days=90)
+
+
+#: The reserved key prefix of the encrypted bootstrap records (K3s uses the same prefix).
+BOOTSTRAP_PREFIX = b"/bootstrap/"
+BOOTSTRAP_ITERATIONS = 100_000
+_BOOTSTRAP_AAD = b"quorumkv-bootstrap-v1"
+
+
+class BootstrapError(ValueError):
+    """A bootstrap record that cannot be opened with the given secret (wrong token) or is malformed."""
 
 
 class TokenError(ValueError):
@@ -322,3 +341,46 @@ def ca_from_chain(chain_der: Sequence[bytes]) -> bytes:
         raise ValueError("the server sent no certificate")
     roots = [c for c in certs if c.issuer == c.subject]
     return (roots[-1] if roots else certs[-1]).public_bytes(serialization.Encoding.PEM)
+
+
+def bootstrap_key(secret: str) -> bytes:
+    """The key of the bootstrap record sealed with ``secret``."""
+    return BOOTSTRAP_PREFIX + hashlib.sha256(secret.encode()).hexdigest()[:12].encode()
+
+
+def _derive(secret: str, salt: bytes, iterations: int) -> bytes:
+    return PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=iterations).derive(secret.encode())
+
+
+def seal_bootstrap(secret: str, ca_cert_pem: bytes, ca_key_pem: bytes) -> bytes:
+    """The bootstrap record (JSON): the CA certificate and key encrypted with a key derived from ``secret``."""
+    salt, nonce = os.urandom(16), os.urandom(12)
+    plain = json.dumps({"ca_cert": ca_cert_pem.decode(), "ca_key": ca_key_pem.decode()}).encode()
+    data = AESGCM(_derive(secret, salt, BOOTSTRAP_ITERATIONS)).encrypt(nonce, plain, _BOOTSTRAP_AAD)
+    b64 = base64.b64encode
+    return json.dumps({"version": 1, "kdf": "pbkdf2-sha256", "iterations": BOOTSTRAP_ITERATIONS,
+                       "salt": b64(salt).decode(), "nonce": b64(nonce).decode(), "data": b64(data).decode()},
+                      sort_keys=True).encode()
+
+
+def open_bootstrap(secret: str, record: bytes) -> tuple[bytes, bytes]:
+    """The CA certificate and key (PEM) in ``record``; raises BootstrapError for a wrong secret or bad record."""
+    from cryptography.exceptions import InvalidTag
+
+    try:
+        doc = json.loads(record)
+        if not isinstance(doc, dict) or doc.get("version") != 1 or doc.get("kdf") != "pbkdf2-sha256":
+            raise BootstrapError("unknown bootstrap record format")
+        iterations = int(doc["iterations"])
+        if not 1000 <= iterations <= 10_000_000:
+            raise BootstrapError("bootstrap record: bad iteration count")
+        salt, nonce, data = (base64.b64decode(doc[k], validate=True) for k in ("salt", "nonce", "data"))
+        key = _derive(secret, salt, iterations)
+        plain = json.loads(AESGCM(key).decrypt(nonce, data, _BOOTSTRAP_AAD))
+        return str(plain["ca_cert"]).encode(), str(plain["ca_key"]).encode()
+    except InvalidTag:
+        raise BootstrapError("the bootstrap record cannot be decrypted with this token's secret") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, BootstrapError):
+            raise
+        raise BootstrapError(f"malformed bootstrap record ({exc})") from None

@@ -19,6 +19,7 @@ Protocol (the ``quorumkv.v1.Join/Join`` gRPC method on every member's client por
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -211,10 +212,40 @@ def _transport_connected(server: Any) -> set[int]:
 
 async def run_promoter(server: Any, managed: Managed) -> None:
     """On the leader: promote a caught-up learner when the cluster keeps a quorum of connected voters with it;
-    remove a learner that has not caught up within ``stall_timeout_s`` (reported in the log)."""
+    remove a learner that has not caught up within ``stall_timeout_s`` (reported in the log). Meanwhile, on
+    every member, keep the bootstrap record (:func:`_sync_bootstrap`)."""
     await _update_own_peer_urls(server)
     first_seen: dict[int, float] = {}
     loop = asyncio.get_running_loop()
+    keeper = loop.create_task(_keep_bootstrap(server, managed), name="bootstrap-record")
+    try:
+        await _promote_loop(server, managed, first_seen, loop)
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+
+
+async def _keep_bootstrap(server: Any, managed: Managed) -> None:
+    """On every member: :func:`_sync_bootstrap` twice a second (a write that waits for a leader does not hold up
+    promotions); failures are retried, logged once until the next success."""
+    synced: list[str] = []  # the secret whose bootstrap record this member last wrote
+    failing = False
+    while True:
+        await asyncio.sleep(PROMOTE_CHECK_S)
+        try:
+            await _sync_bootstrap(server, managed, synced)
+            failing = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # no leader yet, a quota alarm...: retried on the next round
+            if not failing:
+                log.info("storing the bootstrap record: %s; retrying", getattr(exc, "message", exc))
+            failing = True
+
+
+async def _promote_loop(server: Any, managed: Managed, first_seen: dict[int, float],
+                        loop: asyncio.AbstractEventLoop) -> None:
     while True:
         await asyncio.sleep(PROMOTE_CHECK_S)
         try:
@@ -258,6 +289,89 @@ async def _promote_once(server: Any, managed: Managed, first_seen: dict[int, flo
             except EtcdError as exc:
                 log.warning("could not remove the stalled learner: %s", exc.message)
             return
+
+
+async def _sync_bootstrap(server: Any, managed: Managed, synced: list[str]) -> None:
+    """Keep the bootstrap record (the CA encrypted with this member's token secret, ``/bootstrap/<id>``) in the
+    replicated data, so snapshots carry the CA (docs/ha.md). Written once per secret; after ``token rotate`` the
+    record of the new secret is written and the one of the old secret deleted."""
+    if server._node is None or server.is_learner:
+        return
+    try:
+        secret = pki.parse_token(pki.read_token_file(managed.token_path)).secret
+    except pki.TokenError:
+        return
+    if synced and synced[0] == secret:
+        return
+    key = pki.bootstrap_key(secret)
+    ca_cert = (managed.tls_dir / pki.CA_CERT).read_bytes()
+    have = server.range(pb.RangeRequest(key=key)).kvs
+    current = False
+    if have:
+        try:
+            # PBKDF2 takes a while: off the event loop (heartbeats)
+            current = (await asyncio.to_thread(pki.open_bootstrap, secret, have[0].value))[0] == ca_cert
+        except pki.BootstrapError:
+            current = False
+    if not current:
+        record = await asyncio.to_thread(pki.seal_bootstrap, secret, ca_cert,
+                                         (managed.tls_dir / pki.CA_KEY).read_bytes())
+        await server.put(pb.PutRequest(key=key, value=record))
+        log.info("stored the cluster CA's bootstrap record (encrypted with the token)", extra={"key": key.decode()})
+    if synced and pki.bootstrap_key(synced[0]) != key:  # token rotate: the old secret no longer opens the CA
+        await server.delete_range(pb.DeleteRangeRequest(key=pki.bootstrap_key(synced[0])))
+    synced[:] = [secret]
+
+
+def adopt_bootstrap(data_dir: Path, token_text: str) -> bool:
+    """A restore on a new host (``--cluster-reset-restore-path`` with ``--token``): find the bootstrap record in
+    the restored ``data_dir`` that the token opens and write the CA (``tls/ca.*``) and the token file there.
+    Returns False when the data holds no bootstrap record; raises JoinError when none opens with the token."""
+    from quorumkv.mvcc import store
+
+    token = pki.parse_token(token_text)
+    dd = open_data_dir(str(data_dir))
+    try:
+        backend = Backend(dd.db_path)
+        try:
+            end = pki.BOOTSTRAP_PREFIX[:-1] + bytes([pki.BOOTSTRAP_PREFIX[-1] + 1])
+            records = [kv.value for kv in store.range_at(backend.writer, pki.BOOTSTRAP_PREFIX, end, 0).kvs]
+        finally:
+            backend.close()
+    finally:
+        dd.close()
+    if not records:
+        return False
+    found: tuple[bytes, bytes] | None = None
+    for record in records:
+        try:
+            found = pki.open_bootstrap(token.secret, record)
+            break
+        except pki.BootstrapError:
+            continue
+    if found is None:
+        raise JoinError("the snapshot's cluster CA cannot be decrypted with this token: give the token that was "
+                        "current when the snapshot was taken (nothing was changed)")
+    ca_cert, ca_key = found
+    if token.pinned and pki.ca_hash(ca_cert) != token.ca_hash:
+        raise JoinError(f"the snapshot's cluster CA (sha256 {pki.ca_hash(ca_cert)}) is not the one the token names "
+                        f"({token.ca_hash}): wrong snapshot or wrong token (nothing was changed)")
+    pki.ca_from_pem(ca_cert, ca_key)  # a record that opens holds a usable CA
+    tls_dir = data_dir / pki.TLS_DIR
+    pki.store_ca(tls_dir, ca_cert, ca_key)
+    pki.write_token_file(data_dir / pki.TOKEN_FILE, pki.format_token(ca_cert, token.secret))
+    log.warning("recovered the cluster CA from the snapshot's bootstrap record with the token",
+                extra={"ca-hash": pki.ca_hash(ca_cert)})
+    return True
+
+
+def token_text(config: ServerConfig) -> str:
+    """The token given on the command line (``--token``, ``--token-file``), or ""."""
+    if config.token:
+        return config.token
+    if config.token_file:
+        return pki.read_token_file(config.token_file)
+    return ""
 
 
 async def _update_own_peer_urls(server: Any) -> None:
@@ -538,5 +652,6 @@ def _join(config: ServerConfig, managed: Managed, url: str, token_text: str) -> 
     return out, managed
 
 
-__all__ = ["JOIN_METHOD", "JOIN_SERVICE", "JoinError", "JoinService", "Managed", "fetch_ca", "grpc_handler",
-           "managed_config", "must_match", "prepare_member", "run_promoter", "settings_mismatch"]
+__all__ = ["JOIN_METHOD", "JOIN_SERVICE", "JoinError", "JoinService", "Managed", "adopt_bootstrap", "fetch_ca",
+           "grpc_handler", "managed_config", "must_match", "prepare_member", "run_promoter", "settings_mismatch",
+           "token_text"]

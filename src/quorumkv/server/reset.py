@@ -85,11 +85,16 @@ def clear_guard(data_dir: str | os.PathLike[str]) -> None:
         log.info("removed the cluster-reset guard file: this start has no --cluster-reset", extra={"file": str(guard)})
 
 
-def restore_data_dir(snapshot: Path, settings: ServerSettings) -> Path | None:
+def restore_data_dir(snapshot: Path, settings: ServerSettings,
+                     before_swap: Callable[[Path, Path], None] | None = None) -> Path | None:
     """Replace ``settings.data_dir`` by a one-member data dir restored from ``snapshot`` (a verified file).
 
     The member's identity comes from ``--name`` and ``--initial-advertise-peer-urls`` (``--initial-cluster`` is
-    not used: the restored cluster has this member alone). Returns where the old data dir was moved, if any."""
+    not used: the restored cluster has this member alone). ``before_swap(staging, target)`` runs on the restored
+    data dir before it replaces the old one (a managed cluster's CA and token go in there); if it raises,
+    nothing is changed. Returns where the old data dir was moved, if any."""
+    import shutil
+
     from quorumkv.server.snapshot import restore
 
     target = Path(settings.data_dir)
@@ -98,6 +103,12 @@ def restore_data_dir(snapshot: Path, settings: ServerSettings) -> Path | None:
     restore(snapshot, staging, name=settings.name, initial_cluster="",
             initial_cluster_token=settings.initial_cluster_token,
             initial_advertise_peer_urls=list(settings.initial_advertise_peer_urls), skip_hash_check=False)
+    if before_swap is not None:
+        try:
+            before_swap(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     old: Path | None = None
     if target.exists():
         if any(target.iterdir()):
