@@ -74,7 +74,12 @@ async def test_checkpoints_repeat_and_keepalive_clears_them(tmp_path: Path) -> N
         await server.lease_grant(pb.LeaseGrantRequest(ID=7, TTL=60))
         clock.advance(5)
         await _wait_checkpoint(server, 7, 55)
-        clock.advance(5)  # the applied checkpoint scheduled the next one an interval later
+        # the applied checkpoint schedules the next one an interval later: wait until it has (the applier's value
+        # is visible a moment before the proposer reschedules), so that advancing the clock makes it due
+        async with asyncio.timeout(TIMEOUT_S):
+            while server.lessor.leases[7].checkpoint_at_s is None:
+                await asyncio.sleep(0.05)
+        clock.advance(5)
         await _wait_checkpoint(server, 7, 50)
         index = server.applier.applied_index
         assert await server.lease_renew(7) == 60
