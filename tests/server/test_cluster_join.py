@@ -1,6 +1,7 @@
 """Managed cluster lifecycle end to end (docs/ha.md): real members on distinct loopback addresses, real etcdctl.
 
 - ``--cluster-init`` then two joins over TLS, each through a different member (the second through a follower);
+  kill -9 of the leader;
   wrong token (after ``token rotate``), token with a wrong CA hash and a mismatched must-match setting are each
   refused with a clear line and leave the cluster as it was; then the member that joined through the follower
   comes back by itself after the follower and the leader restart;
@@ -256,6 +257,21 @@ def _refused(member: Member, *extra: str) -> str:
     return log
 
 
+def _leader(members: list[Member]) -> Member:
+    """The member that reports itself leader (etcdctl endpoint status), bounded."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for m in members:
+            out = run_etcdctl(m.client_url, "--command-timeout=5s", "endpoint", "status", env=m.env(),
+                              write_out="json")
+            if out.returncode == 0:
+                status = json.loads(out.stdout)[0]["Status"]
+                if status["leader"] == status["header"]["member_id"]:
+                    return m
+        time.sleep(0.3)
+    raise AssertionError("no member reports itself leader")
+
+
 def _get(member: Member, key: str) -> str:
     out = retry_ctl(member, "get", key, "--print-value-only")
     assert out.returncode == 0, out.stderr
@@ -310,14 +326,21 @@ def test_init_two_joins_through_different_members_and_follower_join_reconnect(tm
         assert sorted(str(m["name"]) for m in wait_voters(a, 4)) == ["a", "b", "c", "d"]
         assert front.connections >= 2  # the CA read, then the join call
 
-        # the follower b and the leader a restart; c (joined through b) finds them by itself
+        # kill -9 of the leader: the others elect a new one and keep serving; the killed member comes back
+        leader = _leader([a, b, c, d])
+        assert leader.process is not None
+        leader.process.kill9()
+        other = c if leader is not c else d
+        assert retry_ctl(other, "put", "k3b", "v3b", attempts=60).returncode == 0
+        leader.start(ready=False)
+        # the follower b and a restart; c (joined through b) finds them by itself
         b.stop()
         a.stop()
         a.start(ready=False)
         b.start(ready=False)
         assert retry_ctl(c, "put", "k4", "v4", attempts=60).returncode == 0
         for m in (a, b, c, d):
-            assert [_get(m, k) for k in ("k1", "k2", "k3", "k4")] == ["v1", "v2", "v3", "v4"]
+            assert [_get(m, k) for k in ("k1", "k2", "k3", "k3b", "k4")] == ["v1", "v2", "v3", "v3b", "v4"]
         seen = hashkvs([a, b, c, d])
         assert len(set(seen)) == 1, seen
     finally:
