@@ -367,7 +367,8 @@ class _ClientPorts:
 
     def bind_grpc(self, grpc_servers: list[grpc.aio.Server], urls: list[str], tls: TLSFiles | None) -> None:
         kinds = {listen_address(url)[1] for url in urls}  # validates every URL first
-        self.sock_dir = tempfile.mkdtemp(prefix="quorumkv-grpc-")
+        _remove_stale_socket_dirs()
+        self.sock_dir = tempfile.mkdtemp(prefix=f"{GRPC_SOCKET_DIR_PREFIX}{os.getpid()}-")
         for n, grpc_server in enumerate(grpc_servers):
             for secure in sorted(kinds):
                 path = os.path.join(self.sock_dir, f"{n}{'s' if secure else ''}.sock")
@@ -386,6 +387,34 @@ class _ClientPorts:
     def remove_sockets(self) -> None:
         if self.sock_dir:
             shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+#: The client gRPC servers' private unix sockets live in ``<tmp>/quorumkv-grpc-<pid>-<random>/``.
+GRPC_SOCKET_DIR_PREFIX = "quorumkv-grpc-"
+
+
+def _remove_stale_socket_dirs() -> None:
+    """Remove the socket directories of members that died without cleaning up (kill -9): those whose pid is no
+    longer a live process. A directory without a pid in its name, or whose pid lives, is left alone."""
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(GRPC_SOCKET_DIR_PREFIX):
+            continue
+        pid_text = name[len(GRPC_SOCKET_DIR_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive (or not ours to signal): its directory may be in use
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
 #: Test-only: ``advertisedPeerURL=dialURL,...`` (set by ``quorumkv.testing.cluster`` to route links through fault
