@@ -257,3 +257,20 @@ async def test_cli_save_ls_and_restore_from_s3(moto: Moto, tmp_path: Path, capsy
     # delete removes both copies
     assert server_main(["etcd-snapshot", "delete", "--dir", str(snaps), *s3_flags, name]) == 0
     assert S3Snapshots(config).records() == [] and LocalSnapshots(snaps).records() == []
+
+
+async def test_upload_to_a_missing_bucket_is_a_failed_attempt_not_a_crash(moto: Moto, tmp_path: Path) -> None:
+    """boto3 wraps a refused upload (here NoSuchBucket) in its own S3UploadFailedError: the snapshot is still
+    taken, each attempt is retried, and the upload is recorded as failed with the cause."""
+    member, endpoint = await _member(tmp_path)
+    try:
+        loop = asyncio.get_running_loop()
+        manager = SnapshotManager(BackupOptions(directory=str(tmp_path / "snaps"), node="m1",
+                                                s3=s3_config(moto, "no-such-bucket", attempts=2, backoff_s=0.05)))
+        part = await loop.run_in_executor(None, _snapshot, tmp_path, endpoint, manager, 3000.0)
+        record = await loop.run_in_executor(
+            None, lambda: manager.complete(part, part.name[:-5], 3000.0, prefix="on-demand", prune=False))
+        assert record.status == "success" and record.upload_status == "failed"
+        assert "NoSuchBucket" in record.upload_message and "gave up after 2 attempts" in record.upload_message
+    finally:
+        await member.close()

@@ -115,11 +115,14 @@ class S3Snapshots:
         return "auto" if self.config.endpoint.rstrip("/").endswith("amazonaws.com") else "path"
 
     def _once(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(*args, **kwargs)
-        except (BotoCoreError, ClientError, OSError) as exc:
+        # boto3's transfer manager wraps a refused upload (NoSuchBucket, AccessDenied ...) in S3UploadFailedError,
+        # a Boto3Error rather than a botocore one: it is a failed attempt like any other, not a crash
+        except (Boto3Error, BotoCoreError, ClientError, OSError) as exc:
             raise S3Error(f"S3 {what} failed on {self.config.endpoint_url or 'AWS'} "
                           f"bucket {self.config.bucket!r}: {exc}") from exc
 
