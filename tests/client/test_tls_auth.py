@@ -1,7 +1,5 @@
-"""TLS (server certificate and client certificates) and user/password auth, against a real etcd 3.4.
-
-quorumkv has no auth yet, so these run against etcd only.
-"""
+"""TLS (server certificate and client certificates) and user/password auth with token refresh, against a real
+etcd 3.4 and quorumkv alike."""
 
 from __future__ import annotations
 
@@ -11,8 +9,11 @@ import shutil
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
+from quorumkv.api.etcdserverpb import rpc_pb2 as pb
+from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from quorumkv.client import (
     AuthenticationError,
     Client,
@@ -20,9 +21,31 @@ from quorumkv.client import (
     PermissionDeniedError,
     UnavailableError,
 )
-from quorumkv.testing.processes import ETCD_BIN, free_port, run_etcdctl, start_etcd
+from quorumkv.testing.processes import ETCD_BIN, ServerProcess, free_port, run_etcdctl, start_etcd, start_quorumkv
 
-pytestmark = pytest.mark.skipif(shutil.which(ETCD_BIN) is None, reason="etcd 3.4 not on PATH")
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl 3.4 not on PATH")]
+
+
+@pytest.fixture(params=("etcd", "quorumkv"))
+def kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "etcd" and shutil.which(ETCD_BIN) is None:
+        pytest.skip("etcd 3.4 not on PATH")
+    return str(request.param)
+
+
+def start(kind: str, base: Path, *args: str, ready_timeout_s: float | None = 30.0) -> ServerProcess:
+    """A fresh server of ``kind``; bcrypt at its cheapest cost on both (etcd's default 10 is slow here)."""
+    extra = ("--bcrypt-cost=4", *args)
+    if kind == "etcd":
+        return start_etcd(base, ready_timeout_s=ready_timeout_s, extra_args=extra)
+    return start_quorumkv(base, ready_timeout_s=ready_timeout_s, extra_args=extra)
+
+
+def enable_auth(ep: str) -> None:
+    for args in (("user", "add", "root:rootpw"), ("user", "add", "bob:bobpw"), ("auth", "enable")):
+        result = run_etcdctl(ep, *args)
+        assert result.returncode == 0, result.stderr
 
 
 def write_self_signed(directory: Path) -> tuple[Path, Path]:
@@ -53,13 +76,13 @@ def write_self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_mutual_tls(tmp_path: Path) -> None:
+def test_mutual_tls(tmp_path: Path, kind: str) -> None:
     cert, key = write_self_signed(tmp_path)
     port = free_port()
     url = f"https://127.0.0.1:{port}"
-    server = start_etcd(tmp_path / "etcd", ready_timeout_s=None, extra_args=(
-        f"--listen-client-urls={url}", f"--advertise-client-urls={url}", f"--cert-file={cert}",
-        f"--key-file={key}", "--client-cert-auth", f"--trusted-ca-file={cert}"))  # fmt: skip
+    server = start(kind, tmp_path / kind, f"--listen-client-urls={url}", f"--advertise-client-urls={url}",
+                   f"--cert-file={cert}", f"--key-file={key}", "--client-cert-auth", f"--trusted-ca-file={cert}",
+                   ready_timeout_s=None)
     try:
         with Client(url, ca_cert=cert, cert=cert, key=key, timeout=2.0) as client:
             for _ in range(60):
@@ -81,13 +104,11 @@ def test_mutual_tls(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_user_password_auth(tmp_path: Path) -> None:
-    server = start_etcd(tmp_path / "etcd")
+def test_user_password_auth(tmp_path: Path, kind: str) -> None:
+    server = start(kind, tmp_path / kind)
     try:
         ep = server.client_url
-        for args in (("user", "add", "root:rootpw"), ("user", "add", "bob:bobpw"), ("auth", "enable")):
-            result = run_etcdctl(ep, *args)
-            assert result.returncode == 0, result.stderr
+        enable_auth(ep)
         with Client(ep, user="root", password="rootpw") as root:
             root.put("secret", "42")
             kv = root.get("secret")
@@ -96,7 +117,32 @@ def test_user_password_auth(tmp_path: Path) -> None:
             bob.get("secret")
         with Client(ep, user="root", password="wrong") as wrong, pytest.raises(AuthenticationError):
             wrong.get("secret")
-        with Client(ep) as anonymous, pytest.raises(EtcdError):
+        with Client(ep) as anonymous, pytest.raises(EtcdError, match="user name is empty"):
             anonymous.get("secret")
+    finally:
+        server.stop()
+
+
+def test_an_expired_token_is_fetched_again(tmp_path: Path, kind: str) -> None:
+    """Simple tokens die after --auth-token-ttl seconds without use: a token taken as old as the client's is
+    refused with ``invalid auth token``, while the client logs in again by itself and the write goes through."""
+    server = start(kind, tmp_path / kind, "--auth-token-ttl=1")
+    try:
+        ep = server.client_url
+        enable_auth(ep)
+        with grpc.insecure_channel(ep.removeprefix("http://")) as channel, \
+                Client(ep, user="root", password="rootpw", timeout=10.0) as root:
+            root.put("ttl/a", "1")
+            kv_stub = pb_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
+            auth_stub = pb_grpc.AuthStub(channel)  # type: ignore[no-untyped-call]
+            token = auth_stub.Authenticate(pb.AuthenticateRequest(name="root", password="rootpw"), timeout=10).token
+            kv_stub.Range(pb.RangeRequest(key=b"ttl/a"), metadata=(("token", token),), timeout=10)
+            time.sleep(3.5)  # both tokens expire (etcd sweeps expired simple tokens every second)
+            with pytest.raises(grpc.RpcError) as expired:
+                kv_stub.Range(pb.RangeRequest(key=b"ttl/a"), metadata=(("token", token),), timeout=10)
+            assert "invalid auth token" in (expired.value.details() or "")
+            root.put("ttl/b", "2")
+            kv = root.get("ttl/b")
+            assert kv is not None and kv.value == b"2"
     finally:
         server.stop()

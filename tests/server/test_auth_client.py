@@ -1,5 +1,5 @@
-"""quorumkv's own Python client (user/password) against quorumkv's auth, as tests/client/test_tls_auth.py checks it
-against etcd."""
+"""Passwords through etcdctl against quorumkv's auth (the Python client's auth tests, against etcd and quorumkv
+alike, are in tests/client/test_tls_auth.py)."""
 
 from __future__ import annotations
 
@@ -8,32 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from quorumkv.client import AuthenticationError, Client, EtcdError, PermissionDeniedError
 from quorumkv.testing.processes import run_etcdctl, start_quorumkv
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl 3.4 not on PATH")]
-
-
-def test_user_password_auth_with_the_python_client(tmp_path: Path) -> None:
-    server = start_quorumkv(tmp_path / "q", extra_args=["--bcrypt-cost", "4"])
-    try:
-        ep = server.client_url
-        for args in (("user", "add", "root:rootpw"), ("user", "add", "bob:bobpw"), ("auth", "enable")):
-            result = run_etcdctl(ep, *args)
-            assert result.returncode == 0, result.stderr
-        with Client(ep, user="root", password="rootpw") as root:
-            root.put("secret", "42")
-            kv = root.get("secret")
-            assert kv is not None and kv.value == b"42"
-        with Client(ep, user="bob", password="bobpw") as bob, pytest.raises(PermissionDeniedError):
-            bob.get("secret")
-        with Client(ep, user="root", password="wrong") as wrong, pytest.raises(AuthenticationError):
-            wrong.get("secret")
-        with Client(ep) as anonymous, pytest.raises(EtcdError, match="user name is empty"):
-            anonymous.get("secret")
-    finally:
-        server.stop()
 
 
 def test_passwords_longer_than_bcrypts_72_bytes_work_as_on_etcd(tmp_path: Path) -> None:

@@ -114,7 +114,9 @@ def backoff_s(attempt: int, n_endpoints: int) -> float:
 
 
 def is_auth_expired(code: str, details: str) -> bool:
-    return code == "UNAUTHENTICATED" or "invalid auth token" in details
+    """The token must be fetched again: expired or unknown (``invalid auth token``), or issued before the auth
+    store changed (``revision of auth store is old``, which etcd 3.5's client also answers with a new token)."""
+    return code == "UNAUTHENTICATED" or "invalid auth token" in details or "revision of auth store is old" in details
 
 
 def status_name(err: Any) -> tuple[str, str]:
