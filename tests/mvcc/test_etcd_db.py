@@ -12,8 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from quorumkv.api.authpb import auth_pb2
 from quorumkv.api.mvccpb import kv_pb2
 from quorumkv.mvcc import etcd_db, store
+from quorumkv.storage import auth
 from quorumkv.storage.backend import Backend, meta_set
 from quorumkv.storage.bbolt import read_db, write_db
 
@@ -37,6 +39,12 @@ def _fill(path: Path) -> Backend:
         conn.execute("INSERT INTO removed_member(id) VALUES (99)")
         conn.execute("INSERT INTO alarm(member_id, alarm) VALUES (-2, 1)")
         meta_set(conn, "applied_index", 4242)
+        auth.put_user(conn, auth_pb2.User(name=b"root", password=b"$2a$04$hash", roles=["root"]))
+        auth.put_user(conn, auth_pb2.User(name=b"bob", password=b"$2a$04$other", roles=["reader"]))
+        auth.put_role(conn, auth_pb2.Role(name=b"reader", keyPermission=[
+            auth_pb2.Permission(permType=auth_pb2.Permission.READ, key=b"a", range_end=b"b")]))
+        auth.put_role(conn, auth_pb2.Role(name=b"root"))
+        auth.save_flags(conn, True, 9)
     return backend
 
 
@@ -48,8 +56,10 @@ def _tables(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
         "member": conn.execute("SELECT * FROM member ORDER BY id").fetchall(),
         "removed": conn.execute("SELECT id FROM removed_member").fetchall(),
         "alarm": conn.execute("SELECT member_id, alarm FROM alarm").fetchall(),
-        "meta": conn.execute("SELECT name, value FROM meta WHERE name IN ('revision', 'compact_revision') "
-                             "ORDER BY name").fetchall(),
+        "meta": conn.execute("SELECT name, value FROM meta WHERE name IN ('revision', 'compact_revision', "
+                             "'auth_enabled', 'auth_revision') ORDER BY name").fetchall(),
+        "users": conn.execute("SELECT name, data FROM auth_user ORDER BY name").fetchall(),
+        "roles": conn.execute("SELECT name, data FROM auth_role ORDER BY name").fetchall(),
     }
 
 
@@ -68,6 +78,9 @@ def test_export_then_import_keeps_everything(tmp_path: Path) -> None:
     assert buckets[b"members"] == [(b"fffffffffffffffe", b'{"id":18446744073709551614,"peerURLs":'
                                     b'["http://127.0.0.1:1","http://127.0.0.1:2"],"isLearner":true,'
                                     b'"name":"m\\u003c1\\u003e"}')]
+    assert buckets[b"auth"] == [(b"authEnabled", b"\x01"), (b"authRevision", (9).to_bytes(8, "big"))]
+    assert [k for k, _ in buckets[b"authUsers"]] == [b"bob", b"root"]
+    assert auth_pb2.Role.FromString(dict(buckets[b"authRoles"])[b"reader"]).keyPermission[0].range_end == b"b"
     tombstones = [k for k, _ in buckets[b"key"] if k.endswith(b"t")]
     assert len(tombstones) == 10 and all(len(k) == 18 for k in tombstones)
 
@@ -156,8 +169,12 @@ def _import_buckets(tmp_path: Path, buckets: dict[bytes, list[tuple[bytes, bytes
 
 def test_import_refuses_what_it_cannot_carry_over(tmp_path: Path) -> None:
     base: dict[bytes, list[tuple[bytes, bytes]]] = {b"key": [], b"meta": []}
-    with pytest.raises(etcd_db.EtcdDbError, match="authentication enabled"):
-        _import_buckets(tmp_path, {**base, b"auth": [(b"authEnabled", b"\x01")]})
+    with pytest.raises(etcd_db.EtcdDbError, match="damaged 'auth' bucket"):
+        _import_buckets(tmp_path, {**base, b"auth": [(b"authEnabled", b"\x07")]})
+    with pytest.raises(etcd_db.EtcdDbError, match="damaged entry b'bob' in bucket 'authUsers'"):
+        _import_buckets(tmp_path, {**base, b"authUsers": [(b"bob", b"\xff\xff")]})
+    with pytest.raises(etcd_db.EtcdDbError, match="naming b'eve'"):
+        _import_buckets(tmp_path, {**base, b"authRoles": [(b"bob", auth_pb2.Role(name=b"eve").SerializeToString())]})
     with pytest.raises(etcd_db.EtcdDbError, match="not an etcd database"):
         _import_buckets(tmp_path, {b"other": []})
     with pytest.raises(etcd_db.EtcdDbError, match="damaged entry in bucket 'key'"):

@@ -12,12 +12,15 @@ Buckets as etcd 3.4 writes them (checked against ``etcdctl snapshot save`` of a 
 - ``members``: key the member ID in lowercase hex, value the member as JSON (``id``, ``peerURLs``,
   ``isLearner`` when true, ``name``, ``clientURLs`` when set); ``members_removed``: hex ID -> ``removed``;
 - ``cluster``: ``clusterVersion`` = ``3.4.0``; ``alarm``: key a marshalled ``AlarmMember``, empty value;
-- ``auth``: ``authRevision`` (u64 big-endian, 1); etcd writes ``authEnabled`` only once auth was switched on or
-  off, so a store without auth has no such key; ``authUsers``, ``authRoles``: empty.
+- ``auth``: ``authRevision`` (u64 big-endian, at least 1) and ``authEnabled`` (one byte, 1 or 0); etcd writes
+  ``authEnabled`` only once auth was switched on or off, so a store that never had auth has no such key;
+- ``authUsers``: key the user name, value a marshalled ``authpb.User`` (bcrypt password hash, roles);
+  ``authRoles``: key the role name, value a marshalled ``authpb.Role`` (key permissions). quorumkv's auth tables
+  hold the same records (``storage/auth.py``), so users, roles, permissions and passwords carry over both ways.
 
 Invariants: an export reads the whole store in one SQLite read transaction (one revision, even while the
 store is being written); an import refuses (:class:`EtcdDbError`, naming the file and the problem) anything it
-cannot carry over faithfully, e.g. a database with authentication enabled.
+cannot carry over faithfully.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from google.protobuf.message import DecodeError
 
+from quorumkv.api.authpb import auth_pb2
 from quorumkv.api.etcdserverpb import rpc_pb2
 from quorumkv.api.mvccpb import kv_pb2
 from quorumkv.mvcc import store
+from quorumkv.storage import auth as auth_tables
 from quorumkv.storage.backend import insert_rows, meta_get, meta_set
 from quorumkv.storage.bbolt import DEFAULT_PAGE_SIZE_BYTES, BboltError, BboltFile, write_db
 
@@ -55,6 +60,7 @@ _REVISION = struct.Struct(">Q")
 REVISION_KEY_BYTES = 17
 _TOMBSTONE_MARK = b"t"
 _U64_MASK = (1 << 64) - 1
+_AuthRecord = TypeVar("_AuthRecord", auth_pb2.User, auth_pb2.Role)
 
 
 class EtcdDbError(ValueError):
@@ -224,11 +230,12 @@ def store_buckets(conn: sqlite3.Connection) -> dict[bytes, Iterable[tuple[bytes,
                      for (member_id,) in conn.execute("SELECT id FROM removed_member"))
     alarms = sorted((rpc_pb2.AlarmMember(memberID=member_id & _U64_MASK, alarm=alarm).SerializeToString(), b"")
                     for member_id, alarm in conn.execute("SELECT member_id, alarm FROM alarm"))
+    auth, users, roles = _auth_buckets(conn)
     return {
         BUCKET_ALARM: alarms,
-        BUCKET_AUTH: [(b"authRevision", _u64(1))],
-        BUCKET_AUTH_ROLES: [],
-        BUCKET_AUTH_USERS: [],
+        BUCKET_AUTH: auth,
+        BUCKET_AUTH_ROLES: roles,
+        BUCKET_AUTH_USERS: users,
         BUCKET_CLUSTER: [(b"clusterVersion", CLUSTER_VERSION)],
         BUCKET_KEY: _kv_items(conn),
         BUCKET_LEASE: leases,
@@ -236,6 +243,20 @@ def store_buckets(conn: sqlite3.Connection) -> dict[bytes, Iterable[tuple[bytes,
         BUCKET_MEMBERS_REMOVED: removed,
         BUCKET_META: sorted(meta),
     }
+
+
+def _auth_buckets(conn: sqlite3.Connection) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]],
+                                                     list[tuple[bytes, bytes]]]:
+    """(auth, authUsers, authRoles) as etcd writes them, from quorumkv's auth tables."""
+    enabled, revision = auth_tables.load_flags(conn)
+    auth = [(b"authRevision", _u64(max(revision, 1)))]
+    if meta_get(conn, auth_tables.AUTH_ENABLED) is not None:  # switched on or off at least once
+        auth.insert(0, (b"authEnabled", b"\x01" if enabled else b"\x00"))
+    users = sorted((name.encode("utf-8", "surrogateescape"), user.SerializeToString())
+                   for name, user in auth_tables.load_users(conn).items())
+    roles = sorted((name.encode("utf-8", "surrogateescape"), role.SerializeToString())
+                   for name, role in auth_tables.load_roles(conn).items())
+    return auth, users, roles
 
 
 def export_store(db_path: str | os.PathLike[str], out: BinaryIO, *,
@@ -288,11 +309,6 @@ def _import(src: Path, db: BboltFile, conn: sqlite3.Connection) -> ImportSummary
     names = set(db.bucket_names())
     if BUCKET_KEY not in names or BUCKET_META not in names:
         raise EtcdDbError(f"{src} is a bbolt file but not an etcd database (no 'key' or 'meta' bucket)")
-
-    auth = dict(_bucket(db, names, BUCKET_AUTH))
-    if auth.get(b"authEnabled", b"\x00") != b"\x00":
-        raise EtcdDbError(f"{src} has authentication enabled, which quorumkv does not implement: run "
-                          "'etcdctl auth disable' on the etcd cluster and save a new snapshot")
 
     max_rev = 0
     rows: list[tuple[int, int, bytes, bytes | None, int, int, int]] = []
@@ -366,7 +382,34 @@ def _import(src: Path, db: BboltFile, conn: sqlite3.Connection) -> ImportSummary
             raise EtcdDbError(f"{src} has a damaged alarm {raw_alarm.hex()}") from None
         conn.execute("INSERT OR IGNORE INTO alarm(member_id, alarm) VALUES (?, ?)",
                      (_signed(alarm.memberID), alarm.alarm))
+    _import_auth(src, db, names, conn)
     return ImportSummary(revision=revision, compact_revision=compact_rev, key_revisions=count, leases=leases)
+
+
+def _import_auth(src: Path, db: BboltFile, names: set[bytes], conn: sqlite3.Connection) -> None:
+    """Users, roles and the auth flags, as etcd stored them (passwords stay bcrypt hashes)."""
+    auth = dict(_bucket(db, names, BUCKET_AUTH))
+    enabled_raw = auth.get(b"authEnabled")
+    revision_raw = auth.get(b"authRevision", _u64(1))
+    if enabled_raw not in (None, b"\x00", b"\x01") or len(revision_raw) != 8:
+        raise EtcdDbError(f"{src} has a damaged 'auth' bucket (authEnabled={enabled_raw!r}, "
+                          f"authRevision={revision_raw.hex()})")
+    for raw_name, raw in _bucket(db, names, BUCKET_AUTH_USERS):
+        auth_tables.put_user(conn, _auth_record(src, BUCKET_AUTH_USERS, raw_name, raw, auth_pb2.User()))
+    for raw_name, raw in _bucket(db, names, BUCKET_AUTH_ROLES):
+        auth_tables.put_role(conn, _auth_record(src, BUCKET_AUTH_ROLES, raw_name, raw, auth_pb2.Role()))
+    if enabled_raw is not None:
+        auth_tables.save_flags(conn, enabled_raw == b"\x01", _REVISION.unpack(revision_raw)[0])
+
+
+def _auth_record(src: Path, bucket: bytes, raw_name: bytes, raw: bytes, record: _AuthRecord) -> _AuthRecord:
+    try:
+        record.ParseFromString(raw)
+    except DecodeError:
+        raise EtcdDbError(f"{src} has a damaged entry {raw_name!r} in bucket '{bucket.decode()}'") from None
+    if record.name != raw_name:
+        raise EtcdDbError(f"{src} has entry {raw_name!r} in bucket '{bucket.decode()}' naming {record.name!r}")
+    return record
 
 
 def _insert_kv(src: Path, conn: sqlite3.Connection,
