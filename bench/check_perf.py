@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 if __package__ in (None, ""):  # run as a file (python bench/check_perf.py): make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -168,35 +168,55 @@ def run_one(
     """Start a fresh ``kind`` server, run ``check perf --load=LOAD`` against it, stop it."""
     with tempfile.TemporaryDirectory(prefix=f"check-perf-{kind}-{load}-", dir=tmp_root) as tmp:
         with running_server(kind, Path(tmp), quorumkv_args, quorumkv_env) as server:
-            endpoint = f"127.0.0.1:{server.client_port}"
-            command = ["etcdctl", "--endpoints", endpoint, "check", "perf", f"--load={load}"]
-            log(f"{kind} pid {server.pid} on {endpoint}: {' '.join(command)}")
-            busy_before = wait_for_quiet(wait_quiet_s) if wait_quiet_s > 0 else 0.0
-            loadavg = [round(x, 2) for x in os.getloadavg()]
-            profiler = _start_py_spy(server.pid, py_spy_out) if py_spy_out is not None else None
-            sampler = ProcSampler(server.pid, interval_s=0.5)
-            cpu_children0 = children_cpu_seconds()
-            machine0 = read_machine_busy_seconds()
-            t0 = time.monotonic()
-            sampler.start()
-            error = None
-            try:
-                proc = run_etcdctl(endpoint, "check", "perf", f"--load={load}", timeout_s=timeout_s)
-                stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
-            except subprocess.TimeoutExpired as exc:
-                stdout = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-                stderr, rc, error = "", None, f"etcdctl check perf timed out after {timeout_s}s"
-            duration = time.monotonic() - t0
-            stats = sampler.stop() if server.alive() else None
-            client_cpu = children_cpu_seconds() - cpu_children0
-            machine_cpu = read_machine_busy_seconds() - machine0
-            other = None
-            if stats is not None and duration > 0:
-                other = round(100 * max(0.0, machine_cpu - stats.cpu_s - client_cpu) / duration, 1)
-            if profiler is not None:
-                _finish_py_spy(profiler)
-            if not server.alive():
-                error = f"{kind} exited during the run (code {server.returncode}); log tail:\n{server.log_tail(20)}"
+            return measure(kind, load, server, timeout_s, py_spy_out, wait_quiet_s)
+
+
+class MeasuredServer(Protocol):
+    """What :func:`measure` needs of a running server: its pid (CPU and RSS are sampled there, children
+    included) and client port."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def client_port(self) -> int: ...
+    def alive(self) -> bool: ...
+    def log_tail(self, max_lines: int = 40) -> str: ...
+    @property
+    def returncode(self) -> int | None: ...
+
+
+def measure(kind: str, load: str, server: MeasuredServer, timeout_s: float, py_spy_out: Path | None = None,
+            wait_quiet_s: float = 0.0) -> RunResult:
+    """Run ``etcdctl check perf --load=LOAD`` against the running ``server`` and measure it."""
+    endpoint = f"127.0.0.1:{server.client_port}"
+    command = ["etcdctl", "--endpoints", endpoint, "check", "perf", f"--load={load}"]
+    log(f"{kind} pid {server.pid} on {endpoint}: {' '.join(command)}")
+    busy_before = wait_for_quiet(wait_quiet_s) if wait_quiet_s > 0 else 0.0
+    loadavg = [round(x, 2) for x in os.getloadavg()]
+    profiler = _start_py_spy(server.pid, py_spy_out) if py_spy_out is not None else None
+    sampler = ProcSampler(server.pid, interval_s=0.5)
+    cpu_children0 = children_cpu_seconds()
+    machine0 = read_machine_busy_seconds()
+    t0 = time.monotonic()
+    sampler.start()
+    error = None
+    try:
+        proc = run_etcdctl(endpoint, "check", "perf", f"--load={load}", timeout_s=timeout_s)
+        stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        stdout = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        stderr, rc, error = "", None, f"etcdctl check perf timed out after {timeout_s}s"
+    duration = time.monotonic() - t0
+    stats = sampler.stop() if server.alive() else None
+    client_cpu = children_cpu_seconds() - cpu_children0
+    machine_cpu = read_machine_busy_seconds() - machine0
+    other = None
+    if stats is not None and duration > 0:
+        other = round(100 * max(0.0, machine_cpu - stats.cpu_s - client_cpu) / duration, 1)
+    if profiler is not None:
+        _finish_py_spy(profiler)
+    if not server.alive():
+        error = f"{kind} exited during the run (code {server.returncode}); log tail:\n{server.log_tail(20)}"
     parsed = parse_check_perf(stdout, stderr)
     if error is None and not parsed.complete:
         error = f"incomplete check perf output (rc {rc}): {(stdout[-300:] + stderr[-500:]).strip()!r}"
