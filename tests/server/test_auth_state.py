@@ -183,3 +183,60 @@ def test_failed_authentications_are_logged_rate_limited(caplog: pytest.LogCaptur
     lines = [r for r in caplog.records if "authentication failed" in r.getMessage()]
     assert len(lines) == 2  # once per user name per interval, however many attempts
     assert all(len(getattr(r, "user-name")) <= 67 for r in lines)  # huge names are cut
+
+
+def test_a_write_is_checked_again_when_applied(tmp_path: Path) -> None:
+    """etcd's authApplierV3: a write proposed for a user carries the user and the auth revision of its token;
+    when it is applied after an auth change, a stale revision is refused (``revision of auth store is old``), a
+    permission revoked meanwhile too (``permission denied``), and a refused entry changes nothing."""
+    from quorumkv.server.entries import wrap_authed
+
+    backend = Backend(tmp_path / "a.db")
+    applier = Applier(backend.writer)
+    index = 0
+
+    def apply(kind: int, payload: bytes) -> object:
+        nonlocal index
+        index += 1
+        result = ApplyResult()
+        with backend.write_txn() as conn:
+            applier.apply(conn, index, encode_entry(kind, index, payload), result)
+            applier.finish(conn)
+        return result.responses[index]
+
+    def as_bob(kind: int, req: pb.PutRequest | pb.DeleteRangeRequest | pb.TxnRequest, revision: int) -> object:
+        return apply(EntryKind.AUTHED, wrap_authed("bob", revision, kind, req.SerializeToString()))
+
+    for kind, req in [
+        (EntryKind.AUTH_USER_ADD, pb.AuthUserAddRequest(name="root", hashedPassword="$2b$04$hash")),
+        (EntryKind.AUTH_USER_GRANT_ROLE, pb.AuthUserGrantRoleRequest(user="root", role="root")),
+        (EntryKind.AUTH_USER_ADD, pb.AuthUserAddRequest(name="bob", hashedPassword="$2b$04$hash")),
+        (EntryKind.AUTH_ROLE_ADD, pb.AuthRoleAddRequest(name="w")),
+        (EntryKind.AUTH_ROLE_GRANT_PERMISSION, pb.AuthRoleGrantPermissionRequest(
+            name="w", perm=P(permType=P.READWRITE, key=b"a", range_end=b"b"))),
+        (EntryKind.AUTH_USER_GRANT_ROLE, pb.AuthUserGrantRoleRequest(user="bob", role="w")),
+        (EntryKind.AUTH_ENABLE, pb.AuthEnableRequest()),
+    ]:
+        assert not isinstance(apply(kind, req.SerializeToString()), errors.EtcdError)
+    rev = applier.auth.revision
+    put = pb.PutRequest(key=b"a1", value=b"x")
+    assert isinstance(as_bob(EntryKind.PUT, put, rev), pb.PutResponse)
+    outside = as_bob(EntryKind.PUT, pb.PutRequest(key=b"c", value=b"x"), rev)
+    assert isinstance(outside, errors.EtcdError) and outside.message == "etcdserver: permission denied"
+    txn = pb.TxnRequest(success=[pb.RequestOp(request_put=pb.PutRequest(key=b"z", value=b"y"))])
+    assert isinstance(as_bob(EntryKind.TXN, txn, rev), errors.EtcdError)  # an op outside the grant
+
+    assert not isinstance(apply(EntryKind.AUTH_ROLE_REVOKE_PERMISSION, pb.AuthRoleRevokePermissionRequest(
+        role="w", key=b"a", range_end=b"b").SerializeToString()), errors.EtcdError)
+    revision_before = applier.revision
+    stale = as_bob(EntryKind.PUT, put, rev)
+    assert isinstance(stale, errors.EtcdError) and stale.message == "etcdserver: revision of auth store is old"
+    denied = as_bob(EntryKind.DELETE_RANGE, pb.DeleteRangeRequest(key=b"a1"), applier.auth.revision)
+    assert isinstance(denied, errors.EtcdError) and denied.message == "etcdserver: permission denied"
+    assert applier.revision == revision_before  # refused entries wrote nothing
+    assert applier.applied_index == index  # and were applied (skipped) all the same
+
+    assert not isinstance(apply(EntryKind.AUTH_DISABLE, pb.AuthDisableRequest().SerializeToString()),
+                          errors.EtcdError)
+    assert isinstance(as_bob(EntryKind.PUT, put, rev), pb.PutResponse)  # auth off: nothing to check, as etcd
+    backend.close()

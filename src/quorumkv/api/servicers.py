@@ -94,9 +94,11 @@ class KVServicer(pb_grpc.KVServicer):
     async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
         try:
             validate.check_put(request)
+            info = None
             if self.s.auth_enabled:
-                self.s.authorize_put(auth_info(self.s, context), request)
-            resp = await self.s.put(request)
+                info = auth_info(self.s, context)
+                self.s.authorize_put(info, request)
+            resp = await self.s.put(request, info)
         except EtcdError as err:
             await abort(context, err)
         self.s.fill_header(resp.header)
@@ -106,9 +108,11 @@ class KVServicer(pb_grpc.KVServicer):
                           ) -> pb.DeleteRangeResponse:
         try:
             validate.check_delete(request)
+            info = None
             if self.s.auth_enabled:
-                self.s.authorize_delete(auth_info(self.s, context), request)
-            resp = await self.s.delete_range(request)
+                info = auth_info(self.s, context)
+                self.s.authorize_delete(info, request)
+            resp = await self.s.delete_range(request, info)
         except EtcdError as err:
             await abort(context, err)
         self.s.fill_header(resp.header)
@@ -118,9 +122,11 @@ class KVServicer(pb_grpc.KVServicer):
         try:
             validate.check_txn(request, self.s.max_txn_ops)
             validate.check_txn_intervals(request)
+            info = None
             if self.s.auth_enabled:
-                self.s.authorize_txn(auth_info(self.s, context), request)
-            resp = await self.s.txn(request)
+                info = auth_info(self.s, context)
+                self.s.authorize_txn(info, request)
+            resp = await self.s.txn(request, info)
         except EtcdError as err:
             await abort(context, err)
         self.s.fill_header(resp.header)

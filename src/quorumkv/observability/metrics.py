@@ -721,14 +721,19 @@ def _summarize(msg: Any) -> str:
 
 def request_summary(data: bytes) -> str:
     """``header:<ID:...> put:<key:"foo" value_size:3>`` for a log entry's bytes (best effort)."""
-    from quorumkv.server.entries import decode_entry
+    from quorumkv.server.entries import EntryKind, decode_entry, unwrap_authed
 
     try:
         kind, request_id, payload = decode_entry(data)
+        user = ""
+        if kind == EntryKind.AUTHED:  # etcd's header shows who asked
+            authed = unwrap_authed(payload)
+            kind, payload = authed.kind, authed.payload
+            user = f'username:"{authed.username}" auth_revision:{authed.auth_revision} '
         name, cls = _ENTRY_REQUESTS.get(kind, ("", None))
         if cls is None:
-            return f"header:<ID:{request_id} > kind:{kind} size:{len(payload)}"
-        return f"header:<ID:{request_id} > {name}:<{_summarize(cls.FromString(payload))} >"
+            return f"header:<ID:{request_id} {user}> kind:{kind} size:{len(payload)}"
+        return f"header:<ID:{request_id} {user}> {name}:<{_summarize(cls.FromString(payload))} >"
     except Exception as exc:  # pragma: no cover - a summary must never fail the report
         return f"<unreadable entry: {exc!r}>"
 

@@ -23,8 +23,8 @@ from quorumkv.errors import EtcdError
 from quorumkv.mvcc import store
 from quorumkv.mvcc.store import Event, KeyValue, WriteTxn
 from quorumkv.server import auth_state
-from quorumkv.server.auth_state import AuthState
-from quorumkv.server.entries import EntryKind, decode_entry
+from quorumkv.server.auth_state import READ, ROOT_ROLE, WRITE, AuthInfo, AuthState
+from quorumkv.server.entries import EntryKind, decode_entry, unwrap_authed
 from quorumkv.storage import leases, membership, schema
 from quorumkv.storage.backend import release, rollback_to, savepoint
 
@@ -138,6 +138,15 @@ class Applier:
         if index <= self.applied_index:
             return
         kind, request_id, payload = decode_entry(data)
+        if kind == EntryKind.AUTHED:
+            try:
+                kind, payload = self._authorize(conn, payload)
+            except (EtcdError, ValueError) as exc:  # refused (or undecodable): nothing applied, the waiter told
+                self.applied_index = index
+                if request_id:
+                    result.responses[request_id] = exc if isinstance(exc, EtcdError) else EtcdError(
+                        "INTERNAL", f"quorumkv: entry {index}: {exc}")
+                return
         if kind == EntryKind.PUT:
             # A put checks everything before its two writes, so it needs no savepoint of its own; an unexpected
             # error fails the whole batch (the node rolls back the transaction and answers every waiter).
@@ -173,6 +182,34 @@ class Applier:
         self.applied_index = index
         if request_id:
             result.responses[request_id] = response
+
+    def _authorize(self, conn: sqlite3.Connection, payload: bytes) -> tuple[int, bytes]:
+        """etcd's authApplierV3: a write proposed for a user is checked again when applied, against the auth
+        state of that moment (a token older than the last auth change gets ``revision of auth store is old``, a
+        permission revoked meanwhile ``permission denied``). Returns the inner entry's kind and payload."""
+        authed = unwrap_authed(payload)
+        state = self.auth
+        if not state.enabled:  # auth switched off meanwhile: nothing to check, as etcd
+            return authed.kind, authed.payload
+        info = AuthInfo(authed.username, authed.auth_revision)
+        if authed.kind == EntryKind.PUT:
+            put = pb.PutRequest.FromString(authed.payload)
+            state.check(info, put.key, b"", WRITE)
+            if put.prev_kv:
+                state.check(info, put.key, b"", READ)
+            if put.lease and not state.has_role(info.username, ROOT_ROLE):
+                for key in store.keys_with_lease(conn, put.lease):  # etcd's checkLeasePuts
+                    state.check(info, key, b"", WRITE)
+        elif authed.kind == EntryKind.DELETE_RANGE:
+            delete = pb.DeleteRangeRequest.FromString(authed.payload)
+            if delete.prev_kv:
+                state.check(info, delete.key, delete.range_end, READ)
+            state.check(info, delete.key, delete.range_end, WRITE)
+        elif authed.kind == EntryKind.TXN:
+            state.check_txn(info, pb.TxnRequest.FromString(authed.payload))
+        else:
+            raise ValueError(f"an AUTHED entry cannot carry entry kind {authed.kind}")
+        return authed.kind, authed.payload
 
     def new_result(self) -> ApplyResult:
         """An empty result for the next batch: without events if ``events_wanted`` says nobody needs them."""

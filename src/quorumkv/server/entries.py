@@ -38,6 +38,19 @@ class EntryKind(IntEnum):
     AUTH_ROLE_DELETE = 19  # AuthRoleDeleteRequest
     AUTH_ROLE_GRANT_PERMISSION = 20  # AuthRoleGrantPermissionRequest
     AUTH_ROLE_REVOKE_PERMISSION = 21  # AuthRoleRevokePermissionRequest
+    # a PUT, DELETE_RANGE or TXN proposed for a user while auth is on (etcd's RequestHeader username and
+    # auth_revision): see ``wrap_authed``; the applier checks the user's permissions again before applying it
+    AUTHED = 22
+
+
+_AUTHED = struct.Struct(">QH")
+
+
+class AuthedRequest(NamedTuple):
+    username: str
+    auth_revision: int
+    kind: int
+    payload: bytes
 
 
 class DecodedEntry(NamedTuple):
@@ -55,3 +68,21 @@ def decode_entry(data: bytes) -> DecodedEntry:
         raise ValueError(f"log entry too short ({len(data)} bytes)")
     kind, request_id = _HEADER.unpack_from(data)
     return DecodedEntry(kind, request_id, data[HEADER_SIZE:])
+
+
+def wrap_authed(username: str, auth_revision: int, kind: int, payload: bytes) -> bytes:
+    """The payload of an ``AUTHED`` entry: auth revision (u64), user name length (u16) and bytes (UTF-8), the
+    inner entry's kind (1 byte) and its payload."""
+    name = username.encode("utf-8", "surrogateescape")
+    return _AUTHED.pack(auth_revision, len(name)) + name + bytes([kind]) + payload
+
+
+def unwrap_authed(payload: bytes) -> AuthedRequest:
+    if len(payload) < _AUTHED.size:
+        raise ValueError(f"AUTHED entry too short ({len(payload)} bytes)")
+    revision, name_len = _AUTHED.unpack_from(payload)
+    at = _AUTHED.size + name_len
+    if len(payload) < at + 1:
+        raise ValueError(f"AUTHED entry too short ({len(payload)} bytes, user name of {name_len})")
+    name = payload[_AUTHED.size:at].decode("utf-8", "surrogateescape")
+    return AuthedRequest(name, revision, payload[at], payload[at + 1:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from quorumkv import errors
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
@@ -15,7 +16,8 @@ from quorumkv.server.apply import (
     put_cost_bytes,
     txn_cost_bytes,
 )
-from quorumkv.server.entries import EntryKind
+from quorumkv.server.auth_state import AuthInfo
+from quorumkv.server.entries import EntryKind, wrap_authed
 from quorumkv.server.member import MemberCore
 from quorumkv.storage.backend import read_txn
 
@@ -53,23 +55,32 @@ class MemberKV(MemberCore):
         except store.FutureRevisionError as exc:
             raise errors.FUTURE_REV from exc
 
-    async def put(self, req: pb.PutRequest) -> pb.PutResponse:
+    async def put(self, req: pb.PutRequest, auth: AuthInfo | None = None) -> pb.PutResponse:
         await self._check_quota(put_cost_bytes(req))
-        resp: pb.PutResponse = await self._propose(EntryKind.PUT, req.SerializeToString())
+        resp: pb.PutResponse = await self._propose_write(EntryKind.PUT, req.SerializeToString(), auth)
         return resp
 
-    async def delete_range(self, req: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
-        resp: pb.DeleteRangeResponse = await self._propose(EntryKind.DELETE_RANGE, req.SerializeToString())
+    async def delete_range(self, req: pb.DeleteRangeRequest, auth: AuthInfo | None = None
+                           ) -> pb.DeleteRangeResponse:
+        resp: pb.DeleteRangeResponse = await self._propose_write(EntryKind.DELETE_RANGE, req.SerializeToString(),
+                                                                 auth)
         return resp
 
-    async def txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
+    async def txn(self, req: pb.TxnRequest, auth: AuthInfo | None = None) -> pb.TxnResponse:
         if is_txn_read_only(req):
             await self.read_barrier()
             with read_txn(self.reader):
                 return execute_read_only_txn(self.reader, req)
         await self._check_quota(txn_cost_bytes(req))
-        resp: pb.TxnResponse = await self._propose(EntryKind.TXN, req.SerializeToString())
+        resp: pb.TxnResponse = await self._propose_write(EntryKind.TXN, req.SerializeToString(), auth)
         return resp
+
+    async def _propose_write(self, kind: int, payload: bytes, auth: AuthInfo | None) -> Any:
+        """Propose a write; one made for a user (``auth``, already checked by the caller) carries the user and
+        the auth revision so the applier checks it again (``EntryKind.AUTHED``), as etcd's request header does."""
+        if auth is None:
+            return await self._propose(kind, payload)
+        return await self._propose(EntryKind.AUTHED, wrap_authed(auth.username, auth.revision, kind, payload))
 
     async def compact(self, req: pb.CompactionRequest) -> pb.CompactionResponse:
         """Compact in steps of :data:`COMPACTION_STEP_REVISIONS`: one log entry per step, each proposed
