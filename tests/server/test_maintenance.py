@@ -4,6 +4,7 @@ auto-compaction. In-process tests drive ``QuorumServer`` directly; end-to-end on
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 import threading
@@ -431,10 +432,34 @@ def test_restore_rejects_bad_membership_arguments(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "d")
 
 
+def test_compaction_steps_halve_when_slow_and_double_when_fast_within_bounds() -> None:
+    from quorumkv.server.kv import (
+        COMPACTION_STEP_MAX_REVISIONS,
+        COMPACTION_STEP_MIN_REVISIONS,
+        COMPACTION_STEP_TARGET_S,
+        next_compaction_step,
+    )
+
+    assert next_compaction_step(500, COMPACTION_STEP_TARGET_S * 2) == 250
+    assert next_compaction_step(60, 5.0) == COMPACTION_STEP_MIN_REVISIONS
+    assert next_compaction_step(500, COMPACTION_STEP_TARGET_S / 2) == 500  # near the target: kept
+    assert next_compaction_step(500, 0.0) == 1000
+    assert next_compaction_step(1500, 0.0) == COMPACTION_STEP_MAX_REVISIONS
+    size = 500
+    for _ in range(20):  # a store where every step is slow ends at the smallest step, and stays there
+        size = next_compaction_step(size, 1.0)
+    assert size == COMPACTION_STEP_MIN_REVISIONS
+
+
 def test_compaction_goes_through_the_log_in_steps_and_writes_commit_between_them(tmp_path: Path) -> None:
-    """A compaction of 2,500 revisions is one log entry per step (500, 1000, ..., then the request's own): a
-    write issued while it runs is applied between two steps, and the result is what one compaction leaves."""
-    from quorumkv.server.kv import COMPACTION_STEP_REVISIONS
+    """A compaction of 2,500 revisions is one log entry per step (500 first, then steps sized by what they cost,
+    then the request's own): a write issued while it runs is applied between two steps, and the result is what
+    one compaction leaves."""
+    from quorumkv.server.kv import (
+        COMPACTION_STEP_MAX_REVISIONS,
+        COMPACTION_STEP_MIN_REVISIONS,
+        COMPACTION_STEP_REVISIONS,
+    )
 
     assert COMPACTION_STEP_REVISIONS == 500
 
@@ -456,7 +481,10 @@ def test_compaction_goes_through_the_log_in_steps_and_writes_commit_between_them
             await asyncio.sleep(0.001)
         written = await put(srv, "during", b"x")
         resp = await compaction
-        assert [rev for rev, _ in seen] == [500, 1000, 1500, 2000, target]
+        revs = [rev for rev, _ in seen]
+        assert revs[0] == 500 and revs[-1] == target and len(revs) >= 3
+        steps = [b - a for a, b in itertools.pairwise(revs[:-1])]  # the last entry is the request itself
+        assert all(COMPACTION_STEP_MIN_REVISIONS <= d <= COMPACTION_STEP_MAX_REVISIONS for d in steps), revs
         assert seen[0][1] < written <= seen[-1][1]  # issued during the first step, applied before the last one
         assert resp.header.revision >= written
         assert store.compact_revision(srv.reader) == target

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from quorumkv import errors
@@ -21,12 +22,27 @@ from quorumkv.server.entries import EntryKind, wrap_authed
 from quorumkv.server.member import MemberCore
 from quorumkv.storage.backend import read_txn
 
-#: Revisions compacted per log entry, and the pause between two entries (see ``MemberKV.compact``). etcd 3.4
-#: deletes 1,000 keys per batch with 10 ms between batches; a step here also writes the kv indexes in the same
-#: transaction as the writes it shares a turn with, so it is half that size (bench/datascale.py,
-#: docs/performance.md).
+#: Revisions compacted by the first log entry of a compaction, and the pause between two entries (see
+#: ``MemberKV.compact``). etcd 3.4 deletes 1,000 keys per batch with 10 ms between batches; a step here also
+#: writes the kv indexes in the same transaction as the writes it shares a turn with, so it starts at half that
+#: (bench/datascale.py, docs/performance.md).
 COMPACTION_STEP_REVISIONS = 500
 COMPACTION_PAUSE_S = 0.01
+#: The steps that follow adapt to what a step costs on this store and host: a step whose entry took longer than
+#: the target (from proposal to applied: what a write queued behind it waited too) halves the next one, a step
+#: under a quarter of it doubles it, between these bounds.
+COMPACTION_STEP_TARGET_S = 0.04
+COMPACTION_STEP_MIN_REVISIONS = 50
+COMPACTION_STEP_MAX_REVISIONS = 2000
+
+
+def next_compaction_step(size: int, took_s: float) -> int:
+    """The next step's size in revisions after a step of ``size`` took ``took_s`` seconds."""
+    if took_s > COMPACTION_STEP_TARGET_S:
+        return max(COMPACTION_STEP_MIN_REVISIONS, size // 2)
+    if took_s < COMPACTION_STEP_TARGET_S / 4:
+        return min(COMPACTION_STEP_MAX_REVISIONS, size * 2)
+    return size
 
 log = logging.getLogger("quorumkv.server")
 
@@ -83,21 +99,26 @@ class MemberKV(MemberCore):
         return await self._propose(EntryKind.AUTHED, wrap_authed(auth.username, auth.revision, kind, payload))
 
     async def compact(self, req: pb.CompactionRequest) -> pb.CompactionResponse:
-        """Compact in steps of :data:`COMPACTION_STEP_REVISIONS`: one log entry per step, each proposed
-        :data:`COMPACTION_PAUSE_S` after the previous one is applied, so the writes queued meanwhile commit
-        between two steps (etcd deletes its keys in batches for the same reason). The last entry is the request
-        itself and gives the answer; a step that someone else's compaction overtook is skipped."""
+        """Compact in steps (:data:`COMPACTION_STEP_REVISIONS` first, then sized by
+        :func:`next_compaction_step`): one log entry per step, each proposed :data:`COMPACTION_PAUSE_S` after the
+        previous one is applied, so the writes queued meanwhile commit between two steps (etcd deletes its keys
+        in batches for the same reason). The last entry is the request itself and gives the answer; a step that
+        someone else's compaction overtook is skipped. The step sizes are chosen here, by the proposer; each
+        entry names its revision, so applying stays deterministic."""
         target = req.revision
         if target <= self.applier.revision:  # a future revision fails in the request's own entry, at once
-            step = max(self.applier.compact_revision, 0) + COMPACTION_STEP_REVISIONS
+            size = COMPACTION_STEP_REVISIONS
+            step = max(self.applier.compact_revision, 0) + size
             while step < target:
+                started = time.perf_counter()
                 try:
                     await self._propose(EntryKind.COMPACTION,
                                         pb.CompactionRequest(revision=step).SerializeToString())
                 except errors.EtcdError as exc:
                     if exc.message != errors.COMPACTED.message:
                         raise
-                step = max(step, self.applier.compact_revision) + COMPACTION_STEP_REVISIONS
+                size = next_compaction_step(size, time.perf_counter() - started)
+                step = max(step, self.applier.compact_revision) + size
                 await asyncio.sleep(COMPACTION_PAUSE_S)  # the writes queued meanwhile get turns of their own
         resp: pb.CompactionResponse = await self._propose(EntryKind.COMPACTION, req.SerializeToString())
         return resp
