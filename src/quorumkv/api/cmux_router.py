@@ -70,7 +70,7 @@ class _End:
     """One socket of a spliced pair: bytes read from it go to ``peer``; ``out`` holds bytes for it that its
     send buffer did not take yet (while they wait, the peer is not read: flow control)."""
 
-    __slots__ = ("eof_in", "fd", "mask", "out", "peer", "shut_out", "sock")
+    __slots__ = ("eof_in", "fd", "mask", "out", "parked", "peer", "shut_out", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -80,6 +80,9 @@ class _End:
         self.eof_in = False
         self.shut_out = False
         self.mask = 0
+        #: hung up while it could not be read: out of epoll (which would report the hang-up on every poll)
+        #: until it can be read again
+        self.parked = False
 
 
 class Router:
@@ -249,17 +252,27 @@ class Router:
             mask |= _IN
         if end.out:
             mask |= _OUT
-        if mask != end.mask:
+        if end.parked:
+            if mask:
+                end.parked = False
+                end.mask = mask
+                self._ep.register(end.fd, mask)
+        elif mask != end.mask:
             end.mask = mask
             self._ep.modify(end.fd, mask)
 
     def _on_end(self, fd: int, ev: int) -> None:
         end = self._ends[fd]
+        if ev & select.EPOLLERR:  # a reset or another socket error: neither direction can go on
+            self._close_pair(end)
+            return
+        read = False
         try:
             if ev & _OUT:
                 self._flush(end)
             if ev & (_IN | _ERR) and not end.eof_in and not end.peer.out:
                 self._pump(end)
+                read = True
         except OSError as exc:
             if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT):
                 print(f"quorumkv client port router: connection failed: {exc}", file=sys.stderr, flush=True)
@@ -270,6 +283,9 @@ class Router:
         if end.eof_in and end.peer.eof_in and not end.out and not end.peer.out:
             self._close_pair(end)  # both directions ended and delivered
             return
+        if ev & select.EPOLLHUP and not read and not end.out and not end.parked:
+            end.parked = True  # nothing to do with it now; _update registers it again when it can be read
+            self._ep.unregister(end.fd)
         self._update(end)
         self._update(end.peer)
 
@@ -309,8 +325,9 @@ class Router:
     def _close_pair(self, end: _End) -> None:
         for side in (end, end.peer):
             if self._ends.pop(side.fd, None) is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    self._ep.unregister(side.fd)
+                if not side.parked:
+                    with contextlib.suppress(OSError, ValueError):
+                        self._ep.unregister(side.fd)
                 side.sock.close()
 
 
@@ -333,7 +350,10 @@ def main(argv: list[str]) -> int:
     """``python -m quorumkv.api.cmux_router PARENT_PID CONTROL_FD LISTENER_FDS GRPC_PATHS`` (comma-separated)."""
     parent_pid, control_fd = int(argv[0]), int(argv[1])
     _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the member, which stops us
+    # a terminal's ^C, or a service manager's SIGTERM to the whole group, reaches the member too, which stops
+    # us once its connections are closed (and its death kills us: PR_SET_PDEATHSIG)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control = socket.socket(fileno=control_fd)
     listeners = [socket.socket(fileno=int(fd)) for fd in argv[2].split(",") if fd]
     for sock in listeners:
