@@ -123,8 +123,12 @@ class Router:
                     events = self._ep.poll(timeout)
                 except InterruptedError:
                     continue
+                ends = self._ends
                 for fd, ev in events:
-                    if fd in self._ends:
+                    end = ends.get(fd)
+                    if end is not None:
+                        if ev == _IN and self._fast_pump(end):
+                            continue
                         self._on_end(fd, ev)
                     elif fd in self._sniffing:
                         self._sniff(fd)
@@ -288,6 +292,44 @@ class Router:
             self._ep.unregister(end.fd)
         self._update(end)
         self._update(end.peer)
+
+    def _fast_pump(self, end: _End) -> bool:
+        """The common case in one step: bytes readable, all taken by the peer, no state change (else False,
+        and :meth:`_on_end` does the work)."""
+        if end.eof_in or end.peer.out:
+            return False
+        try:
+            n = end.sock.recv_into(self._buf)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:  # a reset: neither direction can go on
+            self._close_pair(end)
+            return True
+        if n == 0:
+            end.eof_in = True
+            self._after_eof(end)
+            return True
+        try:
+            sent = end.peer.sock.send(self._view[:n])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close_pair(end)
+            return True
+        if sent < n:
+            end.peer.out = bytes(self._view[sent:n])
+            self._update(end)
+            self._update(end.peer)
+        return True
+
+    def _after_eof(self, end: _End) -> None:
+        if not end.peer.out:
+            self._shut(end.peer)
+        if end.eof_in and end.peer.eof_in and not end.out and not end.peer.out:
+            self._close_pair(end)
+        else:
+            self._update(end)
+            self._update(end.peer)
 
     def _pump(self, end: _End) -> None:
         """Read what ``end`` has and write it to its peer (what the peer does not take waits in peer.out)."""
