@@ -91,14 +91,14 @@ async def _http_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     writer.close()
 
 
-@pytest.fixture(params=["process", "thread"])
+@pytest.fixture(params=["process", "thread", "loop"])
 async def mux(request: pytest.FixtureRequest, echo: EchoServer, monkeypatch: pytest.MonkeyPatch
               ) -> AsyncIterator[tuple[ClientMux, int]]:
     monkeypatch.setenv(SPLICE_ENV, request.param)
     front = ClientMux(stream_limit=65536)
     port = front.listen("127.0.0.1", 0, secure=False)
     front.start({False: [echo.path]}, _http_handler, None)
-    assert front._router is not None
+    assert (front._router is None) == (request.param == "loop")
     yield front, port
     await front.close()
 

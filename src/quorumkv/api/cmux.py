@@ -261,6 +261,8 @@ class ClientMux:
         mode = os.environ.get(SPLICE_ENV, "process") or "process"
         if mode not in SPLICE_MODES:
             raise ValueError(f"{SPLICE_ENV}={mode!r} is not one of {', '.join(SPLICE_MODES)}")
+        if mode == "process" and (getattr(sys, "frozen", False) or not sys.executable):
+            mode = "loop"  # no Python interpreter to start the router with (a frozen application)
         if plain and grpc_paths.get(False) and mode != "loop":
             try:
                 self._router = (_RouterProcess if mode == "process" else _RouterThread)(
