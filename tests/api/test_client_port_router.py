@@ -218,6 +218,31 @@ async def test_a_dead_router_process_is_replaced_by_the_event_loop(echo: EchoSer
         probe.bind(("127.0.0.1", port))
 
 
+async def test_router_problems_are_logged_by_the_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The router reports through the pair (no stray lines on the member's stderr): a gRPC server socket that
+    is gone closes the client's connection and is logged by the member."""
+    monkeypatch.setenv(SPLICE_ENV, "process")
+    front = ClientMux(stream_limit=65536)
+    port = front.listen("127.0.0.1", 0, secure=False)
+    missing = str(tmp_path / "gone.sock")
+    front.start({False: [missing]}, _http_handler, None)
+    try:
+        with caplog.at_level("WARNING", logger="quorumkv.cmux"):
+            try:  # closed without an answer (a reset: the router closed it with the preface unread)
+                assert await _blocking(_grpc_roundtrip, port, b"x") == b""
+            except ConnectionResetError:
+                pass
+            for _ in range(400):
+                if any(missing in str(getattr(r, "detail", "")) for r in caplog.records):
+                    break
+                await asyncio.sleep(0.025)
+        assert any("cannot reach the gRPC server" in str(getattr(r, "detail", "")) for r in caplog.records)
+        assert (await _blocking(_http_get, port, "/still")).endswith(b" /still")
+    finally:
+        await front.close()
+
+
 async def test_closing_ends_the_router_and_frees_the_port(mux: tuple[ClientMux, int]) -> None:
     front, port = mux
     router = front._router

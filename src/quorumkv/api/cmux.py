@@ -45,7 +45,9 @@ from quorumkv.api.cmux_router import (
     GRPC,
     H2_PREFACE,
     HTTP,
+    MAX_LOG_BYTES,
     MSG_HTTP,
+    MSG_LOG,
     SNIFF_TIMEOUT_S,
     Router,
     classify_plain,
@@ -446,7 +448,7 @@ class _RouterProcess(_RouterHandle):
     def _on_readable(self) -> None:
         for _ in range(256):
             try:
-                msg, fds, _flags, _addr = socket.recv_fds(self._sock, 16, 4)
+                msg, fds, _flags, _addr = socket.recv_fds(self._sock, 16 + MAX_LOG_BYTES, 4)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -455,6 +457,8 @@ class _RouterProcess(_RouterHandle):
             if not msg and not fds:
                 self._ended()
                 return
+            if msg.startswith(MSG_LOG):
+                log.warning("client port router", extra={"detail": msg[1:].decode(errors="replace")})
             for fd in fds:
                 sock = socket.socket(fileno=fd)
                 if msg == MSG_HTTP:
@@ -498,7 +502,8 @@ class _RouterThread(_RouterHandle):
             loop.call_soon_threadsafe(mux._handed_back, sock)
             return True
 
-        self._router = Router(dups, grpc_paths, hand_back, stop_r)
+        self._router = Router(dups, grpc_paths, hand_back, stop_r,
+                              lambda text: log.warning("client port router", extra={"detail": text}))
         self._thread = threading.Thread(target=self._run, args=(stop_r,), name="client-port-router", daemon=True)
         self._thread.start()
 

@@ -50,6 +50,9 @@ HTTP = "http"
 MSG_HTTP = b"h"
 #: child -> member, once: the listeners are being accepted on.
 MSG_READY = b"r"
+#: child -> member: a problem for the member's log (the text follows).
+MSG_LOG = b"l"
+MAX_LOG_BYTES = 2000
 
 _PR_SET_PDEATHSIG = 1
 
@@ -89,13 +92,16 @@ class Router:
     """The accept, sniff and splice loop (one thread; run in the child by :func:`main`, or in a thread)."""
 
     def __init__(self, listeners: list[socket.socket], grpc_paths: list[str],
-                 hand_back: Callable[[socket.socket], bool], control: socket.socket | None = None) -> None:
+                 hand_back: Callable[[socket.socket], bool], control: socket.socket | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
         self._ep = select.epoll()
         self._listeners = {s.fileno(): s for s in listeners}
         self._paths = list(grpc_paths)
         self._next_path = 0
         self._hand_back = hand_back
         self._control = control
+        #: reports a problem (to the member's log)
+        self._say = say or _to_stderr
         #: connections being sniffed: fd -> (socket, deadline)
         self._sniffing: dict[int, tuple[socket.socket, float]] = {}
         #: sniffed connections that sent part of the preface (peeked at again every PARTIAL_RECHECK_S)
@@ -178,7 +184,7 @@ class Router:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: the listener stays
-                print(f"quorumkv client port router: accept failed: {exc}", file=sys.stderr, flush=True)
+                self._say(f"accepting a client connection failed: {exc}")
                 return
             sock.setblocking(False)
             with contextlib.suppress(OSError):
@@ -238,8 +244,7 @@ class Router:
             back.connect(path)
             back.setblocking(False)
         except OSError as exc:
-            print(f"quorumkv client port router: cannot reach the gRPC server at {path}: {exc}",
-                  file=sys.stderr, flush=True)
+            self._say(f"cannot reach the gRPC server at {path}: {exc}")
             back.close()
             sock.close()
             return
@@ -279,7 +284,7 @@ class Router:
                 read = True
         except OSError as exc:
             if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT):
-                print(f"quorumkv client port router: connection failed: {exc}", file=sys.stderr, flush=True)
+                self._say(f"client connection failed: {exc}")
             self._close_pair(end)
             return
         if end.fd not in self._ends:
@@ -373,6 +378,10 @@ class Router:
                 side.sock.close()
 
 
+def _to_stderr(text: str) -> None:
+    print(f"quorumkv client port router: {text}", file=sys.stderr, flush=True)
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """SIGKILL when the member dies (Linux); exit now if it died already."""
     try:
@@ -402,17 +411,22 @@ def main(argv: list[str]) -> int:
         sock.setblocking(False)
     paths = [p for p in argv[3].split(",") if p] if len(argv) > 3 else []
 
+    def say(text: str) -> None:
+        try:
+            control.send(MSG_LOG + text.encode(errors="replace")[:MAX_LOG_BYTES])
+        except OSError:
+            _to_stderr(text)
+
     def hand_back(sock: socket.socket) -> bool:
         try:
             socket.send_fds(control, [MSG_HTTP], [sock.fileno()])
         except OSError as exc:  # the member is gone or its queue is full: the client retries
-            print(f"quorumkv client port router: cannot hand a connection back: {exc}", file=sys.stderr,
-                  flush=True)
+            say(f"cannot hand a connection back: {exc}")
             return False
         sock.close()
         return True
 
-    router = Router(listeners, paths, hand_back, control)
+    router = Router(listeners, paths, hand_back, control, say)
     with contextlib.suppress(OSError):
         control.send(MSG_READY)
     router.run()
