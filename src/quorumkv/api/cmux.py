@@ -11,9 +11,17 @@ connection's first bytes are *peeked* (``MSG_PEEK``: nothing is consumed) and th
 - otherwise to the HTTP/1.1 server (``api/http.py``: the JSON gateway, /health, /version, /metrics ...),
   with TLS terminated here (a browser or curl offering ``h2,http/1.1`` gets HTTP/1.1).
 
-The splice is two asyncio Protocols writing into each other's transports with flow control (no streams,
-no copies beyond the event loop's own). It costs a little throughput; with ``--listen-client-http-urls``
-the client URLs serve gRPC only, bound by the gRPC servers themselves (see docs/performance.md).
+Plaintext URLs are accepted by a child process, the router (``api/cmux_router.py``): it sniffs, splices
+gRPC connections to the gRPC servers in its own epoll loop (off this process's event loop and GIL) and hands
+every other connection back here with its file descriptor, where it is routed as below. It dies with the
+member; if it exits first, this process accepts on the same listeners itself. ``QUORUMKV_CLIENT_PORT_SPLICE``
+chooses: ``process`` (the default), ``thread`` (the router's loop in a thread of this process) or ``loop``
+(everything on the event loop, as secure URLs always are).
+
+TLS URLs, and plaintext ones without the router, are served on the event loop: the gRPC splice is two asyncio
+Protocols writing into each other's transports with flow control (no streams, no copies beyond the event
+loop's own). With ``--listen-client-http-urls`` the client URLs serve gRPC only, bound by the gRPC servers
+themselves (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -23,32 +31,43 @@ import contextlib
 import errno
 import itertools
 import logging
+import os
 import socket
 import ssl
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
+from quorumkv.api import cmux_router
+from quorumkv.api.cmux_router import (
+    GRPC,
+    H2_PREFACE,
+    HTTP,
+    MAX_LOG_BYTES,
+    MSG_HTTP,
+    MSG_LOG,
+    SNIFF_TIMEOUT_S,
+    Router,
+    classify_plain,
+)
+
+__all__ = ["GRPC", "H2_PREFACE", "HTTP", "SNIFF_TIMEOUT_S", "ClientMux", "classify_plain", "classify_tls",
+           "client_hello_alpn"]
+
 log = logging.getLogger("quorumkv.cmux")
 
-#: The HTTP/2 client connection preface (RFC 9113 3.4).
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-#: A connection that has not said enough to be classified in this time is closed.
-SNIFF_TIMEOUT_S = 10.0
 #: Enough for any ClientHello (it is bounded by its 3-byte length, but real ones are a few KiB at most).
 MAX_SNIFF_BYTES = 64 * 1024
 #: Read size of the splice (per event: a large buffer keeps the number of loop wake-ups low).
 SPLICE_READ_BYTES = 256 * 1024
 
-GRPC = "grpc"
-HTTP = "http"
-
-
-def classify_plain(data: bytes) -> str | None:
-    """``grpc`` for the HTTP/2 preface, ``http`` for anything else, None while a prefix of the preface."""
-    n = min(len(data), len(H2_PREFACE))
-    if data[:n] != H2_PREFACE[:n]:
-        return HTTP
-    return GRPC if len(data) >= len(H2_PREFACE) else None
+#: ``QUORUMKV_CLIENT_PORT_SPLICE``: where plaintext gRPC connections are spliced (see the module docstring).
+SPLICE_ENV = "QUORUMKV_CLIENT_PORT_SPLICE"
+SPLICE_MODES = ("process", "thread", "loop")
+#: How long closing waits for the router process to exit before killing it.
+ROUTER_EXIT_WAIT_S = 5.0
 
 
 def client_hello_alpn(data: bytes) -> list[bytes] | None:
@@ -188,6 +207,8 @@ class ClientMux:
         self._splices: set[_Splice] = set()
         self._loop = asyncio.get_running_loop()
         self._closing = False
+        #: the router (process or thread) splicing the plaintext listeners' gRPC connections, if any
+        self._router: _RouterHandle | None = None
 
     def listen(self, host: str, port: int, *, secure: bool) -> int:
         """Bind and listen on every address ``host`` resolves to; returns the port (port 0: the one chosen)."""
@@ -238,8 +259,43 @@ class ClientMux:
         self._grpc_paths = {k: itertools.cycle(v) for k, v in grpc_paths.items() if v}
         self._http_connected = http_connected
         self._http_ssl = http_ssl
+        plain = [sock for sock in self._listeners if not self._secure[sock.fileno()]]
+        mode = os.environ.get(SPLICE_ENV, "process") or "process"
+        if mode not in SPLICE_MODES:
+            raise ValueError(f"{SPLICE_ENV}={mode!r} is not one of {', '.join(SPLICE_MODES)}")
+        if mode == "process" and (getattr(sys, "frozen", False) or not sys.executable):
+            mode = "loop"  # no Python interpreter to start the router with (a frozen application)
+        if plain and grpc_paths.get(False) and mode != "loop":
+            try:
+                self._router = (_RouterProcess if mode == "process" else _RouterThread)(
+                    self, plain, grpc_paths[False])
+            except OSError as exc:
+                log.warning("cannot start the client port router; plaintext gRPC is spliced on the event loop",
+                            extra={"error": str(exc)})
         for sock in self._listeners:
-            self._loop.add_reader(sock.fileno(), self._accept, sock, self._secure[sock.fileno()])
+            if self._router is None or self._secure[sock.fileno()]:
+                self._loop.add_reader(sock.fileno(), self._accept, sock, self._secure[sock.fileno()])
+
+    def _handed_back(self, sock: socket.socket) -> None:
+        """A plaintext connection the router did not splice (HTTP/1.1): routed here, its bytes unread."""
+        if self._closing:
+            sock.close()
+            return
+        sock.setblocking(False)
+        task = self._loop.create_task(self._route(sock, False))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _router_ended(self, detail: str) -> None:
+        """The router stopped on its own: accept on its listeners here (its spliced connections are gone)."""
+        self._router = None
+        if self._closing:
+            return
+        log.warning("the client port router stopped; plaintext connections are now served on the event loop",
+                    extra={"detail": detail})
+        for sock in self._listeners:
+            if not self._secure[sock.fileno()]:
+                self._loop.add_reader(sock.fileno(), self._accept, sock, False)
 
     def _accept(self, lsock: socket.socket, secure: bool) -> None:
         for _ in range(64):
@@ -334,6 +390,9 @@ class ClientMux:
         """Stop accepting and close every connection this front spliced (the HTTP ones belong to the HTTP
         server, which closes them)."""
         self._closing = True
+        router, self._router = self._router, None
+        if router is not None:
+            await router.stop()
         for sock in self._listeners:
             if self._http_connected is not None:
                 self._loop.remove_reader(sock.fileno())
@@ -349,3 +408,111 @@ class ClientMux:
                 if side is not None and side.transport is not None:
                     side.transport.close()
         self._splices.clear()
+
+
+class _RouterHandle:
+    """The member's side of a router: hand-backs arrive through :meth:`ClientMux._handed_back`."""
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+
+class _RouterProcess(_RouterHandle):
+    """``api/cmux_router.py`` as a child process, given the plaintext listeners and one end of a unix
+    SOCK_SEQPACKET pair (hand-backs arrive on the other end with their file descriptor; its end of file means
+    the child is gone). The child runs ``python -I -S FILE``: the standard library only, whatever the host's
+    paths are."""
+
+    def __init__(self, mux: ClientMux, listeners: list[socket.socket], grpc_paths: list[str]) -> None:
+        self._mux = mux
+        self._loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            fds = [s.fileno() for s in listeners]
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", os.path.abspath(cmux_router.__file__), str(os.getpid()),
+                 str(theirs.fileno()), ",".join(map(str, fds)), ",".join(grpc_paths)],
+                pass_fds=[theirs.fileno(), *fds], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                close_fds=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._reading = True
+        self._loop.add_reader(ours.fileno(), self._on_readable)
+        log.debug("client port router started", extra={"pid": self.proc.pid})
+
+    def _on_readable(self) -> None:
+        for _ in range(256):
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(self._sock, 16 + MAX_LOG_BYTES, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                msg, fds = b"", []
+                log.debug("client port router pair failed", extra={"error": str(exc)})
+            if not msg and not fds:
+                self._ended()
+                return
+            if msg.startswith(MSG_LOG):
+                log.warning("client port router", extra={"detail": msg[1:].decode(errors="replace")})
+            for fd in fds:
+                sock = socket.socket(fileno=fd)
+                if msg == MSG_HTTP:
+                    self._mux._handed_back(sock)
+                else:
+                    sock.close()
+
+    def _ended(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        code = self.proc.poll()
+        if code is None:  # closed its end but lives: end it
+            self.proc.kill()
+            code = self.proc.wait(ROUTER_EXIT_WAIT_S)
+        self._mux._router_ended(f"router exited with code {code}")
+
+    async def stop(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()  # the child's end of file: it closes everything and exits
+        deadline = self._loop.time() + ROUTER_EXIT_WAIT_S
+        while self.proc.poll() is None and self._loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait, ROUTER_EXIT_WAIT_S)
+
+
+class _RouterThread(_RouterHandle):
+    """The router's loop in a thread of this process (a measurement variant: it still takes the GIL)."""
+
+    def __init__(self, mux: ClientMux, listeners: list[socket.socket], grpc_paths: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop_w, stop_r = socket.socketpair()
+        dups = [socket.socket(fileno=os.dup(s.fileno())) for s in listeners]  # the router closes its own
+
+        def hand_back(sock: socket.socket) -> bool:
+            loop.call_soon_threadsafe(mux._handed_back, sock)
+            return True
+
+        self._router = Router(dups, grpc_paths, hand_back, stop_r,
+                              lambda text: log.warning("client port router", extra={"detail": text}))
+        self._thread = threading.Thread(target=self._run, args=(stop_r,), name="client-port-router", daemon=True)
+        self._thread.start()
+
+    def _run(self, stop_r: socket.socket) -> None:
+        try:
+            self._router.run()
+        finally:
+            stop_r.close()
+
+    async def stop(self) -> None:
+        self._stop_w.close()
+        await asyncio.to_thread(self._thread.join, ROUTER_EXIT_WAIT_S)
