@@ -5,9 +5,9 @@ connection's first bytes are *peeked* (``MSG_PEEK``: nothing is consumed) and th
 
 - to gRPC when it opens with the HTTP/2 preface (``PRI * HTTP/2.0``), or, on an ``https://`` URL, when its TLS
   ClientHello offers ALPN ``h2`` without ``http/1.1`` (what gRPC clients offer: grpc-go ``h2``, grpc-core
-  ``grpc-exp,h2``). The bytes are spliced unchanged -- TLS included -- to the member's gRPC servers listening
-  on private unix sockets, so TLS stays inside gRPC: client certificates, their CN for auth, the CRL check and
-  certificate reloading work as on a gRPC-only port;
+  ``grpc-exp,h2``). Plaintext bytes are spliced unchanged to the member's gRPC servers listening on private
+  unix sockets; TLS is terminated first by ``api/tls_front.py`` (which names why it refuses a client
+  certificate, and passes the verified certificate's CN on to auth);
 - otherwise to the HTTP/1.1 server (``api/http.py``: the JSON gateway, /health, /version, /metrics ...),
   with TLS terminated here (a browser or curl offering ``h2,http/1.1`` gets HTTP/1.1).
 
@@ -27,6 +27,8 @@ import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
+
+from quorumkv.api.tls_front import TLSFront
 
 log = logging.getLogger("quorumkv.cmux")
 
@@ -188,6 +190,7 @@ class ClientMux:
         self._splices: set[_Splice] = set()
         self._loop = asyncio.get_running_loop()
         self._closing = False
+        self._tls_front: TLSFront | None = None
 
     def listen(self, host: str, port: int, *, secure: bool) -> int:
         """Bind and listen on every address ``host`` resolves to; returns the port (port 0: the one chosen)."""
@@ -231,10 +234,12 @@ class ClientMux:
 
     def start(self, grpc_paths: dict[bool, list[str]],
               http_connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
-              http_ssl: ssl.SSLContext | None) -> None:
+              http_ssl: ssl.SSLContext | None, tls_front: TLSFront | None = None) -> None:
         """Accept on every bound URL. ``grpc_paths[secure]``: the gRPC servers' unix socket paths (one per
         server; connections are spread round-robin); ``http_connected``: the HTTP server's stream callback;
-        ``http_ssl``: the HTTPS context for ``https://`` URLs."""
+        ``http_ssl``: the HTTPS context for ``https://`` URLs; ``tls_front``: terminates TLS for gRPC on them
+        (then ``grpc_paths[True]`` are plaintext gRPC servers)."""
+        self._tls_front = tls_front
         self._grpc_paths = {k: itertools.cycle(v) for k, v in grpc_paths.items() if v}
         self._http_connected = http_connected
         self._http_ssl = http_ssl
@@ -292,7 +297,10 @@ class ClientMux:
                 sock.close()
                 return
             if verdict == GRPC and secure in self._grpc_paths:
-                await self._splice(sock, next(self._grpc_paths[secure]))
+                if secure and self._tls_front is not None:  # TLS terminated here (api/tls_front.py)
+                    await self._tls_front.serve(sock, next(self._grpc_paths[secure]))
+                else:
+                    await self._splice(sock, next(self._grpc_paths[secure]))
             else:
                 await self._serve_http(sock, secure)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
