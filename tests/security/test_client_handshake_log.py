@@ -65,7 +65,8 @@ def test_each_refused_client_certificate_is_logged_once_with_its_cause(pki: PKI,
                                                                        cert: str | None, expected: str) -> None:
     start = member.log_path.stat().st_size
     for _ in range(2):  # two attempts (each etcdctl also retries within its dial timeout): one line
-        got = run_etcdctl(member.client_url, "--dial-timeout=1s", "put", "k", "v", env=_env(pki, cert))
+        got = run_etcdctl(member.client_url, "--dial-timeout=1s", "--command-timeout=1s", "put", "k", "v",
+                          env=_env(pki, cert))
         assert got.returncode != 0, got.stdout
         assert "context deadline exceeded" in got.stderr, got.stderr
     deadline = time.monotonic() + 15
@@ -83,7 +84,8 @@ def test_each_refused_client_certificate_is_logged_once_with_its_cause(pki: PKI,
     if cert in ("expired", "future"):
         assert "valid from" in lines[0] and "now is" in lines[0]
     # quorumkvctl fails too, and names why from its side
-    ctl = run_etcdctl(member.client_url, "--dial-timeout=1s", "get", "k", client="quorumkvctl", env=_env(pki, cert))
+    ctl = run_etcdctl(member.client_url, "--dial-timeout=1s", "--command-timeout=1s", "get", "k", client="quorumkvctl",
+                      env=_env(pki, cert))
     assert ctl.returncode != 0 and "context deadline exceeded (TLS: " in ctl.stderr, ctl.stderr
 
 

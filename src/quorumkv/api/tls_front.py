@@ -67,13 +67,28 @@ def verified_common_name(peer: str) -> str | None:
 
 def _on_message(conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any, data: bytes) -> None:
     """The context's message callback: keeps the client's Certificate message for the diagnosis."""
-    if (direction == "read" and msg_type == ssl._TLSMessageType.CERTIFICATE  # type: ignore[attr-defined]
-            and content_type == ssl._TLSContentType.HANDSHAKE):  # type: ignore[attr-defined]
+    if direction == "read" and msg_type == _CERTIFICATE and content_type == _HANDSHAKE:
         proto = _CONNS.get(id(conn))
         if proto is not None:
             tls13 = version == ssl.TLSVersion.TLSv1_3
             proto.client_chain = (certificate_message_chain(data, tls13)
                                   or certificate_message_chain(data, not tls13))
+
+
+_HANDSHAKE, _CERTIFICATE = 22, 11  # TLS content type handshake, handshake message certificate (RFC 8446)
+
+
+def _set_message_callback(ctx: ssl.SSLContext) -> None:
+    """``ctx._msg_callback = _on_message`` without ``ssl``'s wrapper, which turns each call's numbers into enums
+    (about 45 calls per handshake: it cost ~0.4 ms per connection); the wrapper where that is not possible."""
+    raw = getattr(ssl.SSLContext.__mro__[1], "_msg_callback", None)
+    if raw is not None and hasattr(raw, "__set__"):
+        try:
+            raw.__set__(ctx, _on_message)
+            return
+        except (TypeError, AttributeError):
+            pass
+    _set_message_callback(ctx)
 
 
 #: id(SSLObject) -> its connection, while the handshake runs (the message callback only gets the SSLObject)
@@ -83,7 +98,8 @@ _CONNS: dict[int, _FrontConn] = {}
 def _configure(ctx: ssl.SSLContext) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # etcd 3.4: TLS 1.2 and 1.3
     ctx.set_alpn_protocols(["h2"])
-    ctx._msg_callback = _on_message  # type: ignore[attr-defined]
+    ctx.num_tickets = 0  # gRPC clients do not resume sessions: no TLS 1.3 tickets to make and send
+    _set_message_callback(ctx)
 
 
 class TLSFront:
