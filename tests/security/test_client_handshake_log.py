@@ -5,10 +5,13 @@ handshake fails (real etcdctl and quorumkvctl); a good certificate still works a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
+import ssl
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +176,56 @@ def test_the_front_passes_the_verified_common_name_to_grpc(pki: PKI) -> None:
     assert via_front == "root"
     assert direct == "<nobody>"
     assert refusals >= 1
+
+
+def _message(ders: list[bytes], tls13: bool) -> bytes:
+    entries = b"".join(len(d).to_bytes(3, "big") + d + (b"\x00\x00" if tls13 else b"") for d in ders)
+    body = (b"\x00" if tls13 else b"") + len(entries).to_bytes(3, "big") + entries
+    return b"\x0b" + len(body).to_bytes(3, "big") + body
+
+
+def test_certificate_message_parsing(pki: PKI) -> None:
+    from quorumkv.security.diagnose import certificate_message_chain
+
+    ders = [ssl.PEM_cert_to_DER_cert(Path(pki.cert("client")).read_text()), ssl.PEM_cert_to_DER_cert(
+        pki.ca.path.read_text())]
+    for tls13 in (True, False):
+        assert certificate_message_chain(_message(ders, tls13), tls13) == ders
+        assert certificate_message_chain(_message([], tls13), tls13) == []
+    assert certificate_message_chain(b"\x0b\x00\x00\x09\x00\x00\x01", True) == []  # truncated: nothing
+
+
+def _server_error(pki: PKI, client_ctx: ssl.SSLContext) -> ssl.SSLError:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(pki.cert("server"), pki.key("server"))
+    server_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    server_ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+    a, b = socket.socketpair()
+    a.settimeout(10)
+    b.settimeout(10)
+
+    def client() -> None:
+        with contextlib.suppress(OSError):
+            client_ctx.wrap_socket(a).close()
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        with pytest.raises(ssl.SSLError) as exc:
+            server_ctx.wrap_socket(b, server_side=True)
+        return exc.value
+    finally:
+        t.join(10)
+        a.close()
+        b.close()
+
+
+def test_handshake_failures_other_than_certificates_are_named(pki: PKI) -> None:
+    from quorumkv.security.diagnose import client_handshake_refusal
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384")  # not the server's suite
+    text = client_handshake_refusal([], _server_error(pki, ctx), "")
+    assert text is not None and "no cipher suite this member accepts" in text
