@@ -113,8 +113,10 @@ def diagnose_dial(host: str, port: int, tls: DialTLS, timeout_s: float = 2.0) ->
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["h2"])
-    withheld = bool(tls.cert_file and tls.key_file and causes)  # ours is broken (named above): not sent
-    if tls.cert_file and tls.key_file and not causes:
+    # our own certificate's problems are named above: the server's refusal of it would only repeat them (it is
+    # still sent when it loads, so that the server logs the same cause rather than a missing certificate)
+    withheld = bool(causes)
+    if tls.cert_file and tls.key_file:
         try:
             ctx.load_cert_chain(tls.cert_file, tls.key_file)
         except (OSError, ssl.SSLError):
