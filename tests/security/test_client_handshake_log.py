@@ -43,8 +43,7 @@ def member(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clust
         yield cluster.members[0]
 
 
-#: (client certificate, what the member's log line must say); the certificate-less case first: quorumkvctl's
-#: diagnosis of the other cases makes certificate-less handshakes too
+#: (client certificate, what the member's log line must say)
 CASES = [
     (None, "the client sent no certificate, but --client-cert-auth requires one"),
     ("other-ca", "is signed by unknown authority: issued by 'CN=some other CA'"),
