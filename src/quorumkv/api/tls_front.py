@@ -248,6 +248,8 @@ class _FrontConn(asyncio.Protocol):
             self.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
         self.incoming.write(data)
         if not self.handshaken:
             self._handshake()
@@ -257,7 +259,7 @@ class _FrontConn(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.incoming.write_eof()
-        if self.handshaken:
+        if self.handshaken and not self.closing:
             self._decrypt()
         if self.back is not None and self.back.transport is not None and self.back.transport.can_write_eof():
             with contextlib.suppress(Exception):
@@ -279,7 +281,11 @@ class _FrontConn(asyncio.Protocol):
         except ssl.SSLError as exc:
             self._flush()  # the alert
             _CONNS.pop(id(self.sslobj), None)
-            reason = client_handshake_refusal(self.client_chain, exc, self.owner.ca_file)
+            try:
+                reason = client_handshake_refusal(self.client_chain, exc, self.owner.ca_file)
+            except Exception:  # a diagnosis that fails must not lose the refusal
+                log.exception("diagnosing a refused client handshake failed")
+                reason = f"TLS handshake failed: {exc.reason or exc}"
             if reason is None:
                 log.debug("client TLS handshake failed", extra={"remote-addr": str(self.remote), "error": str(exc)})
             else:
