@@ -23,7 +23,7 @@ import pytest
 from quorumkv.api.servicers import caller
 from quorumkv.api.tls_front import TLSFront, verified_common_name
 from quorumkv.testing.cluster import ClusterMember, start_quorumkv_cluster
-from quorumkv.testing.pki import PKI, make_pki
+from quorumkv.testing.pki import PKI, make_pki, write_crl
 from quorumkv.testing.processes import ServerTLS, run_etcdctl
 
 needs_etcdctl = pytest.mark.skipif(shutil.which("etcdctl") is None, reason="needs etcdctl 3.4 in PATH")
@@ -119,11 +119,14 @@ def test_only_connections_through_the_front_carry_a_common_name() -> None:
     assert caller(_Ctx("unix:")) == (None, None)
 
 
-def test_the_front_passes_the_verified_common_name_to_grpc(pki: PKI) -> None:
+def test_the_front_passes_the_verified_common_name_to_grpc(pki: PKI, tmp_path: Path) -> None:
     """In process: TLS front -> plaintext gRPC server on a unix socket; the call through the front is made by the
-    certificate's CN ('root'), a call straight to the private socket by nobody."""
+    certificate's CN ('root'), a call straight to the private socket by nobody; a CRL written later (the file is
+    re-read when it changes) refuses the same certificate on the next connection."""
+    crl = tmp_path / "client.crl"
+    shutil.copy(str(pki.empty_crl), crl)
 
-    async def main() -> tuple[str, str, int]:
+    async def main() -> tuple[str, str, int, int]:
         sock_dir = tempfile.mkdtemp(prefix="qkv-front-test-")
         os.chmod(sock_dir, 0o700)
         path = os.path.join(sock_dir, "0s.sock")
@@ -136,7 +139,8 @@ def test_the_front_passes_the_verified_common_name_to_grpc(pki: PKI) -> None:
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.Who", {"Am": handler})])
         server.add_insecure_port(f"unix:{path}")
         await server.start()
-        front = TLSFront(pki.cert("server"), pki.key("server"), str(pki.ca.path), client_cert_auth=True)
+        front = TLSFront(pki.cert("server"), pki.key("server"), str(pki.ca.path), client_cert_auth=True,
+                         crl_file=str(crl))
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
@@ -163,7 +167,13 @@ def test_the_front_passes_the_verified_common_name_to_grpc(pki: PKI) -> None:
             async with grpc.aio.secure_channel(f"127.0.0.1:{port}", bad) as ch:
                 with pytest.raises(grpc.aio.AioRpcError):
                     await ch.unary_unary("/t.Who/Am")(b"", timeout=3)
-            return via_front.decode(), direct.decode(), front.refusals
+            refused_expired = front.refusals
+            write_crl(pki.ca, crl, [Path(pki.cert("client"))])
+            await asyncio.sleep(1.2)  # the files are looked at once a second at most
+            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await ch.unary_unary("/t.Who/Am")(b"", timeout=3)
+            return via_front.decode(), direct.decode(), refused_expired, front.refusals - refused_expired
         finally:
             acceptor.cancel()
             listener.close()
@@ -171,10 +181,11 @@ def test_the_front_passes_the_verified_common_name_to_grpc(pki: PKI) -> None:
             await server.stop(0)
             shutil.rmtree(sock_dir, ignore_errors=True)
 
-    via_front, direct, refusals = asyncio.run(main())
+    via_front, direct, refused_expired, refused_revoked = asyncio.run(main())
     assert via_front == "root"
     assert direct == "<nobody>"
-    assert refusals >= 1
+    assert refused_expired >= 1
+    assert refused_revoked >= 1
 
 
 def _message(ders: list[bytes], tls13: bool) -> bytes:
