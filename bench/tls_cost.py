@@ -3,6 +3,12 @@ with (a) static ``ssl_server_credentials`` (what quorumkv used before rotation),
 credentials (``security.reload``: a fetcher gRPC calls before each handshake), (c) (b) plus the
 ``--client-crl-file`` interceptor (a per-call certificate check), against plaintext for reference.
 
+Two more variants measure the shared client port (``api/cmux.py``, what ``https://`` client URLs serve without
+``--listen-client-http-urls``): ``cmux-splice`` (before: the front splices the encrypted bytes to a gRPC
+server doing TLS on a unix socket) and ``cmux-front`` (now: ``api/tls_front.py`` terminates TLS in Python and
+forwards plaintext to a gRPC server on a unix socket). The server process's CPU seconds per call are printed
+next to the rates (steadier than the rates on a shared machine).
+
 Two measures per variant, alternating variants over ``--rounds``: unary calls/s over ``--channels`` long-lived
 mTLS connections (the steady state: handshakes are rare), and new connections/s (one handshake each: where the
 fetcher runs). Handshake diagnostics cost nothing here: they run only after a dial fails.
@@ -25,11 +31,12 @@ from typing import Any
 
 import grpc
 
+from bench._proc import read_cpu_seconds
 from quorumkv.security.reload import ReloadingServerCredentials
 from quorumkv.testing.pki import PKI, make_pki
 
 METHOD = "/bench.Echo/Call"
-VARIANTS = ("plaintext", "static", "dynamic", "dynamic+crl")
+VARIANTS = ("plaintext", "static", "dynamic", "dynamic+crl", "cmux-splice", "cmux-front")
 
 
 def _free_port() -> int:
@@ -54,6 +61,11 @@ def _serve(variant: str, port: int, pki_dir: str, ready: Any) -> None:
         handler = grpc.unary_unary_rpc_method_handler(echo)
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Call": handler})])
         addr = f"127.0.0.1:{port}"
+        if variant.startswith("cmux-"):
+            await _serve_cmux(variant, server, port, d)
+            ready.set()
+            await server.wait_for_termination()
+            return
         if variant == "plaintext":
             server.add_insecure_port(addr)
         elif variant == "static":
@@ -69,6 +81,30 @@ def _serve(variant: str, port: int, pki_dir: str, ready: Any) -> None:
         await server.wait_for_termination()
 
     asyncio.run(main())
+
+
+async def _serve_cmux(variant: str, server: grpc.aio.Server, port: int, d: Path) -> None:
+    from quorumkv.api.cmux import ClientMux
+    from quorumkv.api.tls_front import TLSFront
+
+    sock_dir = tempfile.mkdtemp(prefix="tls-cost-sock-")
+    path = f"{sock_dir}/0s.sock"
+    crt, key, ca = str(d / "server.crt"), str(d / "server.key"), str(d / "ca.crt")
+    front = None
+    if variant == "cmux-splice":
+        server.add_secure_port(f"unix:{path}", ReloadingServerCredentials(crt, key, ca, client_cert_auth=True)
+                               .credentials())
+    else:
+        server.add_insecure_port(f"unix:{path}")
+        front = TLSFront(crt, key, ca, client_cert_auth=True)
+    await server.start()
+    mux = ClientMux(stream_limit=65536)
+    mux.listen("127.0.0.1", port, secure=True)
+
+    async def no_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    mux.start({True: [path]}, no_http, None, front)
 
 
 def _channel(variant: str, port: int, pki: PKI) -> grpc.aio.Channel:
@@ -116,30 +152,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--channels", type=int, default=4)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     args = ap.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     pki = make_pki(Path(tempfile.mkdtemp(prefix="tls-cost-")))
     ctx = multiprocessing.get_context("spawn")
-    results: dict[str, dict[str, list[float]]] = {v: {"calls": [], "connects": []} for v in VARIANTS}
+    results: dict[str, dict[str, list[float]]] = {v: {"calls": [], "connects": [], "cpu_us": []}
+                                                  for v in variants}
     for _ in range(args.rounds):
-        for variant in VARIANTS:
+        for variant in variants:
             port, ready = _free_port(), ctx.Event()
             proc = ctx.Process(target=_serve, args=(variant, port, str(pki.directory), ready), daemon=True)
             proc.start()
             try:
                 if not ready.wait(30):
                     raise SystemExit(f"{variant} server did not start")
-                results[variant]["calls"].append(
-                    asyncio.run(_calls(variant, port, pki, args.channels, args.seconds)))
+                assert proc.pid is not None
+                cpu0 = read_cpu_seconds(proc.pid)
+                rate = asyncio.run(_calls(variant, port, pki, args.channels, args.seconds))
+                cpu = read_cpu_seconds(proc.pid) - cpu0
+                results[variant]["calls"].append(rate)
+                # the server's CPU per call (the warm-up calls and channel set-up included: a few of thousands)
+                results[variant]["cpu_us"].append(cpu / max(1.0, rate * args.seconds) * 1e6)
                 results[variant]["connects"].append(asyncio.run(_connects(variant, port, pki, args.seconds)))
             finally:
                 proc.terminate()
                 proc.join(10)
-    base_calls = statistics.median(results["static"]["calls"])
-    base_conn = statistics.median(results["static"]["connects"])
-    print(f"{'variant':<14}{'calls/s':>10}{'vs static':>11}{'connects/s':>12}{'vs static':>11}")
-    for v in VARIANTS:
+    base = "static" if "static" in variants else variants[0]
+    base_calls = statistics.median(results[base]["calls"])
+    base_conn = statistics.median(results[base]["connects"])
+    print(f"{'variant':<14}{'calls/s':>10}{'vs ' + base:>16}{'server µs/call':>16}{'connects/s':>12}"
+          f"{'vs ' + base:>16}")
+    for v in variants:
         c, n = statistics.median(results[v]["calls"]), statistics.median(results[v]["connects"])
-        print(f"{v:<14}{c:>10.0f}{c / base_calls - 1:>+11.1%}{n:>12.1f}{n / base_conn - 1:>+11.1%}")
+        us = statistics.median(results[v]["cpu_us"])
+        print(f"{v:<14}{c:>10.0f}{c / base_calls - 1:>+16.1%}{us:>16.0f}{n:>12.1f}{n / base_conn - 1:>+16.1%}")
     return 0
 
 

@@ -33,6 +33,7 @@ from quorumkv.api.cmux import ClientMux
 from quorumkv.api.gateway import CORS_HEADERS, Gateway
 from quorumkv.api.http import MAX_HEAD_BYTES, HttpServer
 from quorumkv.api.servicers import add_servicers
+from quorumkv.api.tls_front import TLSFront
 from quorumkv.backup.manager import BackupOptions, SnapshotManager
 from quorumkv.backup.scheduler import Clock, SnapshotScheduler
 from quorumkv.errors import EtcdError
@@ -249,8 +250,8 @@ class RunningMember:
                 await self._snapshot_task
             except asyncio.CancelledError:
                 pass
-        if self.client_mux is not None and self.client_mux.front is not None:
-            await self.client_mux.front.close()
+        if self.client_mux is not None:
+            await self.client_mux.close_front()
         for srv in self.http_servers:
             await srv.close()
         await _stop_grpc_servers(self.grpc_servers, grace_s)
@@ -345,6 +346,7 @@ class _ClientPorts:
         self.sock_dir = ""
         self.paths: dict[bool, list[str]] = {False: [], True: []}
         self.front: ClientMux | None = None
+        self.tls_front: TLSFront | None = None
 
     def bind_front(self, urls: list[str]) -> list[str]:
         """Bind every client URL (before the member starts; accepting begins in :meth:`start_front`)."""
@@ -373,8 +375,8 @@ class _ClientPorts:
             for secure in sorted(kinds):
                 path = os.path.join(self.sock_dir, f"{n}{'s' if secure else ''}.sock")
                 addr = f"unix:{path}"
-                port = (grpc_server.add_secure_port(addr, _credentials(tls or TLSFiles())) if secure
-                        else grpc_server.add_insecure_port(addr))
+                # plaintext on both kinds: the front terminates TLS for https:// URLs (api/tls_front.py)
+                port = grpc_server.add_insecure_port(addr)
                 if port == 0:
                     raise OSError(f"cannot listen on {addr} (the client gRPC servers' private socket)")
                 self.paths[secure].append(path)
@@ -382,7 +384,19 @@ class _ClientPorts:
     def start_front(self, urls: list[str], http_server: HttpServer, tls: TLSFiles | None) -> None:
         assert self.front is not None
         secure_any = any(listen_address(url)[1] for url in urls)
-        self.front.start(self.paths, http_server.serve_connection, _http_ssl(tls) if secure_any else None)
+        if secure_any:
+            tls = tls or TLSFiles()
+            self.tls_front = TLSFront(tls.cert_file, tls.key_file, tls.trusted_ca_file,
+                                      client_cert_auth=tls.client_cert_auth, crl_file=tls.crl_file,
+                                      ciphers=":".join(tls.ciphers))
+        self.front.start(self.paths, http_server.serve_connection, _http_ssl(tls) if secure_any else None,
+                         self.tls_front)
+
+    async def close_front(self) -> None:
+        if self.front is not None:
+            await self.front.close()
+        if self.tls_front is not None:
+            self.tls_front.close()
 
     def remove_sockets(self) -> None:
         if self.sock_dir:
@@ -462,7 +476,9 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
             # something else listens on refused, as without SO_REUSEPORT
             ("grpc.so_reuseport", 1),
         ]
-        interceptors = [_RevokedClientInterceptor(tls.crl_file)] if tls is not None and tls.crl_file else []
+        # behind the client port's front, the front checks the CRL on its TLS connections (api/tls_front.py)
+        interceptors = ([_RevokedClientInterceptor(tls.crl_file)] if tls is not None and tls.crl_file and ports is None
+                        else [])
         grpc_servers.extend(grpc.aio.server(options=options, interceptors=interceptors)
                             for _ in range(CLIENT_GRPC_SERVERS))
         servicers = add_servicers(grpc_servers, server,
@@ -506,8 +522,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
             bound = ports.bind_front(listen_client_urls)
             ports.start_front(listen_client_urls, srv, tls)
     except BaseException:
-        if ports is not None and ports.front is not None:
-            await ports.front.close()
+        if ports is not None:
+            await ports.close_front()
         for srv in http_servers:
             await srv.close()
         await _stop_grpc_servers(grpc_servers, 0)

@@ -5,9 +5,9 @@ connection's first bytes are *peeked* (``MSG_PEEK``: nothing is consumed) and th
 
 - to gRPC when it opens with the HTTP/2 preface (``PRI * HTTP/2.0``), or, on an ``https://`` URL, when its TLS
   ClientHello offers ALPN ``h2`` without ``http/1.1`` (what gRPC clients offer: grpc-go ``h2``, grpc-core
-  ``grpc-exp,h2``). The bytes are spliced unchanged -- TLS included -- to the member's gRPC servers listening
-  on private unix sockets, so TLS stays inside gRPC: client certificates, their CN for auth, the CRL check and
-  certificate reloading work as on a gRPC-only port;
+  ``grpc-exp,h2``). Plaintext bytes are spliced unchanged to the member's gRPC servers listening on private
+  unix sockets; TLS is terminated first by ``api/tls_front.py`` (which names why it refuses a client
+  certificate, and passes the verified certificate's CN on to auth);
 - otherwise to the HTTP/1.1 server (``api/http.py``: the JSON gateway, /health, /version, /metrics ...),
   with TLS terminated here (a browser or curl offering ``h2,http/1.1`` gets HTTP/1.1).
 
@@ -18,7 +18,8 @@ member; if it exits first, this process accepts on the same listeners itself. ``
 chooses: ``process`` (the default), ``thread`` (the router's loop in a thread of this process) or ``loop``
 (everything on the event loop, as secure URLs always are).
 
-TLS URLs, and plaintext ones without the router, are served on the event loop: the gRPC splice is two asyncio
+TLS URLs (their gRPC through the TLS front) and plaintext ones without the router are served on the event loop; the
+plaintext gRPC splice there is two asyncio
 Protocols writing into each other's transports with flow control (no streams, no copies beyond the event
 loop's own). With ``--listen-client-http-urls`` the client URLs serve gRPC only, bound by the gRPC servers
 themselves (see docs/performance.md).
@@ -52,6 +53,7 @@ from quorumkv.api.cmux_router import (
     Router,
     classify_plain,
 )
+from quorumkv.api.tls_front import TLSFront
 
 __all__ = ["GRPC", "H2_PREFACE", "HTTP", "SNIFF_TIMEOUT_S", "ClientMux", "classify_plain", "classify_tls",
            "client_hello_alpn"]
@@ -209,6 +211,7 @@ class ClientMux:
         self._closing = False
         #: the router (process or thread) splicing the plaintext listeners' gRPC connections, if any
         self._router: _RouterHandle | None = None
+        self._tls_front: TLSFront | None = None
 
     def listen(self, host: str, port: int, *, secure: bool) -> int:
         """Bind and listen on every address ``host`` resolves to; returns the port (port 0: the one chosen)."""
@@ -252,10 +255,12 @@ class ClientMux:
 
     def start(self, grpc_paths: dict[bool, list[str]],
               http_connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
-              http_ssl: ssl.SSLContext | None) -> None:
+              http_ssl: ssl.SSLContext | None, tls_front: TLSFront | None = None) -> None:
         """Accept on every bound URL. ``grpc_paths[secure]``: the gRPC servers' unix socket paths (one per
         server; connections are spread round-robin); ``http_connected``: the HTTP server's stream callback;
-        ``http_ssl``: the HTTPS context for ``https://`` URLs."""
+        ``http_ssl``: the HTTPS context for ``https://`` URLs; ``tls_front``: terminates TLS for gRPC on them
+        (then ``grpc_paths[True]`` are plaintext gRPC servers)."""
+        self._tls_front = tls_front
         self._grpc_paths = {k: itertools.cycle(v) for k, v in grpc_paths.items() if v}
         self._http_connected = http_connected
         self._http_ssl = http_ssl
@@ -348,7 +353,10 @@ class ClientMux:
                 sock.close()
                 return
             if verdict == GRPC and secure in self._grpc_paths:
-                await self._splice(sock, next(self._grpc_paths[secure]))
+                if secure and self._tls_front is not None:  # TLS terminated here (api/tls_front.py)
+                    await self._tls_front.serve(sock, next(self._grpc_paths[secure]))
+                else:
+                    await self._splice(sock, next(self._grpc_paths[secure]))
             else:
                 await self._serve_http(sock, secure)
         except (OSError, ssl.SSLError, TimeoutError) as exc:

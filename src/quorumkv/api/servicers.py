@@ -6,6 +6,7 @@ Each handler is thin: validate → call the server → map errors → fill the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn
@@ -16,6 +17,7 @@ from quorumkv import errors
 from quorumkv.api import validate
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from quorumkv.api.tls_front import verified_common_name
 from quorumkv.errors import EtcdError
 from quorumkv.server.auth_state import AuthInfo
 from quorumkv.server.interfaces import (
@@ -63,6 +65,9 @@ def caller(context: Any) -> tuple[str | None, str | None]:
                 common_name = bytes(names[0]).decode("utf-8", "replace")
         except Exception:  # no TLS peer: no name
             common_name = None
+    if common_name is None:  # TLS terminated by the client port's front (api/tls_front.py)
+        with contextlib.suppress(Exception):
+            common_name = verified_common_name(context.peer())
     return token, common_name
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 
 from quorumkv.security.certs import (
+    CertInfo,
     Endpoint,
     TLSFileError,
     check_chain_against_ca,
@@ -32,7 +34,8 @@ from quorumkv.security.certs import (
     unknown_ca_message,
 )
 
-__all__ = ["DialTLS", "diagnose_dial", "peer_certificate_refusal"]
+__all__ = ["DialTLS", "certificate_message_chain", "client_handshake_refusal", "diagnose_dial",
+           "peer_certificate_refusal"]
 
 #: HTTP/2's client preface plus an empty SETTINGS frame: makes a TLS 1.3 server read (and judge) our certificate.
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -110,7 +113,10 @@ def diagnose_dial(host: str, port: int, tls: DialTLS, timeout_s: float = 2.0) ->
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["h2"])
-    if tls.cert_file and tls.key_file and not causes:
+    # our own certificate's problems are named above: the server's refusal of it would only repeat them (it is
+    # still sent when it loads, so that the server logs the same cause rather than a missing certificate)
+    withheld = bool(causes)
+    if tls.cert_file and tls.key_file:
         try:
             ctx.load_cert_chain(tls.cert_file, tls.key_file)
         except (OSError, ssl.SSLError):
@@ -123,14 +129,16 @@ def diagnose_dial(host: str, port: int, tls: DialTLS, timeout_s: float = 2.0) ->
             try:
                 sock.sendall(_H2_PREFACE)
                 sock.settimeout(min(timeout_s, 1.0))
-                if sock.recv(1) == b"":  # closed before any HTTP/2 frame: our certificate was refused
+                if sock.recv(1) == b"" and not withheld:  # closed before any HTTP/2 frame: we were refused
                     causes.append(_closed_text(der, tls))
             except ssl.SSLError as exc:
-                causes.append(_alert_text(exc, tls))
+                if not withheld:
+                    causes.append(_alert_text(exc, tls))
             except OSError:
                 pass
     except ssl.SSLError as exc:
-        causes.append(_alert_text(exc, tls))
+        if not withheld:
+            causes.append(_alert_text(exc, tls))
     except OSError as exc:
         if not causes:
             return f"the server closed the connection during the TLS handshake ({exc}); is it serving TLS?"
@@ -198,3 +206,84 @@ def peer_certificate_refusal(pem: bytes, allowed_cn: str, crls: list[x509.Certif
             return (f"certificate '{info.common_name}' (serial {cert.serial_number:x}) is revoked by the CRL; "
                     "issue a new certificate")
     return None
+
+
+def certificate_message_chain(message: bytes, tls13: bool) -> list[bytes]:
+    """The DER certificates of a TLS Certificate handshake message (its 4-byte header included), as a server
+    receives it from a client (RFC 8446 4.4.2 for TLS 1.3, RFC 5246 7.4.2 before); [] when empty or malformed."""
+    body = message[4:]
+    p = 0
+    try:
+        if tls13:
+            p += 1 + body[0]  # certificate_request_context
+        end = p + 3 + int.from_bytes(body[p:p + 3], "big")
+        p += 3
+        out: list[bytes] = []
+        while p + 3 <= min(end, len(body)):
+            n = int.from_bytes(body[p:p + 3], "big")
+            der = body[p + 3:p + 3 + n]
+            if len(der) != n:
+                return out
+            out.append(der)
+            p += 3 + n
+            if tls13:  # per-certificate extensions
+                p += 2 + int.from_bytes(body[p:p + 2], "big")
+        return out
+    except IndexError:
+        return []
+
+
+def _client_cert_problem(chain: Sequence[x509.Certificate], info: CertInfo, ca_file: str) -> str | None:
+    leaf = chain[0]
+    who = f"client certificate '{info.common_name}' (SHA-256 {info.fingerprint})"
+    if ca_file:
+        try:
+            cas = load_certs(ca_file, "--trusted-ca-file", "CA certificate")
+        except TLSFileError as exc:
+            return exc.problem.line()
+        if not check_chain_against_ca(chain, cas):
+            return (f"{who} is {unknown_ca_message(chain, cas, f'--trusted-ca-file {ca_file}')}; issue the client's "
+                    f"certificate from that CA, or add its CA to --trusted-ca-file")
+    for p in check_validity(leaf, "", "", what="client certificate"):
+        fix = ("the client needs a renewed certificate" if "expired" in p.problem else
+               "check the clock of this host and of the CA that issued it, or wait until it is valid")
+        return f"{p.problem} (SHA-256 {info.fingerprint}); {fix}"
+    for p in check_usages(info, "client", "", ""):
+        return f"{who} {p.problem.split(' ', 2)[2]}; {p.fix}"
+    return None
+
+
+def client_handshake_refusal(chain_der: Sequence[bytes], exc: ssl.SSLError, ca_file: str) -> str | None:
+    """Why this member refused a client's TLS handshake, with the fix, from the error OpenSSL raised and the
+    certificates the client sent (``chain_der``, captured from its Certificate message). None when the
+    handshake failed on the client's side (it sent an alert: it refused *our* certificate) or the connection
+    simply ended."""
+    reason = (exc.reason or "").upper()
+    if "ALERT" in reason and "PEER_DID_NOT_RETURN" not in reason:
+        return None  # the client alerted: the refusal is the client's, and it names it
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return None
+    if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in reason or (reason == "CERTIFICATE_VERIFY_FAILED" and not chain_der):
+        return (f"the client sent no certificate, but --client-cert-auth requires one signed by --trusted-ca-file "
+                f"{ca_file}; give the client a certificate and key (etcdctl --cert and --key)")
+    if isinstance(exc, ssl.SSLCertVerificationError) or reason == "CERTIFICATE_VERIFY_FAILED":
+        verify = getattr(exc, "verify_message", "") or reason.lower()
+        try:
+            chain = [x509.load_der_x509_certificate(d) for d in chain_der]
+        except ValueError:
+            return f"the client's certificate is not a readable X.509 certificate ({verify})"
+        info = describe(chain[0])
+        found = _client_cert_problem(chain, info, ca_file)
+        if found is not None:
+            return found
+        return (f"client certificate '{info.common_name}' (SHA-256 {info.fingerprint}) failed verification: "
+                f"{verify}; check it with 'quorumkv check certs --cert-file' and the CA with --trusted-ca-file")
+    if "UNSUPPORTED_PROTOCOL" in reason or "VERSION_TOO_LOW" in reason:
+        return ("the client offers only TLS versions below 1.2; this member accepts TLS 1.2 and 1.3 (as etcd 3.4): "
+                "upgrade the client's TLS")
+    if "NO_SHARED_CIPHER" in reason:
+        return ("the client offers no cipher suite this member accepts (--cipher-suites limits TLS 1.2); add one "
+                "the client offers, or let the client use TLS 1.3")
+    if "NO_APPLICATION_PROTOCOL" in reason:
+        return "the client offers no ALPN protocol this port serves (gRPC: h2)"
+    return f"TLS handshake failed: {exc.reason or exc}"

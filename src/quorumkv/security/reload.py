@@ -15,7 +15,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -162,8 +162,10 @@ class ReloadingChannelCredentials(_Reloading):
 
 
 def reloading_ssl_context(cert_file: str, key_file: str, ca_file: str = "", *, client_cert_auth: bool = False,
-                          ciphers: str = "", what: str = "client") -> ssl.SSLContext:
-    """A server ``SSLContext`` whose certificate is re-read when the files change (swapped per handshake)."""
+                          ciphers: str = "", what: str = "client",
+                          configure: Callable[[ssl.SSLContext], None] | None = None) -> ssl.SSLContext:
+    """A server ``SSLContext`` whose certificate is re-read when the files change (swapped per handshake).
+    ``configure`` is applied to every context built (the first and each reloaded one)."""
     state = _Reloading(cert_file, key_file, ca_file, what)
 
     def build() -> ssl.SSLContext:
@@ -175,6 +177,8 @@ def reloading_ssl_context(cert_file: str, key_file: str, ca_file: str = "", *, c
             ctx.verify_mode = ssl.CERT_REQUIRED
         if ciphers:
             ctx.set_ciphers(ciphers)
+        if configure is not None:
+            configure(ctx)
         return ctx
 
     state._load()
