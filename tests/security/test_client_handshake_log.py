@@ -239,3 +239,30 @@ def test_handshake_failures_other_than_certificates_are_named(pki: PKI) -> None:
     ctx.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384")  # not the server's suite
     text = client_handshake_refusal([], _server_error(pki, ctx), "")
     assert text is not None and "no cipher suite this member accepts" in text
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+@pytest.mark.parametrize(("cert", "expected"), [("expired", "certificate has expired"),
+                                                ("other-ca", "unable to get local issuer certificate")])
+def test_an_https_client_refused_on_the_shared_port_is_logged_too(pki: PKI, member: ClusterMember, cert: str,
+                                                                  expected: str) -> None:
+    """curl (HTTP/1.1 over TLS, the gateway's side of the port) with a bad client certificate: refused, and the
+    member logs one line naming OpenSSL's cause."""
+    import subprocess
+
+    start = member.log_path.stat().st_size
+    for _ in range(2):
+        got = subprocess.run(["curl", "-sS", "--max-time", "5", "--cacert", str(pki.ca.path), "--cert",
+                              pki.cert(cert), "--key", pki.key(cert), f"{member.client_url}/version"],
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert got.returncode != 0, got.stdout
+    deadline = time.monotonic() + 15
+    while True:
+        with open(member.log_path, "rb") as f:
+            f.seek(start)
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if "HTTPS client" in ln]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(lines) == 1 and expected in lines[0] and '"msg":"rejected connection"' in lines[0], (
+        lines, member.log_tail(30))

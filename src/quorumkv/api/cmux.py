@@ -194,6 +194,22 @@ class _Splice(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+def _peer_of(sock: socket.socket) -> tuple[Any, ...] | None:
+    try:
+        return tuple(sock.getpeername())
+    except OSError:
+        return None
+
+
+def _https_refusal(exc: ssl.SSLError) -> tuple[str, str]:
+    """(kind of cause, log text) for a TLS handshake an HTTPS client failed on the shared client port."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"verify-{exc.verify_code}",
+                f"tls: failed to verify client certificate: {exc.verify_message} (an HTTPS client; "
+                "'quorumkv check certs' with the same flags, or the gRPC refusal lines, name the certificates)")
+    return (f"ssl-{exc.reason}", f"tls: handshake with an HTTPS client failed: {exc.reason or exc}")
+
+
 class ClientMux:
     """The front of one or more client URLs: :meth:`listen` binds them, :meth:`start` begins accepting (the
     gRPC servers and the HTTP side must be up by then)."""
@@ -347,6 +363,7 @@ class ClientMux:
                 self._loop.remove_reader(fd)
 
     async def _route(self, sock: socket.socket, secure: bool) -> None:
+        verdict: str | None = None
         try:
             verdict = await self._sniff(sock, secure)
             if verdict is None or self._closing:
@@ -359,7 +376,12 @@ class ClientMux:
                     await self._splice(sock, next(self._grpc_paths[secure]))
             else:
                 await self._serve_http(sock, secure)
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
+        except ssl.SSLError as exc:
+            if verdict == HTTP and self._tls_front is not None:  # an HTTPS client refused: logged as gRPC's are
+                self._tls_front.refused(_peer_of(sock), *_https_refusal(exc))
+            log.debug("client connection failed", extra={"error": str(exc)})
+            sock.close()
+        except (OSError, TimeoutError) as exc:
             log.debug("client connection failed", extra={"error": str(exc)})
             sock.close()
         except asyncio.CancelledError:
