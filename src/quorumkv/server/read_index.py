@@ -106,7 +106,7 @@ class ReadIndexBatcher:
         self.rounds += 1
         loop = asyncio.get_running_loop()
         try:
-            index_future = node.read_index()
+            index_future = asyncio.ensure_future(node.read_index())  # (a future: as is)
         except Exception as exc:  # e.g. the node stopped: fail these reads, never leave them hanging
             _settle(reads, exc)
             return
