@@ -12,7 +12,9 @@ given, etcd's defaults 100/1000 ms unless changed), measured, and stopped:
 ``range``
     preload ``--keys`` keys through the leader, then ``--clients`` closed-loop single-key Range clients
     (``bench.range_read``'s workers) spread round-robin over the three members, linearizable then
-    serializable, ``--duration`` s each.
+    serializable, ``--duration`` s each.  Prints both read targets (issue 21): quorumkv's linearizable reads/s
+    >= 0.8 x its own serializable reads/s, and >= 0.6 x etcd's linearizable reads/s.
+    (``--part range`` alone: ``PYTHONPATH=src:. python3.11 -m bench.cluster_perf --part range``.)
 ``failover``
     ``--trials`` times (default 10): SIGKILL the leader, then Put to both survivors (a new attempt every
     20 ms on each, 2 s timeout per attempt) until one succeeds; the time from the kill to that first
@@ -356,6 +358,30 @@ def read_ratio(sides: Sequence[SideResult], mode: str) -> float | None:
     return qkv / etcd if etcd and qkv is not None else None
 
 
+def own_read_ratio(sides: Sequence[SideResult], kind: str = "quorumkv") -> float | None:
+    """``kind``'s linearizable reads/s over its own serializable reads/s (what a ReadIndex round costs)."""
+    by_mode = {r.mode: r.stats.reads_per_s for s in sides if s.server == kind for r in s.range if r.stats}
+    lin, ser = by_mode.get("linearizable"), by_mode.get("serializable")
+    return lin / ser if ser and lin is not None else None
+
+
+#: Linearizable reads on 3 members (issue 21): quorumkv's own serializable reads/s, and etcd's linearizable.
+READ_TARGET_OWN = 0.8
+READ_TARGET_ETCD = 0.6
+
+
+def read_target_lines(sides: Sequence[SideResult]) -> list[str]:
+    out = []
+    for what, ratio, target in (
+        ("quorumkv linearizable / quorumkv serializable reads/s", own_read_ratio(sides), READ_TARGET_OWN),
+        ("quorumkv linearizable / etcd linearizable reads/s", read_ratio(sides, "linearizable"), READ_TARGET_ETCD),
+    ):
+        verdict = "NOT MEASURED" if ratio is None else \
+            f"{'MET' if ratio >= target else 'NOT MET'} (ratio {ratio:.2f})"
+        out.append(f"TARGET: {what} >= {target}: {verdict}")
+    return out
+
+
 def target_line(sides: Sequence[SideResult], load: str) -> str:
     ratio = write_ratio(sides)
     what = f"TARGET: 3-member cluster check perf writes/s ratio quorumkv/etcd >= {TARGET_RATIO} on load {load}"
@@ -427,6 +453,7 @@ def render(sides: Sequence[SideResult], load: str) -> str:
         out += [format_table(headers, [_range_row(r) for r in ranges]), ""]
         for mode in range_read.MODES:
             out.append(f"ratio quorumkv/etcd reads/s, {mode}: {_fmt(read_ratio(sides, mode), '.2f')}")
+        out += read_target_lines(sides)
         out.append("")
         errors += [f"ERROR {r.server} range {r.mode}: {r.error}" for r in ranges if r.error]
     failovers = [s.failover for s in sides if s.failover is not None]
@@ -489,6 +516,7 @@ def as_document(sides: Sequence[SideResult], args: argparse.Namespace, info: dic
     ]
     ratios: dict[str, Any] = {"writes_per_s": write_ratio(sides), "writes_per_s_rounds": round_write_ratios(sides)}
     ratios.update({f"reads_per_s_{mode}": read_ratio(sides, mode) for mode in range_read.MODES})
+    ratios["quorumkv_linearizable_over_serializable"] = own_read_ratio(sides)
     return {
         "benchmark": "cluster_perf",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

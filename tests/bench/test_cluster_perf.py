@@ -51,6 +51,29 @@ def test_write_ratio_and_target() -> None:
     assert cluster_perf.target_line([etcd], "l").endswith(": NOT MEASURED")
 
 
+def side_with_reads(server: str, linearizable: float, serializable: float) -> cluster_perf.SideResult:
+    def stats(rate: float) -> range_read.ReadStats:
+        return range_read.ReadStats(reads_per_s=rate, p50_ms=1.0, p99_ms=2.0, p999_ms=3.0, mean_ms=1.0, ok=1,
+                                    errors={})
+    return cluster_perf.SideResult(server, range=[
+        cluster_perf.RangeResult(server, "linearizable", stats(linearizable)),
+        cluster_perf.RangeResult(server, "serializable", stats(serializable)),
+    ])
+
+
+def test_read_targets_both_ratios() -> None:
+    etcd, qkv = side_with_reads("etcd", 3000, 3200), side_with_reads("quorumkv", 1900, 2000)
+    assert cluster_perf.own_read_ratio([etcd, qkv]) == pytest.approx(0.95)
+    lines = cluster_perf.read_target_lines([etcd, qkv])
+    assert lines[0].endswith(">= 0.8: MET (ratio 0.95)")
+    assert lines[1].endswith(">= 0.6: MET (ratio 0.63)")
+    slow = side_with_reads("quorumkv", 600, 1500)
+    assert [line.rsplit(": ", 1)[1] for line in cluster_perf.read_target_lines([etcd, slow])] == [
+        "NOT MET (ratio 0.40)", "NOT MET (ratio 0.20)"]
+    assert cluster_perf.read_target_lines([etcd])[0].endswith("NOT MEASURED")
+    assert "TARGET: quorumkv linearizable / etcd linearizable" in cluster_perf.render([etcd, qkv], "l")
+
+
 def test_failover_median() -> None:
     result = cluster_perf.FailoverResult("etcd", times_s=[1.5, 1.2, 3.0, 1.3])
     assert result.median_s == pytest.approx(1.4)

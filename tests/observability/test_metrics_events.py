@@ -153,6 +153,7 @@ async def test_slow_read_indexes_and_late_heartbeats_are_exported(tmp_path: Path
         server._send_raft_messages([_hb(7)])
         after = await scrape(member.metrics_url)
         assert after["etcd_server_slow_read_indexes_total"] == 1
+        assert after["quorumkv_server_read_index_rounds_total"] == 1
         assert after["etcd_server_heartbeat_send_failures_total"] == 1
     finally:
         await member.channel.close()

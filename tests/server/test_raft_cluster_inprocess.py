@@ -353,3 +353,94 @@ def test_a_write_abandoned_while_waiting_for_a_leader_is_never_applied(tmp_path:
             for s in servers:
                 await s.stop()
     run(body)
+
+
+def test_concurrent_linearizable_reads_cost_one_read_index_round(tmp_path: Path) -> None:
+    """Reads that arrive together share one ReadIndex round, on the leader and on a follower; reads that arrive
+    while a round is in flight share the next one."""
+    async def body() -> None:
+        hub = Hub()
+        servers = [await start(hub, settings(tmp_path, n, NAMES)) for n in NAMES]
+        try:
+            leader = await wait_leader(servers)
+            await leader.put(pb.PutRequest(key=b"k", value=b"v"))
+            follower = next(s for s in servers if s is not leader)
+            for s in (leader, follower):
+                await s.read_barrier()  # the first round (and its leader's term commit) are behind us
+                await wait_for(lambda s=s: s._read_index_batcher is not None  # type: ignore[misc]
+                               and not s._read_index_batcher.in_flight)
+                before = s.read_index_rounds
+                await asyncio.gather(*(s.read_barrier() for _ in range(50)))
+                assert s.read_index_rounds == before + 1, f"{s.read_index_rounds - before} rounds for 50 reads"
+                first = asyncio.create_task(s.read_barrier())
+                batcher = s._read_index_batcher
+                assert batcher is not None
+                for _ in range(1000):  # a few loop iterations: the round starts at the end of the next one
+                    if batcher.in_flight:
+                        break
+                    await asyncio.sleep(0)
+                assert batcher.in_flight
+                later = [asyncio.create_task(s.read_barrier()) for _ in range(30)]
+                await asyncio.gather(first, *later)
+                assert s.read_index_rounds == before + 3
+                assert get(s, b"k") == b"v"
+        finally:
+            for s in servers:
+                await s.stop()
+    run(body)
+
+
+def test_a_follower_read_after_an_acknowledged_write_sees_it(tmp_path: Path) -> None:
+    """The leader acknowledges a write once it has applied it, before the followers know it is committed: a
+    linearizable read on a follower right after the acknowledgement must wait until the follower applied it."""
+    async def body() -> None:
+        hub = Hub()
+        servers = [await start(hub, settings(tmp_path, n, NAMES)) for n in NAMES]
+        try:
+            leader = await wait_leader(servers)
+            followers = [s for s in servers if s is not leader]
+            for i in range(40):
+                value = f"v{i}".encode()
+                await leader.put(pb.PutRequest(key=b"k", value=value))
+                target = followers[i % 2]
+
+                async def read(target: QuorumServer = target) -> bytes | None:
+                    await target.read_barrier()
+                    return get(target, b"k")
+                got = await asyncio.gather(*(read() for _ in range(5)))
+                assert got == [value] * 5, f"write {i}: a follower served {got}"
+        finally:
+            for s in servers:
+                await s.stop()
+    run(body)
+
+
+def test_a_partitioned_old_leader_does_not_serve_stale_linearizable_reads(tmp_path: Path) -> None:
+    async def body() -> None:
+        hub = Hub()
+        servers = [await start(hub, settings(tmp_path, n, NAMES, request_timeout_ms=1500)) for n in NAMES]
+        try:
+            old = await wait_leader(servers)
+            await old.put(pb.PutRequest(key=b"k", value=b"old"))
+            await old.read_barrier()
+            hub.cut.add(old.member_id)
+            with pytest.raises(EtcdError) as exc:  # asked at once: it may still believe it leads
+                await old.read_barrier()
+            assert exc.value.code == "UNAVAILABLE"
+            rest = [s for s in servers if s is not old]
+            new = await wait_leader(rest)
+            await new.put(pb.PutRequest(key=b"k", value=b"new"))
+            for _ in range(2):  # asked after the majority moved on: still no answer from the old leader
+                with pytest.raises(EtcdError) as exc:
+                    await old.read_barrier()
+                assert exc.value.code == "UNAVAILABLE"
+            assert get(old, b"k") == b"old"  # (what it would have served)
+            relax_request_timeouts(servers)
+            hub.cut.clear()
+            await wait_leader(servers)
+            await old.read_barrier()
+            assert get(old, b"k") == b"new"
+        finally:
+            for s in servers:
+                await s.stop()
+    run(body)

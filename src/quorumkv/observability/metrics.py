@@ -538,6 +538,9 @@ class EtcdCollector(Collector):
                        "(likely overloaded from slow disk).", getattr(s, "heartbeat_send_failures", 0))
         yield _counter("etcd_server_slow_read_indexes", "The total number of pending read indexes not in sync with "
                        "leader's or timed out read index requests.", getattr(s, "slow_read_indexes", 0))
+        yield _counter("quorumkv_server_read_index_rounds", "ReadIndex rounds this member started for its "
+                       "linearizable reads (one round confirms every read queued before it).",
+                       getattr(s, "read_index_rounds", 0))
 
         yield _gauge("etcd_mvcc_db_total_size_in_bytes",
                      "Total size of the underlying database physically allocated in bytes.", s.backend.size_bytes())

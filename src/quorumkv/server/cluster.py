@@ -209,6 +209,8 @@ class MemberCluster(MemberCore):
     def _on_leader_change(self, lead: int, is_leader: bool) -> None:
         if lead:
             self.leader_changes += 1
+        if self._read_index_batcher is not None:
+            self._read_index_batcher.leader_changed(lead)
         if is_leader and not self._is_leader:
             # a new leader restarts every lease clock (from its checkpointed remaining TTL, with checkpointing),
             # extended by an election timeout (as etcd's Promote):

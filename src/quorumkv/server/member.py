@@ -22,6 +22,7 @@ from quorumkv.server.entries import EntryKind
 from quorumkv.server.heartbeats import HeartbeatDetector
 from quorumkv.server.identity import IdGenerator
 from quorumkv.server.node import CommitObserver, Node
+from quorumkv.server.read_index import ReadIndexBatcher
 from quorumkv.server.settings import ServerSettings
 from quorumkv.server.wait import WaitRegistry
 from quorumkv.storage import membership
@@ -73,8 +74,8 @@ class MemberCore:
     _fsync_observer: CommitObserver | None
     waits: WaitRegistry
     _heartbeats: HeartbeatDetector
-    #: Linearizable reads whose ReadIndex timed out (etcd_server_slow_read_indexes_total).
-    slow_read_indexes: int = 0
+    #: The linearizable read coalescer, made on the first read that needs a ReadIndex round.
+    _read_index_batcher: ReadIndexBatcher | None = None
 
     @property
     def heartbeat_send_failures(self) -> int:
@@ -155,7 +156,9 @@ class MemberCore:
             timer.cancel()
 
     async def read_barrier(self) -> None:
-        """Before a linearizable read: wait until everything committed before now is applied here (ReadIndex).
+        """Before a linearizable read: wait until everything committed before now is applied here (ReadIndex),
+        then the caller serves the read from this member's applied state, on a follower too. Reads are batched:
+        one ReadIndex round in flight at a time confirms every read queued before it (``server/read_index.py``).
         A sole voter that leads needs nothing: it applies each entry before acknowledging it, and no other member
         can be elected while it is the only voter, so its reads see every acknowledged write."""
         node = self.node
@@ -163,16 +166,21 @@ class MemberCore:
             return
         if node.is_learner:
             raise errors.NOT_SUPPORTED_FOR_LEARNER
-        lead_before = node.lead
-        try:
-            await asyncio.wait_for(node.read_index(), self.settings.request_timeout_s)
-        except TimeoutError:
-            self.slow_read_indexes += 1
-            if node.lead == 0:
-                raise errors.NO_LEADER from None
-            if node.lead != lead_before:
-                raise errors.LEADER_CHANGED from None
-            raise errors.TIMEOUT from None
+        batcher = self._read_index_batcher
+        if batcher is None:
+            batcher = self._read_index_batcher = ReadIndexBatcher(self.settings.request_timeout_s)
+        batcher.timeout_s = self.settings.request_timeout_s
+        await batcher.wait(node)
+
+    @property
+    def slow_read_indexes(self) -> int:
+        """ReadIndex rounds that timed out (etcd_server_slow_read_indexes_total)."""
+        return self._read_index_batcher.slow_rounds if self._read_index_batcher is not None else 0
+
+    @property
+    def read_index_rounds(self) -> int:
+        """ReadIndex rounds this member started for its linearizable reads (one per batch of reads)."""
+        return self._read_index_batcher.rounds if self._read_index_batcher is not None else 0
 
     async def _check_quota(self, cost_bytes: int) -> None:
         """etcd's quotaAlarmer: a write that would grow the store past the quota raises NOSPACE and fails."""

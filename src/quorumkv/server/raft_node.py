@@ -455,7 +455,8 @@ class RaftNode:
         self._abandoned.add(request_id)
 
     def read_index(self) -> asyncio.Future[None]:
-        """Resolves once this member has applied everything committed before the call (linearizable read)."""
+        """Resolves once this member has applied everything committed before the call (linearizable read).
+        Cancel the future to give the request up: it is then no longer sent again."""
         assert self._loop is not None, "node not started"
         fut: asyncio.Future[None] = self._loop.create_future()
         self._queue.put(ReadIndex(fut))
@@ -666,7 +667,10 @@ class RaftNode:
         self.raw.read_index(ctx)
 
     def _retry_reads(self, now: float) -> None:
-        for ctx, pr in self._reads.items():
+        for ctx, pr in list(self._reads.items()):
+            if all(f.done() for f in pr.futures):  # every caller gave up (cancelled the future): ask no more
+                del self._reads[ctx]
+                continue
             if now - pr.sent_at >= READ_INDEX_RETRY_S:
                 pr.sent_at = now
                 self.raw.read_index(ctx)

@@ -245,15 +245,17 @@ class ReadyProcessor:
         out = Outcome(rd)
         self._hit("before_log_save")
         memory = self.memory
-        dumps = memory if isinstance(memory, AppliedStateStorage) else None
-        if dumps is not None:
-            dumps.in_transaction = True
-        try:
-            with self.store.transaction(plan.sync):
-                self._persist_and_apply(rd, out)
-        finally:
+        if rd.entries or rd.hard_state is not None or rd.snapshot is not None or rd.committed_entries:
+            dumps = memory if isinstance(memory, AppliedStateStorage) else None
             if dumps is not None:
-                dumps.in_transaction = False
+                dumps.in_transaction = True
+            try:
+                with self.store.transaction(plan.sync):
+                    self._persist_and_apply(rd, out)
+            finally:
+                if dumps is not None:
+                    dumps.in_transaction = False
+        # else: only messages or read states (heartbeats, ReadIndex rounds): nothing to persist, no transaction
         # durable: the in-memory log follows
         if rd.snapshot is not None:
             memory.apply_snapshot(rd.snapshot)

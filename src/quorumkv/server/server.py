@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from quorumkv import errors
 from quorumkv.errors import EtcdError
 from quorumkv.lease.lessor import Clock, Lessor, SystemClock
 from quorumkv.mvcc import store
@@ -215,6 +216,8 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
             await self.hub.stop()
         if self._node is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._node.stop)
+        if self._read_index_batcher is not None:
+            self._read_index_batcher.fail_all(errors.STOPPED)
         if self.transport is not None:
             await self.transport.stop()
         self.backend.close()
