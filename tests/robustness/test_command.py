@@ -155,7 +155,7 @@ def test_record_against_a_running_etcd_then_check(tmp_path: Path) -> None:
 @pytest.mark.parametrize("target", ["quorumkv", "etcd"])
 def test_a_three_member_run_with_every_fault(target: str, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
-    proc = _cli("run", f"--target={target}", "--members=3", "--faults=all", "--duration=40s", "--seed=11",
+    proc = _cli("run", f"--target={target}", "--members=3", "--faults=all", "--duration=60s", "--seed=11",
                 f"--report={report}", timeout_s=600)
     data = json.loads(report.read_text())
     assert data["stats"]["faults_injected"] >= 3, proc.stdout[-3000:]
