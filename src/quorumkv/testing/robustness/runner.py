@@ -208,7 +208,8 @@ def _hashkv(cluster: Cluster, timeout_s: float = 60.0) -> tuple[list[Finding], d
             try:
                 with grpc.insecure_channel(m.grpc_target, options=_CHANNEL_OPTIONS) as ch:
                     resp = pb_grpc.KVStub(ch).Range(  # type: ignore[no-untyped-call]
-                        pb.RangeRequest(key=b"\0", serializable=True), timeout=5)
+                        pb.RangeRequest(key=b"\0", serializable=True),
+                        timeout=min(5.0, max(0.5, deadline - time.monotonic())))
                 revisions[m.name] = int(resp.header.revision)
             except grpc.RpcError as exc:
                 last_error = f"{m.name}: {exc.code().name}"
@@ -228,7 +229,7 @@ def _hashkv(cluster: Cluster, timeout_s: float = 60.0) -> tuple[list[Finding], d
         try:
             with grpc.insecure_channel(m.grpc_target, options=_CHANNEL_OPTIONS) as ch:
                 resp = pb_grpc.MaintenanceStub(ch).HashKV(  # type: ignore[no-untyped-call]
-                    pb.HashKVRequest(revision=revision), timeout=max(5.0, deadline - time.monotonic()))
+                    pb.HashKVRequest(revision=revision), timeout=max(2.0, deadline - time.monotonic()))
             hashes[m.name] = (int(resp.hash), int(resp.compact_revision))
         except grpc.RpcError as exc:
             return [Finding("hashkv", f"HashKV on {m.name} failed: {exc.code().name}")], {}
