@@ -129,6 +129,12 @@ class Budget:
         return 1.0 + 1.0 * self.members
 
     @property
+    def quiet_s(self) -> float:
+        """No fault starts in the traffic's last ``quiet_s`` (10% of the duration, at least 1 s): a fault under
+        way at the traffic's end delays the healing the final read waits for."""
+        return max(1.0, 0.1 * self.duration_s)
+
+    @property
     def settle_s(self) -> float:
         """How long the watchers get, after the final read, to deliver its revision."""
         return min(20.0, 0.25 * self.wrapup_s)
@@ -311,14 +317,18 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> Verdict:
         hash_info: dict[str, Any] = {}
         ctx = FaultContext(cluster, cfg.target, rng, echo)
         inconclusive: list[str] = []
+        healed = threading.Event()  # set once the faults are healed and dead members restarted
         try:
             echo(f"robustness: members {', '.join(f'{m.name}={m.client_url}' for m in cluster.members)}; "
                  f"traffic for {left(budget.traffic_end_s):.0f}s")
             traffic_started = threading.Event()
+            final_read_by = started + budget.cluster_work_end_s - budget.settle_s
             tcfg = TrafficConfig(cluster.client_urls, profile=cfg.profile, clients=cfg.clients,
                                  watchers=cfg.watchers, duration_s=max(0.0, left(budget.traffic_end_s)),
                                  seed=cfg.seed, end_at=started + budget.traffic_end_s, settle_s=budget.settle_s,
-                                 read_timeout_s=budget.final_read_s(), on_started=traffic_started.set)
+                                 read_timeout_s=budget.final_read_s(), on_started=traffic_started.set,
+                                 wait_healed=lambda: healed.wait(max(0.0, final_read_by - 1.0 - time.monotonic())),
+                                 final_read_by=final_read_by)
             box: dict[str, Any] = {}
 
             def traffic() -> None:
@@ -329,7 +339,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> Verdict:
 
             thread = threading.Thread(target=traffic, name="robustness-traffic", daemon=True)
             thread.start()
-            fault_deadline = started + budget.traffic_end_s - 1.0
+            fault_deadline = started + budget.traffic_end_s - budget.quiet_s
             # faults go into running traffic: not before its initial read of the (healthy) cluster is done
             for _ in range(100_000):
                 if traffic_started.wait(0.1) or not thread.is_alive() or time.monotonic() >= fault_deadline:
@@ -370,6 +380,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> Verdict:
                 except ServerNotReady as exc:
                     inconclusive.append(f"restart: {m.name} was not ready in the {wait_s:.0f}s left: "
                                         f"{str(exc).splitlines()[0] if str(exc) else exc!r}")
+            healed.set()  # the traffic's final read may go
             thread.join(max(0.0, left(budget.cluster_work_end_s)))
             if thread.is_alive():
                 inconclusive.append(f"traffic: still running {time.monotonic() - started:.0f}s into the run "
@@ -384,6 +395,7 @@ def run(cfg: RunConfig, echo: Callable[[str], None] = print) -> Verdict:
                 inconclusive.append(hash_info.pop("inconclusive"))
             crash_findings.extend(_crashed(cluster, set(), "after the run"))
         finally:
+            healed.set()
             cluster.close()
             for path in list(ctx.mounts):  # a run cut short inside a disk-full fault
                 unmount(path)

@@ -79,6 +79,11 @@ class TrafficConfig:
     read_timeout_s: float | None = None
     #: Called (from the traffic's thread) once the initial read is done and the clients and watchers start.
     on_started: Callable[[], None] | None = None
+    #: Called (in a worker thread) after the clients stop and before the final read: blocks until the caller has
+    #: healed its faults (or its own deadline passed), so that the final read sees the healed cluster.
+    wait_healed: Callable[[], object] | None = None
+    #: When set: the ``time.monotonic()`` by which the final read must be done (instead of ``read_timeout_s``).
+    final_read_by: float | None = None
 
 
 class _Shared:
@@ -485,10 +490,14 @@ async def record_traffic(config: TrafficConfig, stop: asyncio.Event | None = Non
                     c.deadline = 0.0
             stopper.cancel()
         await asyncio.gather(*client_tasks)
+        if config.wait_healed is not None:
+            await asyncio.to_thread(config.wait_healed)
+        final_timeout = (setup_timeout if config.final_read_by is None
+                         else max(0.5, config.final_read_by - time.monotonic()))
         try:
-            final = await _read_prefix(shared.targets, prefix.encode(), setup_timeout)
+            final = await _read_prefix(shared.targets, prefix.encode(), final_timeout)
         except RuntimeError as exc:
-            raise PrefixReadTimeout(f"final read, {setup_timeout:.1f}s: {exc}", setup_timeout) from exc
+            raise PrefixReadTimeout(f"final read, {final_timeout:.1f}s: {exc}", final_timeout) from exc
         final_revision = int(final.header.revision)
         await asyncio.gather(*(w.wait_through(final_revision, config.settle_s) for w in shared.watchers))
     finally:
