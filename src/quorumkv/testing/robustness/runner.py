@@ -20,8 +20,9 @@ wrap-up (heal, restart dead members, let the watches catch up, compare HashKV, s
 validation all come out of it. The wrap-up reserve is 30% of the duration (at least 10 s, at most 150 s); the
 start-up gets what is left before it, minus 3 s of traffic (at most 60 s); the traffic runs until the wrap-up
 reserve begins (no fault starts in its last 10%; its final read waits for the healing); the linearizability
-search gets whatever is left at the end and answers ``UNKNOWN`` when it runs out. A duration below :data:`MIN_DURATION_S` is refused. Only the interpreter's own start and exit (and a member
-that ignores SIGTERM for 10 s) are outside the bound.
+search gets whatever is left at the end and answers ``UNKNOWN`` when it runs out. A duration below
+:data:`MIN_DURATION_S` is refused. Only the interpreter's own start and exit (and a member that ignores SIGTERM
+for 10 s) are outside the bound.
 """
 
 from __future__ import annotations
