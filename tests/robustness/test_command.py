@@ -6,16 +6,18 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from quorumkv.cli.server import main
-from quorumkv.testing.processes import quorumkv_env, start_etcd
+from quorumkv.testing.processes import ServerNotReady, quorumkv_env, start_etcd
+from quorumkv.testing.robustness import runner
 from quorumkv.testing.robustness.anomalies import PLANTS, clean_recording
 from quorumkv.testing.robustness.faults import FAULTS, applicable, parse_faults
 from quorumkv.testing.robustness.record import Recording
-from quorumkv.testing.robustness.runner import RunConfig, reproduce_command, validate
+from quorumkv.testing.robustness.runner import Budget, RunConfig, check_duration, reproduce_command, validate
 
 
 def _cli(*args: str, timeout_s: float = 240.0) -> subprocess.CompletedProcess[str]:
@@ -28,6 +30,7 @@ def _cli(*args: str, timeout_s: float = 240.0) -> subprocess.CompletedProcess[st
     (["run", "--members", "2"], "'2' is not one of '1', '3', '5'"),
     (["run", "--duration", "soon"], "is not a duration"),
     (["run", "--duration", "0s"], "must be positive"),
+    (["run", "--duration", "19s"], "19s is too short: a run needs at least 20s"),
     (["run", "--target", "zookeeper"], "'zookeeper' is not one of"),
     (["record", "--endpoints", "http://10.1.2.3:2379", "--out", "x.json"], "only loopback endpoints"),
 ])
@@ -70,11 +73,35 @@ def test_check_gives_the_verdict_of_a_recording(tmp_path: Path, capsys: pytest.C
     assert "is not a robustness recording" in capsys.readouterr().err
 
 
-def test_a_one_member_run_injects_faults_and_passes(tmp_path: Path) -> None:
+def test_the_budget_spends_the_duration_on_every_phase() -> None:
+    short, long = Budget(20.0, 1), Budget(600.0, 5)
+    assert short.wrapup_s == 10.0 and short.traffic_end_s == 10.0 and short.startup_s == 7.0
+    assert long.wrapup_s == 150.0 and long.startup_s == 60.0 and long.traffic_end_s == 450.0
+    for b in (short, Budget(90.0, 3), long):
+        # the cluster work ends before the validation's and teardown's reserves, inside the wrap-up reserve
+        assert b.traffic_end_s < b.cluster_work_end_s < b.duration_s
+        assert 0 < b.quiet_s < b.traffic_end_s
+        assert b.final_read_s() > 0 and b.traffic_end_s + b.settle_s + b.final_read_s() <= b.cluster_work_end_s
+    with pytest.raises(ValueError, match="at least 20s"):
+        check_duration(19.9)
+
+
+#: What the wall time of a run may exceed its --duration by: the interpreter's start and exit, and the
+#: members' SIGTERM shutdown beyond its reserve (a bound on a subprocess, not a performance measure).
+_TEARDOWN_SLACK_S = 20.0
+
+
+def test_a_one_member_run_injects_faults_passes_and_ends_within_its_duration(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
+    started = time.monotonic()
     proc = _cli("run", "--members=1", "--profile=etcd", "--faults=kill-random,pause-random,blackhole",
-                "--duration=5s", "--seed=7", "--clients=4", "--watchers=2", f"--report={report}")
+                "--duration=40s", "--seed=7", "--clients=4", "--watchers=2", f"--report={report}")
+    wall_s = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert wall_s <= 40.0 + _TEARDOWN_SLACK_S, (wall_s, proc.stdout[-3000:])
+    # inside the process: everything but the member's SIGTERM shutdown beyond its 2 s reserve is budgeted
+    assert json.loads(report.read_text())["elapsed_s"] <= 40.0 + 8.0, proc.stdout[-3000:]
+    assert "of 40s" in proc.stdout
     assert "blackhole: skipped with one member" in proc.stdout
     assert "robustness: verdict PASS" in proc.stdout
     assert "reproduce with: quorumkv robustness run --target=quorumkv --members=1 --profile=etcd" in proc.stdout
@@ -89,6 +116,26 @@ def test_a_one_member_run_injects_faults_and_passes(tmp_path: Path) -> None:
         plant, check = PLANTS[name]
         verdict = validate(plant(recorded, random.Random(1)))
         assert check in {f.check for f in verdict.findings}, (name, [str(f) for f in verdict.findings])
+
+
+def test_a_cluster_not_ready_within_its_start_up_budget_is_unknown(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+
+    def never_ready(cfg: RunConfig, base: Path, ready_timeout_s: float = 60.0) -> None:
+        seen.append(ready_timeout_s)
+        raise ServerNotReady("quorumkv cluster of 5 did not become ready: timed out\nlogs...")
+
+    monkeypatch.setattr(runner, "_start", never_ready)
+    lines: list[str] = []
+    report = tmp_path / "r.json"
+    verdict = runner.run(RunConfig(members=5, duration_s=40.0, seed=3, report=report), lines.append)
+    assert verdict.outcome == "UNKNOWN" and verdict.exit_code == 3
+    assert seen and 0 < seen[0] <= Budget(40.0, 5).startup_s
+    text = "\n".join(lines)
+    assert "INCONCLUSIVE the cluster was not ready within its start-up budget" in text, text
+    assert "give a longer --duration" in text and "verdict UNKNOWN" in text and "reproduce with:" in text
+    assert json.loads(report.read_text())["verdict"] == "UNKNOWN"
 
 
 def test_record_against_a_running_etcd_then_check(tmp_path: Path) -> None:
@@ -109,7 +156,7 @@ def test_record_against_a_running_etcd_then_check(tmp_path: Path) -> None:
 @pytest.mark.parametrize("target", ["quorumkv", "etcd"])
 def test_a_three_member_run_with_every_fault(target: str, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
-    proc = _cli("run", f"--target={target}", "--members=3", "--faults=all", "--duration=40s", "--seed=11",
+    proc = _cli("run", f"--target={target}", "--members=3", "--faults=all", "--duration=60s", "--seed=11",
                 f"--report={report}", timeout_s=600)
     data = json.loads(report.read_text())
     assert data["stats"]["faults_injected"] >= 3, proc.stdout[-3000:]

@@ -41,7 +41,9 @@ def cli() -> None:
               show_default=True)
 @click.option("--faults", "faults_text", default="all", show_default=True,
               help=f"Comma-separated fault names, 'all', or 'none'. Faults: {', '.join(FAULTS)}.")
-@click.option("--duration", default="30s", show_default=True, help="Traffic-and-fault phase (e.g. 90s, 5m).")
+@click.option("--duration", default="30s", show_default=True,
+              help="The whole run: start-up, traffic and faults, catch-up and validation (e.g. 90s, 5m; "
+                   "at least 20s).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a JSON report here (and the recording next to it, *.recording.json).")
@@ -51,10 +53,14 @@ def run(target: str, members: str, profile: str, faults_text: str, duration: str
         report: Path | None, clients: int, watchers: int) -> None:
     """Start a cluster, drive traffic, inject faults, validate; exit 0 PASS, 1 FAIL, 3 UNKNOWN."""
     from quorumkv.testing.robustness.faults import parse_faults
-    from quorumkv.testing.robustness.runner import RunConfig
+    from quorumkv.testing.robustness.runner import RunConfig, check_duration
     from quorumkv.testing.robustness.runner import run as run_robustness
 
     seconds = _seconds(duration, "--duration")
+    try:
+        check_duration(seconds)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--duration") from exc
     try:
         faults = [] if faults_text.strip() == "none" else parse_faults(faults_text)
     except ValueError as exc:

@@ -82,6 +82,8 @@ _EV_CRASH = 5
 
 _SNAP_HDR = struct.Struct("<QI")
 _WRITE = struct.Struct("<cQ")
+#: ``_TRACE_PACKERS[k]`` packs k trace words (little-endian int64), as ``struct.pack(f"<{k}q", ...)``.
+_TRACE_PACKERS = [struct.Struct(f"<{k}q").pack for k in range(8)]
 
 
 @dataclass(frozen=True)
@@ -444,7 +446,7 @@ class Simulation:
         heapq.heappush(self.events, (t, self.seq, kind, payload))
 
     def _trace(self, *parts: int) -> None:
-        self.trace_crc = zlib.crc32(struct.pack(f"<{len(parts)}q", *parts), self.trace_crc)
+        self.trace_crc = zlib.crc32(_TRACE_PACKERS[len(parts)](*parts), self.trace_crc)
 
     def _violate(self, what: str) -> None:
         msg = f"t={self.now}ms tick={self.tick_no}: {what}"
@@ -585,7 +587,11 @@ class Simulation:
                     self._after_input(lead)
 
     def _down_count(self) -> int:
-        return sum(1 for n in self.nodes.values() if not n.up and not n.removed)
+        down = 0
+        for n in self.nodes.values():
+            if not n.up and not n.removed:
+                down += 1
+        return down
 
     def _crash(self, n: SimNode, restart_after_ticks: int) -> None:
         self.faults["crash"] += 1

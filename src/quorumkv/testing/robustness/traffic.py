@@ -24,7 +24,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,18 @@ class TrafficConfig:
     #: How long, after the clients stop, the watchers get to deliver the final revision.
     settle_s: float = 20.0
     prefix: str | None = None
+    #: When set: the ``time.monotonic()`` at which the clients stop (instead of ``duration_s`` after the
+    #: initial read), so that a caller with a deadline for the whole run can place the traffic's end exactly.
+    end_at: float | None = None
+    #: Bound of the initial and final reads of the prefix (None: ``max(5 * op_timeout_s, 20 s)``).
+    read_timeout_s: float | None = None
+    #: Called (from the traffic's thread) once the initial read is done and the clients and watchers start.
+    on_started: Callable[[], None] | None = None
+    #: Called (in a worker thread) after the clients stop and before the final read: blocks until the caller has
+    #: healed its faults (or its own deadline passed), so that the final read sees the healed cluster.
+    wait_healed: Callable[[], object] | None = None
+    #: When set: the ``time.monotonic()`` by which the final read must be done (instead of ``read_timeout_s``).
+    final_read_by: float | None = None
 
 
 class _Shared:
@@ -432,6 +444,14 @@ class _Watcher:
         return self.through >= revision
 
 
+class PrefixReadTimeout(RuntimeError):
+    """The initial or final read of the prefix got no answer from any endpoint within ``timeout_s``."""
+
+    def __init__(self, text: str, timeout_s: float) -> None:
+        super().__init__(text)
+        self.timeout_s = timeout_s
+
+
 async def record_traffic(config: TrafficConfig, stop: asyncio.Event | None = None) -> Recording:
     """Drive ``config.profile`` for ``config.duration_s`` (or until ``stop``) and return the recording."""
     if config.profile not in PROFILES:
@@ -441,16 +461,25 @@ async def record_traffic(config: TrafficConfig, stop: asyncio.Event | None = Non
     prefix = config.prefix if config.prefix is not None else f"/robustness/{uuid.uuid4().hex[:10]}/"
     shared = _Shared(config, prefix)
     rng = random.Random(config.seed)
-    setup_timeout = max(config.op_timeout_s * 5, 20.0)
-    initial = await _read_prefix(shared.targets, prefix.encode(), setup_timeout)
+    setup_timeout = (config.read_timeout_s if config.read_timeout_s is not None
+                     else max(config.op_timeout_s * 5, 20.0))
+    first_read_timeout = setup_timeout
+    if config.end_at is not None:  # the initial read comes out of the traffic's time
+        first_read_timeout = max(0.5, min(setup_timeout, config.end_at - time.monotonic()))
+    try:
+        initial = await _read_prefix(shared.targets, prefix.encode(), first_read_timeout)
+    except RuntimeError as exc:
+        raise PrefixReadTimeout(f"initial read, {first_read_timeout:.1f}s: {exc}", first_read_timeout) from exc
     initial_revision = int(initial.header.revision)
     initial_values = {decode_value(kv.key): (decode_value(kv.value), int(kv.mod_revision)) for kv in initial.kvs}
-    deadline = time.monotonic() + config.duration_s
+    deadline = config.end_at if config.end_at is not None else time.monotonic() + config.duration_s
     watch_deadline = deadline + config.settle_s + setup_timeout
     shared.watchers = [_Watcher(w, shared, initial_revision + 1) for w in range(config.watchers)]
     watch_tasks = [asyncio.create_task(w.run(watch_deadline)) for w in shared.watchers]
     clients = [_Client(c, shared, random.Random(rng.getrandbits(64)), deadline) for c in range(config.clients)]
     client_tasks = [asyncio.create_task(c.run()) for c in clients]
+    if config.on_started is not None:
+        config.on_started()
     final_revision = 0
     try:
         if stop is not None:
@@ -461,7 +490,14 @@ async def record_traffic(config: TrafficConfig, stop: asyncio.Event | None = Non
                     c.deadline = 0.0
             stopper.cancel()
         await asyncio.gather(*client_tasks)
-        final = await _read_prefix(shared.targets, prefix.encode(), setup_timeout)
+        if config.wait_healed is not None:
+            await asyncio.to_thread(config.wait_healed)
+        final_timeout = (setup_timeout if config.final_read_by is None
+                         else max(0.5, config.final_read_by - time.monotonic()))
+        try:
+            final = await _read_prefix(shared.targets, prefix.encode(), final_timeout)
+        except RuntimeError as exc:
+            raise PrefixReadTimeout(f"final read, {final_timeout:.1f}s: {exc}", final_timeout) from exc
         final_revision = int(final.header.revision)
         await asyncio.gather(*(w.wait_through(final_revision, config.settle_s) for w in shared.watchers))
     finally:
@@ -486,4 +522,5 @@ def record_traffic_sync(config: TrafficConfig) -> Recording:
     return asyncio.run(record_traffic(config))
 
 
-__all__ = ["PROFILES", "DeleteResult", "PutResult", "TrafficConfig", "record_traffic", "record_traffic_sync"]
+__all__ = ["PROFILES", "DeleteResult", "PrefixReadTimeout", "PutResult", "TrafficConfig", "record_traffic",
+           "record_traffic_sync"]
