@@ -77,6 +77,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="seconds for a 3-member cluster to serve (it starts on the throttled disk)")
     parser.add_argument("--tmp-dir", type=Path, default=None,
                         help="parent of the servers' data dirs (default: the system temp dir); its disk is limited")
+    parser.add_argument("--quorumkv-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment variable for a single-member quorumkv server (repeatable)")
     parser.add_argument("--cgroup-root", type=Path, default=BLKIO_ROOT, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print JSON on stdout (the table goes to stderr)")
     args = parser.parse_args(argv)
@@ -88,6 +90,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--limit must be 1..100000 write IOs per second")
     if not 1 <= args.rounds <= MAX_ROUNDS:
         parser.error(f"--rounds must be 1..{MAX_ROUNDS}")
+    if any("=" not in item for item in args.quorumkv_env):
+        parser.error("--quorumkv-env takes NAME=VALUE")
+    args.quorumkv_env = dict(item.partition("=")[::2] for item in args.quorumkv_env)
     return args
 
 
@@ -224,7 +229,7 @@ def run_case(group: BlkioCgroup, kind: str, members: int, load: str, limit: int,
     result = CaseResult(kind, members, load, limit, loadavg=[round(x, 2) for x in os.getloadavg()])
     ios0, t0 = group.write_ios(), time.monotonic()
     if members == 1:
-        one = check_perf.run_one(kind, load, tmp_root, args.timeout)
+        one = check_perf.run_one(kind, load, tmp_root, args.timeout, quorumkv_env=args.quorumkv_env or None)
         result.parsed, result.error = one.parsed, one.error
         result.cpu_s = one.server_stats.cpu_s if one.server_stats else None
     else:
@@ -278,6 +283,9 @@ def render(results: Sequence[CaseResult]) -> str:
         out.append(f"{r.members} member(s), load {r.load}, {r.limit} write IOPS: writes/s ratio {_fmt(wr, '.2f')}, "
                    f"quorumkv errors {r.parsed.errors}, IOs/write ratio {_fmt(ir, '.2f')}: TARGET {met}")
     for r in results:
+        if r.parsed.error_kinds:
+            out.append(f"errors of {r.server} {r.members} member(s) load {r.load} limit {r.limit}: "
+                       + ", ".join(f"{kind} x {n}" for kind, n in r.parsed.error_kinds.items()))
         if r.error:
             out.append(f"ERROR {r.server} {r.members} member(s) load {r.load} limit {r.limit}: {r.error}")
     return "\n".join(out)

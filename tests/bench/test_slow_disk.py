@@ -32,7 +32,8 @@ def test_defaults_and_choices() -> None:
     args = slow_disk.parse_args(["--limit", "100", "--limit", "100", "--load", "m", "--members", "3",
                                  "--server", "quorumkv"])
     assert (args.limits, args.loads, args.members, args.kinds) == ([100], ["m"], [3], ["quorumkv"])
-    for bad in (["--limit", "0"], ["--members", "2"], ["--rounds", "0"], ["--load", "xxl"]):
+    assert slow_disk.parse_args(["--quorumkv-env", "A=1=2"]).quorumkv_env == {"A": "1=2"}
+    for bad in (["--limit", "0"], ["--members", "2"], ["--rounds", "0"], ["--load", "xxl"], ["--quorumkv-env", "A"]):
         with pytest.raises(SystemExit):
             slow_disk.parse_args(bad)
 
@@ -99,3 +100,5 @@ def test_verdict_needs_writes_no_errors_and_no_more_ios() -> None:
     table = slow_disk.render([etcd, _case("quorumkv", 1000, 0, 30_000)])
     assert "1 member(s), load m, 100 write IOPS: writes/s ratio 1.00, quorumkv errors 0, IOs/write ratio 0.50: " \
            "TARGET MET" in table
+    table = slow_disk.render([etcd, _case("quorumkv", 1000, 7, 30_000)])
+    assert "errors of quorumkv 1 member(s) load m limit 100: etcdserver: request timed out x 7" in table
