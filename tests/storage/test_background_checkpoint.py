@@ -139,28 +139,3 @@ def test_a_small_wal_is_checkpointed_when_old(tmp_path: Path) -> None:
         assert _wait_for(lambda: _pending(tmp_path) == 0)
     finally:
         backend.close()
-
-
-def test_the_writer_rewinds_a_wal_past_the_limit_in_place(tmp_path: Path) -> None:
-    """Past the limit the writer copies every frame (PASSIVE) and the next commit starts the WAL over: the frame
-    count falls back and the file is not truncated. Far past it (a WAL that did not restart) it truncates."""
-    backend = Backend(tmp_path / "q.db")
-    try:
-        backend.start_checkpointer(period_s=3600, growth_pages=10**9, max_age_s=3600)  # never runs
-        _fill(backend, 300)
-        frames = backend.wal_frames()
-        assert frames is not None and frames >= 300
-        assert backend.rewind_wal(limit_bytes=frames * 5000) is None  # below the limit: nothing
-        assert backend.rewind_wal(limit_bytes=frames * 2000) == "PASSIVE"
-        wal_size = os.path.getsize(tmp_path / "q.db-wal")
-        _fill(backend, 1)
-        after = backend.wal_frames()
-        assert after is not None and after < 10, after  # started over
-        assert os.path.getsize(tmp_path / "q.db-wal") == wal_size  # in place
-        _fill(backend, 300)
-        assert backend.rewind_wal(limit_bytes=100_000) == "TRUNCATE"  # more than 4 x the limit
-        assert os.path.getsize(tmp_path / "q.db-wal") == 0
-        with backend.write_txn() as conn:
-            assert conn.execute("SELECT count(*) FROM blob_rows").fetchone()[0] == 601
-    finally:
-        backend.close()

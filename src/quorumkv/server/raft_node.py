@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import random
 import sqlite3
@@ -68,7 +69,7 @@ from quorumkv.server.node import CommitObserver, Node, NodeStatus
 from quorumkv.server.ready import AppliedStateStorage, ReadyProcessor
 from quorumkv.server.wait import WaitRegistry
 from quorumkv.storage import membership, schema, state_snapshot
-from quorumkv.storage.backend import Backend
+from quorumkv.storage.backend import Backend, truncate_wal
 from quorumkv.storage.raftlog import RaftLogTable
 
 log = logging.getLogger("quorumkv.raft-node")
@@ -77,7 +78,7 @@ _NOOP_DATA = encode_entry(EntryKind.NOOP, 0, b"")
 #: Unanswered read-index requests are sent again after this long (a lost message must not stall reads).
 READ_INDEX_RETRY_S = 0.5
 PROPOSALS_PER_TURN_MAX = 4000
-#: The WAL is rewound when it holds more frames than this (``Backend.rewind_wal``); checked every few committing turns.
+#: The WAL is reset (TRUNCATE checkpoint) when it grows past this; checked every few committing turns.
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
 WAL_CHECK_EVERY_COMMITS = 32
 
@@ -731,10 +732,12 @@ class RaftNode:
                 log.exception("slow apply observer failed")
 
     def _maybe_truncate_wal(self) -> None:
-        """Keep the WAL bounded (``Backend.rewind_wal``): past WAL_TRUNCATE_BYTES of frames, the writer copies
-        them all between two turns so that the next commit starts the WAL over."""
+        """Reset an oversized WAL. Passive checkpoints copy frames into the database but cannot rewind the WAL
+        while readers come and go, so under steady load it only grows; a TRUNCATE checkpoint between two turns
+        waits for the (short) read transactions in flight and starts the WAL over."""
         try:
-            self.backend.rewind_wal(WAL_TRUNCATE_BYTES)
+            if os.path.getsize(str(self.backend.db_path) + "-wal") > WAL_TRUNCATE_BYTES:
+                truncate_wal(self.backend.writer)
         except (OSError, sqlite3.Error) as exc:
             log.warning("WAL checkpoint failed: %r", exc)
 

@@ -195,18 +195,6 @@ def pending_wal_pages(shm_header: bytes) -> int | None:
     return max(0, mx_frame - backfill)
 
 
-def wal_frames(shm_header: bytes) -> int | None:
-    """Frames in the current WAL (mxFrame; 0 after the WAL restarts), from the ``-shm`` header; None if unknown."""
-    if len(shm_header) < _SHM_HEADER_BYTES:
-        return None
-    return int.from_bytes(shm_header[_SHM_MX_FRAME_OFFSET:_SHM_MX_FRAME_OFFSET + 4], sys.byteorder)
-
-
-#: A WAL that holds this many times ``rewind_wal``'s limit has not restarted after the writer's own checkpoints
-#: (a reader pinned it): it is reset with a TRUNCATE checkpoint, which waits for the readers.
-WAL_TRUNCATE_FACTOR = 4
-
-
 def checkpoint_due(pending_pages: int | None, age_s: float, growth_pages: int, max_age_s: float) -> bool:
     """Whether the background checkpointer should copy the WAL now: ``growth_pages`` written since the last
     checkpoint, or anything pending for ``max_age_s``. Unknown growth (None) falls back to the age alone."""
@@ -416,41 +404,6 @@ class Backend:
         page_count = c.execute("PRAGMA page_count").fetchone()[0]
         free = c.execute("PRAGMA freelist_count").fetchone()[0]
         return int((page_count - free) * page_size)
-
-    def wal_frames(self) -> int | None:
-        """Frames in the current WAL (None when the wal-index cannot be read)."""
-        try:
-            with open(str(self.db_path) + "-shm", "rb", buffering=0) as f:
-                return wal_frames(f.read(_SHM_HEADER_BYTES))
-        except OSError:
-            return None
-
-    def rewind_wal(self, limit_bytes: int) -> str | None:
-        """Keep the WAL bounded (writer thread, between transactions). Passive checkpoints from the checkpointer
-        cannot rewind it under continuous commits (one always lands while they copy); when the WAL holds more than
-        ``limit_bytes`` of frames, a PASSIVE checkpoint on the writer copies every frame (no commit can land),
-        so the next transaction starts the WAL over, in place. A TRUNCATE checkpoint, which waits for readers and
-        blocked every commit for 5-17 s on a 100-IOPS disk (docs/performance.md), is left for a WAL that still
-        grew past ``WAL_TRUNCATE_FACTOR`` times the limit. Returns the mode run, or None."""
-        page_size = int(self._writer.execute("PRAGMA page_size").fetchone()[0])
-        frames = self.wal_frames()
-        if frames is None:  # no wal-index to read: the file's size decides, as before
-            try:
-                size = os.path.getsize(str(self.db_path) + "-wal")
-            except OSError:
-                return None
-            if size <= limit_bytes:
-                return None
-            truncate_wal(self._writer)
-            return "TRUNCATE"
-        held = frames * (page_size + 24)
-        if held <= limit_bytes:
-            return None
-        if held > WAL_TRUNCATE_FACTOR * limit_bytes:
-            truncate_wal(self._writer)
-            return "TRUNCATE"
-        self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        return "PASSIVE"
 
     def checkpoint(self) -> None:
         """Copy committed WAL frames into the database file (PASSIVE: never waits for, nor blocks, anyone)."""
