@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,32 +159,86 @@ ALLOCATION_MEASURE_EVERY_BATCHES = 16
 ALLOCATION_MEASURE_EVERY_BYTES = 256 * 1024
 
 
-#: How often the background checkpointer (``Backend.start_checkpointer``) copies committed WAL frames into the
-#: database file. With the writer's auto-checkpoint, every ~10,000 pages one COMMIT also copied 40 MB and synced
-#: the database file: ~100 ms during which no batch could commit and every client waited (12 % of the writer's
-#: time under check perf, docs/performance.md).
+#: How often the background checkpointer (``Backend.start_checkpointer``) looks at the WAL's growth. With the
+#: writer's auto-checkpoint, every ~10,000 pages one COMMIT also copied 40 MB and synced the database file:
+#: ~100 ms during which no batch could commit and every client waited (12 % of the writer's time under check
+#: perf, docs/performance.md).
 BACKGROUND_CHECKPOINT_PERIOD_S = 0.25
+
+#: WAL pages (frames) written since the last checkpoint after which the background checkpointer copies them into
+#: the database file: checkpoints are paced by the WAL's growth, not by the clock. A checkpoint writes each page
+#: changed since the last one once, at its place in the file (a random write): the hot pages (meta, index
+#: interiors, the tails of kv and raft_log) and, under random keys, about one kv_by_key leaf per put. Checkpointing
+#: every 250 ms rewrote them four times a second, about 2 write IOs per put on an IOPS-limited disk
+#: (docs/performance.md, "a slow disk"); waiting for this many pages writes them once per 32 MiB of WAL.
+CHECKPOINT_GROWTH_PAGES = 8192
+
+#: A WAL with fewer pending pages than ``CHECKPOINT_GROWTH_PAGES`` is still checkpointed once it is this old (an
+#: idle or lightly loaded store's WAL is folded into the file within this time).
+CHECKPOINT_MAX_AGE_S = 30.0
+
+# The wal-index (``-shm`` file) header, as SQLite's file-format document describes it: the first copy of the
+# WalIndexHdr holds mxFrame (the last valid frame) at byte 16; the WalCkptInfo after the two copies holds
+# nBackfill (frames already copied into the database) at byte 96. Both are native-endian 32-bit integers.
+_SHM_MX_FRAME_OFFSET = 16
+_SHM_BACKFILL_OFFSET = 96
+_SHM_HEADER_BYTES = 100
+
+
+def pending_wal_pages(shm_header: bytes) -> int | None:
+    """Frames in the WAL not yet copied into the database file, from the first bytes of the ``-shm`` file
+    (None when they are too short to tell: no wal-index yet)."""
+    if len(shm_header) < _SHM_HEADER_BYTES:
+        return None
+    mx_frame = int.from_bytes(shm_header[_SHM_MX_FRAME_OFFSET:_SHM_MX_FRAME_OFFSET + 4], sys.byteorder)
+    backfill = int.from_bytes(shm_header[_SHM_BACKFILL_OFFSET:_SHM_BACKFILL_OFFSET + 4], sys.byteorder)
+    return max(0, mx_frame - backfill)
+
+
+def checkpoint_due(pending_pages: int | None, age_s: float, growth_pages: int, max_age_s: float) -> bool:
+    """Whether the background checkpointer should copy the WAL now: ``growth_pages`` written since the last
+    checkpoint, or anything pending for ``max_age_s``. Unknown growth (None) falls back to the age alone."""
+    if pending_pages is None:
+        return age_s >= max_age_s
+    if pending_pages >= growth_pages:
+        return True
+    return pending_pages > 0 and age_s >= max_age_s
 
 
 class _Checkpointer:
-    """A thread with its own connection running PASSIVE checkpoints every ``period_s`` (never waits for, nor
-    blocks, the writer or readers). Durability does not depend on it: committed frames are durable in the WAL;
-    the writer's WAL reset (a TRUNCATE checkpoint past a size) still bounds the WAL if this thread falls behind."""
+    """A thread with its own connection running PASSIVE checkpoints (never waits for, nor blocks, the writer or
+    readers) when ``checkpoint_due``: it looks at the WAL every ``period_s``. Durability does not depend on it:
+    committed frames are durable in the WAL; the writer's WAL reset (a TRUNCATE checkpoint past a size) still
+    bounds the WAL if this thread falls behind."""
 
-    def __init__(self, db_path: Path, period_s: float) -> None:
+    def __init__(self, db_path: Path, period_s: float, growth_pages: int, max_age_s: float) -> None:
         self._db_path = db_path
         self._period_s = period_s
+        self._growth_pages = growth_pages
+        self._max_age_s = max_age_s
         self._stop = threading.Event()
         #: Checkpoints run (for tests and diagnostics).
         self.runs = 0
         self._thread = threading.Thread(target=self._run, name="quorumkv-checkpointer", daemon=True)
         self._thread.start()
 
+    def _pending(self) -> int | None:
+        try:
+            with open(str(self._db_path) + "-shm", "rb", buffering=0) as f:
+                return pending_wal_pages(f.read(_SHM_HEADER_BYTES))
+        except OSError:
+            return None
+
     def _run(self) -> None:
         conn = _connect(self._db_path, sync_full=True)
         warned = False
+        last = time.monotonic()
         try:
             while not self._stop.wait(self._period_s):
+                if not checkpoint_due(self._pending(), time.monotonic() - last, self._growth_pages,
+                                      self._max_age_s):
+                    continue
+                last = time.monotonic()
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.runs += 1
@@ -213,7 +269,8 @@ class Backend:
         #: (allocated bytes when last measured, batches and payload bytes committed since); None: measure next.
         self._allocation: tuple[int, int, int] | None = None
         self._checkpointer: _Checkpointer | None = None
-        self._checkpoint_period_s: float | None = None
+        #: (period, growth pages, max age) of the running checkpointer, to restart it after a swap.
+        self._checkpoint_pacing: tuple[float, int, float] | None = None
         version = self._writer.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             with self.write_txn() as conn:
@@ -240,14 +297,17 @@ class Backend:
     def writer(self) -> sqlite3.Connection:
         return self._writer
 
-    def start_checkpointer(self, period_s: float = BACKGROUND_CHECKPOINT_PERIOD_S) -> None:
+    def start_checkpointer(self, period_s: float = BACKGROUND_CHECKPOINT_PERIOD_S,
+                           growth_pages: int = CHECKPOINT_GROWTH_PAGES,
+                           max_age_s: float = CHECKPOINT_MAX_AGE_S) -> None:
         """Checkpoint from a background thread instead of inside the writer's COMMITs (the writer's
-        auto-checkpoint is turned off). Stopped by ``close``; paused around ``swap_file``."""
+        auto-checkpoint is turned off): every ``growth_pages`` WAL pages, or when pending pages are ``max_age_s``
+        old, looking every ``period_s``. Stopped by ``close``; paused around ``swap_file``."""
         if self._checkpointer is not None:
             return
-        self._checkpoint_period_s = period_s
+        self._checkpoint_pacing = (period_s, growth_pages, max_age_s)
         self._writer.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = _Checkpointer(self.db_path, period_s)
+        self._checkpointer = _Checkpointer(self.db_path, period_s, growth_pages, max_age_s)
 
     @property
     def checkpointer_runs(self) -> int:
@@ -362,13 +422,13 @@ class Backend:
         Returns a hard link to the old file: delete it later (freeing its blocks can take a while).
         """
         self.forget_allocation()
-        background = self._checkpoint_period_s if self._checkpointer is not None else None
+        background = self._checkpoint_pacing if self._checkpointer is not None else None
         self._stop_checkpointer()
         try:
             return self._swap_file(replacement)
         finally:
             if background is not None:
-                self.start_checkpointer(background)
+                self.start_checkpointer(*background)
 
     def _swap_file(self, replacement: Path) -> Path:
         from quorumkv.storage.datadir import fsync_dir
