@@ -845,8 +845,13 @@ class Simulation:
         ):
             # Nemesis: kill fresh leaders, before their own-term entries spread (Figure 8 territory).
             self._push(self.now + self.fault_rng.randint(0, 3 * TICK_MS), _EV_CRASH, (n.id, n.incarnation))
+        # Leader Completeness (Raft §5.4): a leader of term T holds every entry committed in a term below T.
+        # Entries of term T or later are not owed to it: a leader elected late in an old term (its votes were
+        # delayed) may lag a newer term's commits; its appends will be refused by a higher term anyway.
         c = self.commit_max
-        if c and c >= r.log.first_index() - 1:
+        while c and (rec := self.committed.get(c)) is not None and rec[0] >= r.term:
+            c -= 1
+        if c and c in self.committed and c >= r.log.first_index() - 1:
             if r.log.last_index() < c or r.log.zero_term_on_err(Index(c)) != self.committed[c][0]:
                 self._violate(
                     f"leader completeness: node {n.id} leader in term {r.term} lacks committed entry {c}"
