@@ -167,3 +167,29 @@ def test_cli_parallel_workers_give_identical_results(capsys: pytest.CaptureFixtu
     assert main(["--seeds", "4", "--start", "20", "--jobs", "1", "-v"]) == 0
     serial = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("seed ")]
     assert parallel == serial and len(serial) == 4
+
+
+def test_a_cluster_that_stops_committing_after_healing_is_a_liveness_violation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The liveness check can fail: with every link cut again right after healing (a planted network that never
+    heals), no write commits and the run reports it, well before the convergence deadline."""
+    from quorumkv.testing import sim
+
+    heal = sim.Simulation._heal_all
+
+    def heal_then_cut(self: sim.Simulation) -> None:
+        heal(self)
+        self.blocked = {(a, b) for a in self.nodes for b in self.nodes if a != b}
+        self.partition_epoch = -1  # no scheduled heal event matches: the cut stays
+
+    monkeypatch.setattr(sim.Simulation, "_heal_all", heal_then_cut)
+    r = run_seed(24656, 3)
+    assert not r.ok and "liveness: no leader committed a fresh write" in r.violations[0], r.violations
+
+
+def test_a_cluster_still_catching_up_under_tight_flow_control_is_given_time() -> None:
+    """Seed 24656 (found by the long seed runs): one inflight append of 100 bytes per follower, a backlog of
+    ~330 entries at healing; the followers catch up at ~1.3 entries a tick and the probe commits after the
+    first budget. Committing all along, it is not stuck; it converges before the convergence deadline."""
+    r = run_seed(24656, 3)
+    assert r.ok, _fail_msg(r)
