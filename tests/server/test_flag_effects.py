@@ -77,7 +77,7 @@ EFFECTS: dict[str, str] = {
     "auto-compaction-retention": "tests/server/test_maintenance.py::test_auto_compaction_runs_through_the_log",
     "auto-compaction-mode": "tests/server/test_maintenance.py::test_auto_compaction_runs_through_the_log",
     "auth-token": "tests/server/test_auth_tokens.py::test_auth_token_values",
-    "bcrypt-cost": "tests/server/test_auth_client.py::test_user_password_auth_with_the_python_client",
+    "bcrypt-cost": "tests/server/test_auth_client.py::test_passwords_longer_than_bcrypts_72_bytes_work_as_on_etcd",
     "auth-token-ttl": "tests/server/test_auth_tokens.py::test_simple_tokens_expire_renew_on_use_and_drop_per_user",
     "cert-file": "tests/client/test_tls_auth.py::test_mutual_tls",
     "key-file": "tests/client/test_tls_auth.py::test_mutual_tls",
