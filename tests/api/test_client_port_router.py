@@ -255,19 +255,23 @@ async def test_closing_ends_the_router_and_frees_the_port(mux: tuple[ClientMux, 
         probe.bind(("127.0.0.1", port))
 
 
-def test_router_half_close_from_the_server_side(tmp_path: Path) -> None:
-    """The gRPC side ending its output first: the client reads the end of file and may still send."""
-    path = str(tmp_path / "h.sock")
+def _router_in_a_thread(path: Path, backlog: int) -> tuple[socket.socket, int, socket.socket, threading.Thread]:
+    """A gRPC-side unix listener at ``path`` and a Router (no hand-back) on a fresh loopback port, running in a
+    thread: (gRPC-side listener, client port, the socket whose closing stops the router, the thread)."""
     backend = socket.socket(socket.AF_UNIX)
-    backend.bind(path)
-    backend.listen(1)
+    backend.bind(str(path))
+    backend.listen(backlog)
     lsock = socket.create_server(("127.0.0.1", 0))
     lsock.setblocking(False)
-    port = lsock.getsockname()[1]
     stop_w, stop_r = socket.socketpair()
-    router = Router([lsock], [path], lambda s: False, stop_r)
-    thread = threading.Thread(target=router.run, daemon=True)
+    thread = threading.Thread(target=Router([lsock], [str(path)], lambda s: False, stop_r).run, daemon=True)
     thread.start()
+    return backend, lsock.getsockname()[1], stop_w, thread
+
+
+def test_router_half_close_from_the_server_side(tmp_path: Path) -> None:
+    """The gRPC side ending its output first: the client reads the end of file and may still send."""
+    backend, port, stop_w, thread = _router_in_a_thread(tmp_path / "h.sock", backlog=1)
     try:
         client = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
         client.sendall(H2_PREFACE)
@@ -298,18 +302,8 @@ def test_router_half_close_from_the_server_side(tmp_path: Path) -> None:
 def test_router_a_reset_client_ends_its_grpc_connection(tmp_path: Path) -> None:
     """A client that resets its connection (SO_LINGER 0) while the router holds bytes it sent (the gRPC side
     reads nothing): the gRPC side's connection is closed too, and the router goes on serving others."""
-    path = str(tmp_path / "r.sock")
-    backend = socket.socket(socket.AF_UNIX)
-    backend.bind(path)
-    backend.listen(4)
+    backend, port, stop_w, thread = _router_in_a_thread(tmp_path / "r.sock", backlog=4)
     backend.settimeout(TIMEOUT_S)
-    lsock = socket.create_server(("127.0.0.1", 0))
-    lsock.setblocking(False)
-    port = lsock.getsockname()[1]
-    stop_w, stop_r = socket.socketpair()
-    router = Router([lsock], [path], lambda s: False, stop_r)
-    thread = threading.Thread(target=router.run, daemon=True)
-    thread.start()
     try:
         client = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
         client.sendall(H2_PREFACE)
