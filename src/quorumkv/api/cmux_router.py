@@ -107,6 +107,8 @@ class Router:
         #: sniffed connections that sent part of the preface (peeked at again every PARTIAL_RECHECK_S)
         self._partial: set[int] = set()
         self._ends: dict[int, _End] = {}
+        #: descriptors closed while the current batch of events is handled (see :meth:`_dispatch`)
+        self._closed: set[int] = set()
         self._buf = bytearray(SPLICE_READ_BYTES)
         self._view = memoryview(self._buf)
         self._stopped = False
@@ -129,23 +131,37 @@ class Router:
                     events = self._ep.poll(timeout)
                 except InterruptedError:
                     continue
-                ends = self._ends
-                for fd, ev in events:
-                    end = ends.get(fd)
-                    if end is not None:
-                        if ev == _IN and self._fast_pump(end):
-                            continue
-                        self._on_end(fd, ev)
-                    elif fd in self._sniffing:
-                        self._sniff(fd)
-                    elif fd in self._listeners:
-                        self._accept(self._listeners[fd])
-                    elif self._control is not None and fd == self._control.fileno():
-                        self._on_control()
+                self._dispatch(events)
                 if self._partial or self._sniffing:
                     self._recheck()
         finally:
             self.close()
+
+    def _dispatch(self, events: list[tuple[int, int]]) -> None:
+        """Handle one batch of epoll events.
+
+        Invariant: an event is about the socket that had its file descriptor when the batch was polled. A
+        socket closed while handling the batch frees its number, which the next accept or splice in the same
+        batch may get; the closed socket's remaining events in the batch are skipped (``_closed``), or they
+        would be taken for the new socket's (a stale hang-up would reset a fresh client connection)."""
+        closed = self._closed
+        closed.clear()
+        ends = self._ends
+        for fd, ev in events:
+            if fd in closed:
+                continue
+            end = ends.get(fd)
+            if end is not None:
+                if ev == _IN and self._fast_pump(end):
+                    continue
+                self._on_end(fd, ev)
+            elif fd in self._sniffing:
+                self._sniff(fd)
+            elif fd in self._listeners:
+                self._accept(self._listeners[fd])
+            elif self._control is not None and fd == self._control.fileno():
+                self._on_control()
+        closed.clear()
 
     def close(self) -> None:
         self._stopped = True
@@ -214,7 +230,9 @@ class Router:
         self._drop_sniffing(fd, close=False)
         if verdict == GRPC and self._paths:
             self._splice(sock)
-        elif not self._hand_back(sock):
+            return
+        self._closed.add(fd)  # handed back (the member has its own descriptor) or refused: gone from here
+        if not self._hand_back(sock):
             sock.close()
 
     def _drop_sniffing(self, fd: int, *, close: bool) -> None:
@@ -224,6 +242,7 @@ class Router:
         else:
             self._ep.unregister(fd)
         if close:
+            self._closed.add(fd)
             sock.close()
 
     def _recheck(self) -> None:
@@ -246,6 +265,7 @@ class Router:
         except OSError as exc:
             self._say(f"cannot reach the gRPC server at {path}: {exc}")
             back.close()
+            self._closed.add(sock.fileno())
             sock.close()
             return
         a, b = _End(sock), _End(back)
@@ -375,6 +395,7 @@ class Router:
                 if not side.parked:
                     with contextlib.suppress(OSError, ValueError):
                         self._ep.unregister(side.fd)
+                self._closed.add(side.fd)
                 side.sock.close()
 
 
