@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -118,3 +120,37 @@ async def test_a_good_peer_is_not_logged_and_its_heartbeat_arrives(pki: PKI, tra
         return bool(got_a)
     await eventually(delivered, 15, "a heartbeat through the front")
     assert not [r for r in caplog.records if r.getMessage() == REFUSED]
+
+
+async def test_cipher_suites_limit_the_peer_listeners_tls12(pki: PKI, transports: list[PeerTransport],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """--cipher-suites reaches the peer listener's front: a TLS 1.2 peer offering only another suite is refused
+    (and the refusal names it); the listed suite is accepted."""
+    caplog.set_level(logging.WARNING)
+    tls = peer_tls(pki.cert("peer"), pki.key("peer"), str(pki.ca.path), client_cert_auth=True,
+                   ciphers="ECDHE-ECDSA-AES128-GCM-SHA256")
+    a = PeerTransport(1, CLUSTER, lambda _m: None, lambda _id: None, random.Random(1), options=FAST,
+                      server_credentials=tls.server_credentials, channel_credentials=tls.channel_credentials,
+                      server_front=tls.server_front)
+    transports.append(a)
+    (url,) = await a.start(["https://127.0.0.1:0"])
+    port = int(url.rsplit(":", 1)[1])
+
+    def handshake(cipher: str) -> str | None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_cert_chain(pki.cert("peer"), pki.key("peer"))
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(cipher)
+        ctx.set_alpn_protocols(["h2"])
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as sock:
+                return str(sock.cipher()[0])
+        except (ssl.SSLError, OSError):
+            return None
+
+    assert await asyncio.to_thread(handshake, "ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert await asyncio.to_thread(handshake, "ECDHE-ECDSA-AES256-GCM-SHA384") is None
+    await eventually(lambda: any(r.getMessage() == REFUSED for r in caplog.records), 10, "the refusal")
+    error = next(str(r.__dict__["error"]) for r in caplog.records if r.getMessage() == REFUSED)
+    assert "the peer offers no cipher suite this member accepts (--cipher-suites" in error, error
