@@ -41,7 +41,8 @@ from quorumkv.observability.health import Health
 from quorumkv.observability.metrics import ServerStats, build_registry, instrument_servicer, render, slow_apply_logger
 from quorumkv.security.autotls import self_cert
 from quorumkv.security.ciphers import openssl_names
-from quorumkv.security.reload import ReloadingServerCredentials, reloading_ssl_context
+from quorumkv.security.reload import reloading_ssl_context
+from quorumkv.security.tls_front import private_socket_dir
 from quorumkv.server.config import ServerConfig
 from quorumkv.server.join import JoinService, Managed, prepare_member, run_promoter
 from quorumkv.server.join import grpc_handler as grpc_join_handler
@@ -196,14 +197,6 @@ def listen_address(url: str) -> tuple[str, bool]:
     if ":" in host:
         host = f"[{host}]"
     return f"{host}:{parts.port}", parts.scheme == "https"
-
-
-def _credentials(tls: TLSFiles) -> grpc.ServerCredentials:
-    """Credentials that re-read the files when they change (rotation without restart, security/reload.py)."""
-    if not tls.cert_file or not tls.key_file:
-        raise ValueError("an https:// client URL needs --cert-file and --key-file")
-    return ReloadingServerCredentials(tls.cert_file, tls.key_file, tls.trusted_ca_file,
-                                      client_cert_auth=tls.client_cert_auth).credentials()
 
 
 class RunningMember:
@@ -381,6 +374,26 @@ class _ClientPorts:
                     raise OSError(f"cannot listen on {addr} (the client gRPC servers' private socket)")
                 self.paths[secure].append(path)
 
+    async def bind_grpc_only_tls(self, grpc_servers: list[grpc.aio.Server], url: str, tls: TLSFiles | None) -> None:
+        """An https:// client URL that serves gRPC only (--listen-client-http-urls given): TLS is terminated by a
+        front that logs each refused handshake with its cause (security/tls_front.py) and forwards to the gRPC
+        servers on private unix sockets. Accepting begins with ``tls_front.start_serving()``."""
+        if self.tls_front is None:
+            tls = tls or TLSFiles()
+            self.tls_front = TLSFront(tls.cert_file, tls.key_file, tls.trusted_ca_file,
+                                      client_cert_auth=tls.client_cert_auth, crl_file=tls.crl_file,
+                                      ciphers=":".join(tls.ciphers))
+            _remove_stale_socket_dirs()
+            self.sock_dir = private_socket_dir()
+            for n, grpc_server in enumerate(grpc_servers):
+                path = os.path.join(self.sock_dir, f"{n}s.sock")
+                if grpc_server.add_insecure_port(f"unix:{path}") == 0:
+                    raise OSError(f"cannot listen on unix:{path} (the client gRPC servers' private socket)")
+                self.paths[True].append(path)
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None  # listen_address checked the URL
+        await self.tls_front.listen(parts.hostname, parts.port, self.paths[True])
+
     def start_front(self, urls: list[str], http_server: HttpServer, tls: TLSFiles | None) -> None:
         assert self.front is not None
         secure_any = any(listen_address(url)[1] for url in urls)
@@ -463,6 +476,7 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     grpc_servers: list[grpc.aio.Server] = []
     #: no --listen-client-http-urls: the client URLs serve gRPC and HTTP/1.1 (etcd 3.4), else gRPC only (3.5)
     ports = _ClientPorts() if not http.listen_client_http_urls else None
+    grpc_only_tls: _ClientPorts | None = None  # gRPC-only https:// client URLs: their TLS front
     try:
         bound: list[str] = []
         await server.start()
@@ -476,11 +490,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
             # something else listens on refused, as without SO_REUSEPORT
             ("grpc.so_reuseport", 1),
         ]
-        # behind the client port's front, the front checks the CRL on its TLS connections (api/tls_front.py)
-        interceptors = ([_RevokedClientInterceptor(tls.crl_file)] if tls is not None and tls.crl_file and ports is None
-                        else [])
-        grpc_servers.extend(grpc.aio.server(options=options, interceptors=interceptors)
-                            for _ in range(CLIENT_GRPC_SERVERS))
+        # every https:// client URL's TLS front checks --client-crl-file on its connections (security/tls_front.py)
+        grpc_servers.extend(grpc.aio.server(options=options) for _ in range(CLIENT_GRPC_SERVERS))
         servicers = add_servicers(grpc_servers, server,
                                   instrument=lambda servicer, name: instrument_servicer(servicer, name, stats),
                                   count_bytes=(stats.count_received_bytes, stats.count_sent_bytes))
@@ -491,9 +502,13 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
         for url in listen_client_urls if ports is None else ():
             addr, secure = listen_address(url)
             _refuse_busy_address(addr, url)
-            for grpc_server in grpc_servers:  # credentials per server: each re-reads rotated files itself
-                port = (grpc_server.add_secure_port(addr, _credentials(tls or TLSFiles())) if secure
-                        else grpc_server.add_insecure_port(addr))
+            if secure:  # through a TLS front that logs refused handshakes
+                grpc_only_tls = grpc_only_tls or _ClientPorts()
+                await grpc_only_tls.bind_grpc_only_tls(grpc_servers, url, tls)
+                bound.append(url)
+                continue
+            for grpc_server in grpc_servers:
+                port = grpc_server.add_insecure_port(addr)
                 if port == 0:
                     raise OSError(f"cannot listen on {url}: address in use or not available; "
                                   "choose another --listen-client-urls")
@@ -503,6 +518,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
             ports.bind_grpc(grpc_servers, listen_client_urls, tls)
         for grpc_server in grpc_servers:
             await grpc_server.start()
+        if grpc_only_tls is not None and grpc_only_tls.tls_front is not None:
+            await grpc_only_tls.tls_front.start_serving()
         registry = build_registry(server, stats, quota_backend_bytes=http.quota_backend_bytes)
         gateway = Gateway(servicers, Health(server, stats), lambda: render(registry))
         body_limit = 2 * settings.max_request_bytes + GRPC_OVERHEAD_BYTES  # base64 JSON of a maximal request
@@ -522,13 +539,15 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
             bound = ports.bind_front(listen_client_urls)
             ports.start_front(listen_client_urls, srv, tls)
     except BaseException:
-        if ports is not None:
-            await ports.close_front()
+        for mux in (ports, grpc_only_tls):
+            if mux is not None:
+                await mux.close_front()
         for srv in http_servers:
             await srv.close()
         await _stop_grpc_servers(grpc_servers, 0)
-        if ports is not None:
-            ports.remove_sockets()
+        for mux in (ports, grpc_only_tls):
+            if mux is not None:
+                mux.remove_sockets()
         await server.stop()
         raise
     log.info("serving client requests", extra={"listen-client-urls": bound, "member-id": f"{server.member_id:x}",
@@ -548,7 +567,7 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     return RunningMember(server, grpc_servers, bound, stats=stats, registry=registry, http_servers=http_servers,
                          metrics_urls=metrics_urls, client_http_urls=client_http_urls,
                          snapshot_scheduler=scheduler, snapshot_task=task, promoter_task=promoter,
-                         client_mux=ports)
+                         client_mux=ports or grpc_only_tls)
 
 
 async def serve(settings: ServerSettings, listen_client_urls: list[str], tls: TLSFiles | None = None,
@@ -646,7 +665,8 @@ def _apply_cipher_suites(config: Any) -> list[str]:
 class _RevokedClientInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """--client-crl-file: refuse (UNAUTHENTICATED) calls whose verified client certificate the CRL revokes.
     grpcio has no CRL option, so each call's certificate is checked against the CRL (re-read when it changes);
-    the verdict is cached per certificate."""
+    the verdict is cached per certificate. Members no longer install it (every https:// client URL's TLS front
+    checks the CRL, security/tls_front.py); ``bench/tls_cost.py`` measures it against grpc core TLS."""
 
     def __init__(self, crl_file: str) -> None:
         from quorumkv.security.certs import load_crl

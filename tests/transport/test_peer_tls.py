@@ -40,7 +40,7 @@ async def start(made: list[PeerTransport], member_id: int, pki: PKI, cert: str, 
                    allowed_cn=allowed_cn, crl_file=str(pki.crl) if crl else "")
     received: list[object] = []
     t = PeerTransport(member_id, CLUSTER, received.append, lambda _id: None, random.Random(member_id),
-                      options=FAST, server_credentials=tls.server_credentials,
+                      options=FAST, server_credentials=tls.server_credentials, server_front=tls.server_front,
                       channel_credentials=tls.channel_credentials)
     t.check_peer_cert, t.diagnose_tls = tls.check_peer_cert, tls.diagnose_tls
     made.append(t)
@@ -124,7 +124,8 @@ async def test_peer_listener_rotates_without_restart(pki: PKI, transports: list[
     tls = peer_tls(str(crt), str(key), str(pki.ca.path), client_cert_auth=True)
     got: list[object] = []
     a = PeerTransport(1, CLUSTER, got.append, lambda _id: None, random.Random(1), options=FAST,
-                      server_credentials=tls.server_credentials, channel_credentials=tls.channel_credentials)
+                      server_credentials=tls.server_credentials, channel_credentials=tls.channel_credentials,
+                      server_front=tls.server_front)
     transports.append(a)
     (url_a,) = await a.start(["https://127.0.0.1:0"])
     shutil.copy(pki.cert("expired"), crt)

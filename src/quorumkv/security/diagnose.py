@@ -233,19 +233,28 @@ def certificate_message_chain(message: bytes, tls13: bool) -> list[bytes]:
         return []
 
 
-def _client_cert_problem(chain: Sequence[x509.Certificate], info: CertInfo, ca_file: str) -> str | None:
+#: role -> (CA flag, client-verification flag, how the dialler gives a certificate)
+_ROLE_FLAGS = {
+    "client": ("--trusted-ca-file", "--client-cert-auth", "etcdctl --cert and --key"),
+    "peer": ("--peer-trusted-ca-file", "--peer-client-cert-auth", "its --peer-cert-file and --peer-key-file"),
+}
+
+
+def _client_cert_problem(chain: Sequence[x509.Certificate], info: CertInfo, ca_file: str,
+                         role: str = "client") -> str | None:
     leaf = chain[0]
-    who = f"client certificate '{info.common_name}' (SHA-256 {info.fingerprint})"
+    ca_flag = _ROLE_FLAGS[role][0]
+    who = f"{role} certificate '{info.common_name}' (SHA-256 {info.fingerprint})"
     if ca_file:
         try:
-            cas = load_certs(ca_file, "--trusted-ca-file", "CA certificate")
+            cas = load_certs(ca_file, ca_flag, "CA certificate")
         except TLSFileError as exc:
             return exc.problem.line()
         if not check_chain_against_ca(chain, cas):
-            return (f"{who} is {unknown_ca_message(chain, cas, f'--trusted-ca-file {ca_file}')}; issue the client's "
-                    f"certificate from that CA, or add its CA to --trusted-ca-file")
-    for p in check_validity(leaf, "", "", what="client certificate"):
-        fix = ("the client needs a renewed certificate" if "expired" in p.problem else
+            return (f"{who} is {unknown_ca_message(chain, cas, f'{ca_flag} {ca_file}')}; issue the {role}'s "
+                    f"certificate from that CA, or add its CA to {ca_flag}")
+    for p in check_validity(leaf, "", "", what=f"{role} certificate"):
+        fix = (f"the {role} needs a renewed certificate" if "expired" in p.problem else
                "check the clock of this host and of the CA that issued it, or wait until it is valid")
         return f"{p.problem} (SHA-256 {info.fingerprint}); {fix}"
     for p in check_usages(info, "client", "", ""):
@@ -253,37 +262,39 @@ def _client_cert_problem(chain: Sequence[x509.Certificate], info: CertInfo, ca_f
     return None
 
 
-def client_handshake_refusal(chain_der: Sequence[bytes], exc: ssl.SSLError, ca_file: str) -> str | None:
-    """Why this member refused a client's TLS handshake, with the fix, from the error OpenSSL raised and the
-    certificates the client sent (``chain_der``, captured from its Certificate message). None when the
-    handshake failed on the client's side (it sent an alert: it refused *our* certificate) or the connection
-    simply ended."""
+def client_handshake_refusal(chain_der: Sequence[bytes], exc: ssl.SSLError, ca_file: str,
+                             role: str = "client") -> str | None:
+    """Why this member refused a TLS handshake on its client port (``role`` "client") or peer port ("peer"),
+    with the fix, from the error OpenSSL raised and the certificates the dialler sent (``chain_der``, captured
+    from its Certificate message). None when the handshake failed on the dialler's side (it sent an alert: it
+    refused *our* certificate) or the connection simply ended."""
+    ca_flag, auth_flag, give = _ROLE_FLAGS[role]
     reason = (exc.reason or "").upper()
     if "ALERT" in reason and "PEER_DID_NOT_RETURN" not in reason:
-        return None  # the client alerted: the refusal is the client's, and it names it
+        return None  # the dialler alerted: the refusal is the dialler's, and it names it
     if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
         return None
     if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in reason or (reason == "CERTIFICATE_VERIFY_FAILED" and not chain_der):
-        return (f"the client sent no certificate, but --client-cert-auth requires one signed by --trusted-ca-file "
-                f"{ca_file}; give the client a certificate and key (etcdctl --cert and --key)")
+        return (f"the {role} sent no certificate, but {auth_flag} requires one signed by {ca_flag} "
+                f"{ca_file}; give the {role} a certificate and key ({give})")
     if isinstance(exc, ssl.SSLCertVerificationError) or reason == "CERTIFICATE_VERIFY_FAILED":
         verify = getattr(exc, "verify_message", "") or reason.lower()
         try:
             chain = [x509.load_der_x509_certificate(d) for d in chain_der]
         except ValueError:
-            return f"the client's certificate is not a readable X.509 certificate ({verify})"
+            return f"the {role}'s certificate is not a readable X.509 certificate ({verify})"
         info = describe(chain[0])
-        found = _client_cert_problem(chain, info, ca_file)
+        found = _client_cert_problem(chain, info, ca_file, role)
         if found is not None:
             return found
-        return (f"client certificate '{info.common_name}' (SHA-256 {info.fingerprint}) failed verification: "
-                f"{verify}; check it with 'quorumkv check certs --cert-file' and the CA with --trusted-ca-file")
+        return (f"{role} certificate '{info.common_name}' (SHA-256 {info.fingerprint}) failed verification: "
+                f"{verify}; check it with 'quorumkv check certs' and the CA with {ca_flag}")
     if "UNSUPPORTED_PROTOCOL" in reason or "VERSION_TOO_LOW" in reason:
-        return ("the client offers only TLS versions below 1.2; this member accepts TLS 1.2 and 1.3 (as etcd 3.4): "
-                "upgrade the client's TLS")
+        return (f"the {role} offers only TLS versions below 1.2; this member accepts TLS 1.2 and 1.3 (as etcd "
+                f"3.4): upgrade the {role}'s TLS")
     if "NO_SHARED_CIPHER" in reason:
-        return ("the client offers no cipher suite this member accepts (--cipher-suites limits TLS 1.2); add one "
-                "the client offers, or let the client use TLS 1.3")
+        return (f"the {role} offers no cipher suite this member accepts (--cipher-suites limits TLS 1.2); add one "
+                f"the {role} offers, or let the {role} use TLS 1.3")
     if "NO_APPLICATION_PROTOCOL" in reason:
-        return "the client offers no ALPN protocol this port serves (gRPC: h2)"
+        return f"the {role} offers no ALPN protocol this port serves (gRPC: h2)"
     return f"TLS handshake failed: {exc.reason or exc}"

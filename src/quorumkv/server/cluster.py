@@ -109,13 +109,16 @@ class MemberCluster(MemberCore):
         if not s.peer_cert_file:
             self._peer_tls: Any = None
             return {}
+        from quorumkv.security.ciphers import openssl_names
         from quorumkv.security.peer import peer_tls
 
         self._peer_tls = peer_tls(s.peer_cert_file, s.peer_key_file, s.peer_trusted_ca_file,
                                   client_cert_auth=s.peer_client_cert_auth, allowed_cn=s.peer_cert_allowed_cn,
-                                  crl_file=s.peer_crl_file)
+                                  crl_file=s.peer_crl_file, ciphers=":".join(openssl_names(s.cipher_suites)))
+        # the listener's TLS is terminated by a front that logs each refused handshake (security/tls_front.py)
         return {"server_credentials": self._peer_tls.server_credentials,
-                "channel_credentials": self._peer_tls.channel_credentials}
+                "channel_credentials": self._peer_tls.channel_credentials,
+                "server_front": self._peer_tls.server_front}
 
     def _peer_tls_checks(self, transport: Any) -> None:
         """--peer-cert-allowed-cn/--peer-crl-file on incoming peers; diagnosis of failed dials."""

@@ -53,6 +53,8 @@ class ServerSettings:
     bcrypt_cost: int = 10
     peer_cert_allowed_cn: str = ""
     peer_crl_file: str = ""
+    #: --cipher-suites (etcd's names): TLS 1.2 suites the peer listener accepts
+    cipher_suites: list[str] = field(default_factory=list)
     #: Recovery from quorum loss (server/reset.py): etcd's --force-new-cluster, K3s's --cluster-reset[-restore-path].
     force_new_cluster: bool = False
     cluster_reset: bool = False
@@ -101,6 +103,7 @@ class ServerSettings:
             bcrypt_cost=int(getattr(cfg, "bcrypt_cost", 10)),
             peer_cert_allowed_cn=str(getattr(cfg, "peer_cert_allowed_cn", "") or ""),
             peer_crl_file=str(getattr(cfg, "peer_crl_file", "") or ""),
+            cipher_suites=list(getattr(cfg, "cipher_suites", []) or []),
             force_new_cluster=bool(getattr(cfg, "force_new_cluster", False)),
             cluster_reset=bool(getattr(cfg, "cluster_reset", False)),
             cluster_reset_restore_path=str(getattr(cfg, "cluster_reset_restore_path", "") or ""),

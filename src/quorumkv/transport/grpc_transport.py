@@ -16,6 +16,14 @@ here awaits a peer on the caller's behalf: ``send`` only appends to a deque and 
 Receiving side: the first frame of a stream must name this cluster and this member, and a sender that was
 removed is refused; every later frame is decoded as a whole (a malformed frame drops the stream, logged) and
 handed to ``on_messages``. ``Peer/Call`` dispatches to handlers registered by name.
+
+TLS on the listener (``https://`` listen URLs): with ``server_front`` the handshake is done by a TLS front
+(``security/tls_front.py``) that forwards plaintext HTTP/2 to the peer gRPC server on a private unix socket, so
+a handshake it refuses (unknown CA, expired, no clientAuth usage, no certificate ...) is logged here with its
+cause, once per address per minute; ``--peer-cert-allowed-cn`` and ``--peer-crl-file`` are then checked on
+each stream and call against the certificate the front verified (:meth:`PeerTransport.peer_cert_refusal`).
+With only ``server_credentials`` grpc core does the TLS (it reports no refusal). Plaintext listen URLs are
+bound by the gRPC server itself, with no front.
 """
 
 from __future__ import annotations
@@ -26,15 +34,19 @@ import collections
 import enum
 import logging
 import random
+import shutil
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 
 from quorumkv.api.quorumkvpb import peer_pb2, peer_pb2_grpc
 from quorumkv.raft.messages import LOCAL_MESSAGES, DecodeError, Message, MessageType, decode_message, encode_message
+from quorumkv.security.tls_front import TLSFront, private_socket_dir, verified_peer
 from quorumkv.transport.base import (
     RTT_BUCKETS,
     CallErrorKind,
@@ -162,6 +174,7 @@ class PeerTransport:
         options: TransportOptions | None = None,
         server_credentials: grpc.ServerCredentials | Callable[[], grpc.ServerCredentials] | None = None,
         channel_credentials: grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials] | None = None,
+        server_front: Callable[[], TLSFront] | None = None,
     ) -> None:
         if member_id == 0:
             raise ValueError("member ID 0 is reserved (no member)")
@@ -174,6 +187,10 @@ class PeerTransport:
         self.options = options or TransportOptions()
         self._server_credentials = server_credentials
         self._channel_credentials = channel_credentials
+        self._server_front = server_front
+        self._front: TLSFront | None = None  # terminates TLS on the https:// listen URLs (server_front)
+        self._sock_dir = ""  # the peer gRPC server's private unix socket behind the front
+        self._front_path = ""
         self._peers: dict[int, _Peer] = {}
         self._removed: set[int] = set()
         #: (sender, its cluster ID) -> when its refused stream was last logged (once per minute).
@@ -226,7 +243,9 @@ class PeerTransport:
         try:
             for url in listen_urls:
                 addr, secure = peer_address(url)
-                if secure:
+                if secure and self._server_front is not None:
+                    port = await self._listen_through_front(server, url)
+                elif secure:
                     if self._server_credentials is None:
                         raise ValueError(f"listen peer URL {url!r} is https but no peer TLS credentials were given")
                     creds = self._server_credentials
@@ -239,7 +258,10 @@ class PeerTransport:
                 host = addr.rsplit(":", 1)[0]
                 bound.append(f"{'https' if secure else 'http'}://{host}:{port}")
             await server.start()
+            if self._front is not None:
+                await self._front.start_serving()
         except BaseException:
+            self._close_front()
             await server.stop(0)
             self._loop = None
             raise
@@ -252,6 +274,32 @@ class PeerTransport:
         log.info("serving peer traffic", extra={"listen-peer-urls": bound, "member-id": f"{self.member_id:x}",
                                                 "cluster-id": f"{self.cluster_id:x}"})
         return list(bound)
+
+    async def _listen_through_front(self, server: Any, url: str) -> int:
+        """Bind ``url`` (https) to the TLS front, which forwards to ``server`` on a private unix socket."""
+        assert self._server_front is not None
+        if self._front is None:
+            self._sock_dir = private_socket_dir()
+            path = f"{self._sock_dir}/peer.sock"
+            if server.add_insecure_port(f"unix:{path}") == 0:
+                raise OSError(f"cannot listen on unix:{path} (the peer gRPC server's private socket)")
+            self._front = self._server_front()
+            self._front_path = path
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None  # peer_address checked the URL
+        try:
+            return await self._front.listen(parts.hostname, parts.port, [self._front_path])
+        except OSError as exc:
+            raise OSError(f"cannot listen on {url}: {exc.strerror or exc}; choose another --listen-peer-urls"
+                          ) from exc
+
+    def _close_front(self) -> None:
+        if self._front is not None:
+            self._front.close()
+            self._front = None
+        if self._sock_dir:
+            shutil.rmtree(self._sock_dir, ignore_errors=True)
+            self._sock_dir = ""
 
     async def stop(self) -> None:
         """Stop every lane and the listener. Queued messages are discarded; no callback runs afterwards."""
@@ -271,6 +319,7 @@ class PeerTransport:
         await self._join_tasks()
         for peer in self._peers.values():
             await self._close_call_channels(peer)
+        self._close_front()
         if self._server is not None:
             await self._server.stop(self.options.stop_grace_s)
             self._server = None
@@ -536,15 +585,24 @@ class PeerTransport:
         task.add_done_callback(self._tasks.discard)
 
     def peer_cert_refusal(self, context: Any) -> str | None:
-        """Why the calling peer's (verified) certificate is refused, logged once per address per minute."""
+        """Why the calling peer's (verified) certificate is refused, logged once per address per minute. The
+        certificate is the one the TLS front verified for this connection (``security/tls_front.py``), or grpc
+        core's when it did the TLS."""
         if self.check_peer_cert is None:
             return None
-        pems = context.auth_context().get("x509_pem_cert")
-        if not pems:
-            return None
-        reason = self.check_peer_cert(pems[0])
+        addr = context.peer()
+        if self._front is not None and (verified := verified_peer(addr)) is not None:
+            if not verified.der:
+                return None
+            pem, addr = ssl.DER_cert_to_PEM_cert(verified.der).encode(), verified.remote
+        else:
+            pems = context.auth_context().get("x509_pem_cert")
+            if not pems:
+                return None
+            pem = pems[0]
+        reason = self.check_peer_cert(pem)
         if reason is not None and self._loop is not None:
-            addr, now = context.peer(), self._loop.time()
+            now = self._loop.time()
             host = addr.rsplit(":", 1)[0]  # "ipv4:127.0.0.1:54321": once per address, whatever the port
             if now - self._tls_reported.get(host, -1e9) >= 60:
                 self._tls_reported[host] = now
