@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import grpc
 from prometheus_client import CollectorRegistry
 
-from quorumkv.api.cmux import ClientMux
+from quorumkv.api.cmux import ClientMux, splice_mode
 from quorumkv.api.gateway import CORS_HEADERS, Gateway
 from quorumkv.api.http import MAX_HEAD_BYTES, HttpServer
 from quorumkv.api.servicers import add_servicers
@@ -461,6 +461,8 @@ async def start_member(settings: ServerSettings, listen_client_urls: list[str],
     health, JSON gateway) and, with ``backups`` not disabled, the snapshot schedule (``snapshot_clock``: tests'
     fake clock); raise on any startup problem."""
     http = http or HttpOptions()
+    if not http.listen_client_http_urls:
+        splice_mode()  # a bad QUORUMKV_CLIENT_PORT_SPLICE is refused before the data dir is touched
     if not settings.peer_dial_map:
         settings.peer_dial_map = peer_dial_map_from_env(os.environ.get(PEER_DIAL_MAP_ENV, ""))
     if settings.cluster_reset_restore_path:  # before the data dir is opened (it is replaced)

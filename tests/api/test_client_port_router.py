@@ -18,6 +18,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -464,3 +465,19 @@ def test_a_member_outlives_its_killed_router(tmp_path: Path) -> None:
         assert server.stop() == 0
     finally:
         server.stop()
+
+
+def test_an_unknown_splice_mode_is_refused_before_the_data_dir_is_touched(tmp_path: Path) -> None:
+    """``QUORUMKV_CLIENT_PORT_SPLICE`` is read at start-up: an unknown value gets one line naming the accepted
+    ones and exit 1, before the data dir is created (it used to be noticed only once the member had started)."""
+    data_dir = tmp_path / "d"
+    env = {**os.environ, SPLICE_ENV: "bogus"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "quorumkv", "--data-dir", str(data_dir),
+         "--listen-client-urls", "http://127.0.0.1:0", "--advertise-client-urls", "http://127.0.0.1:2379",
+         "--listen-peer-urls", "http://127.0.0.1:0"],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "quorumkv: QUORUMKV_CLIENT_PORT_SPLICE='bogus' is not one of process, thread, loop; unset it or pick one")
+    assert not data_dir.exists()

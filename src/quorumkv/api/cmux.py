@@ -210,6 +210,15 @@ def _https_refusal(exc: ssl.SSLError) -> tuple[str, str]:
     return (f"ssl-{exc.reason}", f"tls: handshake with an HTTPS client failed: {exc.reason or exc}")
 
 
+def splice_mode() -> str:
+    """The ``QUORUMKV_CLIENT_PORT_SPLICE`` setting (``process`` when unset); an unknown value raises ValueError
+    naming the accepted ones (checked before the member starts, and again when the port starts accepting)."""
+    mode = os.environ.get(SPLICE_ENV, "process") or "process"
+    if mode not in SPLICE_MODES:
+        raise ValueError(f"{SPLICE_ENV}={mode!r} is not one of {', '.join(SPLICE_MODES)}; unset it or pick one")
+    return mode
+
+
 class ClientMux:
     """The front of one or more client URLs: :meth:`listen` binds them, :meth:`start` begins accepting (the
     gRPC servers and the HTTP side must be up by then)."""
@@ -281,9 +290,7 @@ class ClientMux:
         self._http_connected = http_connected
         self._http_ssl = http_ssl
         plain = [sock for sock in self._listeners if not self._secure[sock.fileno()]]
-        mode = os.environ.get(SPLICE_ENV, "process") or "process"
-        if mode not in SPLICE_MODES:
-            raise ValueError(f"{SPLICE_ENV}={mode!r} is not one of {', '.join(SPLICE_MODES)}")
+        mode = splice_mode()
         if mode == "process" and (getattr(sys, "frozen", False) or not sys.executable):
             mode = "loop"  # no Python interpreter to start the router with (a frozen application)
         if plain and grpc_paths.get(False) and mode != "loop":
