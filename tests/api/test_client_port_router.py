@@ -377,6 +377,7 @@ def test_router_a_stale_event_of_a_closed_pair_does_not_reset_a_new_connection(t
         # the new gRPC-side socket will get the lowest free number: the smaller of the pair's two
         reused, other = min(client_fd, back_fd), max(client_fd, back_fd)
         router._dispatch([(other, select.EPOLLERR), (sniffed_fd, select.EPOLLIN), (reused, select.EPOLLERR)])
+        assert len(router._ends) == 2, "the new connection was closed by the old pair's stale event"
         assert reused in router._ends, "the new connection's gRPC side did not get the freed number"
         thread.start()  # from here the router runs on its own
         second_back, _ = backend.accept()
