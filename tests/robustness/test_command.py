@@ -117,10 +117,17 @@ def test_a_one_member_run_injects_faults_passes_and_ends_within_its_duration(tmp
     assert main(["robustness", "check", str(report.with_suffix(".recording.json"))]) == 0
     # the validators catch anomalies planted into this real recording too
     recorded = Recording.from_json(report.with_suffix(".recording.json").read_text())
+    planted = 0
     for name in ("duplicated watch event", "reordered watch event", "early bookmark", "lost watch event"):
         plant, check = PLANTS[name]
-        verdict = validate(plant(recorded, random.Random(1)))
+        try:
+            mutated = plant(recorded, random.Random(1))
+        except ValueError:  # no place for it in this recording (a saturated host batches events together)
+            continue
+        planted += 1
+        verdict = validate(mutated)
         assert check in {f.check for f in verdict.findings}, (name, [str(f) for f in verdict.findings])
+    assert planted >= 1, "no anomaly could be planted in the recording"
 
 
 def test_a_cluster_not_ready_within_its_start_up_budget_is_unknown(tmp_path: Path,

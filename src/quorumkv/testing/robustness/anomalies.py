@@ -87,7 +87,13 @@ def clean_recording(seed: int = 0, operations: int = 120) -> Recording:
 
 
 def _streams_with_events(rec: Recording) -> list[WatchStreamRec]:
-    return [s for s in rec.watches if len(s.events()) >= 4]
+    """Streams with at least 4 events spread over at least 2 responses (what the stream plants move between);
+    ValueError when the recording has none (a sparse one, e.g. from a saturated host)."""
+    streams = [s for s in rec.watches
+               if len(s.events()) >= 4 and sum(1 for r in s.responses if r.events) >= 2]
+    if not streams:
+        raise ValueError("no watch stream with events in two responses")
+    return streams
 
 
 def plant_duplicate_event(rec: Recording, rng: random.Random) -> Recording:
@@ -145,6 +151,8 @@ def plant_lost_event(rec: Recording, rng: random.Random) -> Recording:
     """An acknowledged write's event missing from every watch stream (a gap, and a lost acknowledged write)."""
     out = copy.deepcopy(rec)
     written = sorted({op.output.revision for op in out.history if isinstance(op.input, Put) and op.output})
+    if len(written) < 3:
+        raise ValueError("fewer than three acknowledged puts")
     rev = rng.choice(written[1:-1])
     for s in out.watches:
         s.responses = [replace(r, events=tuple(e for e in r.events if e.revision != rev)) for r in s.responses]
