@@ -1,7 +1,8 @@
 """What quorumkv's TLS choices cost gRPC, measured in one run: a gRPC server (in a child process, as a member)
 with (a) static ``ssl_server_credentials`` (what quorumkv used before rotation), (b) the rotating dynamic
-credentials (``security.reload``: a fetcher gRPC calls before each handshake), (c) (b) plus the
-``--client-crl-file`` interceptor (a per-call certificate check), against plaintext for reference.
+credentials (``security.reload``: a fetcher gRPC calls before each handshake), against plaintext for
+reference. (A third variant, (b) plus a per-call ``--client-crl-file`` interceptor, was dropped when every
+https:// client URL went through the TLS front, which checks the CRL once per connection.)
 
 Two more variants measure the shared client port (``api/cmux.py``, what ``https://`` client URLs serve without
 ``--listen-client-http-urls``): ``cmux-splice`` (before: the front splices the encrypted bytes to a gRPC
@@ -36,7 +37,7 @@ from quorumkv.security.reload import ReloadingServerCredentials
 from quorumkv.testing.pki import PKI, make_pki
 
 METHOD = "/bench.Echo/Call"
-VARIANTS = ("plaintext", "static", "dynamic", "dynamic+crl", "cmux-splice", "cmux-front")
+VARIANTS = ("plaintext", "static", "dynamic", "cmux-splice", "cmux-front")
 
 
 def _free_port() -> int:
@@ -48,12 +49,7 @@ def _free_port() -> int:
 def _serve(variant: str, port: int, pki_dir: str, ready: Any) -> None:
     async def main() -> None:
         d = Path(pki_dir)
-        interceptors: list[Any] = []
-        if variant == "dynamic+crl":
-            from quorumkv.app import _RevokedClientInterceptor
-
-            interceptors.append(_RevokedClientInterceptor(str(d / "ca.crl")))
-        server = grpc.aio.server(interceptors=interceptors)
+        server = grpc.aio.server()
 
         async def echo(request: bytes, context: Any) -> bytes:
             return request
