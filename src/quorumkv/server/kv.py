@@ -59,11 +59,12 @@ class MemberKV(MemberCore):
         if self.alarms and any(a == pb.AlarmType.CORRUPT for _, a in self.alarms):
             raise errors.CORRUPT
         reader = self.reader
+        counts = self.page_counts
         try:
             with read_txn(reader):
                 return execute_range(
                     lambda rev, limit, count_only: store.range_at(
-                        reader, req.key, req.range_end, rev, limit=limit, count_only=count_only),
+                        reader, req.key, req.range_end, rev, limit=limit, count_only=count_only, counts=counts),
                     req,
                 )
         except store.CompactedError as exc:
