@@ -24,9 +24,10 @@ from quorumkv.storage.backend import read_txn
 
 #: Revisions compacted by the first log entry of a compaction, and the pause between two entries (see
 #: ``MemberKV.compact``). etcd 3.4 deletes 1,000 keys per batch with 10 ms between batches; a step here also
-#: writes the kv indexes in the same transaction as the writes it shares a turn with, so it starts at half that
-#: (bench/datascale.py, docs/performance.md).
-COMPACTION_STEP_REVISIONS = 500
+#: writes the kv indexes in the same transaction as the writes it shares a turn with, and its commit syncs every
+#: page it freed: on the shared test host a step of 500 revisions of 2-8 KiB values took 74 ms (median; spikes
+#: to 500 ms), one of 100 took 13 ms (bench/datascale.py, docs/performance.md). Later steps grow on a faster disk.
+COMPACTION_STEP_REVISIONS = 100
 COMPACTION_PAUSE_S = 0.01
 #: The steps that follow adapt to what a step costs on this store and host: a step whose entry took longer than
 #: the target (from proposal to applied: what a write queued behind it waited too) halves the next one, a step
