@@ -8,13 +8,13 @@ from contextlib import contextmanager
 import pytest
 
 import quorumkv.raft
+import quorumkv.server.ready as ready_mod
 from quorumkv.raft import Config
 from quorumkv.raft.ids import Index, NodeId, Term
 from quorumkv.raft.messages import ConfState, Entry, HardState, Message, SnapshotMetadata
 from quorumkv.raft.rawnode import Ready
 from quorumkv.raft.storage import SnapshotTemporarilyUnavailableError
 from quorumkv.server.failpoints import FailpointError, Failpoints, parse
-import quorumkv.server.ready as ready_mod
 from quorumkv.server.ready import AppliedStateStorage, Plan, ReadyProcessor
 from quorumkv.testing.harness import Cluster, MemoryLogStore
 from quorumkv.testing.planted import KNOWN_BUGS

@@ -55,7 +55,6 @@ from quorumkv.raft.rawnode import RawNode, Ready
 from quorumkv.raft.storage import SnapshotTemporarilyUnavailableError
 from quorumkv.server.failpoints import DISABLED, Failpoints
 
-
 #: Applied entries a sole voter whose store applies in the log's transaction keeps in memory (at most; half of them
 #: after each compaction) instead of ``snapshot_count``. Nothing reads them: it stores no log rows, and the
 #: applied state is the log; only a member added later could be sent them instead of a snapshot. With
