@@ -30,7 +30,6 @@ from quorumkv import ETCD_CLUSTER_VERSION, ETCD_COMPAT_VERSION
 from quorumkv.api import jsonpb
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.http import HttpError, Request, Response, StreamResponse
-from quorumkv.api.servicers import EncodedMessage
 from quorumkv.api.v3electionpb import v3election_pb2 as epb
 from quorumkv.api.v3lockpb import v3lock_pb2 as lpb
 from quorumkv.observability.health import Health
@@ -351,8 +350,6 @@ class Gateway:
         except NotImplementedError:
             return error_response(_code_value(ctx.code() or grpc.StatusCode.UNIMPLEMENTED),
                                   ctx.details() or "Method not implemented!")
-        if isinstance(resp, EncodedMessage):  # KV.Range answers encoded (for gRPC)
-            resp = resp.message()
         return Response(200, dumps(to_json(resp)), JSON)
 
     async def _bidi(self, req: Request, method: Callable[[Any, Any], AsyncIterator[Message]],

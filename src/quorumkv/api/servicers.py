@@ -79,57 +79,22 @@ def auth_info(s: Authorizer, context: Any) -> AuthInfo | None:
     return s.auth_info(token, common_name)
 
 
-class EncodedMessage:
-    """A response already encoded (``data``): the gRPC method's serializer sends those bytes as they are
-    (``_MethodTable``); ``message`` gives the message where an object is needed (the HTTP gateway)."""
-
-    __slots__ = ("data", "message_class")
-
-    def __init__(self, data: bytes, message_class: Any) -> None:
-        self.data = data
-        self.message_class = message_class
-
-    def message(self) -> Any:
-        return self.message_class.FromString(self.data)
-
-
-def encoded_range_response(resp: pb.RangeResponse, kvs: bytes) -> EncodedMessage:
-    """``resp`` (without kvs) with the encoded ``kvs`` in it, byte for byte what ``SerializeToString`` writes
-    for the whole message: its fields in number order (header, kvs, more, count)."""
-    head = pb.RangeResponse(header=resp.header).SerializeToString() if resp.HasField("header") else b""
-    return EncodedMessage(head + kvs + pb.RangeResponse(more=resp.more, count=resp.count).SerializeToString(),
-                          pb.RangeResponse)
-
-
-def _sends_encoded(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
-    """``serialize``, passing an :class:`EncodedMessage` through as it is."""
-
-    def send(message: Any) -> bytes:
-        if type(message) is EncodedMessage:
-            return message.data
-        return serialize(message)
-
-    return send
-
-
 class KVServicer(pb_grpc.KVServicer):
     def __init__(self, server: KVService) -> None:
         self.s = server
 
-    async def Range(self, request: pb.RangeRequest, context: Any) -> EncodedMessage:
-        """The answer goes out encoded (``KVService.range_encoded``: the kvs encoded one by one cost less
-        than protobuf's serialization of the whole response, docs/performance.md)."""
+    async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:
         try:
             validate.check_range(request)
             if not request.serializable:
                 await self.s.read_barrier()
             if self.s.auth_enabled:  # after the barrier, as etcd: the auth state is at least as new as the read
                 self.s.authorize_range(auth_info(self.s, context), request)
-            resp, kvs = self.s.range_encoded(request)
+            resp = self.s.range(request)
         except EtcdError as err:
             await abort(context, err)
         self.s.fill_header(resp.header)
-        return encoded_range_response(resp, kvs)
+        return resp
 
     async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
         try:
@@ -612,8 +577,6 @@ class _MethodTable:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         for method, handler in handlers.items():
-            if handler.response_serializer is not None:
-                handler = handler._replace(response_serializer=_sends_encoded(handler.response_serializer))
             if self.count_bytes is not None:
                 handler = _counting(handler, *self.count_bytes)
             self.handlers[f"/{service}/{method}"] = tolerant_handler(handler, self._has_leader)

@@ -643,9 +643,8 @@ _SORT_KEYS = {
 }
 
 
-def _range_answer(fetch: object, req: pb.RangeRequest) -> tuple[pb.RangeResponse, list[KeyValue]]:
-    """etcd's Range semantics on top of a ``fetch(revision, limit, count_only) -> RangeResult``: the response
-    without its kvs, and the kvs it answers (none for ``count_only``)."""
+def execute_range(fetch: object, req: pb.RangeRequest) -> pb.RangeResponse:
+    """etcd's Range semantics on top of a ``fetch(revision, limit, count_only) -> RangeResult``."""
     limit = req.limit
     post_filter = bool(
         req.min_mod_revision or req.max_mod_revision or req.min_create_revision or req.max_create_revision
@@ -674,56 +673,15 @@ def _range_answer(fetch: object, req: pb.RangeRequest) -> tuple[pb.RangeResponse
     if req.limit > 0 and len(kvs) > req.limit:
         kvs = kvs[: req.limit]
         resp.more = True
-    return resp, [] if req.count_only else kvs
-
-
-def execute_range(fetch: object, req: pb.RangeRequest) -> pb.RangeResponse:
-    """etcd's Range semantics on top of a ``fetch(revision, limit, count_only) -> RangeResult``."""
-    resp, kvs = _range_answer(fetch, req)
-    add = resp.kvs.add  # filled in place: building messages and extending with them copies each one again
-    if req.keys_only:
-        for k, create, mod, version, _, lease in kvs:
-            add(key=k, create_revision=create, mod_revision=mod, version=version, lease=lease)
-    else:
-        for k, create, mod, version, value, lease in kvs:
-            add(key=k, create_revision=create, mod_revision=mod, version=version, value=value, lease=lease)
+    if not req.count_only:
+        add = resp.kvs.add  # filled in place: building messages and extending with them copies each one again
+        if req.keys_only:
+            for k, create, mod, version, _, lease in kvs:
+                add(key=k, create_revision=create, mod_revision=mod, version=version, lease=lease)
+        else:
+            for k, create, mod, version, value, lease in kvs:
+                add(key=k, create_revision=create, mod_revision=mod, version=version, value=value, lease=lease)
     return resp
-
-
-#: A RangeResponse's ``kvs`` entry starts with this byte (field number, wire type 2: length-delimited).
-_KVS_TAG = bytes([pb.RangeResponse.DESCRIPTOR.fields_by_name["kvs"].number << 3 | 2])
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def encode_kvs(kvs: Iterable[KeyValue], *, keys_only: bool = False) -> bytes:
-    """The ``kvs`` field of a RangeResponse holding ``kvs``, encoded as ``SerializeToString`` encodes it (each
-    KeyValue by protobuf, framed here). A large response costs less this way: protobuf's serialization of one
-    RangeResponse of 500 KeyValues of 1 KiB took 1.2-2.3 ms on the test host, building it another 1.3 ms; each
-    KeyValue built and encoded alone, 1.4 ms for the 500 (docs/performance.md, "Big store")."""
-    new_kv = kv_pb2.KeyValue
-    tag = _KVS_TAG
-    parts: list[bytes] = []
-    add = parts.extend
-    for k, create, mod, version, value, lease in kvs:
-        data = new_kv(key=k, create_revision=create, mod_revision=mod, version=version,
-                      value=b"" if keys_only else value, lease=lease).SerializeToString()
-        add((tag, _varint(len(data)), data))
-    return b"".join(parts)
-
-
-def execute_range_encoded(fetch: object, req: pb.RangeRequest) -> tuple[pb.RangeResponse, bytes]:
-    """:func:`execute_range` with the kvs encoded apart (:func:`encode_kvs`): the response without them, and
-    them (``api.servicers.encoded_range_response`` puts the two together)."""
-    resp, kvs = _range_answer(fetch, req)
-    return resp, encode_kvs(kvs, keys_only=req.keys_only)
 
 
 def execute_read_only_txn(conn: sqlite3.Connection, req: pb.TxnRequest) -> pb.TxnResponse:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from quorumkv import errors
@@ -14,7 +13,6 @@ from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.mvcc import store
 from quorumkv.server.apply import (
     execute_range,
-    execute_range_encoded,
     execute_read_only_txn,
     put_cost_bytes,
     txn_cost_bytes,
@@ -59,23 +57,13 @@ class MemberKV(MemberCore):
         return self.settings.max_txn_ops
 
     def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
-        resp: pb.RangeResponse = self._range(req, execute_range)
-        return resp
-
-    def range_encoded(self, req: pb.RangeRequest) -> tuple[pb.RangeResponse, bytes]:
-        """:meth:`range` with the kvs already encoded (``apply.execute_range_encoded``): the response without
-        them, and them."""
-        answer: tuple[pb.RangeResponse, bytes] = self._range(req, execute_range_encoded)
-        return answer
-
-    def _range(self, req: pb.RangeRequest, execute: Callable[[object, pb.RangeRequest], Any]) -> Any:
         if self.alarms and any(a == pb.AlarmType.CORRUPT for _, a in self.alarms):
             raise errors.CORRUPT
         reader = self.reader
         counts = self.page_counts
         try:
             with read_txn(reader):
-                return execute(
+                return execute_range(
                     lambda rev, limit, count_only: store.range_at(
                         reader, req.key, req.range_end, rev, limit=limit, count_only=count_only, counts=counts),
                     req,
