@@ -452,6 +452,19 @@ def compact(conn: sqlite3.Connection, revision: int) -> int:
     return int(cur.rowcount)
 
 
+def revision_within_bytes(conn: sqlite3.Connection, after: int, upto: int, budget: int) -> int:
+    """The last revision R in (``after``, ``upto``] whose rows, with those of every revision in (``after``, R],
+    hold at most ``budget`` bytes of keys and values (``upto`` when all of them do; ``after + 1`` at least): a
+    compaction step's window sized by what it holds, not by its count of revisions. Reads the ``kv_by_rev``
+    index and the rows' lengths (not their values)."""
+    row = conn.execute(
+        "SELECT rev FROM (SELECT rev, sum(length(key) + coalesce(length(value), 0)) OVER (ORDER BY rev, sub) AS total "
+        "FROM kv WHERE rev > ? AND rev <= ?) WHERE total > ? LIMIT 1", (after, upto, budget)).fetchone()
+    if row is None:
+        return upto
+    return max(after + 1, int(row[0]) - 1)
+
+
 def all_revisions(conn: sqlite3.Connection) -> Iterable[tuple[int, int, bytes, bytes | None, int, int, int]]:
     """Every stored row in revision order (for hashing and snapshots)."""
     return conn.execute(
