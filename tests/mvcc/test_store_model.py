@@ -166,6 +166,7 @@ class RealStore:
         self.backend.writer.execute("PRAGMA synchronous=OFF")  # durability is not under test here
         self.applier = Applier(self.backend.writer, min_lease_ttl_seconds=MIN_LEASE_TTL)
         self.reader = self.backend.new_reader()
+        self.page_counts = store.PageCounts()
         self.index = 0
         self.result = ApplyResult()
 
@@ -183,12 +184,12 @@ class RealStore:
 
     def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
         """The read path of QuorumServer.range."""
-        reader = self.reader
+        reader, counts = self.reader, self.page_counts
         try:
             with read_txn(reader):
                 return execute_range(
                     lambda rev, limit, count_only: store.range_at(
-                        reader, req.key, req.range_end, rev, limit=limit, count_only=count_only),
+                        reader, req.key, req.range_end, rev, limit=limit, count_only=count_only, counts=counts),
                     req,
                 )
         except store.CompactedError as exc:
@@ -259,6 +260,28 @@ class StoreMachine(RuleBasedStateMachine):
     def range(self, req: pb.RangeRequest) -> None:
         req = resolve(req, self.model.revision)
         self.both(lambda: self.real.range(req), lambda: self.model.range(req), writes=False)
+
+    @rule(bounds=key_ranges().filter(lambda b: b[1] != b""), revision=st.one_of(st.just(0), st.just(0), revisions),
+          limit=st.integers(1, 2), keys_only=rare,
+          puts=st.lists(keys, max_size=len(KEYS), unique=True))
+    def paginated_list(self, bounds: tuple[bytes, bytes], revision: int, limit: int, keys_only: bool,
+                       puts: list[bytes]) -> None:
+        """A list in pages, as clients page (each page from just after the last key of the one before, at the
+        first page's revision): later pages take their count from the pages before (``store.PageCounts``).
+        ``puts``: keys written first in one txn (other rules leave few keys: there would be no second page)."""
+        if puts:
+            put_txn = pb.TxnRequest(success=[pb.RequestOp(request_put=pb.PutRequest(key=k, value=b"p"))
+                                             for k in puts])
+            self.both(lambda: self.real.txn(put_txn), lambda: self.model.txn(put_txn))
+        req = resolve(pb.RangeRequest(key=bounds[0], range_end=bounds[1], revision=revision, limit=limit,
+                                      keys_only=keys_only), self.model.revision)
+        for _ in range(len(KEYS) + 1):
+            got, want = outcome(lambda: self.real.range(req)), outcome(lambda: self.model.range(req))
+            assert got == want, f"\nquorumkv: {got}\nmodel:    {want}"
+            if got[0] != "ok" or not got[1].more or not got[1].kvs:
+                break
+            req.key = got[1].kvs[-1].key + b"\x00"
+            req.revision = got[1].header.revision
 
     @rule(req=txn_requests())
     def txn(self, req: pb.TxnRequest) -> None:
@@ -405,6 +428,16 @@ def _nested_compare_sees_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Applier, "_apply_txn", apply_txn)
 
 
+def _later_pages_miscounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = store.PageCounts.get
+
+    def get(self: store.PageCounts, conn: Any, key: bytes, range_end: bytes, rev: int) -> int | None:
+        count = original(self, conn, key, range_end, rev)
+        return None if count is None else count - 1  # one key too few after each page: the bug
+
+    monkeypatch.setattr(store.PageCounts, "get", get)
+
+
 @dataclasses.dataclass
 class PlantedBug:
     name: str
@@ -416,6 +449,7 @@ PLANTED = [
     PlantedBug("compaction drops each key's latest revision", _compaction_drops_latest),
     PlantedBug("lease revoke deletes no keys", _revoke_forgets_keys),
     PlantedBug("nested compares evaluated after earlier ops", _nested_compare_sees_writes),
+    PlantedBug("a list's later pages miscounted", _later_pages_miscounted),
 ]
 
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import pytest
 
 import quorumkv.raft
+import quorumkv.server.ready as ready_mod
 from quorumkv.raft import Config
 from quorumkv.raft.ids import Index, NodeId, Term
 from quorumkv.raft.messages import ConfState, Entry, HardState, Message, SnapshotMetadata
@@ -133,6 +134,33 @@ def test_compaction_keeps_catchup_entries_and_stops_below_the_pin() -> None:
     assert proc.maybe_compact()
     assert events[-1] == f"compact {applied - 2}"
     assert not proc.maybe_compact()  # fewer than snapshot_count applied entries left
+
+
+def test_a_sole_voter_storing_no_rows_keeps_few_entries_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ready_mod, "SOLE_VOTER_LOG_ENTRIES", 6)
+    c = Cluster(voters=(1,))
+    c.campaign(1)
+    proc = c.processors[N1]
+    proc.catchup_entries = 5
+    events = record(c, N1, applies_in_transaction=True)
+    for k in range(12):
+        c.propose(1, b"v%d" % k)
+    proc.log_pin = 1  # pinned (defrag): rows are stored and the usual retention (snapshot_count) applies
+    assert not proc.maybe_compact()
+    proc.log_pin = None
+    assert proc.maybe_compact()
+    assert events[-1] == f"compact {proc.sm.applied_index - 3}", events  # half the bound kept
+    assert not proc.maybe_compact()
+
+
+def test_members_keep_snapshot_count_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ready_mod, "SOLE_VOTER_LOG_ENTRIES", 6)
+    c = Cluster()
+    c.campaign(1)
+    record(c, N1, applies_in_transaction=True)
+    for k in range(12):
+        c.propose(1, b"v%d" % k)
+    assert not c.processors[N1].maybe_compact()  # three voters: snapshot_count (the default) is far away
 
 
 def test_a_failpoint_error_inside_the_transaction_leaves_nothing_of_the_ready() -> None:

@@ -131,10 +131,13 @@ def range_at(
     limit: int = 0,
     count_only: bool = False,
     current: int | None = None,
+    counts: PageCounts | None = None,
 ) -> RangeResult:
     """Keys in [key, range_end) as of ``revision`` (<= 0: current), sorted by key.
 
     ``limit`` > 0 caps the returned kvs; ``count`` is always the number of keys in the range.
+    ``counts``: the counts of earlier pages read on ``conn`` (only for a connection that sees committed revisions
+    only, never inside a write transaction), so that the next page of a paginated list is not counted again.
     Raises FutureRevisionError / CompactedError as etcd does.
     """
     cur = current_revision(conn) if current is None else current
@@ -157,7 +160,12 @@ def range_at(
         rows = _page(conn, key, range_end, rev, limit)
         if len(rows) < limit:
             return RangeResult(rows, len(rows), cur)
-        return RangeResult(rows, _count_live(conn, key, range_end, rev), cur)
+        count = None if counts is None else counts.get(conn, key, range_end, rev)
+        if count is None:
+            count = _count_live(conn, key, range_end, rev)
+        if counts is not None:
+            counts.remember(conn, range_end, rev, count, rows)
+        return RangeResult(rows, count, cur)
     if count_only:
         return RangeResult([], _count_live(conn, key, range_end, rev), cur)
     rows = [_kv(r) for r in conn.execute(_latest_rows_sql(pred).format(rev=n), hargs)]
@@ -165,6 +173,47 @@ def range_at(
     if limit > 0:
         rows = rows[:limit]
     return RangeResult(rows, count, cur)
+
+
+class PageCounts:
+    """The ``count`` of the next page of recent paginated lists, so that a list's pages after the first do not
+    each count their whole remaining range again (the count is an index scan of the range: most of a page's cost
+    on a large range).
+
+    A list's pages share one revision (the first page's, then ``revision`` set by the client), and the next page
+    starts just after the last key the client got: ``last + b"\\x00"`` (etcd's clients and Kubernetes' continue
+    tokens). After a page of ``n`` keys of a range counted ``count`` keys, the range from just after its i-th
+    key holds ``count - i`` keys at that revision: a revision's keys never change (reads below the compacted
+    revision fail before the count is looked at). The counts of the last two keys' successors are kept (the
+    server reads one key more than the client's limit); at most ``MAX_ENTRIES``, the oldest dropped first. Tied
+    to one connection: given another (the store's file was swapped), it forgets everything.
+    """
+
+    MAX_ENTRIES = 128
+
+    __slots__ = ("_conn", "_entries")
+
+    def __init__(self) -> None:
+        self._conn: sqlite3.Connection | None = None
+        self._entries: dict[tuple[bytes, bytes, int], int] = {}
+
+    def get(self, conn: sqlite3.Connection, key: bytes, range_end: bytes, rev: int) -> int | None:
+        if conn is not self._conn:
+            return None
+        return self._entries.pop((key, range_end, rev), None)
+
+    def remember(self, conn: sqlite3.Connection, range_end: bytes, rev: int, count: int,
+                 kvs: Sequence[KeyValue]) -> None:
+        if conn is not self._conn:
+            self._conn = conn
+            self._entries.clear()
+        entries = self._entries
+        n = len(kvs)
+        for i in (n - 1, n):
+            if i >= 1:
+                entries[(kvs[i - 1].key + b"\x00", range_end, rev)] = count - i
+        while len(entries) > self.MAX_ENTRIES:
+            del entries[next(iter(entries))]
 
 
 def _count_live(conn: sqlite3.Connection, key: bytes, range_end: bytes, rev: int) -> int:
@@ -180,27 +229,34 @@ def _count_live(conn: sqlite3.Connection, key: bytes, range_end: bytes, rev: int
     return int(keys) - int(deleted)
 
 
+#: The latest row at or before revision ``?3`` of each of the next ``?4`` keys from ``{lower}`` (``?1``) below
+#: ``?2`` (when ``{upper}`` names it), in key order, tombstones included (the caller skips them): the keys come
+#: from one scan of the covering ``kv_by_key`` index (GROUP BY key), each key's row from one descent of it.
+_PAGE_SQL = (
+    "SELECT l.key, l.create_rev, l.rev, l.version, l.value, l.lease FROM (SELECT key AS k FROM kv "
+    "WHERE {lower}{upper} AND rev <= ?3 GROUP BY key ORDER BY key LIMIT ?4) AS m JOIN kv AS l ON l.id = "
+    "(SELECT id FROM kv WHERE key = m.k AND rev <= ?3 ORDER BY rev DESC, sub DESC LIMIT 1)"
+)
+
+
 def _page(conn: sqlite3.Connection, key: bytes, range_end: bytes, rev: int, limit: int) -> list[KeyValue]:
-    """The first ``limit`` keys existing at ``rev`` in [key, range_end), sorted, read a batch of keys at a time
-    (each key's newest revision at or before ``rev`` from the ``kv_by_key`` index, in key order, then those rows):
-    a page costs its own keys, not the whole range's (the one-statement form sorted every key of the range)."""
-    upper, uargs = ("", ()) if range_end == b"\x00" else (" AND key < ?", (range_end,))
+    """The first ``limit`` keys existing at ``rev`` in [key, range_end), sorted, one statement per batch of keys
+    (``_PAGE_SQL``): a page costs its own keys, not the whole range's. A batch that met deleted keys is followed
+    by another from its last key."""
+    upper = "" if range_end == b"\x00" else " AND key < ?2"
     out: list[KeyValue] = []
-    lower, low = "key >= ?", key
+    lower, low = "key >= ?1", key
+    new = tuple.__new__
     while len(out) < limit:
         want = limit - len(out)
-        found = conn.execute(f"SELECT key, max(rev) FROM kv WHERE {lower}{upper} AND rev <= ? GROUP BY key "
-                             "ORDER BY key LIMIT ?", (low, *uargs, rev, want)).fetchall()
-        if not found:
+        rows = conn.execute(_PAGE_SQL.format(lower=lower, upper=upper), (low, range_end, rev, want)).fetchall()
+        if not rows:
             break
-        latest = ("SELECT l.key, l.create_rev, l.rev, l.version, l.value, l.lease FROM (VALUES "
-                  + ",".join(["(?,?)"] * len(found)) + ") AS v JOIN kv AS l ON l.id = (SELECT id FROM kv WHERE "
-                  "key = v.column1 AND rev = v.column2 ORDER BY sub DESC LIMIT 1) WHERE l.value IS NOT NULL "
-                  "ORDER BY l.key")
-        out.extend(_kv(r) for r in conn.execute(latest, [x for pair in found for x in pair]))
-        if len(found) < want:
+        rows.sort()  # already in key order (the keys' scan order); a guard that costs one pass
+        out.extend(new(KeyValue, r) for r in rows if r[4] is not None)  # a tombstone's value is NULL
+        if len(rows) < want:
             break
-        lower, low = "key > ?", found[-1][0]
+        lower, low = "key > ?1", rows[-1][0]
     return out
 
 
@@ -394,6 +450,19 @@ def compact(conn: sqlite3.Connection, revision: int) -> int:
     )
     meta_set(conn, "compact_revision", revision)
     return int(cur.rowcount)
+
+
+def revision_within_bytes(conn: sqlite3.Connection, after: int, upto: int, budget: int) -> int:
+    """The last revision R in (``after``, ``upto``] whose rows, with those of every revision in (``after``, R],
+    hold at most ``budget`` bytes of keys and values (``upto`` when all of them do; ``after + 1`` at least): a
+    compaction step's window sized by what it holds, not by its count of revisions. Reads the ``kv_by_rev``
+    index and the rows' lengths (not their values)."""
+    row = conn.execute(
+        "SELECT rev FROM (SELECT rev, sum(length(key) + coalesce(length(value), 0)) OVER (ORDER BY rev, sub) AS total "
+        "FROM kv WHERE rev > ? AND rev <= ?) WHERE total > ? LIMIT 1", (after, upto, budget)).fetchone()
+    if row is None:
+        return upto
+    return max(after + 1, int(row[0]) - 1)
 
 
 def all_revisions(conn: sqlite3.Connection) -> Iterable[tuple[int, int, bytes, bytes | None, int, int, int]]:

@@ -674,8 +674,13 @@ def execute_range(fetch: object, req: pb.RangeRequest) -> pb.RangeResponse:
         kvs = kvs[: req.limit]
         resp.more = True
     if not req.count_only:
-        keys_only = req.keys_only
-        resp.kvs.extend(to_pb_kv(kv, keys_only=keys_only) for kv in kvs)
+        add = resp.kvs.add  # filled in place: building messages and extending with them copies each one again
+        if req.keys_only:
+            for k, create, mod, version, _, lease in kvs:
+                add(key=k, create_revision=create, mod_revision=mod, version=version, lease=lease)
+        else:
+            for k, create, mod, version, value, lease in kvs:
+                add(key=k, create_revision=create, mod_revision=mod, version=version, value=value, lease=lease)
     return resp
 
 

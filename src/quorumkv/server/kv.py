@@ -24,9 +24,10 @@ from quorumkv.storage.backend import read_txn
 
 #: Revisions compacted by the first log entry of a compaction, and the pause between two entries (see
 #: ``MemberKV.compact``). etcd 3.4 deletes 1,000 keys per batch with 10 ms between batches; a step here also
-#: writes the kv indexes in the same transaction as the writes it shares a turn with, so it starts at half that
-#: (bench/datascale.py, docs/performance.md).
-COMPACTION_STEP_REVISIONS = 500
+#: writes the kv indexes in the same transaction as the writes it shares a turn with, and its commit syncs every
+#: page it freed: on the shared test host a step of 500 revisions of 2-8 KiB values took 74 ms (median; spikes
+#: to 500 ms), one of 100 took 13 ms (bench/datascale.py, docs/performance.md). Later steps grow on a faster disk.
+COMPACTION_STEP_REVISIONS = 100
 COMPACTION_PAUSE_S = 0.01
 #: The steps that follow adapt to what a step costs on this store and host: a step whose entry took longer than
 #: the target (from proposal to applied: what a write queued behind it waited too) halves the next one, a step
@@ -34,6 +35,11 @@ COMPACTION_PAUSE_S = 0.01
 COMPACTION_STEP_TARGET_S = 0.04
 COMPACTION_STEP_MIN_REVISIONS = 50
 COMPACTION_STEP_MAX_REVISIONS = 2000
+#: A step also ends where its revisions' keys and values pass this many bytes (``store.revision_within_bytes``):
+#: what a step frees, and so what its commit syncs, follows the bytes, and a store's history is not uniform (on
+#: the benchmark's store, steps grown to 2,000 revisions over 1 KiB values then met 2-8 KiB ones: 500 revisions
+#: of those took 74 ms, 2,000 several times that, before the next step could shrink).
+COMPACTION_STEP_MAX_BYTES = 512 * 1024
 
 
 def next_compaction_step(size: int, took_s: float) -> int:
@@ -59,11 +65,12 @@ class MemberKV(MemberCore):
         if self.alarms and any(a == pb.AlarmType.CORRUPT for _, a in self.alarms):
             raise errors.CORRUPT
         reader = self.reader
+        counts = self.page_counts
         try:
             with read_txn(reader):
                 return execute_range(
                     lambda rev, limit, count_only: store.range_at(
-                        reader, req.key, req.range_end, rev, limit=limit, count_only=count_only),
+                        reader, req.key, req.range_end, rev, limit=limit, count_only=count_only, counts=counts),
                     req,
                 )
         except store.CompactedError as exc:
@@ -108,7 +115,7 @@ class MemberKV(MemberCore):
         target = req.revision
         if target <= self.applier.revision:  # a future revision fails in the request's own entry, at once
             size = COMPACTION_STEP_REVISIONS
-            step = max(self.applier.compact_revision, 0) + size
+            step = self._step_end(max(self.applier.compact_revision, 0), size)
             while step < target:
                 started = time.perf_counter()
                 try:
@@ -118,10 +125,16 @@ class MemberKV(MemberCore):
                     if exc.message != errors.COMPACTED.message:
                         raise
                 size = next_compaction_step(size, time.perf_counter() - started)
-                step = max(step, self.applier.compact_revision) + size
+                step = self._step_end(max(step, self.applier.compact_revision), size)
                 await asyncio.sleep(COMPACTION_PAUSE_S)  # the writes queued meanwhile get turns of their own
         resp: pb.CompactionResponse = await self._propose(EntryKind.COMPACTION, req.SerializeToString())
         return resp
+
+    def _step_end(self, after: int, size: int) -> int:
+        """The revision a compaction step from ``after`` ends at: ``size`` revisions on, or earlier where they pass
+        :data:`COMPACTION_STEP_MAX_BYTES`."""
+        with read_txn(self.reader):
+            return store.revision_within_bytes(self.reader, after, after + size, COMPACTION_STEP_MAX_BYTES)
 
 
 def is_txn_read_only(req: pb.TxnRequest) -> bool:

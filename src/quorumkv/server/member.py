@@ -16,6 +16,7 @@ from quorumkv import errors
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.errors import EtcdError
 from quorumkv.lease.lessor import Clock, Lessor
+from quorumkv.mvcc import store
 from quorumkv.mvcc.watch import WatchHub
 from quorumkv.server.apply import Applier
 from quorumkv.server.entries import EntryKind
@@ -51,6 +52,8 @@ class MemberCore:
     backend: Backend
     applier: Applier
     reader: Any
+    #: The counts of recent list pages read on ``reader`` (``store.PageCounts``).
+    page_counts: store.PageCounts
     lessor: Lessor
     hub: WatchHub | None
     ids: IdGenerator

@@ -88,6 +88,7 @@ class QuorumServer(MemberKV, MemberLeases, MemberCluster, MemberMaintenance, Mem
             self.datadir.close()
             raise
         self.reader = self.backend.new_reader()
+        self.page_counts = store.PageCounts()
         self._auth_seen = self.applier.auth
         self._failed_auth = {}
         self._allocated_bytes: int | None = None
