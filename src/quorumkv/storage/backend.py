@@ -481,11 +481,12 @@ class Backend:
             started = time.perf_counter()
             busy, wal, copied = self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             took = time.perf_counter() - started
-            self.wal_tails.append((int(copied) - frames[1], took))
+            done = max(0, int(copied) - frames[1])  # copied is -1 when the checkpoint could not run (busy)
+            self.wal_tails.append((done, took))
             del self.wal_tails[:-64]
             log.debug("WAL rewind: the writer copied the last %d of %d frames in %.3f s (busy=%d)",
-                      int(copied) - frames[1], int(wal), took, int(busy))
-            return max(0, int(copied) - frames[1])
+                      done, int(wal), took, int(busy))
+            return done
         finally:
             cp.tail_wanted.clear()
 
