@@ -93,3 +93,43 @@ def test_oversized_wal_is_reset_between_batches(tmp_path: Path, monkeypatch: pyt
     truncated = asyncio.run(main(True))
     assert untouched > 512 * 1024, untouched  # without the reset the WAL holds everything written
     assert truncated < untouched / 2, (truncated, untouched)
+
+
+def test_an_oversized_wal_is_rewound_in_place_without_a_truncate(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Raft thread takes the rewind's short tail between two turns (Backend.rewind_wal_tail): the WAL
+    restarts from its beginning while the file keeps its size, and no TRUNCATE runs."""
+    import os
+
+    from quorumkv.storage import backend as backend_module
+
+    truncates: list[object] = []
+    monkeypatch.setattr(node_module, "truncate_wal", lambda conn: truncates.append(conn))
+    monkeypatch.setattr(backend_module, "WAL_REWIND_FRAMES", 200)
+    monkeypatch.setattr(backend_module, "WAL_REWIND_TAIL_PAGES", 64)
+
+    async def main() -> tuple[int, int]:
+        srv = QuorumServer(ServerSettings(data_dir=str(tmp_path / "d")))
+        await srv.start()
+        try:
+            previous, restarts = 0, 0
+            deadline = asyncio.get_running_loop().time() + 60
+            for _ in range(5000):  # batches back to back: the WAL passes 200 frames every few of them
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await _fill(srv, 20, b"v" * 4096)
+                frames = srv.backend.wal_frames()
+                assert frames is not None
+                if previous >= 200 and frames[0] < previous // 2 and srv.backend.wal_tails:
+                    restarts += 1  # the frame count fell back after the writer took a tail: the WAL started over
+                previous = frames[0]
+                if restarts >= 2:
+                    break
+            return restarts, os.path.getsize(str(srv.backend.db_path) + "-wal")
+        finally:
+            await srv.stop()
+
+    restarts, size = asyncio.run(main())
+    assert restarts >= 2
+    assert size > 0  # rewound in place, never truncated
+    assert truncates == []

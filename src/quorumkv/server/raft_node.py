@@ -78,8 +78,11 @@ _NOOP_DATA = encode_entry(EntryKind.NOOP, 0, b"")
 #: Unanswered read-index requests are sent again after this long (a lost message must not stall reads).
 READ_INDEX_RETRY_S = 0.5
 PROPOSALS_PER_TURN_MAX = 4000
-#: The WAL is reset (TRUNCATE checkpoint) when it grows past this; checked every few committing turns.
-WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
+#: The last resort when the WAL was not rewound (``Backend.rewind_wal_tail``; a reader held an old snapshot for
+#: long, or the checkpointer fell behind): a TRUNCATE checkpoint, which waits for readers and copies every pending
+#: frame while no commit can land (3-17 s on a 100-IOPS disk, docs/performance.md), once the WAL file is larger
+#: than this (4 x the 64 MiB at which the rewind starts); checked every few committing turns, and logged.
+WAL_TRUNCATE_BYTES = 256 * 1024 * 1024
 WAL_CHECK_EVERY_COMMITS = 32
 
 
@@ -725,6 +728,7 @@ class RaftNode:
                 loop.call_soon_threadsafe(self._on_conf_applied, cc)
         if rd.committed_entries:
             self._commits += 1
+            self._rewind_wal_tail()
             if self._commits % WAL_CHECK_EVERY_COMMITS == 0:
                 self._maybe_truncate_wal()
         took = time.perf_counter() - started
@@ -735,13 +739,22 @@ class RaftNode:
             except Exception:
                 log.exception("slow apply observer failed")
 
-    def _maybe_truncate_wal(self) -> None:
-        """Reset an oversized WAL. Passive checkpoints copy frames into the database but cannot rewind the WAL
-        while readers come and go, so under steady load it only grows; a TRUNCATE checkpoint between two turns
-        waits for the (short) read transactions in flight and starts the WAL over."""
+    def _rewind_wal_tail(self) -> None:
+        """The writer's short part of rewinding the WAL (``Backend.rewind_wal_tail``), between two turns."""
         try:
-            if os.path.getsize(str(self.backend.db_path) + "-wal") > WAL_TRUNCATE_BYTES:
+            self.backend.rewind_wal_tail()
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint failed: %r", exc)
+
+    def _maybe_truncate_wal(self) -> None:
+        """Reset a WAL that was not rewound in place (the last resort, see WAL_TRUNCATE_BYTES)."""
+        try:
+            size = os.path.getsize(str(self.backend.db_path) + "-wal")
+            if size > WAL_TRUNCATE_BYTES:
+                started = time.perf_counter()
                 truncate_wal(self.backend.writer)
+                log.warning("the WAL (%d MiB) was not rewound in place; reset it with a TRUNCATE checkpoint in "
+                            "%.1f s, during which no commit could land", size >> 20, time.perf_counter() - started)
         except (OSError, sqlite3.Error) as exc:
             log.warning("WAL checkpoint failed: %r", exc)
 

@@ -185,14 +185,40 @@ _SHM_BACKFILL_OFFSET = 96
 _SHM_HEADER_BYTES = 100
 
 
-def pending_wal_pages(shm_header: bytes) -> int | None:
-    """Frames in the WAL not yet copied into the database file, from the first bytes of the ``-shm`` file
-    (None when they are too short to tell: no wal-index yet)."""
+def wal_index_frames(shm_header: bytes) -> tuple[int, int] | None:
+    """(frames in the current WAL, frames of them already copied into the database file) from the first bytes of
+    the ``-shm`` file; None when they are too short to tell (no wal-index yet). The frame count falls to 0 when
+    the WAL restarts from its beginning."""
     if len(shm_header) < _SHM_HEADER_BYTES:
         return None
     mx_frame = int.from_bytes(shm_header[_SHM_MX_FRAME_OFFSET:_SHM_MX_FRAME_OFFSET + 4], sys.byteorder)
     backfill = int.from_bytes(shm_header[_SHM_BACKFILL_OFFSET:_SHM_BACKFILL_OFFSET + 4], sys.byteorder)
-    return max(0, mx_frame - backfill)
+    return mx_frame, backfill
+
+
+def pending_wal_pages(shm_header: bytes) -> int | None:
+    """Frames in the WAL not yet copied into the database file, from the first bytes of the ``-shm`` file
+    (None when they are too short to tell: no wal-index yet)."""
+    frames = wal_index_frames(shm_header)
+    if frames is None:
+        return None
+    return max(0, frames[0] - frames[1])
+
+
+#: Frames (pages) in the WAL past which it is rewound: 16,384 frames of 4 KiB pages are 64 MiB. SQLite starts the
+#: WAL over from its beginning at a write transaction that finds every frame copied into the database file and
+#: no reader on an older snapshot; under continuous commits a background checkpoint never finds that (a commit
+#: always lands while it copies). So past this many frames the checkpointer copies back to back until at most
+#: ``WAL_REWIND_TAIL_PAGES`` frames are left, and then asks the writer to copy that tail between two of its
+#: transactions (``Backend.rewind_wal_tail``): no commit lands meanwhile, and the writer's next transaction
+#: restarts the WAL. A full copy in the writer (or a TRUNCATE checkpoint) blocked every commit for 3-17 s on a
+#: 100-IOPS disk (docs/performance.md, "IOPS-limited disk").
+WAL_REWIND_FRAMES = 16_384
+
+#: The most frames the writer copies when it finishes a rewind (what it holds up commits for): the checkpointer
+#: asks once at most this many are left, and the writer declines (the checkpointer copies again) if commits
+#: landed since and more than this are pending.
+WAL_REWIND_TAIL_PAGES = 256
 
 
 def checkpoint_due(pending_pages: int | None, age_s: float, growth_pages: int, max_age_s: float) -> bool:
@@ -205,50 +231,159 @@ def checkpoint_due(pending_pages: int | None, age_s: float, growth_pages: int, m
     return pending_pages > 0 and age_s >= max_age_s
 
 
+#: The background checkpointer writes the database file's dirty pages back in ranges of this many bytes, one
+#: range at a time (``write_back``). A partial checkpoint (commits landed meanwhile) copies pages into the
+#: file without syncing it; the first checkpoint that reaches the WAL's end then syncs them all at once. On an
+#: IOPS-limited disk those thousands of random writes queue ahead of every commit's WAL sync (the writer's
+#: rewind tail took 6-11 s for 50-150 frames, docs/performance.md); written back in small ranges, the commits'
+#: writes take turns with them, and the sync at the end of a rewind finds only the tail's pages.
+WRITE_BACK_RANGE_BYTES = 1 << 20
+
+
+def _load_sync_file_range() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+#: SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER (linux/fs.h)
+_SYNC_FILE_RANGE_WRITE_AND_WAIT = 1 | 2 | 4
+
+
+def write_back(path: Path, range_bytes: int = WRITE_BACK_RANGE_BYTES, stop: threading.Event | None = None) -> bool:
+    """Write the file's dirty pages to the disk one range at a time, waiting for each (Linux's
+    ``sync_file_range``; elsewhere one ``fdatasync``). Not a durability point (the file's metadata is not synced):
+    it only leaves fewer pages for the next sync. Returns False when it could not (the sync then does it all)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if _SYNC_FILE_RANGE is None:
+            os.fdatasync(fd)
+            return True
+        size = os.fstat(fd).st_size
+        for offset in range(0, size, range_bytes):
+            if stop is not None and stop.is_set():
+                return False
+            if _SYNC_FILE_RANGE(fd, offset, range_bytes, _SYNC_FILE_RANGE_WRITE_AND_WAIT) != 0:
+                return False
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+#: How long the checkpointer leaves a rewind's tail to the writer (``Backend.rewind_wal_tail``) before it copies
+#: the tail itself: a writer that does not commit does not look for it, and its WAL is folded in regardless.
+TAIL_WAIT_S = 2.0
+
+
 class _Checkpointer:
     """A thread with its own connection running PASSIVE checkpoints (never waits for, nor blocks, the writer or
     readers) when ``checkpoint_due``: it looks at the WAL every ``period_s``. Durability does not depend on it:
-    committed frames are durable in the WAL; the writer's WAL reset (a TRUNCATE checkpoint past a size) still
-    bounds the WAL if this thread falls behind."""
+    committed frames are durable in the WAL.
 
-    def __init__(self, db_path: Path, period_s: float, growth_pages: int, max_age_s: float) -> None:
+    It also rewinds the WAL once it holds ``rewind_frames`` frames: it then checkpoints back to back (commits go
+    on) until at most ``tail_pages`` frames are pending, and sets ``tail_wanted``; it copies nothing more until
+    the writer has copied that tail (``Backend.rewind_wal_tail``) and cleared it."""
+
+    def __init__(self, db_path: Path, period_s: float, growth_pages: int, max_age_s: float,
+                 rewind_frames: int, tail_pages: int) -> None:
         self._db_path = db_path
         self._period_s = period_s
         self._growth_pages = growth_pages
         self._max_age_s = max_age_s
+        self.rewind_frames = rewind_frames
+        self.tail_pages = tail_pages
         self._stop = threading.Event()
+        #: Set when the frames left to copy before the WAL can restart are at most ``tail_pages``: the writer
+        #: copies them between two transactions and clears it.
+        self.tail_wanted = threading.Event()
         #: Checkpoints run (for tests and diagnostics).
         self.runs = 0
+        self._warned = False
         self._thread = threading.Thread(target=self._run, name="quorumkv-checkpointer", daemon=True)
         self._thread.start()
 
-    def _pending(self) -> int | None:
+    def _frames(self) -> tuple[int, int] | None:
         try:
             with open(str(self._db_path) + "-shm", "rb", buffering=0) as f:
-                return pending_wal_pages(f.read(_SHM_HEADER_BYTES))
+                return wal_index_frames(f.read(_SHM_HEADER_BYTES))
         except OSError:
             return None
 
+    def _checkpoint(self, conn: sqlite3.Connection) -> bool:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.runs += 1
+            return True
+        except sqlite3.Error as exc:
+            if not self._warned:
+                log.warning("background WAL checkpoint failed (the Raft thread's WAL reset still bounds the "
+                            "WAL): %r", exc)
+                self._warned = True
+            return False
+
     def _run(self) -> None:
         conn = _connect(self._db_path, sync_full=True)
-        warned = False
-        last = time.monotonic()
+        last = asked = time.monotonic()
         try:
             while not self._stop.wait(self._period_s):
-                if not checkpoint_due(self._pending(), time.monotonic() - last, self._growth_pages,
-                                      self._max_age_s):
+                frames = self._frames()
+                if frames is not None and frames[0] >= self.rewind_frames:
+                    if not self.tail_wanted.is_set():
+                        last = self._rewind(conn, last)
+                        asked = time.monotonic()
+                        continue
+                    if time.monotonic() - asked < TAIL_WAIT_S:
+                        continue
+                    # no commit came to take the tail (an idle writer): copy it here, nothing is landing
+                    self.tail_wanted.clear()
+                    last = time.monotonic()
+                    self._checkpoint(conn)
+                    continue
+                pending = None if frames is None else max(0, frames[0] - frames[1])
+                if not checkpoint_due(pending, time.monotonic() - last, self._growth_pages, self._max_age_s):
                     continue
                 last = time.monotonic()
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.runs += 1
-                except sqlite3.Error as exc:
-                    if not warned:
-                        log.warning("background WAL checkpoint failed (the writer's WAL reset still bounds the "
-                                    "WAL): %r", exc)
-                        warned = True
+                self._checkpoint(conn)
         finally:
             conn.close()
+
+    def _rewind(self, conn: sqlite3.Connection, last: float) -> float:
+        """Copy back to back until the tail is short, then ask the writer for it. Returns when the last
+        checkpoint ran. Bounded: a checkpoint that copies nothing (a reader holds an old snapshot) ends it."""
+        while not self._stop.is_set():
+            frames = self._frames()
+            if frames is None or frames[0] < self.rewind_frames:
+                return last  # restarted meanwhile
+            pending = frames[0] - frames[1]
+            if pending <= 0:
+                return last  # all copied: the next write transaction restarts the WAL (unless a reader pins it)
+            if pending <= self.tail_pages:
+                self.tail_wanted.set()
+                return last
+            last = time.monotonic()
+            if not self._checkpoint(conn):
+                return last
+            write_back(self._db_path, stop=self._stop)
+            after = self._frames()
+            if after is not None and after[1] <= frames[1]:
+                return last  # no progress (readers on old snapshots): try again next period
+        return last
 
     def stop(self) -> None:
         self._stop.set()
@@ -269,8 +404,11 @@ class Backend:
         #: (allocated bytes when last measured, batches and payload bytes committed since); None: measure next.
         self._allocation: tuple[int, int, int] | None = None
         self._checkpointer: _Checkpointer | None = None
-        #: (period, growth pages, max age) of the running checkpointer, to restart it after a swap.
-        self._checkpoint_pacing: tuple[float, int, float] | None = None
+        #: (period, growth pages, max age, rewind frames, tail pages) of the running checkpointer, to restart it
+        #: after a swap.
+        self._checkpoint_pacing: tuple[float, int, float, int, int] | None = None
+        #: (frames copied, seconds) of the writer's last WAL rewind tails (``rewind_wal_tail``), newest last.
+        self.wal_tails: list[tuple[int, float]] = []
         version = self._writer.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             with self.write_txn() as conn:
@@ -299,15 +437,58 @@ class Backend:
 
     def start_checkpointer(self, period_s: float = BACKGROUND_CHECKPOINT_PERIOD_S,
                            growth_pages: int = CHECKPOINT_GROWTH_PAGES,
-                           max_age_s: float = CHECKPOINT_MAX_AGE_S) -> None:
+                           max_age_s: float = CHECKPOINT_MAX_AGE_S,
+                           rewind_frames: int | None = None, tail_pages: int | None = None) -> None:
         """Checkpoint from a background thread instead of inside the writer's COMMITs (the writer's
         auto-checkpoint is turned off): every ``growth_pages`` WAL pages, or when pending pages are ``max_age_s``
-        old, looking every ``period_s``. Stopped by ``close``; paused around ``swap_file``."""
+        old, looking every ``period_s``; past ``rewind_frames`` frames it rewinds the WAL with the writer's help
+        (``rewind_wal_tail``, at most ``tail_pages`` frames). Stopped by ``close``; paused around ``swap_file``."""
         if self._checkpointer is not None:
             return
-        self._checkpoint_pacing = (period_s, growth_pages, max_age_s)
+        if rewind_frames is None:
+            rewind_frames = WAL_REWIND_FRAMES
+        if tail_pages is None:
+            tail_pages = WAL_REWIND_TAIL_PAGES
+        self._checkpoint_pacing = (period_s, growth_pages, max_age_s, rewind_frames, tail_pages)
         self._writer.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = _Checkpointer(self.db_path, period_s, growth_pages, max_age_s)
+        self._checkpointer = _Checkpointer(self.db_path, period_s, growth_pages, max_age_s, rewind_frames,
+                                           tail_pages)
+
+    def wal_frames(self) -> tuple[int, int] | None:
+        """(frames in the current WAL, frames of them copied into the database file), from the wal-index; None
+        when it cannot be read."""
+        try:
+            with open(str(self.db_path) + "-shm", "rb", buffering=0) as f:
+                return wal_index_frames(f.read(_SHM_HEADER_BYTES))
+        except OSError:
+            return None
+
+    def rewind_wal_tail(self) -> int | None:
+        """The writer's part of a WAL rewind (writer thread, between two transactions; cheap when there is nothing
+        to do): when the checkpointer has copied all but a short tail of an oversized WAL, copy that tail with a
+        PASSIVE checkpoint on the writer's connection. No commit can land while it runs, so every frame is then
+        in the database file and the writer's next transaction starts the WAL over from its beginning (SQLite
+        does that itself unless a reader still holds an older snapshot; the checkpointer then tries again).
+        Declines, and lets the checkpointer copy again, when more than its ``tail_pages`` frames are pending
+        by now. Returns the frames copied (0 when declined), or None when no tail was wanted."""
+        cp = self._checkpointer
+        if cp is None or not cp.tail_wanted.is_set():
+            return None
+        try:
+            frames = self.wal_frames()
+            if frames is None or frames[0] - frames[1] > cp.tail_pages:
+                return 0
+            started = time.perf_counter()
+            busy, wal, copied = self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            took = time.perf_counter() - started
+            done = max(0, int(copied) - frames[1])  # copied is -1 when the checkpoint could not run (busy)
+            self.wal_tails.append((done, took))
+            del self.wal_tails[:-64]
+            log.debug("WAL rewind: the writer copied the last %d of %d frames in %.3f s (busy=%d)",
+                      done, int(wal), took, int(busy))
+            return done
+        finally:
+            cp.tail_wanted.clear()
 
     @property
     def checkpointer_runs(self) -> int:
