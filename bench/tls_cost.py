@@ -6,7 +6,7 @@ https:// client URL went through the TLS front, which checks the CRL once per co
 
 Two more variants measure the shared client port (``api/cmux.py``, what ``https://`` client URLs serve without
 ``--listen-client-http-urls``): ``cmux-splice`` (before: the front splices the encrypted bytes to a gRPC
-server doing TLS on a unix socket) and ``cmux-front`` (now: ``api/tls_front.py`` terminates TLS in Python and
+server doing TLS on a unix socket) and ``cmux-front`` (now: ``security/tls_front.py`` terminates TLS in Python and
 forwards plaintext to a gRPC server on a unix socket). The server process's CPU seconds per call are printed
 next to the rates (steadier than the rates on a shared machine).
 
@@ -81,7 +81,7 @@ def _serve(variant: str, port: int, pki_dir: str, ready: Any) -> None:
 
 async def _serve_cmux(variant: str, server: grpc.aio.Server, port: int, d: Path) -> None:
     from quorumkv.api.cmux import ClientMux
-    from quorumkv.api.tls_front import TLSFront
+    from quorumkv.security.tls_front import TLSFront
 
     sock_dir = tempfile.mkdtemp(prefix="tls-cost-sock-")
     path = f"{sock_dir}/0s.sock"

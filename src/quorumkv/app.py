@@ -33,7 +33,6 @@ from quorumkv.api.cmux import ClientMux, splice_mode
 from quorumkv.api.gateway import CORS_HEADERS, Gateway
 from quorumkv.api.http import MAX_HEAD_BYTES, HttpServer
 from quorumkv.api.servicers import add_servicers
-from quorumkv.api.tls_front import TLSFront
 from quorumkv.backup.manager import BackupOptions, SnapshotManager
 from quorumkv.backup.scheduler import Clock, SnapshotScheduler
 from quorumkv.errors import EtcdError
@@ -42,7 +41,7 @@ from quorumkv.observability.metrics import ServerStats, build_registry, instrume
 from quorumkv.security.autotls import self_cert
 from quorumkv.security.ciphers import openssl_names
 from quorumkv.security.reload import reloading_ssl_context
-from quorumkv.security.tls_front import private_socket_dir
+from quorumkv.security.tls_front import TLSFront, private_socket_dir
 from quorumkv.server.config import ServerConfig
 from quorumkv.server.join import JoinService, Managed, prepare_member, run_promoter
 from quorumkv.server.join import grpc_handler as grpc_join_handler
@@ -368,7 +367,7 @@ class _ClientPorts:
             for secure in sorted(kinds):
                 path = os.path.join(self.sock_dir, f"{n}{'s' if secure else ''}.sock")
                 addr = f"unix:{path}"
-                # plaintext on both kinds: the front terminates TLS for https:// URLs (api/tls_front.py)
+                # plaintext on both kinds: the front terminates TLS for https:// URLs (security/tls_front.py)
                 port = grpc_server.add_insecure_port(addr)
                 if port == 0:
                     raise OSError(f"cannot listen on {addr} (the client gRPC servers' private socket)")

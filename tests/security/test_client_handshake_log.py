@@ -1,5 +1,5 @@
 """A client certificate refused on the gRPC client port (``--client-cert-auth``) is logged by the member with its
-exact cause and fix, once per client address per minute (the TLS front, ``api/tls_front.py``), and the client's
+exact cause and fix, once per client address per minute (the TLS front, ``security/tls_front.py``), and the client's
 handshake fails (real etcdctl and quorumkvctl); a good certificate still works and its CN still reaches auth."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from quorumkv.api.servicers import caller
-from quorumkv.api.tls_front import TLSFront, verified_common_name
+from quorumkv.security.tls_front import TLSFront, verified_common_name
 from quorumkv.testing.cluster import ClusterMember, start_quorumkv_cluster
 from quorumkv.testing.pki import PKI, make_pki, write_crl
 from quorumkv.testing.processes import ServerTLS, run_etcdctl

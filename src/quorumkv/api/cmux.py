@@ -6,7 +6,7 @@ connection's first bytes are *peeked* (``MSG_PEEK``: nothing is consumed) and th
 - to gRPC when it opens with the HTTP/2 preface (``PRI * HTTP/2.0``), or, on an ``https://`` URL, when its TLS
   ClientHello offers ALPN ``h2`` without ``http/1.1`` (what gRPC clients offer: grpc-go ``h2``, grpc-core
   ``grpc-exp,h2``). Plaintext bytes are spliced unchanged to the member's gRPC servers listening on private
-  unix sockets; TLS is terminated first by ``api/tls_front.py`` (which names why it refuses a client
+  unix sockets; TLS is terminated first by ``security/tls_front.py`` (which names why it refuses a client
   certificate, and passes the verified certificate's CN on to auth);
 - otherwise to the HTTP/1.1 server (``api/http.py``: the JSON gateway, /health, /version, /metrics ...),
   with TLS terminated here (a browser or curl offering ``h2,http/1.1`` gets HTTP/1.1).
@@ -53,7 +53,7 @@ from quorumkv.api.cmux_router import (
     Router,
     classify_plain,
 )
-from quorumkv.api.tls_front import TLSFront
+from quorumkv.security.tls_front import TLSFront
 
 __all__ = ["GRPC", "H2_PREFACE", "HTTP", "SNIFF_TIMEOUT_S", "ClientMux", "classify_plain", "classify_tls",
            "client_hello_alpn"]
@@ -377,7 +377,7 @@ class ClientMux:
                 sock.close()
                 return
             if verdict == GRPC and secure in self._grpc_paths:
-                if secure and self._tls_front is not None:  # TLS terminated here (api/tls_front.py)
+                if secure and self._tls_front is not None:  # TLS terminated here (security/tls_front.py)
                     await self._tls_front.serve(sock, next(self._grpc_paths[secure]))
                 else:
                     await self._splice(sock, next(self._grpc_paths[secure]))

@@ -17,8 +17,8 @@ from quorumkv import errors
 from quorumkv.api import validate
 from quorumkv.api.etcdserverpb import rpc_pb2 as pb
 from quorumkv.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from quorumkv.api.tls_front import verified_common_name
 from quorumkv.errors import EtcdError
+from quorumkv.security.tls_front import verified_common_name
 from quorumkv.server.auth_state import AuthInfo
 from quorumkv.server.interfaces import (
     Authorizer,
@@ -65,7 +65,7 @@ def caller(context: Any) -> tuple[str | None, str | None]:
                 common_name = bytes(names[0]).decode("utf-8", "replace")
         except Exception:  # no TLS peer: no name
             common_name = None
-    if common_name is None:  # TLS terminated by the client port's front (api/tls_front.py)
+    if common_name is None:  # TLS terminated by the client port's front (security/tls_front.py)
         with contextlib.suppress(Exception):
             common_name = verified_common_name(context.peer())
     return token, common_name
