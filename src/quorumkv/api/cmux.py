@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import os
@@ -53,7 +52,7 @@ from quorumkv.api.cmux_router import (
     Router,
     classify_plain,
 )
-from quorumkv.security.tls_front import TLSFront
+from quorumkv.security.tls_front import TLSFront, bind_listeners
 
 __all__ = ["GRPC", "H2_PREFACE", "HTTP", "SNIFF_TIMEOUT_S", "ClientMux", "classify_plain", "classify_tls",
            "client_hello_alpn"]
@@ -240,39 +239,9 @@ class ClientMux:
 
     def listen(self, host: str, port: int, *, secure: bool) -> int:
         """Bind and listen on every address ``host`` resolves to; returns the port (port 0: the one chosen)."""
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        seen: set[Any] = set()
-        bound: list[socket.socket] = []
-        try:
-            for family, type_, proto, _, sockaddr in infos:
-                if (family, sockaddr) in seen:
-                    continue
-                seen.add((family, sockaddr))
-                try:
-                    sock = socket.socket(family, type_, proto)
-                except OSError:
-                    continue  # an address family this host lacks (no IPv6 ...)
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    if family == socket.AF_INET6:
-                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    if port == 0 and bound:
-                        sockaddr = (sockaddr[0], bound[0].getsockname()[1], *sockaddr[2:])
-                    sock.bind(sockaddr)
-                except OSError as exc:
-                    sock.close()
-                    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                        continue  # e.g. "localhost" resolving to ::1 on a host without IPv6, as grpc skips it
-                    raise
-                bound.append(sock)
-                sock.listen(1024)
-                sock.setblocking(False)
-            if not bound:
-                raise OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} can be bound")
-        except BaseException:
-            for sock in bound:
-                sock.close()
-            raise
+        bound = bind_listeners(host, port)
+        for sock in bound:
+            sock.setblocking(False)
         for sock in bound:
             self._listeners.append(sock)
             self._secure[sock.fileno()] = secure

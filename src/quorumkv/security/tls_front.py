@@ -196,36 +196,10 @@ class TLSFront:
             raise ValueError("a TLS front needs a gRPC server to forward to")
         loop = asyncio.get_running_loop()
         paths = itertools.cycle(list(grpc_paths))
-        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        seen: set[Any] = set()
-        bound: list[socket.socket] = []
+        bound = bind_listeners(host, port)
         try:
-            for family, type_, proto, _, sockaddr in infos:
-                if (family, sockaddr) in seen:
-                    continue
-                seen.add((family, sockaddr))
-                try:
-                    sock = socket.socket(family, type_, proto)
-                except OSError:
-                    continue  # an address family this host lacks
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    if family == socket.AF_INET6:
-                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    if port == 0 and bound:
-                        sockaddr = (sockaddr[0], bound[0].getsockname()[1], *sockaddr[2:])
-                    sock.bind(sockaddr)
-                    sock.listen(1024)
-                    sock.setblocking(False)
-                except OSError as exc:
-                    sock.close()
-                    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                        continue  # e.g. "localhost" resolving to ::1 on a host without IPv6
-                    raise
-                bound.append(sock)
-            if not bound:
-                raise OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} can be bound")
             for sock in bound:
+                sock.setblocking(False)
                 self._servers.append(await loop.create_server(
                     lambda: self.connection(next(paths)), sock=sock, start_serving=False, backlog=1024))
         except BaseException:
@@ -565,3 +539,42 @@ class _FrontConn(asyncio.Protocol):
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(exc, ConnectionError):
         log.warning("forwarding a client connection to gRPC failed", extra={"error": str(exc)})
+
+
+def bind_listeners(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to (port 0: the one free port the first got, for
+    all). Addresses this host cannot bind (``localhost``'s ::1 without IPv6) are skipped, as grpc skips them;
+    none at all raises OSError. IPv6 sockets are IPv6-only, so IPv4 and IPv6 can share the port."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    seen: set[Any] = set()
+    bound: list[socket.socket] = []
+    try:
+        for family, type_, proto, _, sockaddr in infos:
+            if (family, sockaddr) in seen:
+                continue
+            seen.add((family, sockaddr))
+            try:
+                sock = socket.socket(family, type_, proto)
+            except OSError:
+                continue  # an address family this host lacks
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and bound:
+                    sockaddr = (sockaddr[0], bound[0].getsockname()[1], *sockaddr[2:])
+                sock.bind(sockaddr)
+                sock.listen(backlog)
+            except OSError as exc:
+                sock.close()
+                if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    continue
+                raise
+            bound.append(sock)
+        if not bound:
+            raise OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} can be bound")
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
