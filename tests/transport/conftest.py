@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from quorumkv.testing.pki import PKI, make_pki
 from quorumkv.transport import PeerTransport, TransportOptions
 
 from .kit import CLUSTER, FAST, Endpoint, MakeEndpoint
@@ -31,5 +32,20 @@ async def make_endpoint() -> AsyncIterator[MakeEndpoint]:
         return ep
 
     yield make
+    for t in made:
+        await t.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A test PKI (CA, server, peer and client certificates) shared by a module's TLS tests."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def transports() -> AsyncIterator[list[PeerTransport]]:
+    """A list the test appends the transports it makes to; all are stopped at teardown."""
+    made: list[PeerTransport] = []
+    yield made
     for t in made:
         await t.stop()

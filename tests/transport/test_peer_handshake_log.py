@@ -9,32 +9,18 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from quorumkv.security.peer import peer_tls
-from quorumkv.testing.pki import PKI, make_pki
+from quorumkv.testing.pki import PKI
 from quorumkv.transport import PeerTransport
 
 from .kit import CLUSTER, FAST, eventually, hb
 
 REFUSED = "rejected peer connection"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def transports() -> AsyncIterator[list[PeerTransport]]:
-    made: list[PeerTransport] = []
-    yield made
-    for t in made:
-        await t.stop()
 
 
 async def _listener(made: list[PeerTransport], pki: PKI, allowed_cn: str) -> tuple[PeerTransport, str, list[object]]:

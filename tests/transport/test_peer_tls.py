@@ -8,30 +8,16 @@ import asyncio
 import logging
 import random
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from quorumkv.security.peer import peer_tls
 from quorumkv.security.reload import CHECK_INTERVAL_S
-from quorumkv.testing.pki import PKI, issue, make_pki
+from quorumkv.testing.pki import PKI, issue
 from quorumkv.transport import PeerTransport
 
 from .kit import CLUSTER, FAST, eventually, hb
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def transports() -> AsyncIterator[list[PeerTransport]]:
-    made: list[PeerTransport] = []
-    yield made
-    for t in made:
-        await t.stop()
 
 
 async def start(made: list[PeerTransport], member_id: int, pki: PKI, cert: str, *, ca: str = "",
